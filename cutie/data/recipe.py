@@ -14,6 +14,8 @@ Conventions (both backends implement exactly these):
     x <- brightness[t] * (m + contrast[t] * (x - m))
     x <- gray(x) + saturation[t] * (x - gray(x))
     if grayscale[t]: x <- gray(x) in all three channels
+- Dense maps (pre-training thin-plate-spline frames): when `dense_maps` is not None it replaces `matrices` for the
+  whole clip: dense_maps[t, y, x] = (source x, source y), OpenCV's cv2.remap convention (bilinear, same fill).
 - Merge: out = alpha[t] * render(second) + (1 - alpha[t]) * render(first); alpha in [0, 1], already warped and
   blurred by the sampler.
 """
