@@ -1,0 +1,218 @@
+"""DAVIS J&F metrics: hand-computed values, protocol invariants, folder checks and the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cutie.metrics import (
+    boundary_f_measure,
+    boundary_map,
+    evaluate_folders,
+    evaluate_sequence,
+    mean_recall_decay,
+    region_similarity,
+)
+from cutie.metrics.measures import boundary_tolerance, disk
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _save_png(path: Path, mask: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+    img.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0] * (256 * 3 - 12))
+    img.save(path)
+
+
+def _moving_squares(num_frames: int = 8, size: int = 48, num_objects: int = 2, seed: int = 0) -> np.ndarray:
+    """T*H*W index masks: squares drifting one pixel per frame."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((num_frames, size, size), dtype=np.int64)
+    starts = rng.integers(2, size // 2, size=(num_objects, 2))
+    for t in range(num_frames):
+        for k, (y, x) in enumerate(starts):
+            masks[t, y + t // 2 : y + t // 2 + 12, x + t // 3 : x + t // 3 + 10] = k + 1
+    return masks
+
+
+def _write_sequence(root: Path, name: str, masks: np.ndarray) -> None:
+    for t, m in enumerate(masks):
+        _save_png(root / name / f"{t:05d}.png", m)
+
+
+# ---- per-frame measures, by hand -------------------------------------------------------------------------
+
+
+def test_region_similarity_hand_computed() -> None:
+    gt = np.zeros((6, 6), bool)
+    gt[1:3, 1:3] = True  # 4 pixels
+    pred = np.zeros((6, 6), bool)
+    pred[1:3, 2:4] = True  # 4 pixels, 2 shared
+    assert region_similarity(gt, pred) == pytest.approx(2 / 6)
+    assert region_similarity(gt, gt) == 1.0
+    assert region_similarity(gt, np.zeros_like(gt)) == 0.0
+    # an empty prediction of an empty object is perfect
+    assert region_similarity(np.zeros_like(gt), np.zeros_like(gt)) == 1.0
+
+
+def test_boundary_map_hand_computed() -> None:
+    seg = np.zeros((4, 4), bool)
+    seg[1, 1] = True
+    expected = np.zeros((4, 4), bool)
+    expected[0:2, 0:2] = True  # half-pixel offset towards the origin: the pixel and its up/left neighbours
+    np.testing.assert_array_equal(boundary_map(seg), expected)
+    # a full mask only has its last row/column rule to apply: nothing differs, no boundary
+    assert not boundary_map(np.ones((4, 4), bool)).any()
+
+
+def test_disk_and_tolerance() -> None:
+    np.testing.assert_array_equal(disk(1), np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8))
+    assert disk(2).sum() == 13
+    assert boundary_tolerance(480, 854) == 8  # ceil(0.008 * 979.6)
+    assert boundary_tolerance(10, 10) == 1
+
+
+def test_boundary_f_hand_computed() -> None:
+    # 10x10 image: tolerance 1 pixel, a cross-shaped neighbourhood
+    gt = np.zeros((10, 10), bool)
+    gt[5, 5] = True  # boundary {(4,4),(4,5),(5,4),(5,5)}
+    pred = np.zeros((10, 10), bool)
+    pred[5, 7] = True  # boundary {(4,6),(4,7),(5,6),(5,7)}: half within one pixel of the true boundary
+    assert boundary_f_measure(gt, pred) == pytest.approx(0.5)  # precision 0.5, recall 0.5
+    assert boundary_f_measure(gt, gt) == 1.0
+    assert boundary_f_measure(gt, np.zeros_like(gt)) == 0.0
+    assert boundary_f_measure(np.zeros_like(gt), np.zeros_like(gt)) == 1.0
+
+
+def test_shift_changes_f_much_more_than_j() -> None:
+    gt = np.zeros((100, 100), bool)
+    gt[30:70, 30:70] = True
+    one = np.roll(gt, 1, axis=1)
+    # one pixel: J drops a little; F only sees it without tolerance (DAVIS tolerance here is 2 px)
+    assert 0.9 < region_similarity(gt, one) < 1.0
+    assert boundary_f_measure(gt, one) == 1.0
+    assert boundary_f_measure(gt, one, bound_th=0.0) < 0.6
+    # beyond the tolerance F collapses while J stays high
+    four = np.roll(gt, 4, axis=1)
+    assert region_similarity(gt, four) > 0.8
+    assert boundary_f_measure(gt, four) < 0.6
+
+
+def test_statistics_hand_computed() -> None:
+    values = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    mean, recall, decay = mean_recall_decay(values)
+    assert mean == pytest.approx(0.55)
+    assert recall == pytest.approx(0.5)  # 0.9, 0.8, 0.7, 0.6 are above 0.5
+    # bins: boundaries [0, 2, 4, 5, 7]: first [0.9, 0.8, 0.7], last [0.4, 0.3, 0.2]
+    assert decay == pytest.approx(0.8 - 0.3)
+    assert mean_recall_decay(np.ones(5)) == (1.0, 1.0, 0.0)
+
+
+# ---- sequences and folders ------------------------------------------------------------------------------
+
+
+def test_sequence_protocol_first_last_frames_and_objects() -> None:
+    gt = _moving_squares(num_frames=6)
+    pred = gt.copy()
+    pred[0] = 0  # first and last frames are not scored
+    pred[-1] = 0
+    results = evaluate_sequence("seq", gt, pred)
+    assert [r.object_id for r in results] == [1, 2]
+    for r in results:
+        assert r.j.shape == (4,) and np.all(r.j == 1.0) and np.all(r.f == 1.0)
+    pred[2][pred[2] == 1] = 0  # object 1 lost in one scored frame
+    r1 = evaluate_sequence("seq", gt, pred)[0]
+    assert r1.j.tolist() == [1.0, 0.0, 1.0, 1.0]
+
+
+def test_prediction_with_unknown_object_is_rejected() -> None:
+    gt = _moving_squares(num_frames=4)
+    pred = gt.copy()
+    pred[1, 0, 0] = 3
+    with pytest.raises(ValueError, match="object id 3"):
+        evaluate_sequence("seq", gt, pred)
+
+
+def test_gt_against_itself_is_perfect(tmp_path: Path) -> None:
+    for i in range(2):
+        _write_sequence(tmp_path / "gt", f"video{i}", _moving_squares(seed=i))
+    report = evaluate_folders(tmp_path / "gt", tmp_path / "gt")
+    summary = report.summary()
+    for key in ("J&F-Mean", "J-Mean", "J-Recall", "F-Mean", "F-Recall"):
+        assert summary[key] == 1.0, key
+    assert summary["J-Decay"] == 0.0 and summary["F-Decay"] == 0.0
+    assert len(report.objects) == 4
+    text = report.format_tables()
+    assert "Global results for val" in text and "video1_2" in text
+
+
+def test_empty_prediction_scores_zero(tmp_path: Path) -> None:
+    gt = _moving_squares()
+    _write_sequence(tmp_path / "gt", "v", gt)
+    _write_sequence(tmp_path / "pred", "v", np.zeros_like(gt))
+    summary = evaluate_folders(tmp_path / "gt", tmp_path / "pred").summary()
+    assert summary["J-Mean"] == 0.0 and summary["F-Mean"] == 0.0 and summary["J&F-Mean"] == 0.0
+
+
+def test_void_label_is_background_and_subset(tmp_path: Path) -> None:
+    gt = _moving_squares()
+    _write_sequence(tmp_path / "gt", "a", gt)
+    _write_sequence(tmp_path / "gt", "b", gt)
+    with_void = gt.copy()
+    with_void[:, 0, :] = 255
+    _write_sequence(tmp_path / "gt_void", "a", with_void)
+    report = evaluate_folders(tmp_path / "gt_void", tmp_path / "gt", subset=["a"])
+    assert report.summary()["J-Mean"] == 1.0
+    subset_file = tmp_path / "val.txt"
+    subset_file.write_text("b\n")
+    assert [o.sequence for o in evaluate_folders(tmp_path / "gt", tmp_path / "gt", subset_file).objects] == [
+        "b",
+        "b",
+    ]
+
+
+def test_missing_and_extra_predictions_are_named(tmp_path: Path) -> None:
+    gt = _moving_squares()
+    _write_sequence(tmp_path / "gt", "v", gt)
+    shutil.copytree(tmp_path / "gt", tmp_path / "pred")
+    (tmp_path / "pred" / "v" / "00003.png").unlink()
+    _save_png(tmp_path / "pred" / "v" / "00099.png", gt[0])
+    with pytest.raises(FileNotFoundError) as err:
+        evaluate_folders(tmp_path / "gt", tmp_path / "pred")
+    assert "missing prediction" in str(err.value) and "00003.png" in str(err.value)
+    assert "extra prediction" in str(err.value) and "00099.png" in str(err.value)
+    # a whole missing sequence folder, and an extra one
+    shutil.rmtree(tmp_path / "pred")
+    (tmp_path / "pred" / "other").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"prediction sequence folder missing.*\n.*other"):
+        evaluate_folders(tmp_path / "gt", tmp_path / "pred")
+
+
+def test_cli_prints_tables_and_json_last(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gt = _moving_squares()
+    _write_sequence(tmp_path / "gt", "v", gt)
+    half = gt.copy()
+    half[half == 2] = 0  # object 2 never predicted: J-Mean = 0.5
+    _write_sequence(tmp_path / "pred", "v", half)
+    spec = importlib.util.spec_from_file_location("evaluate_masks", REPO / "scripts" / "evaluate_masks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--gt_path", str(tmp_path / "gt"), "--pred_path", str(tmp_path / "pred")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert set(result) == {"J&F-Mean", "J-Mean", "F-Mean"}
+    assert result["J-Mean"] == pytest.approx(0.5) and result["F-Mean"] == pytest.approx(0.5)
+    assert (tmp_path / "pred" / "global_results-val.csv").read_text().startswith("J&F-Mean,J-Mean")
+    per_seq = (tmp_path / "pred" / "per-sequence_results-val.csv").read_text().splitlines()
+    assert per_seq[1].startswith("v_1,1.0") and per_seq[2].startswith("v_2,0.0")
+    # errors go to stderr with a non-zero exit
+    (tmp_path / "pred" / "v" / "00002.png").unlink()
+    assert module.main(["--gt_path", str(tmp_path / "gt"), "--pred_path", str(tmp_path / "pred")]) == 2
+    assert "00002.png" in capsys.readouterr().err
