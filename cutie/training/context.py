@@ -1,0 +1,46 @@
+"""What the stage loop shares with its hooks."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from cutie.training.plan import StagePlan
+from cutie.utils.dist import DistState
+
+
+@dataclass
+class StageContext:
+    cfg: DictConfig
+    plan: StagePlan
+    dist: DistState
+    device: torch.device
+    run_dir: Path
+    net: nn.Module  # unwrapped network (official keys)
+    model: nn.Module  # what the step calls: the clip-forward module, DDP-wrapped when distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loader: object  # cutie.data.loader.TrainLoader (or the DALI equivalent)
+    log: logging.Logger
+    writer: object | None  # TensorBoard SummaryWriter on the main process, else None
+    iteration: int = 0  # completed optimiser steps in this stage
+    run_start_iteration: int = 0  # where this process started (for it/s and ETA)
+    later_stage_iterations: int = 0  # iterations of the stages still to come (run ETA)
+    stop_requested: bool = False  # set on SIGTERM/SIGINT (agreed across ranks) or by a hook
+    stop_reason: str = ""
+    batch: dict | None = None  # the last batch (for pictures)
+    timings: dict[str, float] = field(default_factory=dict)  # data_s, step_s of the last iteration
+
+    @property
+    def stage(self) -> str:
+        return self.plan.stage
+
+    @property
+    def stage_cfg(self) -> DictConfig:
+        return self.cfg[self.plan.stage]

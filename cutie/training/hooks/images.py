@@ -1,0 +1,28 @@
+"""Every log_image_interval: a grid of frames / ground truth / prediction to TensorBoard and as a PNG."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from cutie.training.context import StageContext
+from cutie.training.hooks.base import Hook, every
+from cutie.training.step import StepResult
+from cutie.training.visualize import clip_grid
+
+
+class ImageHook(Hook):
+    def __init__(self, interval: int) -> None:
+        self.interval = interval
+
+    def after_step(self, ctx: StageContext, result: StepResult) -> None:
+        last = ctx.iteration == ctx.plan.num_iterations
+        if not ctx.dist.is_main or ctx.batch is None or not (every(self.interval, ctx.iteration) or last):
+            return
+        grid = clip_grid(ctx.batch, result.output)  # 3*H*W
+        if ctx.writer is not None:
+            ctx.writer.add_image(f"{ctx.stage}/clip", grid, ctx.iteration)
+        folder = ctx.run_dir / "images"
+        folder.mkdir(exist_ok=True)
+        arr = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"{ctx.stage}_{ctx.iteration:07d}.png")

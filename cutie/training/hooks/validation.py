@@ -1,0 +1,79 @@
+"""Validation during main training: every eval_interval and at the end of the stage, on a held-out set
+(DAVIS 2017 val when present; the tiny dataset's val split for data=tiny*). Keeps `best.pth` beside the latest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cutie.model.weights import save_weights
+from cutie.training.context import StageContext
+from cutie.training.hooks.base import Hook, every
+from cutie.training.step import StepResult
+from cutie.utils import dist
+
+
+class ValidationHook(Hook):
+    def __init__(self, max_videos: int | None = None) -> None:
+        self.best: float | None = None
+        self.max_videos = max_videos
+        self.warned = False
+
+    def _dirs(self, ctx: StageContext) -> tuple[Path, Path, Path | None] | None:
+        val = ctx.cfg.data.get("val_dataset")
+        if val is None:
+            return None
+        root = Path(ctx.cfg.data_root)
+        image_dir, mask_dir = root / val.image_directory, root / val.mask_directory
+        subset = root / val.subset if val.get("subset") else None
+        missing = [p for p in (image_dir, mask_dir, subset) if p is not None and not p.exists()]
+        if missing:
+            if not self.warned and ctx.dist.is_main:
+                ctx.log.info(f"validation skipped: {missing[0]} not found (data.val_dataset)")
+            self.warned = True
+            return None
+        return image_dir, mask_dir, subset
+
+    def after_step(self, ctx: StageContext, result: StepResult) -> None:
+        if every(int(ctx.cfg.eval_interval), ctx.iteration) and ctx.iteration < ctx.plan.num_iterations:
+            self.run(ctx)
+
+    def after_stage(self, ctx: StageContext) -> None:
+        self.run(ctx)
+
+    def run(self, ctx: StageContext) -> None:
+        if ctx.plan.single_object:
+            return  # the single-object pre-training network cannot segment several objects jointly
+        dirs = self._dirs(ctx)
+        if dirs is None:
+            return
+        if ctx.dist.is_main:
+            from cutie.inference import validate  # imported here: inference is only needed when validating
+
+            image_dir, mask_dir, subset = dirs
+            metrics = validate(
+                ctx.net,
+                image_dir=str(image_dir),
+                mask_dir=str(mask_dir),
+                subset=None if subset is None else str(subset),
+                device=ctx.device,
+                out_dir=str(ctx.run_dir / "val" / f"{ctx.stage}_{ctx.iteration:07d}"),
+                max_videos=self.max_videos,
+            )
+            score = float(metrics["J&F-Mean"])
+            text = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            ctx.log.info(f"[{ctx.stage}] validation at iteration {ctx.iteration}: {text}")
+            if ctx.writer is not None:
+                for k, v in metrics.items():
+                    if isinstance(v, float):
+                        ctx.writer.add_scalar(f"{ctx.stage}/val/{k}", v, ctx.iteration)
+            if self.best is None or score > self.best:
+                self.best = score
+                save_weights(ctx.net.state_dict(), ctx.run_dir / "best.pth")
+                ctx.log.info(f"[{ctx.stage}] new best J&F {score:.4f}: {ctx.run_dir / 'best.pth'}")
+        dist.barrier()
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state.get("best")

@@ -1,0 +1,35 @@
+"""AdamW with the official parameter groups, and the per-stage learning-rate schedule."""
+
+from __future__ import annotations
+
+import bisect
+
+import torch
+from omegaconf import DictConfig
+
+from cutie.model.param_groups import param_groups
+
+
+def build_optimizer(net: torch.nn.Module, stage_cfg: DictConfig, adam_eps: float) -> torch.optim.AdamW:
+    groups = param_groups(
+        net,
+        lr=float(stage_cfg.learning_rate),
+        weight_decay=float(stage_cfg.weight_decay),
+        embed_weight_decay=float(stage_cfg.embed_weight_decay),
+        backbone_lr_ratio=float(stage_cfg.backbone_lr_ratio),
+    )
+    return torch.optim.AdamW(groups, lr=float(stage_cfg.learning_rate), eps=adam_eps)
+
+
+def lr_factor(iteration: int, schedule: str, steps: list[int], gamma: float) -> float:
+    """Multiplier of every group's base lr at `iteration` (0-based): constant, or x gamma at each step."""
+    if schedule == "constant":
+        return 1.0
+    return gamma ** bisect.bisect_right(steps, iteration)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, stage_cfg: DictConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    schedule = str(stage_cfg.lr_schedule)
+    steps = [int(x) for x in (stage_cfg.get("lr_schedule_steps") or [])]
+    gamma = float(stage_cfg.get("lr_schedule_gamma", 0.1))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, schedule, steps, gamma))

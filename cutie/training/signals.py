@@ -1,0 +1,36 @@
+"""SIGTERM/SIGINT turn into a stop request honoured at the next step boundary (weights and a checkpoint are
+saved first). A second SIGINT interrupts at once."""
+
+from __future__ import annotations
+
+import signal
+
+
+class StopSignals:
+    def __init__(self) -> None:
+        self.requested = False
+        self.reason = ""
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.reason = (
+            f"received {signal.Signals(signum).name}: saved weights and a checkpoint; relaunch the same "
+            "command (same exp_id) to resume"
+        )
+
+    def request(self, reason: str) -> None:
+        """Programmatic stop (e.g. a test simulating preemption)."""
+        self.requested = True
+        self.reason = reason
+
+    def __enter__(self) -> StopSignals:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
