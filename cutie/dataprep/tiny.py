@@ -1,0 +1,365 @@
+"""The generated tiny dataset: every source format Cutie trains on, in the real on-disk layouts, in a few MB.
+
+Layout under the output folder (the same relative paths cutie/config/data/datasets.yaml uses, so
+`data_root=<out>` works directly; BURST and OVIS are raw and must be converted first):
+
+    static/fss/<class>/<n>.jpg + <n>.png                 FSS-1000 style, masks 0/255 grayscale
+    static/{DUTS-TR,DUTS-TE,ecssd,BIG_small,HRSOD_small}/NAME.jpg + NAME.png
+    DAVIS/2017/trainval/JPEGImages/480p/<video>/00000.jpg ...   Annotations/480p/<video>/00000.png (palette, id)
+    DAVIS/2017/trainval/ImageSets/2017/{train,val}.txt
+    YouTube/train/{JPEGImages,Annotations}/<video>/00000, 00005, ...  (every 5th frame number, as YouTube-VOS)
+    MOSE/train/{JPEGImages,Annotations}/<video>/00000 ...
+    BURST/frames/train/<dataset>/<seq>/<frame>.jpg  +  BURST/train/train.json   (BURST schema, RLE strings)
+    OVIS/train/<video>/img_0000001.jpg ...          +  OVIS/annotations_train.json (YouTube-VIS schema)
+    TINY_DATASET.json                                  what was generated (seed, counts); no timestamps
+
+Deterministic: each video draws from its own generator seeded by (seed, crc32 of its path), images are written
+with a fixed JPEG quality, PNGs carry no metadata, JSON keeps a fixed key order. Same seed -> same bytes.
+
+Edge cases on purpose: 1-5 objects that occlude each other and leave the frame, objects entering late (videos
+whose first frames have empty masks), trailing empty frames, videos shorter than 8 frames, several frame sizes;
+BURST: a track id > 255, overlapping tracks, an annotated frame with no tracks, sparse annotation over all frames;
+OVIS: compressed RLE, uncompressed RLE, null (absent) and polygon segmentations.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from cutie.dataprep.imageio import encode_gray_png, encode_jpeg, encode_palette_png
+from cutie.dataprep.scenes import Blob, blob_pixels, random_blob, render_salient_image, render_video
+
+MANIFEST = "TINY_DATASET.json"
+GENERATOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    name: str
+    width: int
+    height: int
+    length: int
+    objects: int
+    enter_at: int = 0  # frames before any object exists (empty masks at the start)
+    leaving: int = 0  # how many objects leave the frame by the end
+    late: int = 0  # how many objects enter half-way
+
+
+DAVIS_TRAIN = [
+    VideoSpec("blob-dance", 160, 120, 12, 2),
+    VideoSpec("crowd", 200, 150, 14, 5, leaving=1),
+    VideoSpec("drifter", 128, 96, 10, 1, leaving=1),
+    VideoSpec("short-hop", 176, 144, 6, 3, late=1),
+]
+DAVIS_VAL = [
+    VideoSpec("crossing", 160, 120, 10, 2),
+    VideoSpec("juggle", 144, 112, 8, 3, leaving=1),
+]
+YOUTUBE = [
+    VideoSpec("003234408d", 160, 96, 10, 2, enter_at=2),
+    VideoSpec("0065b171f9", 200, 150, 12, 4, late=2),
+    VideoSpec("00f88c4f0a", 128, 96, 7, 1),
+    VideoSpec("01baa5a4e1", 176, 144, 11, 1, leaving=1),
+]
+MOSE = [
+    VideoSpec("3a1b2c4d", 200, 150, 12, 5, leaving=2),
+    VideoSpec("5e6f7a8b", 160, 120, 9, 3, enter_at=1),
+    VideoSpec("9c0d1e2f", 144, 112, 15, 2, late=1),
+]
+OVIS = [
+    VideoSpec("2fb5a55b", 160, 120, 12, 4),
+    VideoSpec("7c3d9e10", 128, 96, 6, 2, enter_at=1),
+    VideoSpec("b5e1f0a2", 176, 132, 10, 3, leaving=1),
+]
+# Images per flat static set (sizes drawn per image, 100-240 px) and per FSS class (224x224, as FSS-1000).
+STATIC_FLAT = {"DUTS-TR": 6, "DUTS-TE": 4, "ecssd": 3, "BIG_small": 2, "HRSOD_small": 2}
+FSS_CLASSES = {"abacus": 3, "bee": 3, "cactus_ball": 2}
+
+
+def _rng(seed: int, key: str) -> np.random.Generator:
+    # crc32 rather than hash(): stable across processes and Python versions.
+    return np.random.default_rng([seed, zlib.crc32(key.encode("utf-8"))])
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _blobs(rng: np.random.Generator, spec: VideoSpec) -> list[Blob]:
+    blobs = []
+    for i in range(spec.objects):
+        first = spec.enter_at
+        if i >= spec.objects - spec.late:
+            first = max(spec.enter_at, spec.length // 2)
+        blobs.append(random_blob(rng, spec.height, spec.width, spec.length, first=first, leaves=i < spec.leaving))
+    return blobs
+
+
+def _render(seed: int, key: str, spec: VideoSpec) -> tuple[np.ndarray, np.ndarray, list[Blob]]:
+    rng = _rng(seed, key)
+    blobs = _blobs(rng, spec)
+    frames, ids = render_video(rng, spec.height, spec.width, spec.length, blobs)
+    return frames, ids, blobs
+
+
+def _write_vos_video(
+    seed: int, key: str, spec: VideoSpec, img_dir: Path, mask_dir: Path, step: int = 1
+) -> dict[str, int]:
+    frames, ids, _ = _render(seed, key, spec)
+    for t in range(spec.length):
+        stem = f"{t * step:05d}"
+        _write(img_dir / spec.name / f"{stem}.jpg", encode_jpeg(frames[t]))
+        _write(mask_dir / spec.name / f"{stem}.png", encode_palette_png(ids[t]))
+    return {"frames": spec.length, "empty_frames": int(sum(1 for t in range(spec.length) if ids[t].max() == 0))}
+
+
+def write_static(out: Path, seed: int) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for cls, n in FSS_CLASSES.items():
+        class_rng = _rng(seed, f"static/fss/{cls}")
+        colours = class_rng.uniform(0, 255, size=(2, 3))  # one look per class, as a few-shot class would have
+        for k in range(1, n + 1):
+            rng = _rng(seed, f"static/fss/{cls}/{k}")
+            img, mask = render_salient_image(rng, 224, 224, colours + rng.normal(0, 10, size=(2, 3)))
+            _write(out / "static" / "fss" / cls / f"{k}.jpg", encode_jpeg(img))
+            _write(out / "static" / "fss" / cls / f"{k}.png", encode_gray_png(mask))
+        counts["fss"] = counts.get("fss", 0) + n
+    for name, n in STATIC_FLAT.items():
+        for k in range(n):
+            stem = f"{name.lower().replace('-', '_')}_{k:04d}"
+            rng = _rng(seed, f"static/{name}/{stem}")
+            h, w = (int(v) for v in rng.integers(100, 241, size=2))
+            img, mask = render_salient_image(rng, h, w)
+            _write(out / "static" / name / f"{stem}.jpg", encode_jpeg(img))
+            _write(out / "static" / name / f"{stem}.png", encode_gray_png(mask))
+        counts[name] = n
+    return counts
+
+
+def write_davis(out: Path, seed: int) -> dict[str, int]:
+    root = out / "DAVIS" / "2017" / "trainval"
+    frames = 0
+    for spec in DAVIS_TRAIN + DAVIS_VAL:
+        frames += _write_vos_video(
+            seed, f"DAVIS/{spec.name}", spec, root / "JPEGImages" / "480p", root / "Annotations" / "480p"
+        )["frames"]
+    sets = root / "ImageSets" / "2017"
+    _write(sets / "train.txt", "".join(f"{s.name}\n" for s in sorted(DAVIS_TRAIN, key=lambda s: s.name)).encode())
+    _write(sets / "val.txt", "".join(f"{s.name}\n" for s in sorted(DAVIS_VAL, key=lambda s: s.name)).encode())
+    return {"videos": len(DAVIS_TRAIN) + len(DAVIS_VAL), "frames": frames}
+
+
+def write_plain_vos(out: Path, seed: int, dataset: str, specs: list[VideoSpec], step: int) -> dict[str, int]:
+    root = out / dataset / "train"
+    frames = 0
+    for spec in specs:
+        frames += _write_vos_video(
+            seed, f"{dataset}/{spec.name}", spec, root / "JPEGImages", root / "Annotations", step=step
+        )["frames"]
+    return {"videos": len(specs), "frames": frames}
+
+
+def _rle_string(mask: np.ndarray) -> str:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return rle["counts"].decode("ascii")
+
+
+@dataclass(frozen=True)
+class BurstSpec:
+    dataset: str
+    seq_name: str
+    video: VideoSpec
+    track_ids: tuple[int, ...]  # one per object
+    frame_name: str  # format with the frame number (1-based)
+    annotate_every: int
+
+
+BURST_SEQS = [
+    # Overlapping tracks (masks are amodal blobs, so crossing blobs overlap), sparse annotation.
+    BurstSpec("LaSOT", "airplane-3", VideoSpec("", 160, 120, 16, 2), (1, 2), "{:08d}.jpg", 2),
+    # A track id > 255; objects enter late, so the first annotated frame has no tracks.
+    BurstSpec(
+        "YFCC100M",
+        "v_25685519b728afd746dfd1b2fe77c",
+        VideoSpec("", 176, 132, 18, 3, enter_at=3),
+        (7, 300, 1024),
+        "frame{:04d}.jpg",
+        3,
+    ),
+    BurstSpec(
+        "YFCC100M",
+        "v_5c2ea3e1e2a4b3a8d2c9f1e4a7b6c5d",
+        VideoSpec("", 128, 96, 6, 1, leaving=1),
+        (1,),
+        "frame{:04d}.jpg",
+        1,
+    ),
+]
+
+
+def _blob_masks(blobs: list[Blob], spec: VideoSpec, t: int) -> list[np.ndarray]:
+    """Amodal (unoccluded) masks of every blob at frame t, by rendering each blob alone."""
+    yy, xx = np.mgrid[0 : spec.height, 0 : spec.width].astype(np.float32)
+    masks = []
+    for b in blobs:
+        if b.first <= t <= b.last:
+            masks.append(blob_pixels(b, t, spec.length, xx, yy)[0])
+        else:
+            masks.append(np.zeros((spec.height, spec.width), dtype=bool))
+    return masks
+
+
+def write_burst(out: Path, seed: int) -> dict[str, int]:
+    sequences = []
+    frames_root = out / "BURST" / "frames" / "train"
+    for seq_id, bs in enumerate(BURST_SEQS, start=1):
+        spec = bs.video
+        frames, _, blobs = _render(seed, f"BURST/{bs.dataset}/{bs.seq_name}", spec)
+        all_paths = [bs.frame_name.format(t + 1) for t in range(spec.length)]
+        for t, name in enumerate(all_paths):
+            _write(frames_root / bs.dataset / bs.seq_name / name, encode_jpeg(frames[t]))
+        annotated = list(range(0, spec.length, bs.annotate_every))
+        segmentations = []
+        for t in annotated:
+            masks = _blob_masks(blobs, spec, t)
+            depth = [b.depth0 + b.depth_speed * t for b in blobs]
+            frame_seg = {}
+            # Far to near, so "later track wins" on overlaps matches what the image shows.
+            for i in sorted(range(len(blobs)), key=lambda i: -depth[i]):
+                if masks[i].any():
+                    frame_seg[str(bs.track_ids[i])] = {"rle": _rle_string(masks[i]), "is_gt": True, "score": 1.0}
+            segmentations.append(frame_seg)
+        sequences.append(
+            {
+                "id": seq_id,
+                "width": spec.width,
+                "height": spec.height,
+                "dataset": bs.dataset,
+                "seq_name": bs.seq_name,
+                "fps": 30,
+                "all_image_paths": all_paths,
+                "annotated_image_paths": [all_paths[t] for t in annotated],
+                "neg_category_ids": [],
+                "not_exhaustive_category_ids": [],
+                "track_category_ids": {str(tid): 1 + (tid % 3) for tid in bs.track_ids},
+                "segmentations": segmentations,
+            }
+        )
+    doc = {
+        "split": "train",
+        "categories": [
+            {"id": 1, "name": "aerosol_can", "synset": "aerosol.n.02", "def": "", "synonyms": []},
+            {"id": 2, "name": "air_conditioner", "synset": "air_conditioner.n.01", "def": "", "synonyms": []},
+            {"id": 3, "name": "airplane", "synset": "airplane.n.01", "def": "", "synonyms": []},
+        ],
+        "sequences": sequences,
+    }
+    _write(out / "BURST" / "train" / "train.json", json.dumps(doc).encode("utf-8"))
+    return {"sequences": len(sequences), "frames": sum(s.video.length for s in BURST_SEQS)}
+
+
+def _polygon(mask: np.ndarray) -> list[list[float]]:
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [[float(v) for v in c.reshape(-1)] for c in contours if len(c) >= 3]
+
+
+def write_ovis(out: Path, seed: int) -> dict[str, int]:
+    videos, annotations = [], []
+    ann_id = 1
+    for vid_id, spec in enumerate(OVIS, start=1):
+        frames, ids, _ = _render(seed, f"OVIS/{spec.name}", spec)
+        file_names = [f"{spec.name}/img_{t + 1:07d}.jpg" for t in range(spec.length)]
+        for t, name in enumerate(file_names):
+            _write(out / "OVIS" / "train" / name, encode_jpeg(frames[t]))
+        videos.append(
+            {"id": vid_id, "width": spec.width, "height": spec.height, "length": spec.length, "file_names": file_names}
+        )
+        for obj in range(1, spec.objects + 1):
+            segs: list[object] = []
+            areas: list[float | None] = []
+            for t in range(spec.length):
+                m = ids[t] == obj
+                if not m.any():
+                    segs.append(None)
+                    areas.append(None)
+                    continue
+                rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+                areas.append(float(m.sum()))
+                # Cycle the encodings OVIS/YouTube-VIS files contain; one frame of the first video is a polygon.
+                if vid_id == 1 and obj == 1 and t == 2:
+                    segs.append(_polygon(m))
+                elif (t + obj) % 2 == 0:
+                    segs.append({"size": [spec.height, spec.width], "counts": rle["counts"].decode("ascii")})
+                else:
+                    segs.append({"size": [spec.height, spec.width], "counts": _uncompressed_counts(m)})
+            annotations.append(
+                {
+                    "id": ann_id,
+                    "video_id": vid_id,
+                    "category_id": 1 + obj % 3,
+                    "iscrowd": 0,
+                    "width": spec.width,
+                    "height": spec.height,
+                    "length": 1,
+                    "segmentations": segs,
+                    "areas": areas,
+                    "bboxes": [None] * spec.length,
+                }
+            )
+            ann_id += 1
+    doc = {
+        "info": {"description": "tiny synthetic OVIS-style set"},
+        "categories": [
+            {"id": 1, "name": "Person", "supercategory": "Person"},
+            {"id": 2, "name": "Bird", "supercategory": "Animal"},
+            {"id": 3, "name": "Cat", "supercategory": "Animal"},
+        ],
+        "videos": videos,
+        "annotations": annotations,
+    }
+    _write(out / "OVIS" / "annotations_train.json", json.dumps(doc).encode("utf-8"))
+    return {"videos": len(videos), "frames": sum(s.length for s in OVIS), "instances": len(annotations)}
+
+
+def _uncompressed_counts(mask: np.ndarray) -> list[int]:
+    """COCO uncompressed RLE counts (column-major runs, starting with a run of zeros)."""
+    flat = mask.astype(np.uint8).flatten(order="F")
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    if flat[0] == 1:
+        runs = [0, *runs]
+    return [int(r) for r in runs]
+
+
+def generate(out: Path, seed: int = 0, force: bool = False) -> dict[str, object]:
+    """Write the tiny dataset under `out` and return its summary (also written to out/TINY_DATASET.json)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(f"{out} exists and is not empty; choose an empty folder or pass --force")
+        if not (out / MANIFEST).is_file():
+            raise FileExistsError(f"{out} is not empty and holds no {MANIFEST}: refusing to delete it with --force")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, object] = {
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "static": write_static(out, seed),
+        "DAVIS": write_davis(out, seed),
+        "YouTube": write_plain_vos(out, seed, "YouTube", YOUTUBE, step=5),
+        "MOSE": write_plain_vos(out, seed, "MOSE", MOSE, step=1),
+        "BURST": write_burst(out, seed),
+        "OVIS": write_ovis(out, seed),
+    }
+    _write(out / MANIFEST, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    return summary
