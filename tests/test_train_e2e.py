@@ -1,0 +1,157 @@
+"""End-to-end training on the generated tiny dataset, on the CPU: one process, two processes (torchrun + gloo),
+resume == uninterrupted, strict reloading of the weights files, errors before training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cutie.model import build_network
+from cutie.model.weights import read_weights_file
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = str(REPO / "cutie" / "train.py")
+
+
+def _run(args: list[str], tmp: Path, *, torchrun: int = 0, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}", TRAIN]
+    else:
+        cmd = [sys.executable, TRAIN]
+    proc = subprocess.run(cmd + args, cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nSTDOUT\n{proc.stdout[-6000:]}\nSTDERR\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def _common(tiny_data: Path, tmp: Path, exp: str) -> list[str]:
+    return [
+        f"exp_id={exp}",
+        "model=small",
+        "data=tiny",
+        f"data_root={tiny_data}",
+        f"cache_root={tmp / 'cache'}",
+        f"output_root={tmp / 'output'}",
+        "device=cpu",
+        "num_workers=1",
+        "log_text_interval=2",
+        "log_image_interval=3",
+        "eval_interval=0",
+        "model.imagenet_dir=null",
+    ]
+
+
+def _losses(run_dir: Path) -> dict[tuple[str, int], float]:
+    """The last record of every (stage, iteration): a resumed run re-does the steps after its checkpoint."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        out[(r["stage"], r["iteration"])] = r["total_loss"]
+    return out
+
+
+def test_single_process_both_stages(tiny_data, tmp_path, repo_root):
+    args = _common(tiny_data, tmp_path, "single") + [
+        "pre_training.num_iterations=4",
+        "main_training.num_iterations=4",
+        "main_training.lr_schedule_steps=[3]",
+    ]
+    proc = _run(args, tmp_path)
+    run = tmp_path / "output" / "single"
+    for name in (
+        "config.yaml",
+        "env.json",
+        "train.log",
+        "metrics.jsonl",
+        "single_pre_training_last.pth",
+        "single_main_training_last.pth",
+    ):
+        assert (run / name).is_file(), f"{name} missing; stdout:\n{proc.stdout[-3000:]}"
+    assert list((run / "tb").glob("events.out.tfevents.*")), "no TensorBoard events"
+    assert list((run / "images").glob("main_training_*.png")), "no picture grids"
+    assert "ETA" in proc.stdout and "it 4/4" in proc.stdout
+    losses = _losses(run)
+    assert sorted(k[1] for k in losses if k[0] == "main_training") == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    # Weights files are plain official-key state dicts that load strictly into a fresh network.
+    import omegaconf
+
+    model_cfg = omegaconf.OmegaConf.load(run / "config.yaml").model
+    pre = read_weights_file(run / "single_pre_training_last.pth")
+    main = read_weights_file(run / "single_main_training_last.pth")
+    single, multi = build_network(model_cfg, single_object=True), build_network(model_cfg, single_object=False)
+    single.load_state_dict(pre, strict=True)
+    multi.load_state_dict(main, strict=True)
+    official = json.loads((repo_root.parent / "shared/reference/official_keys_small.json").read_text())
+    keys = official.get("keys", official) if isinstance(official, dict) else official
+    assert set(main) == set(keys if isinstance(keys, dict) else [k for k in keys])
+    # Relaunching the same exp_id finds both stages complete and trains nothing more.
+    again = _run(args, tmp_path)
+    assert "already" in again.stdout and _losses(run) == losses
+
+
+def test_resume_equals_uninterrupted(tiny_data, tmp_path):
+    base = _common(tiny_data, tmp_path, "x") + [
+        "pre_training.enabled=False",
+        "main_training.num_iterations=6",
+        "main_training.lr_schedule_steps=[4]",
+        "save_checkpoint_interval=2",
+    ]
+    straight = [a.replace("exp_id=x", "exp_id=straight") for a in base]
+    _run(straight, tmp_path)
+    stopped = [a.replace("exp_id=x", "exp_id=stopped") for a in base]
+    proc = _run(stopped + ["stop_at_iteration=3"], tmp_path, check=False)
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "simulated preemption" in proc.stdout + proc.stderr
+    run_b = tmp_path / "output" / "stopped"
+    assert (run_b / "checkpoints" / "main_training_0000003.pth").is_file()
+    _run(stopped, tmp_path)  # relaunch: resumes from iteration 3
+    a, b = _losses(tmp_path / "output" / "straight"), _losses(run_b)
+    assert a == b, f"resumed losses differ:\n{a}\n{b}"
+    wa = read_weights_file(tmp_path / "output/straight/straight_main_training_last.pth")
+    wb = read_weights_file(run_b / "stopped_main_training_last.pth")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
+    args = _common(tiny_data, tmp_path, "ddp") + [
+        "pre_training.num_iterations=2",
+        "main_training.num_iterations=2",
+        "main_training.lr_schedule_steps=[1]",
+        "num_workers=0",
+    ]
+    proc = _run(args, tmp_path, torchrun=2)
+    run = tmp_path / "output" / "ddp"
+    assert (run / "ddp_main_training_last.pth").is_file(), proc.stdout[-3000:]
+    assert json.loads((run / "env.json").read_text())["world_size"] == 2
+    assert "2 process(es)" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [("data=nope", "data"), ("model=nope", "model"), ("main_training.batch_size=0", "main_training.batch_size")],
+)
+def test_bad_options_fail_before_training(tmp_path, override, needle):
+    proc = _run([f"output_root={tmp_path / 'o'}", "device=cpu", override], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert needle in proc.stderr + proc.stdout
+    assert not list(tmp_path.glob("o/*/metrics.jsonl"))  # nothing was trained
+
+
+def test_missing_dataset_fails_before_training(tmp_path):
+    proc = _run(
+        [f"output_root={tmp_path / 'o'}", "device=cpu", f"data_root={tmp_path / 'nowhere'}", "data=tiny"],
+        tmp_path,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "nowhere" in proc.stderr + proc.stdout

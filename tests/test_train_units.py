@@ -1,0 +1,191 @@
+"""Training-layer units: stage plans and config errors, lr schedule, the pure step, atomic checkpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from cutie.training import checkpoint as ckpt_io
+from cutie.training.optim import lr_factor
+from cutie.training.plan import ConfigError, plan_stage
+from cutie.training.step import split_batch, train_step
+
+CPU = torch.device("cpu")
+
+
+def _cfg(repo_root, *overrides):
+    with initialize_config_dir(config_dir=str(repo_root / "cutie" / "config"), version_base="1.3"):
+        return compose("train_config", overrides=list(overrides))
+
+
+def test_official_defaults(repo_root):
+    cfg = _cfg(repo_root, "data=mega", "model=small")
+    pre, main = cfg.pre_training, cfg.main_training
+    assert (pre.num_iterations, pre.batch_size, pre.seq_length, list(pre.crop_size)) == (80000, 16, 3, [384, 384])
+    assert (pre.learning_rate, pre.lr_schedule, pre.train_num_points, pre.amp) == (1e-4, "constant", 8192, False)
+    assert (pre.num_objects, pre.num_ref_frames) == (1, 2)
+    assert (main.batch_size, main.seq_length, list(main.crop_size), main.num_objects) == (16, 8, [480, 480], 3)
+    assert (main.num_ref_frames, main.amp, main.train_num_points, main.merge_probability) == (3, True, 12544, 0.5)
+    assert (main.num_iterations, list(main.lr_schedule_steps)) == (175000, [140000, 160000])
+    assert list(main.max_skip_schedule) == [5, 10, 15, 5]
+    assert list(main.max_skip_schedule_fraction) == [0.0, 0.1, 0.3, 0.8]
+    for s in (pre, main):
+        assert (s.weight_decay, s.embed_weight_decay, s.backbone_lr_ratio, s.clip_grad_norm) == (0.001, 0.0, 0.1, 3.0)
+        assert (s.deep_update_prob, s.oversample_ratio, s.importance_sample_ratio) == (0.2, 3.0, 0.75)
+    base = _cfg(repo_root, "data=base")
+    assert (base.main_training.num_iterations, list(base.main_training.lr_schedule_steps)) == (125000, [100000, 115000])
+    assert list(base.data.main_training.datasets) == ["DAVIS", "YouTubeVOS"]
+    assert base.data.vos_datasets.DAVIS.multiplier == 2 and base.data.vos_datasets.DAVIS.frame_interval == 2
+    assert base.data.image_datasets.BIG.multiplier == 5 and base.data.image_datasets.HRSOD.multiplier == 5
+
+
+def test_plan_derives_per_rank_batch_and_accumulation(repo_root):
+    cfg = _cfg(repo_root, "main_training.batch_size=16", "max_batch_per_gpu=4")
+    plan = plan_stage(cfg, "main_training", world_size=2, device=CPU)
+    assert (plan.per_rank_batch, plan.micro_batch, plan.accumulation_steps) == (8, 4, 2)
+    assert plan.amp_dtype is None and plan.adam_eps == 1e-8  # AMP is off on the CPU
+    assert cfg.main_training.batch_size == 16  # the config itself is never mutated
+    assert plan_stage(cfg, "pre_training", world_size=1, device=CPU).single_object
+
+
+@pytest.mark.parametrize(
+    ("overrides", "world", "needle"),
+    [
+        (["main_training.batch_size=15"], 2, "main_training.batch_size=15"),
+        (["max_batch_per_gpu=3"], 1, "max_batch_per_gpu=3"),
+        (["main_training.lr_schedule=cosine"], 1, "main_training.lr_schedule"),
+        (["main_training.crop_size=[100,100]"], 1, "main_training.crop_size"),
+    ],
+)
+def test_plan_errors_name_the_option(repo_root, overrides, world, needle):
+    cfg = _cfg(repo_root, *overrides)
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[")):
+        plan_stage(cfg, "main_training", world_size=world, device=CPU)
+
+
+def test_step_lr_schedule():
+    steps = [100, 115]
+    assert lr_factor(0, "step", steps, 0.1) == 1.0
+    assert lr_factor(99, "step", steps, 0.1) == 1.0
+    assert lr_factor(100, "step", steps, 0.1) == pytest.approx(0.1)
+    assert lr_factor(115, "step", steps, 0.1) == pytest.approx(0.01)
+    assert lr_factor(10**6, "constant", steps, 0.1) == 1.0
+
+
+def test_split_batch_keeps_samples_together():
+    batch = {"rgb": torch.arange(4).view(4, 1).float(), "num_objects": torch.tensor([1, 2, 3, 1])}
+    parts = split_batch(batch, 2)
+    assert [p["rgb"].flatten().tolist() for p in parts] == [[0.0, 1.0], [2.0, 3.0]]
+    assert [p["num_objects"].tolist() for p in parts] == [[1, 2], [3, 1]]
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 1)
+
+    def forward(self, batch):
+        return {"y": self.lin(batch["rgb"])}
+
+
+def _plan(accum=1):
+    from cutie.training.plan import StagePlan
+
+    return StagePlan("main_training", 10, 4, 4, 4 // accum, accum, None, False, 1e-8, False)
+
+
+def test_step_skips_non_finite_loss_and_keeps_weights():
+    model = _Linear()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    batch = {"rgb": torch.randn(4, 3)}
+    nan_loss = lambda b, o: {"total_loss": o["y"].sum() * float("nan")}  # noqa: E731
+    res = train_step(model, batch, nan_loss, opt, scaler, _plan(), 3.0)
+    assert not res.finite
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    ok_loss = lambda b, o: {"total_loss": (o["y"] ** 2).mean()}  # noqa: E731
+    res = train_step(model, batch, ok_loss, opt, scaler, _plan(), 3.0)
+    assert res.finite and not torch.equal(model.lin.weight, before["lin.weight"])
+
+
+def test_accumulation_equals_full_batch():
+    torch.manual_seed(0)
+    a, b = _Linear(), _Linear()
+    b.load_state_dict(a.state_dict())
+    batch = {"rgb": torch.randn(4, 3)}
+    loss = lambda bt, o: {"total_loss": (o["y"] ** 2).mean()}  # noqa: E731
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    oa, ob = torch.optim.SGD(a.parameters(), lr=0.1), torch.optim.SGD(b.parameters(), lr=0.1)
+    train_step(a, batch, loss, oa, scaler, _plan(1), 100.0)
+    train_step(b, batch, loss, ob, scaler, _plan(2), 100.0)
+    assert torch.allclose(a.lin.weight, b.lin.weight, atol=1e-6)
+
+
+def test_atomic_save_failure_keeps_previous(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pth"
+    ckpt_io.atomic_torch_save({"v": torch.ones(3)}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        ckpt_io.atomic_torch_save({"v": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path)["v"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pth"]  # no temporary left behind
+
+
+def test_checkpoint_killed_mid_write_leaves_previous_usable(tmp_path):
+    """A process SIGKILLed while writing a big checkpoint: the file is always a complete old or new one."""
+    path = tmp_path / "ck.pth"
+    ckpt_io.atomic_torch_save({"gen": 0, "t": torch.zeros(10)}, path)
+    code = textwrap.dedent(f"""
+        import sys, torch
+        from cutie.training.checkpoint import atomic_torch_save
+        print("ready", flush=True)
+        for gen in range(1, 1000):
+            atomic_torch_save({{"gen": gen, "t": torch.full((25_000_000,), float(gen))}}, {str(path)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    import time
+
+    time.sleep(1.5)  # long enough to be inside a 100 MB write most of the time
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    ck = torch.load(path)
+    assert ck["t"].numel() in (10, 25_000_000)
+    assert bool((ck["t"] == float(ck["gen"])).all())
+    assert ckpt_io.list_checkpoints(tmp_path) == []  # names outside checkpoints/ are not picked up
+
+
+def test_rng_state_round_trip():
+    ckpt_io.seed_everything(3)
+    state = ckpt_io.rng_state()
+    a = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    ckpt_io.set_rng_state(state)
+    b = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_latest_checkpoint_orders_by_stage_then_iteration(tmp_path):
+    for stage, it in [("pre_training", 20), ("main_training", 3), ("main_training", 12), ("pre_training", 5)]:
+        ckpt_io.checkpoint_path(tmp_path, stage, it).parent.mkdir(exist_ok=True)
+        ckpt_io.checkpoint_path(tmp_path, stage, it).write_bytes(b"x")
+    assert ckpt_io.latest_checkpoint(tmp_path).name == "main_training_0000012.pth"
+    ckpt_io.prune_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in ckpt_io.list_checkpoints(tmp_path)] == [
+        "main_training_0000003.pth",
+        "main_training_0000012.pth",
+    ]
