@@ -1,0 +1,161 @@
+"""The model config (`model` node of the Hydra config) read into one typed, validated object.
+
+The network never reads a config node directly: `ModelSpec.from_config` resolves interpolations, checks the
+values the layout depends on, and names the option at fault when one is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config" / "model"
+RESNET_TYPES = ("resnet18", "resnet50")
+
+
+class ModelConfigError(ValueError):
+    """A model config value the network cannot be built from."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    pixel_mean: tuple[float, float, float]
+    pixel_std: tuple[float, float, float]
+    pixel_dim: int
+    key_dim: int
+    value_dim: int
+    sensory_dim: int
+    embed_dim: int
+    pixel_encoder_type: str
+    ms_dims: tuple[int, int, int]  # pixel-encoder channels at strides 16, 8, 4
+    mask_encoder_type: str
+    mask_encoder_final_dim: int
+    pixel_pe_scale: float
+    pixel_pe_temperature: float
+    transformer_embed_dim: int
+    ff_dim: int
+    num_heads: int
+    num_blocks: int
+    num_queries: int
+    read_from_pixel_pe: tuple[bool, bool, bool]
+    read_from_query_pe: tuple[bool, bool, bool]
+    read_from_query_norm: bool
+    query_self_attention_pe: tuple[bool, bool, bool]
+    summarizer_embed_dim: int
+    num_summaries: int
+    summarizer_add_pe: bool
+    sensory_aux: bool
+    query_aux: bool
+    up_dims: tuple[int, int, int]
+
+    @classmethod
+    def from_config(cls, model_cfg: DictConfig | Mapping[str, Any]) -> ModelSpec:
+        """Reads the `model` config node (DictConfig or plain mapping; `${model.x}` interpolations allowed)."""
+        c = _to_plain(model_cfg)
+
+        def get(path: str) -> Any:
+            node: Any = c
+            for part in path.split("."):
+                if not isinstance(node, Mapping) or part not in node:
+                    raise ModelConfigError(
+                        f"model config: missing option `model.{path}` (see cutie/config/model/base.yaml)"
+                    )
+                node = node[part]
+            return node
+
+        ot = "object_transformer"
+        spec = cls(
+            name=str(c.get("name", "custom")),
+            pixel_mean=tuple(float(v) for v in get("pixel_mean")),
+            pixel_std=tuple(float(v) for v in get("pixel_std")),
+            pixel_dim=int(get("pixel_dim")),
+            key_dim=int(get("key_dim")),
+            value_dim=int(get("value_dim")),
+            sensory_dim=int(get("sensory_dim")),
+            embed_dim=int(get("embed_dim")),
+            pixel_encoder_type=str(get("pixel_encoder.type")),
+            ms_dims=tuple(int(v) for v in get("pixel_encoder.ms_dims")),
+            mask_encoder_type=str(get("mask_encoder.type")),
+            mask_encoder_final_dim=int(get("mask_encoder.final_dim")),
+            pixel_pe_scale=float(get("pixel_pe_scale")),
+            pixel_pe_temperature=float(get("pixel_pe_temperature")),
+            transformer_embed_dim=int(get(f"{ot}.embed_dim")),
+            ff_dim=int(get(f"{ot}.ff_dim")),
+            num_heads=int(get(f"{ot}.num_heads")),
+            num_blocks=int(get(f"{ot}.num_blocks")),
+            num_queries=int(get(f"{ot}.num_queries")),
+            read_from_pixel_pe=tuple(bool(v) for v in get(f"{ot}.read_from_pixel.add_pe_to_qkv")),
+            read_from_query_pe=tuple(bool(v) for v in get(f"{ot}.read_from_query.add_pe_to_qkv")),
+            read_from_query_norm=bool(get(f"{ot}.read_from_query.output_norm")),
+            query_self_attention_pe=tuple(bool(v) for v in get(f"{ot}.query_self_attention.add_pe_to_qkv")),
+            summarizer_embed_dim=int(get("object_summarizer.embed_dim")),
+            num_summaries=int(get("object_summarizer.num_summaries")),
+            summarizer_add_pe=bool(get("object_summarizer.add_pe")),
+            sensory_aux=bool(get("aux_loss.sensory.enabled")),
+            query_aux=bool(get("aux_loss.query.enabled")),
+            up_dims=tuple(int(v) for v in get("mask_decoder.up_dims")),
+        )
+        spec._validate()
+        return spec
+
+    def _validate(self) -> None:
+        def fail(msg: str) -> None:
+            raise ModelConfigError(f"model config: {msg}")
+
+        for opt, value in (
+            ("pixel_encoder.type", self.pixel_encoder_type),
+            ("mask_encoder.type", self.mask_encoder_type),
+        ):
+            if value not in RESNET_TYPES:
+                fail(f"`model.{opt}` is {value!r}; supported: {', '.join(RESNET_TYPES)}")
+        if len(self.ms_dims) != 3 or len(self.up_dims) != 3:
+            fail("`model.pixel_encoder.ms_dims` and `model.mask_decoder.up_dims` need 3 values each")
+        if self.up_dims[0] != self.embed_dim:
+            fail(f"`model.mask_decoder.up_dims[0]` ({self.up_dims[0]}) must equal `model.embed_dim`")
+        # The transformer, summarizer and fusers share one feature width (as in the official network).
+        widths = {self.pixel_dim, self.value_dim, self.embed_dim, self.transformer_embed_dim, self.summarizer_embed_dim}
+        if len(widths) != 1:
+            fail("pixel_dim, value_dim, embed_dim and the transformer/summarizer embed_dim must be equal")
+        if self.num_queries % 2 or self.num_summaries != self.num_queries:
+            fail("`object_transformer.num_queries` must be even and equal `object_summarizer.num_summaries`")
+        if self.embed_dim % self.num_heads:
+            fail("`object_transformer.embed_dim` must be divisible by `num_heads`")
+
+
+def _to_plain(model_cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(model_cfg, DictConfig):
+        return OmegaConf.to_container(model_cfg, resolve=True)  # type: ignore[return-value]
+    if isinstance(model_cfg, Mapping):
+        # Wrap so `${model.embed_dim}`-style interpolations resolve as they would inside the full config.
+        wrapped = OmegaConf.create({"model": dict(model_cfg)})
+        return OmegaConf.to_container(wrapped, resolve=True)["model"]  # type: ignore[index]
+    raise ModelConfigError(f"model config must be a DictConfig or a mapping, got {type(model_cfg).__name__}")
+
+
+def load_model_config(name: str, overrides: Mapping[str, Any] | None = None) -> DictConfig:
+    """The `model` node of cutie/config/model/<name>.yaml (its `defaults` applied), with optional overrides
+    merged on top, resolved. For scripts and tests that do not go through Hydra."""
+    cfg = _load_with_defaults(name)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.create(dict(overrides)))
+    root = OmegaConf.create({"model": cfg})
+    OmegaConf.resolve(root)
+    return root.model
+
+
+def _load_with_defaults(name: str) -> DictConfig:
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ModelConfigError(f"no model config {path}; known: {', '.join(known)}")
+    own = OmegaConf.load(path)
+    defaults = own.pop("defaults", [])
+    merged = OmegaConf.create({})
+    for parent in defaults:  # Hydra's order: parents first, this file's own values last
+        merged = OmegaConf.merge(merged, _load_with_defaults(str(parent)))
+    return OmegaConf.merge(merged, own)
