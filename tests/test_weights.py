@@ -258,8 +258,14 @@ def test_imagenet_wrong_depth_is_an_error(reference_dir: Path, resnet18_dir: Pat
         init_from_imagenet(net, folder)
 
 
-def test_read_refuses_pickled_objects(tmp_path: Path) -> None:
-    path = tmp_path / "np.pth"
-    torch.save({"weights": {"a": torch.zeros(1)}, "rng": np.arange(3)}, path)
-    with pytest.raises(WeightsError, match="np.pth.*other than tensors"):
-        read_weights_file(path)
+def test_read_accepts_numpy_rng_state_but_refuses_other_objects(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    checkpoint = {
+        "weights": {"a": torch.zeros(1)},
+        "rng": {"numpy": ("MT19937", rng.integers(0, 9, 624).astype(np.uint32))},
+    }
+    torch.save(checkpoint, tmp_path / "ck.pth")  # like the trainer's checkpoints (numpy RNG state inside)
+    assert list(read_weights_file(tmp_path / "ck.pth")) == ["a"]
+    torch.save({"weights": {"a": torch.zeros(1)}, "where": Path("/x")}, tmp_path / "obj.pth")
+    with pytest.raises(WeightsError, match="obj.pth.*not loaded for safety"):
+        read_weights_file(tmp_path / "obj.pth")

@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +32,15 @@ IMAGENET_FILES = {"resnet18": "resnet18-5c106cde.pth", "resnet50": "resnet50-19c
 IMAGENET_HINT = "see README, ImageNet weights"
 
 StateDict = dict[str, torch.Tensor]
+
+# Full checkpoints of this project hold numpy arrays (the numpy RNG state). Reading them with weights_only=True
+# needs numpy array reconstruction allowed; nothing else beyond tensors and containers is.
+_NUMPY_SAFE_GLOBALS = [
+    np._core.multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    *(type(np.dtype(t)) for t in (np.bool_, np.uint8, np.int32, np.int64, np.uint32, np.float32, np.float64)),
+]
 
 
 class WeightsError(ValueError):
@@ -69,13 +79,14 @@ def read_weights_file(path: str | os.PathLike) -> StateDict:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist (expected a .pth state dict or checkpoint)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickled objects beyond tensors and containers
         first_line = str(e).splitlines()[0] if str(e) else ""
         if "weights only load failed" in str(e).lower():
             problem = (
-                "it holds Python objects other than tensors, numbers, strings and containers (e.g. numpy "
-                "arrays), which are not loaded for safety; weights and checkpoint files must be plain"
+                "it holds Python objects other than tensors, numpy arrays, numbers, strings and containers, "
+                "which are not loaded for safety; weights and checkpoint files must be plain"
             )
         else:
             problem = "the file may be truncated or corrupt"
