@@ -1,0 +1,7 @@
+"""The official semi-supervised inference procedure over a video (memory bank, per-frame steps), dataset
+runs and validation."""
+
+from cutie.inference.processor import VideoProcessor
+from cutie.inference.settings import InferenceSettings
+
+__all__ = ["InferenceSettings", "VideoProcessor"]

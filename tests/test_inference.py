@@ -1,0 +1,121 @@
+"""The inference procedure: official fixtures, padding, memory bookkeeping, objects given on later frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cutie.inference.memory_bank import MemoryBank
+from cutie.inference.processor import VideoProcessor
+from cutie.inference.reference_check import check_inference_fixture, load_weights_rule
+from cutie.inference.settings import InferenceSettings
+from cutie.inference.tensor_ops import pad_to_multiple, stagger_steps, unpad
+from cutie.model import build_network, load_model_config
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = sorted((REPO.parent / "shared" / "reference").glob("inference_*.pt"))
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
+def test_matches_official_inference_fixture(path: Path) -> None:
+    fixture = torch.load(path, weights_only=False)
+    assert check_inference_fixture(fixture, REPO) < 1e-4
+
+
+def test_fixtures_present() -> None:
+    assert len(FIXTURES) >= 2, f"inference fixtures missing under {REPO.parent / 'shared' / 'reference'}"
+
+
+def test_padding_puts_the_odd_pixel_bottom_right() -> None:
+    x = torch.arange(17 * 33, dtype=torch.float32).view(1, 17, 33)
+    padded, pads = pad_to_multiple(x, 16)
+    assert padded.shape == (1, 32, 48)
+    assert pads == (7, 8, 7, 8)  # left, right, top, bottom
+    assert torch.equal(padded[:, 7:24, 7:40], x)
+    assert torch.equal(unpad(padded, pads), x)
+    same, no_pads = pad_to_multiple(torch.zeros(2, 32, 16))
+    assert no_pads == (0, 0, 0, 0) and torch.equal(unpad(same, no_pads), same)
+
+
+def test_stagger_schedule() -> None:
+    assert stagger_steps(5, 5) == {1, 2, 3, 4, 5}
+    assert stagger_steps(3, 5) == {1, 2, 3}
+    assert stagger_steps(10, 3) == {1, 6, 10}  # round(linspace(1, 10, 3)) = 1, 5.5 -> 6, 10
+
+
+def test_settings_reject_long_term_and_read_config() -> None:
+    with pytest.raises(NotImplementedError, match="use_long_term"):
+        InferenceSettings(use_long_term=True)
+    s = InferenceSettings.from_mapping({"mem_every": 3, "top_k": None, "unrelated": 1})
+    assert s.mem_every == 3 and s.top_k == 30  # None means the default
+
+
+def _add_frame(bank: MemoryBank, tag: float, ids: list[int], hw: int = 2) -> None:
+    key = torch.full((1, 4, hw, 1), tag)
+    value = torch.full((1, len(ids), 3, hw, 1), tag)
+    summaries = torch.ones(1, len(ids), 2, 5)
+    bank.add(key, torch.ones(1, 1, hw, 1), value, summaries, ids)
+
+
+def test_memory_keeps_the_first_frame_and_a_fifo() -> None:
+    bank = MemoryBank(sensory_dim=8, max_mem_frames=3, top_k=30)
+    for t in range(5):
+        _add_frame(bank, float(t), [1, 2])
+    (group,) = bank.groups
+    # the permanent first frame + the 2 most recent frames (max_mem_frames counts the permanent one)
+    assert group.key[0, 0].tolist() == [0, 0, 3, 3, 4, 4]
+    assert group.values[2][0, 0].tolist() == [0, 0, 3, 3, 4, 4]
+    assert torch.equal(bank.object_memory[1], torch.full((1, 2, 5), 5.0))  # summed over 5 frames
+    # an object first given later gets its own group, with its first frame permanent
+    _add_frame(bank, 5.0, [1, 2, 3])
+    assert [g.object_ids for g in bank.groups] == [[1, 2], [3]]
+    assert bank.groups[1].key[0, 0].tolist() == [5, 5] and bank.groups[1].permanent_tokens == 2
+    assert bank.groups[0].key[0, 0].tolist() == [0, 0, 4, 4, 5, 5]
+
+
+@pytest.fixture(scope="module")
+def small_net() -> torch.nn.Module:
+    net = build_network(load_model_config("small"))
+    rule = load_weights_rule(REPO)
+    net.load_state_dict(rule.fill_state_dict(net.state_dict(), seed=3))
+    return net.eval()
+
+
+def _video(t: int = 5, h: int = 48, w: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.rand(t, 3, h, w, generator=gen)
+    mask = torch.zeros(h, w, dtype=torch.long)
+    mask[8:24, 8:30] = 1
+    return frames, mask
+
+
+def test_objects_given_on_later_frames(small_net: torch.nn.Module) -> None:
+    frames, mask = _video(h=40, w=56)  # not multiples of 16: padded and cropped back
+    later = torch.zeros_like(mask)
+    later[25:38, 35:50] = 7
+    proc = VideoProcessor(small_net, InferenceSettings(mem_every=2))
+    first = proc.step(frames[0], mask)
+    assert first.shape == (2, 40, 56) and torch.equal(proc.index_mask(first), mask)
+    proc.step(frames[1])
+    third = proc.step(frames[2], later)  # object 7 appears: merged with the prediction of object 1
+    assert proc.object_ids == [1, 7] and third.shape == (3, 40, 56)
+    assert torch.all(proc.index_mask(third)[later == 7] == 7)
+    assert torch.allclose(third.sum(0), torch.ones(40, 56), atol=1e-5)
+    assert [g.object_ids for g in proc.memory.groups] == [[1], [7]]
+    out = proc.step(frames[3])
+    last = proc.step(frames[4], end=True)
+    assert out.shape == last.shape == (3, 40, 56)
+    assert proc.last_mem_index == 2  # frame 4 is the end: never memorised
+
+
+def test_flip_augmentation_is_mirror_symmetric(small_net: torch.nn.Module) -> None:
+    frames, mask = _video(t=3)
+    frames = (frames + torch.flip(frames, dims=[-1])) / 2  # mirror-symmetric video
+    mask = mask | torch.flip(mask, dims=[-1])
+    proc = VideoProcessor(small_net, InferenceSettings(flip_aug=True))
+    proc.step(frames[0], mask)
+    for t in (1, 2):
+        prob = proc.step(frames[t], end=t == 2)
+        assert torch.equal(prob, torch.flip(prob, dims=[-1]))
