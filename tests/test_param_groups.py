@@ -93,3 +93,15 @@ def test_groups_drive_adamw() -> None:
     moved_head = (net.head.weight - before[1]).abs().max().item()
     assert moved_backbone == pytest.approx(0.01, rel=1e-3)
     assert moved_head == pytest.approx(0.1, rel=1e-3)
+
+
+def test_real_network_groups() -> None:
+    from cutie.model import build_network, load_model_config
+
+    net = build_network(load_model_config("small"))
+    groups = param_groups(net, lr=1e-4, weight_decay=0.001, embed_weight_decay=0.0, backbone_lr_ratio=0.1)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len([p for p in net.parameters() if p.requires_grad])
+    assert len(groups[1]["params"]) == 4  # query_init, query_emb, summary_to_query_{init,emb} weights
+    backbone = {id(p) for p in net.pixel_encoder.parameters()}
+    assert {id(p) for p in groups[0]["params"]} == backbone

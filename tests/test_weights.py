@@ -269,3 +269,34 @@ def test_read_accepts_numpy_rng_state_but_refuses_other_objects(tmp_path: Path) 
     torch.save({"weights": {"a": torch.zeros(1)}, "where": Path("/x")}, tmp_path / "obj.pth")
     with pytest.raises(WeightsError, match="obj.pth.*not loaded for safety"):
         read_weights_file(tmp_path / "obj.pth")
+
+
+# ------------------------------------------------------------------------------------------- real network
+@pytest.fixture(scope="module")
+def small_cfg():
+    from cutie.model import load_model_config
+
+    return load_model_config("small")
+
+
+def test_real_network_round_trip_and_widening(small_cfg, small_shapes, tmp_path: Path, resnet18_dir: Path) -> None:
+    from cutie.model import build_network
+
+    torch.manual_seed(0)
+    net = build_network(small_cfg)
+    assert {k: list(v.shape) for k, v in net.state_dict().items()} == small_shapes
+    init_from_imagenet(net, resnet18_dir)
+    save_weights(net.state_dict(), tmp_path / "multi.pth")
+    fresh = build_network(small_cfg)
+    load_weights(fresh, read_weights_file(tmp_path / "multi.pth"))
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in fresh.state_dict().items())
+
+    single = build_network(small_cfg, single_object=True)
+    save_weights(single, tmp_path / "single.pth")
+    load_weights(fresh, read_weights_file(tmp_path / "single.pth"))  # pre-training -> main training
+    loaded, source = fresh.state_dict(), single.state_dict()
+    assert torch.equal(loaded["mask_encoder.conv1.weight"][:, :4], source["mask_encoder.conv1.weight"])
+    assert torch.equal(
+        loaded["pixel_fuser.sensory_compress.weight"][:, :-1], source["pixel_fuser.sensory_compress.weight"]
+    )
+    assert all(torch.equal(loaded[k], v) for k, v in source.items() if k in loaded and loaded[k].shape == v.shape)
