@@ -1,0 +1,284 @@
+"""The DALI graph that renders ClipRecipes: decode, warp, colour, composite (recipe.py is the contract).
+
+The source (a parallel, per-sample `fn.external_source`) hands over one packed recipe per sample: `pack_recipe`
+turns a ClipRecipe into flat numpy arrays in the order of `SourceLayout.names`. The graph is fixed; what differs
+per sample is routed with DALI conditionals (`enable_conditionals=True`), so a branch runs only for the samples
+that take it:
+- layer k of a sample is rendered only when present (k < L); layers past L cost nothing (measured: cheaper than
+  always rendering a second layer with alpha 0, see docs/benchmarks.md);
+- a layer with matrices: T JPEG inputs -> `fn.decoders.image` (mixed on a GPU, cpu otherwise) ->
+  `fn.experimental.warp_perspective` per frame with pixel_origin="center" (OpenCV's convention, so the sampler's
+  matrices are used as they are; checked equal to cv2.warpPerspective) -> `fn.stack` to FHWC. Warping frame by
+  frame before the stack also accepts frames of different source sizes;
+- a layer with dense maps (pre-training thin-plate splines): `fn.experimental.remap` is GPU-only and fills 0, so
+  the source decodes and remaps those frames on the CPU (cv2, in the parallel source workers) and hands over the
+  warped uint8 frames; the graph only applies colour and compositing to them. A repeated JPEG is decoded once.
+Colour (recipe.py's order, clamped after each step), per frame on FHWC float:
+  m = mean grey of the warped frame (`fn.reductions.mean` of the channels, weighted 0.299/0.587/0.114),
+  `fn.brightness_contrast(brightness=b/255, contrast=c, contrast_center=m)` gives [0, 1] directly,
+  `fn.hsv(saturation=s * (1 - grayscale))`: DALI's hsv is the linear map grey + s * (x - grey) with the same
+  luma weights (within 1e-3). Folding the grayscale flag into the saturation factor differs from recipe.py's
+  gray(clamp(...)) only where s > 1 made the saturation step clip, which is negligible at the jitter strengths used.
+  On a GPU the per-frame mean lives on the device; it is moved to the CPU (`.cpu()`, DALI's dynamic executor) to
+  serve as an argument.
+Compositing: out <- out + alpha_k * (layer_k - out), alpha as T*H*W*1 float. Output `rgb` is T*3*H*W float32 in
+[0, 1]; `cls_gt` (T*H*W uint8, final from the sampler, never decoded by DALI), `num_objects`, `bad_samples` and
+`index` pass through.
+
+GPU: the same graph with device_id set and decoders on "mixed". Implemented, not measured on a GPU here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+import cv2
+import numpy as np
+
+from cutie.data.recipe import IMAGENET_MEAN, ClipRecipe, ImageLayer
+
+_FILL_255 = [255.0 * v for v in IMAGENET_MEAN]  # warp fill in uint8 units
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True)
+class SourceLayout:
+    """Shape of the packed samples for one pipeline: frames per clip, output size, most layers per clip."""
+
+    seq_length: int
+    out_size: tuple[int, int]  # (H, W)
+    max_layers: int  # 1, or 2 with merges (main training), or more for multi-object pre-training
+
+    def fields(self) -> list[tuple[str, str]]:
+        """(name, kind) of every source output, in order; kind picks the DALI dtype and layout."""
+        fields: list[tuple[str, str]] = []
+        for k in range(self.max_layers):
+            fields += [(f"jpeg{k}_{t}", "jpeg") for t in range(self.seq_length)]
+            fields += [(f"matrices{k}", "float"), (f"colour{k}", "float"), (f"dense{k}", "bool")]
+            fields += [(f"frames{k}", "frames")]
+            if k > 0:
+                fields += [(f"present{k}", "bool"), (f"alpha{k}", "alpha")]
+        return fields + [("cls_gt", "uint8"), ("num_objects", "int32"), ("bad_samples", "int32"), ("index", "int64")]
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.fields()]
+
+    def dtypes(self) -> list:
+        from nvidia.dali import types
+
+        kinds = {
+            "jpeg": types.UINT8,
+            "float": types.FLOAT,
+            "bool": types.BOOL,
+            "frames": types.UINT8,
+            "alpha": types.FLOAT,
+            "uint8": types.UINT8,
+            "int32": types.INT32,
+            "int64": types.INT64,
+        }
+        return [kinds[kind] for _, kind in self.fields()]
+
+    def layouts(self) -> list[str]:
+        return ["FHWC" if kind in ("frames", "alpha") else "" for _, kind in self.fields()]
+
+    def bytes_per_sample(self) -> int:
+        """A generous shared-memory hint for one packed sample (JPEGs estimated at 1 byte per output pixel)."""
+        h, w = self.out_size
+        t, n = self.seq_length, self.max_layers
+        per_layer = t * (h * w * 3 + 4 * h * w * 3)  # frames (dense) or JPEGs, plus headroom
+        return n * per_layer + (n - 1) * t * h * w * 4 + t * h * w + (1 << 16)
+
+
+@cache
+def _placeholder_jpeg() -> np.ndarray:
+    """A valid 8x8 JPEG for inputs a sample does not use (absent or dense layers): never decoded."""
+    ok, enc = cv2.imencode(".jpg", np.full((8, 8, 3), 128, np.uint8))
+    assert ok
+    return np.frombuffer(enc.tobytes(), np.uint8)
+
+
+def _decode_rgb(data: bytes, path: str) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{path}: JPEG could not be decoded (the sampler should have replaced this sample)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def remap_layer(layer: ImageLayer) -> np.ndarray:
+    """A dense-map layer's frames, decoded and remapped on the CPU: T*H*W*3 uint8 (bilinear, ImageNet-mean fill)."""
+    assert layer.dense_maps is not None
+    decoded: dict[bytes, np.ndarray] = {}  # pre-training frames repeat one image: decode it once
+    frames = []
+    for t, data in enumerate(layer.jpegs):
+        if data not in decoded:
+            path = layer.source_paths[t] if layer.source_paths else f"frame {t}"
+            decoded[data] = _decode_rgb(data, path)
+        dmap = np.ascontiguousarray(layer.dense_maps[t], dtype=np.float32)  # H*W*2 (source x, source y)
+        frames.append(
+            cv2.remap(
+                decoded[data],
+                dmap,
+                None,
+                interpolation=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=_FILL_255,
+            )
+        )
+    return np.stack(frames)
+
+
+def _colour_params(layer: ImageLayer) -> np.ndarray:
+    """T*3 float32: brightness, contrast, saturation with the grayscale flag folded in (0 = grey)."""
+    sat = np.where(np.asarray(layer.grayscale, bool), 0.0, np.asarray(layer.saturation, np.float64))
+    return np.stack([layer.brightness, layer.contrast, sat], axis=1).astype(np.float32)
+
+
+def pack_recipe(recipe: ClipRecipe, layout: SourceLayout, index: int = -1, bad_samples: int = 0) -> tuple:
+    """A ClipRecipe as the source's flat arrays (order of `layout.names`)."""
+    t_len, (h, w) = layout.seq_length, layout.out_size
+    n_layers = len(recipe.layers)
+    if tuple(recipe.out_size) != (h, w) or recipe.cls_gt.shape != (t_len, h, w):
+        raise ValueError(
+            f"recipe is {recipe.cls_gt.shape} at out_size {recipe.out_size}; this DALI pipeline was built for "
+            f"{t_len} frames of {h}x{w} (crop_size / seq_length of the stage)"
+        )
+    if not 1 <= n_layers <= layout.max_layers:
+        raise ValueError(f"recipe has {n_layers} layers; the DALI pipeline takes at most {layout.max_layers}")
+    out: list[np.ndarray] = []
+    for k in range(layout.max_layers):
+        layer = recipe.layers[k] if k < n_layers else None
+        dense = layer is not None and layer.dense_maps is not None
+        if layer is None or dense:
+            out += [_placeholder_jpeg()] * t_len
+        else:
+            if len(layer.jpegs) != t_len:
+                raise ValueError(f"layer {k} has {len(layer.jpegs)} JPEGs for {t_len} frames")
+            out += [np.frombuffer(b, np.uint8) for b in layer.jpegs]
+        if layer is None:
+            out += [np.tile(np.eye(3, dtype=np.float32), (t_len, 1, 1)), np.ones((t_len, 3), np.float32)]
+        else:
+            out += [np.asarray(layer.matrices, np.float32).reshape(t_len, 3, 3), _colour_params(layer)]
+        out += [np.array(dense), remap_layer(layer) if dense else np.zeros((t_len, 1, 1, 3), np.uint8)]
+        if k > 0:
+            present = layer is not None
+            alpha = recipe.alpha[k - 1][..., None] if present else np.zeros((t_len, 1, 1, 1), np.float32)
+            out += [np.array(present), np.ascontiguousarray(alpha, dtype=np.float32)]
+    out += [
+        np.ascontiguousarray(recipe.cls_gt, dtype=np.uint8),
+        np.array(recipe.num_objects, np.int32),
+        np.array(bad_samples, np.int32),
+        np.array(index, np.int64),
+    ]
+    return tuple(out)
+
+
+def _render_layer(inputs: dict, k: int, layout: SourceLayout, gpu: bool):
+    """One layer's frames: FHWC float in [0, 1], colour applied."""
+    from nvidia.dali import fn, types
+    from nvidia.dali import math as dmath
+
+    t_len, (h, w) = layout.seq_length, layout.out_size
+    if inputs[f"dense{k}"]:
+        frames = inputs[f"frames{k}"]
+        if gpu:
+            frames = frames.gpu()
+    else:
+        mats = inputs[f"matrices{k}"]
+        warped = []
+        for t in range(t_len):
+            img = fn.decoders.image(inputs[f"jpeg{k}_{t}"], device="mixed" if gpu else "cpu", output_type=types.RGB)
+            warped.append(
+                fn.experimental.warp_perspective(
+                    img,
+                    matrix=mats[t],
+                    size=[h, w],
+                    fill_value=_FILL_255,
+                    interp_type=types.INTERP_LINEAR,
+                    pixel_origin="center",  # OpenCV's pixel centres, as the sampler's matrices
+                )
+            )
+        frames = fn.stack(*warped, axis_name="F")  # T*H*W*3 uint8
+    colour = inputs[f"colour{k}"]  # T*3 (brightness, contrast, saturation)
+    chan_mean = fn.reductions.mean(frames, axes=[1, 2], dtype=types.FLOAT)  # T*3, uint8 units
+    grey_mean = chan_mean[:, 0] * _LUMA[0] + chan_mean[:, 1] * _LUMA[1] + chan_mean[:, 2] * _LUMA[2]  # T
+    if gpu:
+        grey_mean = grey_mean.cpu()  # arguments live on the CPU
+    x = fn.brightness_contrast(
+        frames,
+        brightness=fn.per_frame(colour[:, 0] * (1.0 / 255.0)),  # also scales uint8 units to [0, 1]
+        contrast=fn.per_frame(colour[:, 1]),
+        contrast_center=fn.per_frame(grey_mean),
+        dtype=types.FLOAT,
+    )
+    x = dmath.clamp(x, 0.0, 1.0)
+    x = fn.hsv(x, saturation=fn.per_frame(colour[:, 2]), dtype=types.FLOAT)
+    return dmath.clamp(x, 0.0, 1.0)  # T*H*W*3
+
+
+def clip_graph(source: Callable, layout: SourceLayout, gpu: bool, parallel: bool = True) -> tuple:
+    """The graph body (call inside a pipeline with conditionals enabled): (rgb, cls_gt, num_objects, bad, index)."""
+    from nvidia.dali import fn
+
+    names = layout.names
+    nodes = fn.external_source(
+        source=source,
+        num_outputs=len(names),
+        batch=False,
+        parallel=parallel,
+        dtype=layout.dtypes(),
+        layout=layout.layouts(),
+        bytes_per_sample_hint=layout.bytes_per_sample() if parallel else None,
+    )
+    inputs = {name: nodes[i] for i, name in enumerate(names)}
+    out = _render_layer(inputs, 0, layout, gpu)
+    for k in range(1, layout.max_layers):
+        if inputs[f"present{k}"]:
+            alpha = inputs[f"alpha{k}"]  # T*H*W*1
+            if gpu:
+                alpha = alpha.gpu()
+            out = out + alpha * (_render_layer(inputs, k, layout, gpu) - out)
+    rgb = fn.transpose(out, perm=[0, 3, 1, 2])  # T*3*H*W
+    return rgb, inputs["cls_gt"], inputs["num_objects"], inputs["bad_samples"], inputs["index"]
+
+
+OUTPUT_NAMES = ["rgb", "cls_gt", "num_objects", "bad_samples", "index"]
+
+
+def build_pipeline(
+    source: Callable,
+    layout: SourceLayout,
+    *,
+    batch_size: int,
+    device_id: int | None,
+    num_threads: int = 2,
+    py_num_workers: int = 2,
+    seed: int = 0,
+    prefetch_queue_depth: int = 2,
+    py_start_method: str = "fork",
+    parallel: bool = True,
+):
+    """A built pipeline: device_id None renders on the CPU, an int on that GPU (same graph)."""
+    from nvidia.dali import pipeline_def
+
+    @pipeline_def(enable_conditionals=True)
+    def _clip_pipeline():
+        return clip_graph(source, layout, gpu=device_id is not None, parallel=parallel)
+
+    kwargs = {}
+    if parallel:
+        kwargs = dict(py_num_workers=py_num_workers, py_start_method=py_start_method)
+    pipe = _clip_pipeline(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id,
+        seed=seed,
+        prefetch_queue_depth=prefetch_queue_depth,
+        **kwargs,
+    )
+    if parallel:
+        pipe.start_py_workers()  # before any CUDA call when forking (NVIDIA/DALI#3182)
+    pipe.build()
+    return pipe
