@@ -1,0 +1,66 @@
+"""Check every dataset a training config needs, with the data index's own validation (cutie/data/index.py).
+
+The table rows and their problems (each with its fix) come from the index, i.e. exactly what training would
+reject; this module only picks the stages that are enabled, adds dataset-specific hints for missing folders, and
+notes the optional parts (validation set, empty-mask lists).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from cutie.data.index import DatasetReport, format_table, summarize
+from cutie.dataprep.config import resolve_path
+from cutie.dataprep.links import FIXES
+
+
+@dataclass
+class CheckResult:
+    reports: list[DatasetReport]
+    hints: list[str] = field(default_factory=list)  # what to do about missing datasets
+    notes: list[str] = field(default_factory=list)  # optional things that are absent (training still runs)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.reports)
+
+    def render(self) -> str:
+        parts = [format_table(self.reports)]
+        if self.hints:
+            parts.append("\n".join(f"fix: {h}" for h in self.hints))
+        if self.notes:
+            parts.append("\n".join(f"note: {n}" for n in self.notes))
+        bad = [r.name for r in self.reports if not r.ok]
+        parts.append(f"NOT READY: {', '.join(bad)}" if bad else "OK: training can read every dataset it needs")
+        return "\n\n".join(parts)
+
+
+def check(cfg: DictConfig) -> CheckResult:
+    """Validate the datasets of the enabled stages of a composed train_config."""
+    data_root = resolve_path(cfg.data_root)
+    stages = [s for s in ("pre_training", "main_training") if cfg[s].enabled]
+    reports = summarize(cfg.data, str(data_root), int(cfg.main_training.seq_length), stages)
+    result = CheckResult(reports)
+    for r in reports:
+        if not r.found:
+            rel = Path(r.path).relative_to(data_root) if Path(r.path).is_relative_to(data_root) else Path(r.path)
+            top = rel.parts[0] if rel.parts else ""
+            result.hints.append(f"{r.name}: {FIXES.get(top, f'put the dataset at {r.path}')}")
+    if "main_training" in stages:
+        for name in cfg.data.main_training.datasets:
+            path = cfg.data.vos_datasets[name].get("empty_masks")
+            if path and not resolve_path(path).is_file():
+                result.notes.append(
+                    f"{name}: no empty-mask list at {resolve_path(path)} (optional; "
+                    f"scripts/find_empty_masks.py writes it)"
+                )
+        val = cfg.data.get("val_dataset")
+        if val and not (data_root / str(val.image_directory)).is_dir():
+            result.notes.append(
+                f"validation set {val.name}: {data_root / str(val.image_directory)} is absent; training skips "
+                f"validation"
+            )
+    return result

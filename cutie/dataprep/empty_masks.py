@@ -1,0 +1,73 @@
+"""Empty-mask lists: which training frames have an all-zero mask, per video dataset.
+
+File format (what cutie/data/index.py's load_empty_masks reads), one file per dataset named after its key in
+datasets.yaml (DAVIS.txt, YouTubeVOS.txt, MOSE.txt, BURST.txt, OVIS.txt), by default where the config's
+`data.vos_datasets.<NAME>.empty_masks` points (${cache_root}/empty_masks/<NAME>.txt):
+
+    # empty masks of YouTubeVOS: <video>/<frame>.png whose pixels are all 0; mask folder: ...
+    003234408d/00000.png
+    003234408d/00005.png
+
+Lines starting with '#' are comments; the others are `<video>/<mask file name>`, sorted. A frame listed here can
+still be sampled as a later frame of a clip, never as the first (the loader needs objects in frame 0).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cutie.dataprep.imageio import atomic_write_bytes
+
+
+@dataclass
+class EmptyMaskList:
+    dataset: str
+    mask_dir: Path
+    videos: int
+    frames: int
+    empty: list[str]  # "<video>/<frame>.png", sorted
+
+
+def _empty_in_video(args: tuple[str, str]) -> tuple[int, list[str]]:
+    mask_dir, video = args
+    names = sorted(n for n in os.listdir(os.path.join(mask_dir, video)) if n.lower().endswith(".png"))
+    empty = []
+    for n in names:
+        with Image.open(os.path.join(mask_dir, video, n)) as m:
+            if not np.asarray(m).any():  # palette index 0 everywhere = no object
+                empty.append(f"{video}/{n}")
+    return len(names), empty
+
+
+def scan(dataset: str, mask_dir: Path, workers: int | None = None) -> EmptyMaskList:
+    """List the all-zero masks under mask_dir/<video>/*.png (parallel over videos)."""
+    if not mask_dir.is_dir():
+        raise FileNotFoundError(
+            f"{dataset}: mask directory {mask_dir} does not exist (fix: link/convert the dataset, or check data_root)"
+        )
+    videos = sorted(d.name for d in mask_dir.iterdir() if d.is_dir())
+    tasks = [(str(mask_dir), v) for v in videos]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
+    if workers > 1:
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with mp.get_context(method).Pool(workers) as pool:
+            results = pool.map(_empty_in_video, tasks, chunksize=4)
+    else:
+        results = [_empty_in_video(t) for t in tasks]
+    frames = sum(n for n, _ in results)
+    empty = sorted(e for _, lst in results for e in lst)
+    return EmptyMaskList(dataset, mask_dir, len(videos), frames, empty)
+
+
+def write(lst: EmptyMaskList, path: Path) -> None:
+    header = (
+        f"# empty masks of {lst.dataset}: <video>/<frame>.png whose pixels are all 0\n"
+        f"# mask folder: {lst.mask_dir}; {lst.videos} videos, {lst.frames} masks, {len(lst.empty)} empty\n"
+    )
+    atomic_write_bytes(path, (header + "".join(f"{e}\n" for e in lst.empty)).encode("utf-8"))

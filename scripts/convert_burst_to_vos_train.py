@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Convert BURST training annotations to DAVIS-style videos for training (BURST/train-vos).
+
+    python scripts/convert_burst_to_vos_train.py --json_path ../BURST/train/train.json \
+        --frames_path ../BURST/frames/train --output_path ../BURST/train-vos [--save_all_image] [--workers N]
+
+Writes JPEGImages/<dataset>_-_<seq_name>/<frame>.jpg and Annotations/.../<frame>.png (pixel = track id), plus
+_meta/<video>.json (completion marker, id map for track ids > 255). Resumable: a rerun skips finished sequences.
+Details and guarantees: cutie/dataprep/burst.py and cutie/dataprep/convert.py. Exit code 0 only if every
+sequence converted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cutie.dataprep.burst import convert
+from cutie.dataprep.convert import InputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json_path", type=Path, required=True, help="BURST train.json")
+    parser.add_argument("--frames_path", type=Path, required=True, help="frames/train (holds <dataset>/<seq>/)")
+    parser.add_argument("--output_path", type=Path, required=True, help="where train-vos goes")
+    parser.add_argument("--save_all_image", action="store_true", help="also copy every frame to JPEGImages_all_frames")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    args = parser.parse_args(argv)
+    try:
+        doc = json.loads(args.json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        print(f"error: cannot read {args.json_path}: {e}", file=sys.stderr)
+        return 2
+    if not args.frames_path.is_dir():
+        print(f"error: --frames_path {args.frames_path} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        summary = convert(doc, args.frames_path, args.output_path, args.save_all_image, args.workers)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for line in summary.lines():
+        print(line)
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""Write the empty-mask lists (frames whose mask is all zero) for the video datasets a data config uses.
+
+    python scripts/find_empty_masks.py --data mega [--data_root data_links] [--out cache/empty_masks] [--workers N]
+
+Writes <out>/<DATASET>.txt (default: the path data.vos_datasets.<DATASET>.empty_masks names, i.e.
+${cache_root}/empty_masks/<DATASET>.txt). Format: cutie/dataprep/empty_masks.py. Optional for training: the lists
+only spare the loader from drawing clips that start on an empty frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cutie.dataprep.config import compose_train_config, resolve_path
+from cutie.dataprep.empty_masks import scan, write
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="base", help="data config: base, with-mose, mega, tiny, tiny-mega, ...")
+    parser.add_argument("--data_root", default=None, help="overrides the config's data_root")
+    parser.add_argument("--cache_root", default=None, help="overrides the config's cache_root")
+    parser.add_argument("--out", type=Path, default=None, help="folder for <DATASET>.txt (default: from config)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    args = parser.parse_args(argv)
+    overrides = [f"data={args.data}"]
+    overrides += [f"data_root={args.data_root}"] if args.data_root else []
+    overrides += [f"cache_root={args.cache_root}"] if args.cache_root else []
+    cfg = compose_train_config(overrides)
+    data_root = resolve_path(cfg.data_root)
+    status = 0
+    for name in cfg.data.main_training.datasets:
+        d = cfg.data.vos_datasets[name]
+        target = args.out / f"{name}.txt" if args.out else resolve_path(d.empty_masks)
+        try:
+            lst = scan(name, data_root / d.mask_directory, args.workers)
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = 1
+            continue
+        write(lst, target)
+        print(f"{name}: {lst.videos} videos, {lst.frames} masks, {len(lst.empty)} empty -> {target}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
