@@ -16,9 +16,7 @@ STAGE = {
     "oversample_ratio": 3.0,
     "importance_sample_ratio": 0.75,
 }
-MODEL = {
-    "aux_loss": {"sensory": {"enabled": True, "weight": 0.01}, "query": {"enabled": True, "weight": 0.01}}
-}
+MODEL = {"aux_loss": {"sensory": {"enabled": True, "weight": 0.01}, "query": {"enabled": True, "weight": 0.01}}}
 
 
 def make_batch(cls_gt: torch.Tensor, num_objects: list[int], max_objects: int) -> dict:
@@ -42,9 +40,7 @@ def outputs_from_logits(logits: list[torch.Tensor], levels: int = 4, stride: int
         out[f"aux_{ti}"] = {
             "sensory_logits": small,
             "q_logits": small.unsqueeze(2).expand(-1, -1, levels, -1, -1),
-            "attn_mask": torch.zeros(
-                small.shape[0], small.shape[1] - 1, 16, *small.shape[-2:], dtype=torch.bool
-            ),
+            "attn_mask": torch.zeros(small.shape[0], small.shape[1] - 1, 16, *small.shape[-2:], dtype=torch.bool),
         }
     return out
 
@@ -124,9 +120,7 @@ def test_compute_keys_and_consistent_total() -> None:
     per_frame = {f"{k}/t{t}" for k in ("ce", "dice") for t in (1, 2, 3)}
     assert set(losses) == {"total_loss", "loss_ce", "loss_dice"} | per_frame | expected_aux
     assert all(v.dim() == 0 and v.dtype == torch.float32 for v in losses.values())
-    assert losses["loss_ce"].item() == pytest.approx(
-        sum(losses[f"ce/t{t}"].item() for t in (1, 2, 3)), rel=1e-5
-    )
+    assert losses["loss_ce"].item() == pytest.approx(sum(losses[f"ce/t{t}"].item() for t in (1, 2, 3)), rel=1e-5)
     total = losses["loss_ce"] + losses["loss_dice"] + sum(losses[k] for k in expected_aux)
     assert losses["total_loss"].item() == pytest.approx(total.item(), rel=1e-5)
     # aux terms carry the 0.01 weight: random logits give CE ~1, so weighted terms are ~0.01 per frame
@@ -221,3 +215,15 @@ def test_missing_config_option_is_named() -> None:
         LossComputer(STAGE, {"aux_loss": {"sensory": {"weight": 0.01}}})
     with pytest.raises(KeyError, match="train_num_points"):
         LossComputer({"point_supervision": True}, MODEL)
+
+
+@pytest.mark.parametrize("model", ["small", "base"])
+def test_on_reference_fixture_outputs(reference_dir, model: str) -> None:
+    """The official network's recorded outputs have the layout the loss expects (batch/output contract)."""
+    fixture = torch.load(reference_dir / f"fixture_{model}_96x96_t3_o2.pt", weights_only=False)
+    torch.manual_seed(0)
+    losses = LossComputer(STAGE, MODEL).compute(fixture["inputs"], fixture["outputs"])
+    levels = fixture["outputs"]["aux_1"]["q_logits"].shape[2]
+    assert {f"aux_query_dice_l{lv}" for lv in range(levels)} <= set(losses)
+    assert "aux_sensory_ce" in losses and {"ce/t1", "ce/t2"} <= set(losses)
+    assert all(torch.isfinite(v) and v >= 0 for v in losses.values())
