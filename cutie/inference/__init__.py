@@ -3,5 +3,6 @@ runs and validation."""
 
 from cutie.inference.processor import VideoProcessor
 from cutie.inference.settings import InferenceSettings
+from cutie.inference.validate import validate
 
-__all__ = ["InferenceSettings", "VideoProcessor"]
+__all__ = ["InferenceSettings", "VideoProcessor", "validate"]
