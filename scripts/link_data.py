@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ndata={args.data} needs {len(report)} datasets under {args.links_dir}:")
     for p in report:
         if p.present:
-            print(f"  present  {p.name:12s} ({p.stage})")
+            print(f"  present  {p.name:12s} ({p.stage}): {', '.join(str(c) for c in p.checked)}")
         else:
             looked = ", ".join(str(m) for m in p.missing)
             print(f"  MISSING  {p.name:12s} ({p.stage}): looked at {looked}\n           fix: {p.fix}")

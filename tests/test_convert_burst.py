@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,47 @@ def test_missing_frame_fails_only_its_sequence(burst_src: Path, converted: Path,
     r = _cli(burst_src / "train/train.json", frames, out, "--save_all_image")
     assert r.returncode == 0 and "1 converted, 2 already done" in r.stdout
     assert _tree(out) == _tree(converted)
+
+
+def test_killed_process_then_rerun_identical(burst_src: Path, tmp_path: Path) -> None:
+    """A real SIGKILL while converting (wherever it lands), then a rerun: same bytes as one clean run."""
+    frames = tmp_path / "frames"
+    shutil.copytree(burst_src / "frames/train", frames)
+    doc = json.loads((burst_src / "train/train.json").read_text())
+    seqs = []
+    for k in range(8):  # more sequences, so the kill usually lands half-way
+        for seq in doc["sequences"]:
+            s = json.loads(json.dumps(seq))
+            s["seq_name"] = f"{seq['seq_name']}-{k}"
+            (frames / s["dataset"] / s["seq_name"]).symlink_to(frames / seq["dataset"] / seq["seq_name"])
+            seqs.append(s)
+    doc["sequences"] = seqs
+    (tmp_path / "big.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "convert_burst_to_vos_train.py"),
+        "--json_path",
+        str(tmp_path / "big.json"),
+        "--frames_path",
+        str(frames),
+        "--output_path",
+        str(out),
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if len(list(out.glob("_meta/*.json"))) >= 3:
+            break
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    done_at_kill = len(list(out.glob("_meta/*.json")))
+    rerun = _cli(tmp_path / "big.json", frames, out)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    clean = _cli(tmp_path / "big.json", frames, tmp_path / "clean", "--workers", "2")
+    assert clean.returncode == 0
+    assert _tree(out) == _tree(tmp_path / "clean")
+    assert f"{len(seqs) - done_at_kill} converted" in rerun.stdout  # the rerun redid exactly the unfinished ones

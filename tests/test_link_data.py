@@ -38,7 +38,8 @@ def test_reports_missing_datasets_by_name_with_path(tiny_data: Path, tmp_path: P
     burst = next(ln for ln in lines if "MISSING" in ln and "BURST" in ln)
     assert str(links / "BURST" / "train-vos" / "JPEGImages") in burst
     assert any("MISSING" in ln and "OVIS" in ln and str(links / "OVIS-VOS-train") in ln for ln in lines)
-    assert any("present" in ln and "DAVIS" in ln for ln in lines)
+    davis = next(ln for ln in lines if "present" in ln and "DAVIS" in ln)
+    assert str(links / "DAVIS" / "2017" / "trainval" / "JPEGImages" / "480p") in davis
     assert "convert_burst_to_vos_train.py" in result.stdout
 
 

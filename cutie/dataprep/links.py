@@ -79,7 +79,8 @@ def make_links(links_dir: Path, sources: dict[str, Path], relative: bool = True)
 class Presence:
     name: str
     stage: str
-    missing: list[Path]  # needed paths that do not exist (empty: present)
+    checked: list[Path]  # every path looked at
+    missing: list[Path]  # the ones that do not exist (empty: present)
     fix: str = ""
 
     @property
@@ -91,10 +92,11 @@ def presence(needs: list[DatasetPaths], data_root: Path) -> list[Presence]:
     """For each needed dataset, which of its paths exist under data_root."""
     out = []
     for need in needs:
-        missing = [data_root / rel for rel in need.paths.values() if not (data_root / rel).exists()]
+        checked = [data_root / rel for rel in need.paths.values()]
+        missing = [p for p in checked if not p.exists()]
         fix = ""
         if missing:
             top = Path(next(iter(need.paths.values()))).parts[0]
             fix = FIXES.get(top, f"put the dataset at {data_root / top}")
-        out.append(Presence(need.name, need.stage, missing, fix))
+        out.append(Presence(need.name, need.stage, checked, missing, fix))
     return out
