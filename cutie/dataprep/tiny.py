@@ -14,7 +14,9 @@ Layout under the output folder (the same relative paths cutie/config/data/datase
     TINY_DATASET.json                                  what was generated (seed, counts); no timestamps
 
 Deterministic: each video draws from its own generator seeded by (seed, crc32 of its path), images are written
-with a fixed JPEG quality, PNGs carry no metadata, JSON keeps a fixed key order. Same seed -> same bytes.
+with a fixed JPEG quality, PNGs carry no metadata, JSON keeps a fixed key order. Same seed -> same bytes with the
+same numpy/Pillow/libjpeg on the same kind of CPU (numpy's vectorised sin/cos may differ in the last bit between
+CPU families, which can move a boundary pixel; the layout and statistics do not change).
 
 Edge cases on purpose: 1-5 objects that occlude each other and leave the frame, objects entering late (videos
 whose first frames have empty masks), trailing empty frames, videos shorter than 8 frames, several frame sizes;
