@@ -13,17 +13,23 @@ that take it:
 - a layer with dense maps (pre-training thin-plate splines): `fn.experimental.remap` is GPU-only and fills 0, so
   the source decodes and remaps those frames on the CPU (cv2, in the parallel source workers) and hands over the
   warped uint8 frames; the graph only applies colour and compositing to them. A repeated JPEG is decoded once.
-Colour (recipe.py's order, clamped after each step), per frame on FHWC float:
+Colour (recipe.py's order), per frame on FHWC float in uint8 units (0..255):
   m = mean grey of the warped frame (`fn.reductions.mean` of the channels, weighted 0.299/0.587/0.114),
-  `fn.brightness_contrast(brightness=b/255, contrast=c, contrast_center=m)` gives [0, 1] directly,
+  `fn.brightness_contrast(brightness=b, contrast=c, contrast_center=m)`, clamped to [0, 255],
   `fn.hsv(saturation=s * (1 - grayscale))`: DALI's hsv is the linear map grey + s * (x - grey) with the same
   luma weights (within 1e-3). Folding the grayscale flag into the saturation factor differs from recipe.py's
   gray(clamp(...)) only where s > 1 made the saturation step clip, which is negligible at the jitter strengths used.
   On a GPU the per-frame mean lives on the device; it is moved to the CPU (`.cpu()`, DALI's dynamic executor) to
   serve as an argument.
-Compositing: out <- out + alpha_k * (layer_k - out), alpha as T*H*W*1 float. Output `rgb` is T*3*H*W float32 in
-[0, 1]; `cls_gt` (T*H*W uint8, final from the sampler, never decoded by DALI), `num_objects`, `bad_samples` and
-`index` pass through.
+Compositing: out <- out + alpha_k * (layer_k - out) on clamped floats, alpha as T*H*W*1.
+Output `rgb` is T*3*H*W uint8 (one rounding at the end, like the torch backend's uint8 frames; the loader divides
+by 255 on the training device, and the transfer is 4x smaller than float); `cls_gt` (T*H*W uint8, final from the
+sampler, never decoded by DALI), `num_objects`, `bad_paths` (the files the source skipped, newline-joined bytes)
+and `index` (the global sample index) pass through.
+
+Corrupt JPEGs: DALI's decoder fails the whole batch on a truncated stream or an invalid marker (OpenCV only
+warns), so the source screens every JPEG with `jpeg_problem` (structure only, ~0.1 ms per frame) and replaces the
+sample; see dali_loader.py for the rare file that passes the screen and still fails in DALI.
 
 GPU: the same graph with device_id set and decoders on "mixed". Implemented, not measured on a GPU here.
 """
@@ -37,6 +43,7 @@ from functools import cache
 import cv2
 import numpy as np
 
+from cutie.data.masks import BadSampleError
 from cutie.data.recipe import IMAGENET_MEAN, ClipRecipe, ImageLayer
 
 _FILL_255 = [255.0 * v for v in IMAGENET_MEAN]  # warp fill in uint8 units
@@ -60,7 +67,7 @@ class SourceLayout:
             fields += [(f"frames{k}", "frames")]
             if k > 0:
                 fields += [(f"present{k}", "bool"), (f"alpha{k}", "alpha")]
-        return fields + [("cls_gt", "uint8"), ("num_objects", "int32"), ("bad_samples", "int32"), ("index", "int64")]
+        return fields + [("cls_gt", "uint8"), ("num_objects", "int32"), ("bad_paths", "uint8"), ("index", "int64")]
 
     @property
     def names(self) -> list[str]:
@@ -103,8 +110,37 @@ def _placeholder_jpeg() -> np.ndarray:
 def _decode_rgb(data: bytes, path: str) -> np.ndarray:
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise ValueError(f"{path}: JPEG could not be decoded (the sampler should have replaced this sample)")
+        raise BadSampleError(path, "corrupt JPEG (decoder failed)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+# Markers that may follow 0xFF after the first start-of-scan: stuffing (00), fill (FF), restarts (D0-D7), end of
+# image (D9), and the tables/scans/comments/APPn between the scans of a progressive JPEG.
+_SCAN_OK = np.zeros(256, bool)
+_SCAN_OK[[0x00, 0xFF, 0xD9, 0xC4, 0xCC, 0xDA, 0xDB, 0xDD, 0xFE]] = True
+_SCAN_OK[0xD0:0xD8] = True
+_SCAN_OK[0xE0:0xF0] = True
+
+
+def jpeg_problem(data: bytes) -> str | None:
+    """Why DALI's decoder would reject these JPEG bytes, from a cheap structural check (no decode), else None.
+
+    DALI fails the whole batch on a truncated stream or an invalid marker (checked with its CPU decoder), while
+    OpenCV decodes such files with a warning; this catches both: start/end-of-image markers and every 0xFF in the
+    entropy-coded data followed by a legal byte. Damage that keeps the structure intact decodes (with a warning)."""
+    b = np.frombuffer(data, np.uint8)
+    if b.size < 4 or b[0] != 0xFF or b[1] != 0xD8:
+        return "not a JPEG (no start-of-image marker)"
+    tail = b[-64:].tobytes()  # some writers pad after the end-of-image marker
+    if b"\xff\xd9" not in tail:
+        return "truncated JPEG (no end-of-image marker)"
+    sos = data.find(b"\xff\xda")
+    if sos < 0:
+        return "JPEG without image data (no start-of-scan marker)"
+    ff = np.flatnonzero(b[sos + 2 : -1] == 0xFF) + sos + 3  # positions of the bytes that follow each 0xFF
+    if ff.size and not _SCAN_OK[b[ff]].all():
+        return "corrupt JPEG (invalid marker in the image data)"
+    return None
 
 
 def remap_layer(layer: ImageLayer) -> np.ndarray:
@@ -136,8 +172,9 @@ def _colour_params(layer: ImageLayer) -> np.ndarray:
     return np.stack([layer.brightness, layer.contrast, sat], axis=1).astype(np.float32)
 
 
-def pack_recipe(recipe: ClipRecipe, layout: SourceLayout, index: int = -1, bad_samples: int = 0) -> tuple:
-    """A ClipRecipe as the source's flat arrays (order of `layout.names`)."""
+def pack_recipe(recipe: ClipRecipe, layout: SourceLayout, index: int = -1, bad_paths: list[str] = ()) -> tuple:
+    """A ClipRecipe as the source's flat arrays (order of `layout.names`). Dense-map layers are rendered here (CPU)
+    and raise BadSampleError for an undecodable JPEG; `bad_paths` (files skipped for this sample) travel along."""
     t_len, (h, w) = layout.seq_length, layout.out_size
     n_layers = len(recipe.layers)
     if tuple(recipe.out_size) != (h, w) or recipe.cls_gt.shape != (t_len, h, w):
@@ -169,7 +206,7 @@ def pack_recipe(recipe: ClipRecipe, layout: SourceLayout, index: int = -1, bad_s
     out += [
         np.ascontiguousarray(recipe.cls_gt, dtype=np.uint8),
         np.array(recipe.num_objects, np.int32),
-        np.array(bad_samples, np.int32),
+        np.frombuffer("\n".join(bad_paths).encode(), np.uint8),
         np.array(index, np.int64),
     ]
     return tuple(out)
@@ -208,19 +245,20 @@ def _render_layer(inputs: dict, k: int, layout: SourceLayout, gpu: bool):
         grey_mean = grey_mean.cpu()  # arguments live on the CPU
     x = fn.brightness_contrast(
         frames,
-        brightness=fn.per_frame(colour[:, 0] * (1.0 / 255.0)),  # also scales uint8 units to [0, 1]
+        brightness=fn.per_frame(colour[:, 0]),
         contrast=fn.per_frame(colour[:, 1]),
         contrast_center=fn.per_frame(grey_mean),
         dtype=types.FLOAT,
     )
-    x = dmath.clamp(x, 0.0, 1.0)
-    x = fn.hsv(x, saturation=fn.per_frame(colour[:, 2]), dtype=types.FLOAT)
-    return dmath.clamp(x, 0.0, 1.0)  # T*H*W*3
+    x = dmath.clamp(x, 0.0, 255.0)
+    # Not clamped here: the final uint8 cast saturates; compositing clamps its operands.
+    return fn.hsv(x, saturation=fn.per_frame(colour[:, 2]), dtype=types.FLOAT)  # T*H*W*3, uint8 units
 
 
 def clip_graph(source: Callable, layout: SourceLayout, gpu: bool, parallel: bool = True) -> tuple:
-    """The graph body (call inside a pipeline with conditionals enabled): (rgb, cls_gt, num_objects, bad, index)."""
-    from nvidia.dali import fn
+    """The graph body (inside a pipeline with conditionals enabled); outputs in the order of OUTPUT_NAMES."""
+    from nvidia.dali import fn, types
+    from nvidia.dali import math as dmath
 
     names = layout.names
     nodes = fn.external_source(
@@ -233,18 +271,19 @@ def clip_graph(source: Callable, layout: SourceLayout, gpu: bool, parallel: bool
         bytes_per_sample_hint=layout.bytes_per_sample() if parallel else None,
     )
     inputs = {name: nodes[i] for i, name in enumerate(names)}
-    out = _render_layer(inputs, 0, layout, gpu)
+    out = _render_layer(inputs, 0, layout, gpu)  # T*H*W*3 float, uint8 units
     for k in range(1, layout.max_layers):
-        if inputs[f"present{k}"]:
+        if inputs[f"present{k}"]:  # a per-sample branch: absent layers cost nothing
             alpha = inputs[f"alpha{k}"]  # T*H*W*1
             if gpu:
                 alpha = alpha.gpu()
-            out = out + alpha * (_render_layer(inputs, k, layout, gpu) - out)
-    rgb = fn.transpose(out, perm=[0, 3, 1, 2])  # T*3*H*W
-    return rgb, inputs["cls_gt"], inputs["num_objects"], inputs["bad_samples"], inputs["index"]
+            below = dmath.clamp(out, 0.0, 255.0)
+            out = below + alpha * (dmath.clamp(_render_layer(inputs, k, layout, gpu), 0.0, 255.0) - below)
+    rgb = fn.transpose(fn.cast(out, dtype=types.UINT8), perm=[0, 3, 1, 2])  # T*3*H*W; the cast rounds, saturates
+    return rgb, inputs["cls_gt"], inputs["num_objects"], inputs["bad_paths"], inputs["index"]
 
 
-OUTPUT_NAMES = ["rgb", "cls_gt", "num_objects", "bad_samples", "index"]
+OUTPUT_NAMES = ["rgb", "cls_gt", "num_objects", "bad_paths", "index"]
 
 
 def build_pipeline(
