@@ -1,0 +1,342 @@
+"""Training clip loaders: the trainer's entry point (`build_train_loader`) and the shared recipe source.
+
+Backends and how they plug in
+-----------------------------
+`make_recipe_source(data_cfg, stage_cfg, stage=..., data_root=..., cache_root=..., seed=..., world_size=...,
+batch_size=..., total_iterations=...) -> RecipeSource` builds (and validates) the dataset index of a stage and
+returns a picklable callable `source(global_index, attempt=0) -> ClipRecipe` (cutie/data/recipe.py). Everything
+random is decided inside it from (seed, global_index), so every backend renders the same samples.
+- global index of sample (rank r, slot j) of iteration `it`: g = it * batch_size * world_size + r * batch_size + j
+  (`TrainLoader.indices_of(it)` gives a rank's list).
+- corrupt files met while sampling (PNG masks, unreadable files) are skipped inside the source: the recipe is a
+  deterministic replacement and lists them in recipe.info['bad_paths']; a backend whose JPEG decode fails calls
+  `source(g, attempt=recipe.info['attempt'] + 1)` for the replacement.
+- `source.set_max_skip(v)` / `source.max_skip_for(it)`: the curriculum, seen by live worker processes.
+- `source.close()` when done (removes the shared override file).
+
+backend='dali' calls `cutie.data.dali_loader.DaliClipLoader(source, num_objects=, batch_size=, rank=,
+world_size=, num_workers=, device=, seed=, max_bad_fraction=)`, which must be a `TrainLoader` subclass
+(implementing `iterate` and `close`; `_account` and `_to_batch` here do the bookkeeping and the batch format).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from cutie.data.index import build_static_index, build_video_index
+from cutie.data.masks import BadSampleError
+from cutie.data.render import render_recipe_uint8
+from cutie.data.rng import STREAM_MAIN, STREAM_PRE
+from cutie.data.source import MAX_ATTEMPTS, RecipeSource
+from cutie.data.static_sampler import StaticClipSampler
+from cutie.data.video_sampler import VideoClipSampler
+
+log = logging.getLogger(__name__)
+
+STAGES = ("pre_training", "main_training")
+MIN_BAD_TO_RAISE = 10  # the bad-sample fraction is only enforced once this many samples failed (noise at start)
+
+
+class TooManyBadSamplesError(RuntimeError):
+    """More than max_bad_sample_fraction of the drawn samples had unreadable files."""
+
+
+def _plain(data_cfg: Any, data_root: str, cache_root: str) -> dict:
+    """The data config as a plain dict, with ${cache_root}/${data_root}/${data.*} interpolations resolved."""
+    raw = OmegaConf.to_container(data_cfg, resolve=False) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
+    root = OmegaConf.create({"cache_root": str(cache_root), "data_root": str(data_root), "data": raw})
+    return OmegaConf.to_container(root.data, resolve=True)
+
+
+def _stage_value(stage_cfg: Any, key: str, default: Any = None) -> Any:
+    value = (
+        stage_cfg.get(key, default)
+        if isinstance(stage_cfg, Mapping) or OmegaConf.is_config(stage_cfg)
+        else (getattr(stage_cfg, key, default))
+    )
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def make_recipe_source(
+    data_cfg: Any,
+    stage_cfg: Any,
+    *,
+    stage: str,
+    data_root: str,
+    cache_root: str,
+    seed: int,
+    world_size: int,
+    batch_size: int,
+    total_iterations: int,
+) -> RecipeSource:
+    """Index + validate the stage's datasets and return its recipe source (batch_size is per rank)."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
+    data = _plain(data_cfg, data_root, cache_root)
+    seq_length = int(_stage_value(stage_cfg, "seq_length"))
+    num_objects = int(_stage_value(stage_cfg, "num_objects"))
+    crop = _stage_value(stage_cfg, "crop_size")
+    crop_hw = (int(crop[0]), int(crop[1])) if isinstance(crop, list | tuple) else (int(crop), int(crop))
+    common = dict(seed=seed, global_batch=batch_size * world_size, total_iterations=total_iterations)
+    if stage == "pre_training":
+        sampler = StaticClipSampler(build_static_index(data, data_root), seq_length, num_objects, crop_hw)
+        return RecipeSource(sampler, stream=STREAM_PRE, **common)
+    sampler = VideoClipSampler(
+        build_video_index(data, data_root, seq_length),
+        seq_length,
+        num_objects,
+        crop_hw,
+        float(_stage_value(stage_cfg, "merge_probability", 0.0)),
+    )
+    return RecipeSource(
+        sampler,
+        stream=STREAM_MAIN,
+        max_skip_schedule=_stage_value(stage_cfg, "max_skip_schedule", [5]),
+        max_skip_fractions=_stage_value(stage_cfg, "max_skip_schedule_fraction", [0.0]),
+        **common,
+    )
+
+
+# --------------------------------------------------------------------------------------------- common loader API
+
+
+class TrainLoader:
+    """Infinite, resumable stream of training batches on `device` (see the module docstring)."""
+
+    def __init__(
+        self,
+        source: RecipeSource,
+        *,
+        num_objects: int,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        max_bad_fraction: float = 0.01,
+    ) -> None:
+        self.source = source
+        self.num_objects = num_objects
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.device = torch.device(device)
+        self.max_bad_fraction = max_bad_fraction
+        self.bad_samples = 0  # draws that hit an unreadable file (replaced)
+        self.total_samples = 0  # all draws, good and bad
+        self._recent: deque[str] = deque(maxlen=20)
+
+    @property
+    def recent_bad_paths(self) -> list[str]:
+        return list(self._recent)
+
+    def indices_of(self, iteration: int) -> list[int]:
+        """Global sample indices of this rank's batch at an iteration."""
+        base = iteration * self.batch_size * self.world_size + self.rank * self.batch_size
+        return list(range(base, base + self.batch_size))
+
+    def set_max_skip(self, value: int | None) -> None:
+        """Override the curriculum's max skip for all later samples (None: follow the schedule)."""
+        self.source.set_max_skip(value)
+
+    def max_skip_for(self, iteration: int) -> int | None:
+        return self.source.max_skip_for(iteration)
+
+    def _account(self, good: int, bad_paths: list[str]) -> None:
+        """Count one batch's draws; raise when the bad fraction passes the limit."""
+        self.total_samples += good + len(bad_paths)
+        self.bad_samples += len(bad_paths)
+        for p in bad_paths:
+            log.warning("skipped an unreadable training file: %s", p)
+            self._recent.append(p)
+        if self.bad_samples >= MIN_BAD_TO_RAISE and self.bad_samples > self.max_bad_fraction * self.total_samples:
+            raise TooManyBadSamplesError(
+                f"{self.bad_samples} of {self.total_samples} training samples "
+                f"({100 * self.bad_samples / self.total_samples:.1f}%) hit unreadable files, more than "
+                f"max_bad_sample_fraction={self.max_bad_fraction}; recent: {', '.join(self.recent_bad_paths[-5:])}. "
+                f"Fix: run scripts/check_data.py, re-download or delete the files (or raise max_bad_sample_fraction)"
+            )
+
+    def _to_batch(self, rgb: torch.Tensor, cls_gt: torch.Tensor, num_objects: torch.Tensor) -> dict[str, torch.Tensor]:
+        """uint8 B*T*3*H*W, uint8 B*T*H*W, int B -> the trainer's batch on the device (docs/architecture.md)."""
+        nb = self.device.type == "cuda"
+        rgb = rgb.to(self.device, non_blocking=nb).float().div_(255.0)  # B*T*3*H*W
+        cls_gt = cls_gt.to(self.device, non_blocking=nb).long().unsqueeze(2)  # B*T*1*H*W
+        num_objects = num_objects.to(self.device, non_blocking=nb).long()  # B
+        ids = torch.arange(1, self.num_objects + 1, device=self.device).view(1, 1, -1, 1, 1)
+        first_frame_gt = (cls_gt[:, :1] == ids).long()  # B*1*O*H*W
+        selector = (torch.arange(self.num_objects, device=self.device)[None] < num_objects[:, None]).float()  # B*O
+        return {
+            "rgb": rgb,
+            "first_frame_gt": first_frame_gt,
+            "cls_gt": cls_gt,
+            "selector": selector,
+            "num_objects": num_objects,
+        }
+
+    def iterate(self, start_iteration: int) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.source.close()
+
+
+# --------------------------------------------------------------------------------------------- torch backend
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Map-style dataset over global sample indices: recipe (sampler) + render (OpenCV)."""
+
+    def __init__(self, source: RecipeSource, reduced_decode: bool = True) -> None:
+        self.source = source
+        self.reduced_decode = reduced_decode
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        recipe = self.source(index)
+        bad = list(recipe.info["bad_paths"])
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                rgb = render_recipe_uint8(recipe, self.reduced_decode)  # T*3*H*W uint8
+                break
+            except BadSampleError as e:
+                log.warning("skipping a sample: %s", e)
+                bad.append(e.path)
+                recipe = self.source(index, attempt=recipe.info["attempt"] + 1)
+                bad.extend(recipe.info["bad_paths"])
+        else:
+            raise RuntimeError(f"sample {index}: {MAX_ATTEMPTS} replacements in a row had corrupt JPEGs: {bad[-3:]}")
+        return {
+            "rgb": torch.from_numpy(rgb),
+            "cls_gt": torch.from_numpy(recipe.cls_gt),  # T*H*W uint8
+            "num_objects": recipe.num_objects,
+            "bad_paths": bad,
+            "index": index,
+        }
+
+
+def collate_clips(items: list[dict]) -> dict:
+    return {
+        "rgb": torch.stack([it["rgb"] for it in items]),  # B*T*3*H*W uint8
+        "cls_gt": torch.stack([it["cls_gt"] for it in items]),  # B*T*H*W uint8
+        "num_objects": torch.tensor([it["num_objects"] for it in items], dtype=torch.int64),
+        "bad_paths": [p for it in items for p in it["bad_paths"]],
+        "indices": [it["index"] for it in items],
+    }
+
+
+class _IterationBatches(torch.utils.data.Sampler):
+    """Endless batch sampler: this rank's global indices of iterations start, start+1, ..."""
+
+    def __init__(self, loader: TrainLoader, start_iteration: int) -> None:
+        self.loader, self.start = loader, start_iteration
+
+    def __iter__(self) -> Iterator[list[int]]:
+        it = self.start
+        while True:
+            yield self.loader.indices_of(it)
+            it += 1
+
+
+def _worker_init(_: int) -> None:
+    cv2.setNumThreads(1)  # one worker = one core; OpenCV's own threads would fight the other workers
+    torch.set_num_threads(1)
+
+
+class TorchTrainLoader(TrainLoader):
+    """CPU workers (torch DataLoader) that sample and render with OpenCV."""
+
+    def __init__(self, source: RecipeSource, *, num_workers: int, reduced_decode: bool = True, **kw: Any) -> None:
+        super().__init__(source, **kw)
+        self.num_workers = num_workers
+        self.dataset = ClipDataset(source, reduced_decode)
+        self._iter = None
+
+    def _shutdown(self) -> None:
+        if self._iter is not None:
+            shutdown = getattr(self._iter, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            self._iter = None
+
+    def iterate(self, start_iteration: int) -> Iterator[dict]:
+        self._shutdown()
+        dl = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=_IterationBatches(self, start_iteration),
+            num_workers=self.num_workers,
+            collate_fn=collate_clips,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=_worker_init if self.num_workers > 0 else None,
+            prefetch_factor=2 if self.num_workers > 0 else None,
+        )
+        self._iter = iter(dl)
+        return self._batches(self._iter)
+
+    def _batches(self, it: Iterator[dict]) -> Iterator[dict]:
+        for raw in it:
+            self._account(len(raw["indices"]), raw["bad_paths"])
+            yield self._to_batch(raw["rgb"], raw["cls_gt"], raw["num_objects"])
+
+    def close(self) -> None:
+        self._shutdown()
+        super().close()
+
+
+def build_train_loader(
+    data_cfg: Any,
+    stage_cfg: Any,
+    *,
+    stage: str,
+    data_root: str,
+    cache_root: str,
+    seed: int,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    backend: str,
+    total_iterations: int,
+    max_bad_fraction: float = 0.01,
+) -> TrainLoader:
+    """The training loader of a stage (batch_size per rank). Raises DataValidationError before any worker starts
+    when the configured data is unusable."""
+    if backend not in ("torch", "dali"):
+        raise ValueError(f"loader backend must be 'torch' or 'dali', not {backend!r}")
+    source = make_recipe_source(
+        data_cfg,
+        stage_cfg,
+        stage=stage,
+        data_root=data_root,
+        cache_root=cache_root,
+        seed=seed,
+        world_size=world_size,
+        batch_size=batch_size,
+        total_iterations=total_iterations,
+    )
+    kw = dict(
+        num_objects=int(_stage_value(stage_cfg, "num_objects")),
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        device=torch.device(device),
+        max_bad_fraction=max_bad_fraction,
+    )
+    if backend == "dali":
+        from cutie.data.dali_loader import DaliClipLoader  # optional dependency, imported only when asked for
+
+        return DaliClipLoader(source, num_workers=num_workers, seed=seed, **kw)
+    return TorchTrainLoader(source, num_workers=num_workers, **kw)
+
+
+def batch_to_numpy(batch: dict) -> dict[str, np.ndarray]:
+    """A batch as numpy arrays (tests, debugging)."""
+    return {k: v.detach().cpu().numpy() for k, v in batch.items()}

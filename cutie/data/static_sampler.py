@@ -1,0 +1,103 @@
+"""Pre-training clips from static images (official SyntheticVideoDataset semantics), as recipes.
+
+Per image: a clip transform (scale 0.5-2 about the centre, h-flip), per frame an affine (rotation 20, scale 0.5-2,
+x-shear 10), resize of the short side to the crop and a random crop, then a thin-plate spline with p=0.33. With
+num_objects > 1, up to num_objects - 1 further images are pasted over the first (hard masks), one layer each.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cutie.data import geometry as geo
+from cutie.data.colour import clip_colours
+from cutie.data.index import StaticIndex
+from cutie.data.masks import labels_of, read_binary, read_bytes, relabel, remap_nearest, warp_nearest
+from cutie.data.recipe import ClipRecipe, ImageLayer
+from cutie.data.tps import random_tps_params, tps_map
+
+TPS_PROBABILITY = 0.33
+TPS_SCALE = 0.02
+
+
+class StaticClipSampler:
+    """Recipes for pre-training clips from a StaticIndex."""
+
+    def __init__(self, index: StaticIndex, seq_length: int, num_objects: int, crop_size: tuple[int, int]) -> None:
+        self.index = index
+        self.seq_length = seq_length
+        self.num_objects = num_objects
+        self.out_hw = (int(crop_size[0]), int(crop_size[1]))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _frame_matrix(self, rng: np.random.Generator, clip_m: np.ndarray, w: int, h: int) -> np.ndarray:
+        """Output->source map of one frame: crop <- resize <- frame affine <- clip transform."""
+        out_h, out_w = self.out_hw
+        frame_a = geo.affine_about_centre(w, h, rng.uniform(-20, 20), rng.uniform(0.5, 2.0), rng.uniform(-10, 10))
+        short = min(out_h, out_w)  # torchvision Resize(int): the short side becomes the crop size
+        if w <= h:
+            rw, rh = short, int(short * h / w)
+        else:
+            rw, rh = int(short * w / h), short
+        # RandomCrop(pad_if_needed): a window inside the resized image (padding only if it is smaller).
+        x0 = int(rng.integers(0, rw - out_w + 1)) if rw >= out_w else -((out_w - rw) // 2)
+        y0 = int(rng.integers(0, rh - out_h + 1)) if rh >= out_h else -((out_h - rh) // 2)
+        resize = geo.resized_window(0, 0, w, h, rw, rh)  # resized pixel -> pre-resize pixel
+        crop = np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1.0]])
+        return clip_m @ frame_a @ resize @ crop
+
+    def _layer(self, rng: np.random.Generator, pair: int) -> tuple[ImageLayer, np.ndarray, dict]:
+        sset = self.index.sets[self.index.seed_set[pair]]
+        jpg, png = sset.pairs[self.index.seed_pair[pair]]
+        mask = read_binary(png)
+        data = read_bytes(jpg)
+        h, w = mask.shape
+        t = self.seq_length
+        clip_m = geo.affine_about_centre(w, h, 0.0, rng.uniform(0.5, 2.0))
+        if rng.random() < 0.5:
+            clip_m = clip_m @ geo.flip_h(w)  # flip after the clip affine: flip is applied to the output first
+        colours = clip_colours(rng, t, clip=(0.1, 0.05, 0.05), frame=(0.1, 0.05, 0.05))
+        mats = np.stack([self._frame_matrix(rng, clip_m, w, h) for _ in range(t)])
+        splines = [
+            random_tps_params(rng, scale=TPS_SCALE) if rng.random() < TPS_PROBABILITY else None for _ in range(t)
+        ]
+        out_h, out_w = self.out_hw
+        masks = np.empty((t, out_h, out_w), np.uint8)
+        dense = None
+        if any(s is not None for s in splines):
+            dense = np.empty((t, out_h, out_w, 2), np.float32)
+            gy, gx = np.mgrid[0:out_h, 0:out_w].astype(np.float32)
+            for i, spline in enumerate(splines):
+                px, py = (gx, gy) if spline is None else tps_map(*spline, out_h, out_w)
+                dense[i, ..., 0], dense[i, ..., 1] = geo.apply(mats[i], px, py)
+                masks[i] = remap_nearest(mask, dense[i])
+        else:
+            for i in range(t):
+                masks[i] = warp_nearest(mask, mats[i], self.out_hw)
+        layer = ImageLayer(jpegs=[data] * t, matrices=mats, source_paths=[jpg] * t, dense_maps=dense, **colours)
+        return layer, masks, {"dataset": sset.name, "image": jpg, "tps": [s is not None for s in splines]}
+
+    def sample(self, rng: np.random.Generator, seed: int, skip: int | None = None) -> ClipRecipe:
+        """One recipe from seed entry `seed` (plus random extra images when num_objects > 1)."""
+        extra = int(rng.integers(self.num_objects))  # official: 0..num_objects-1 extra images
+        pairs = [seed, *(int(x) for x in rng.integers(len(self.index), size=extra))]
+        merged = np.zeros((self.seq_length, *self.out_hw), np.uint8)
+        layers, alphas, infos = [], [], []
+        for i, pair in enumerate(pairs):
+            layer, masks, info = self._layer(rng, pair)
+            layers.append(layer)
+            infos.append(info)
+            if i > 0:
+                alphas.append(masks.astype(np.float32))
+            merged[masks > 0] = i + 1
+        labels = labels_of(merged[0])
+        return ClipRecipe(
+            layers=layers,
+            alpha=np.stack(alphas) if alphas else None,
+            cls_gt=relabel(merged, labels),
+            num_objects=max(1, len(labels)),
+            out_size=self.out_hw,
+            info={"layers": infos, "objects": [(lab - 1, 1) for lab in labels]},
+        )

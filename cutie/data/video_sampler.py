@@ -1,0 +1,176 @@
+"""Main-training clips (official VOSMergeTrainDataset semantics), as recipes: frames, one geometric transform per
+clip, colours, merge with a second clip, object selection. All randomness comes from the generator passed in."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from cutie.data import geometry as geo
+from cutie.data.colour import clip_colours
+from cutie.data.index import VideoIndex
+from cutie.data.masks import blurred_alpha, labels_of, read_bytes, read_ids, relabel, warp_nearest
+from cutie.data.recipe import ClipRecipe, ImageLayer
+
+MAX_CROP_TRIALS = 5  # crops of the first frame tried before a new seed frame
+MAX_SEED_TRIALS = 5  # seed frames tried before a new video
+MAX_SEQ_TRIALS = 100  # frame sets grown from one seed frame (empty-mask lists)
+MAX_VIDEO_TRIALS = 200  # videos tried before giving up (every first frame empty?)
+
+
+class NoObjectError(RuntimeError):
+    """No clip with a visible object in the first frame could be found."""
+
+
+@dataclass
+class _Clip:
+    layer: ImageLayer
+    masks: np.ndarray  # T*H*W uint8 source ids, warped
+    info: dict
+
+
+def grow_frames(rng: np.random.Generator, length: int, seed_frame: int, num_frames: int, skip: int) -> list[int]:
+    """Grow a frame set from the seed: each new frame within `skip` of an already chosen one; sorted, then reversed
+    with p=0.5."""
+    skip = max(1, min(length, skip))
+    chosen = [seed_frame]
+    allowed = np.zeros(length, bool)
+    allowed[max(0, seed_frame - skip) : seed_frame + skip + 1] = True
+    allowed[seed_frame] = False
+    while len(chosen) < num_frames:
+        cands = np.flatnonzero(allowed)
+        f = int(cands[rng.integers(len(cands))])
+        chosen.append(f)
+        allowed[max(0, f - skip) : f + skip + 1] = True
+        allowed[chosen] = False
+    chosen.sort()
+    if rng.random() < 0.5:
+        chosen.reverse()
+    return chosen
+
+
+class VideoClipSampler:
+    """Recipes for main-training clips from a VideoIndex."""
+
+    def __init__(
+        self,
+        index: VideoIndex,
+        seq_length: int,
+        num_objects: int,
+        crop_size: tuple[int, int],
+        merge_probability: float,
+    ) -> None:
+        self.index = index
+        self.seq_length = seq_length
+        self.num_objects = num_objects
+        self.out_hw = (int(crop_size[0]), int(crop_size[1]))
+        self.merge_probability = merge_probability
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _geometry(self, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+        """One clip transform: h-flip, rotation <= 25 deg + x-shear <= 20 deg, random resized crop (0.36-1.0)."""
+        flip = rng.random() < 0.5
+        angle, shear = rng.uniform(-25.0, 25.0), rng.uniform(-20.0, 20.0)
+        x0, y0, w, h = geo.random_resized_crop_window(rng, width, height)
+        m = geo.affine_about_centre(width, height, angle, 1.0, shear) @ geo.resized_window(
+            x0, y0, w, h, self.out_hw[1], self.out_hw[0]
+        )
+        return geo.flip_h(width) @ m if flip else m
+
+    def _clip(self, rng: np.random.Generator, seed: int, skip: int) -> _Clip:
+        """A clip whose first frame shows an object after the crop (official retry structure)."""
+        idx = self.index
+        for _ in range(MAX_VIDEO_TRIALS):
+            vset = idx.sets[idx.seed_set[seed]]
+            video = int(idx.seed_video[seed])
+            frame0 = int(idx.seed_frame[seed])
+            jpgs, pngs, empty = vset.jpgs[video], vset.pngs[video], vset.empty[video]
+            length = len(jpgs)
+            vskip = max(1, skip // vset.frame_interval)
+            mask_dir = os.path.join(vset.mask_dir, vset.videos[video])
+            for _seed_trial in range(MAX_SEED_TRIALS):
+                frames = None
+                for _ in range(MAX_SEQ_TRIALS if empty is not None else 1):
+                    cand = grow_frames(rng, length, frame0, self.seq_length, vskip)
+                    if empty is None or not empty[cand[0]]:
+                        frames = cand
+                        break
+                if frames is None:
+                    frame0 = int(rng.integers(length))
+                    continue
+                first = read_ids(os.path.join(mask_dir, pngs[frames[0]]))
+                m = None
+                if first.any():  # an empty first mask fails every crop: skip the crop trials
+                    h, w = first.shape
+                    for _crop_trial in range(MAX_CROP_TRIALS):
+                        cand_m = self._geometry(rng, w, h)
+                        warped0 = warp_nearest(first, cand_m, self.out_hw)
+                        if warped0.any():
+                            m = cand_m
+                            break
+                if m is None:
+                    frame0 = int(rng.integers(length))
+                    continue
+                return self._render_masks(rng, vset, video, frames, m, warped0, mask_dir)
+            seed = int(rng.integers(len(idx)))
+        raise NoObjectError(
+            f"no clip with a visible object in its first frame after {MAX_VIDEO_TRIALS} videos; are the masks of "
+            f"{', '.join(s.name for s in idx.sets)} empty? (fix: check them with scripts/check_data.py)"
+        )
+
+    def _render_masks(
+        self, rng, vset, video: int, frames: list[int], m: np.ndarray, warped0: np.ndarray, mask_dir: str
+    ) -> _Clip:
+        t = len(frames)
+        masks = np.empty((t, *self.out_hw), np.uint8)
+        masks[0] = warped0
+        for i in range(1, t):
+            masks[i] = warp_nearest(read_ids(os.path.join(mask_dir, vset.pngs[video][frames[i]])), m, self.out_hw)
+        image_dir = os.path.join(vset.image_dir, vset.videos[video])
+        paths = [os.path.join(image_dir, vset.jpgs[video][f]) for f in frames]
+        colours = clip_colours(rng, t, clip=(0.1, 0.03, 0.03), frame=(0.1, 0.05, 0.05))
+        layer = ImageLayer(
+            jpegs=[read_bytes(p) for p in paths], matrices=np.repeat(m[None], t, 0), source_paths=paths, **colours
+        )
+        info = {"dataset": vset.name, "video": vset.videos[video], "frames": [vset.jpgs[video][f] for f in frames]}
+        return _Clip(layer, masks, info)
+
+    def sample(self, rng: np.random.Generator, seed: int, skip: int) -> ClipRecipe:
+        """One recipe from seed entry `seed` of the multiplied list with max skip `skip` (in dataset frames)."""
+        clip = self._clip(rng, seed, skip)
+        masks = clip.masks.copy()
+        labels = labels_of(masks[0])
+        layers, alpha = [clip.layer], None
+        info = {"layers": [clip.info]}
+        origin = {lab: (0, lab) for lab in labels}  # output id source: (layer, source id)
+        if len(labels) < self.num_objects and rng.random() < self.merge_probability:
+            second = self._clip(rng, int(rng.integers(len(self.index))), skip)
+            layers.append(second.layer)
+            info["layers"].append(second.info)
+            keep = np.ones(masks.shape, np.float32)  # product of (1 - blurred object) over pasted objects
+            for lab2 in labels_of(second.masks[0]):
+                obj = second.masks == lab2
+                keep *= 1.0 - blurred_alpha(obj)
+                new = (lab2 + 10) % 255
+                while new in labels or new == 0:
+                    new = (new + 1) % 255
+                masks[obj] = new
+                labels.append(new)
+                origin[new] = (1, lab2)
+            alpha = (1.0 - keep)[None]
+        labels = labels_of(masks[0])  # some first-clip objects may now be covered
+        if len(labels) > self.num_objects:
+            labels = [int(x) for x in rng.choice(labels, size=self.num_objects, replace=False)]
+        info["objects"] = [origin[lab] for lab in labels]  # output id k+1 = layer's source id
+        return ClipRecipe(
+            layers=layers,
+            alpha=alpha,
+            cls_gt=relabel(masks, labels),
+            num_objects=max(1, len(labels)),
+            out_size=self.out_hw,
+            info=info,
+        )
