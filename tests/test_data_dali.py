@@ -308,3 +308,37 @@ def test_build_train_loader_dali_on_tiny_data(stage: str, tiny_data, repo_root, 
             assert diff.mean() < 0.5 and diff.max() <= 3.0, (g, diff.mean(), diff.max())
     finally:
         loader.close()
+
+
+class SkipEchoSource(FakeRecipeSource):
+    """Writes the live max-skip override into every mask, to see what the DALI source workers read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from cutie.data.source import SharedInt
+
+        self.override = SharedInt(1)
+
+    def __call__(self, index: int, attempt: int = 0) -> ClipRecipe:
+        recipe = make_recipe("plain", index)
+        recipe.cls_gt[:] = self.override.get()
+        return recipe
+
+    def set_max_skip(self, value: int | None) -> None:
+        self.override.set(value)
+
+    def close(self) -> None:
+        self.override.close()
+
+
+def test_max_skip_override_reaches_running_source_workers() -> None:
+    pytest.importorskip("cutie.data.source")
+    loader = _loader(SkipEchoSource())
+    try:
+        batches = loader.iterate(0)
+        assert int(next(batches)["cls_gt"].max()) == 1
+        loader.set_max_skip(2)  # workers already run: no rebuild
+        seen = [int(next(batches)["cls_gt"].max()) for _ in range(8)]
+        assert seen[-1] == 2 and seen == sorted(seen), seen  # after what was prefetched before the change
+    finally:
+        loader.close()
