@@ -277,7 +277,14 @@ class TorchTrainLoader(TrainLoader):
             worker_init_fn=_worker_init if self.num_workers > 0 else None,
             prefetch_factor=2 if self.num_workers > 0 else None,
         )
-        self._iter = iter(dl)
+        # Fork with OpenCV's thread pool stopped: a forked child inherits the pool's state but not its threads and
+        # would hang in its first parallel call (e.g. after a test rendered a recipe in this process).
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            self._iter = iter(dl)
+        finally:
+            cv2.setNumThreads(threads)
         return self._batches(self._iter)
 
     def _batches(self, it: Iterator[dict]) -> Iterator[dict]:
