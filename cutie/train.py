@@ -8,6 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from cutie.data.index import DataValidationError
 from cutie.training.plan import ConfigError
 from cutie.training.run import run_training
 
@@ -18,6 +19,9 @@ def main(cfg: DictConfig) -> None:
         run_training(cfg)
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except DataValidationError as e:
+        print(f"data error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
+from cutie.data.index import validate as validate_data
 from cutie.data.loader import build_train_loader
 from cutie.model import build_network
 from cutie.model.losses import LossComputer
@@ -164,10 +165,9 @@ def _run(cfg: DictConfig, state, device: torch.device) -> None:
     _loader_backend(cfg, device)
     if cfg.weights and not Path(cfg.weights).is_file():
         raise ConfigError(f"weights={cfg.weights}: no such file")
-    from cutie.data.loader import validate_stage_data  # the data index's up-front check
-
-    for s in stages:
-        validate_stage_data(cfg.data, cfg[s], stage=s, data_root=str(cfg.data_root), cache_root=str(cfg.cache_root))
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    for s in stages:  # every stage's datasets, so main-training data problems surface before pre-training
+        validate_data(data_cfg, str(cfg.data_root), seq_length=int(cfg[s].seq_length), stages=[s])
     resume = _find_resume(cfg, run_dir, log)
     if resume is not None and resume.get("world_size", state.world_size) != state.world_size:
         log.warning(

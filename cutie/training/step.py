@@ -65,7 +65,7 @@ def train_step(
             finite = finite and bool(torch.isfinite(total))
             scaler.scale(total / len(micro)).backward()
         for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v) / len(micro)
+            sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / len(micro)
 
     scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]

@@ -43,7 +43,7 @@ class ProgressHook(Hook):
         self.count += 1
         if not ctx.dist.is_main:
             return
-        lr = ctx.optimizer.param_groups[0]["lr"]
+        lr = max(g["lr"] for g in ctx.optimizer.param_groups)  # the base lr (backbone runs at a ratio)
         record = {
             "stage": ctx.stage,
             "iteration": ctx.iteration,
