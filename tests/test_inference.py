@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cutie.inference.long_term import LongTermSettings
 from cutie.inference.memory_bank import MemoryBank
 from cutie.inference.processor import VideoProcessor
 from cutie.inference.reference_check import check_inference_fixture, load_weights_rule
@@ -45,11 +46,14 @@ def test_stagger_schedule() -> None:
     assert stagger_steps(10, 3) == {1, 6, 10}  # round(linspace(1, 10, 3)) = 1, 5.5 -> 6, 10
 
 
-def test_settings_reject_long_term_and_read_config() -> None:
-    with pytest.raises(NotImplementedError, match="use_long_term"):
-        InferenceSettings(use_long_term=True)
-    s = InferenceSettings.from_mapping({"mem_every": 3, "top_k": None, "unrelated": 1})
+def test_settings_from_config() -> None:
+    s = InferenceSettings.from_mapping(
+        {"mem_every": 3, "top_k": None, "unrelated": 1, "long_term": {"num_prototypes": 7}}
+    )
     assert s.mem_every == 3 and s.top_k == 30  # None means the default
+    assert s.long_term.num_prototypes == 7 and s.long_term.max_mem_frames == 10
+    with pytest.raises(ValueError, match="min_mem_frames"):
+        LongTermSettings(max_mem_frames=4, min_mem_frames=4)
 
 
 def _add_frame(bank: MemoryBank, tag: float, ids: list[int], hw: int = 2) -> None:
@@ -73,6 +77,54 @@ def test_memory_keeps_the_first_frame_and_a_fifo() -> None:
     assert [g.object_ids for g in bank.groups] == [[1, 2], [3]]
     assert bank.groups[1].key[0, 0].tolist() == [5, 5] and bank.groups[1].permanent_tokens == 2
     assert bank.groups[0].key[0, 0].tolist() == [0, 0, 4, 4, 5, 5]
+
+
+class _IdentityNet:
+    """Stands in for the network in memory reads: the readout is the attended memory value itself."""
+
+    def pixel_fusion(self, pix_feat, visual, sensory, last_mask):
+        return visual
+
+    def readout_query(self, pixel, obj_memory):
+        return pixel, {}
+
+
+def test_long_term_memory_consolidates_the_most_used_tokens() -> None:
+    lt = LongTermSettings(max_mem_frames=4, min_mem_frames=2, num_prototypes=3, max_num_tokens=8, buffer_tokens=1)
+    bank = MemoryBank(sensory_dim=2, max_mem_frames=5, top_k=None, long_term=lt)
+    hw = 4
+
+    def add(tag: float) -> None:
+        key = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(int(tag)))
+        value = torch.full((1, 1, 3, 2, 2), tag)
+        bank.add(key, torch.ones(1, 1, 2, 2), value, torch.ones(1, 1, 2, 5), [1], selection=torch.ones(1, 4, 2, 2))
+
+    add(0.0)
+    add(1.0)
+    add(1.0)
+    (group,) = bank.groups
+    assert group.temporary_tokens == 2 * hw and group.long_term is None
+    # a read records usage: every query pixel's affinity sums to 1 over permanent + temporary tokens
+    bank.init_sensory(torch.zeros(1, 4, 2, 2), [1])
+    out = bank.read(_IdentityNet(), torch.zeros(1, 3, 2, 2), torch.randn(1, 4, 2, 2), torch.ones(1, 4, 2, 2),
+                    torch.zeros(1, 1, 32, 32), [1])  # fmt: skip
+    assert out.shape == (1, 1, 3, 2, 2)
+    assert 0 < float(group.usage.use.sum()) <= hw + 1e-5
+    assert torch.allclose(group.usage.life, torch.full((1, 2 * hw), 1 + 1e-7))
+    group.usage.use = torch.arange(2 * hw, dtype=torch.float32)[None]  # known usage: the last tokens most used
+    candidates = group.key[..., hw:].clone()  # both temporary frames: 8 tokens
+    add(1.0)  # 3 temporary frames = max_mem_frames - 1: consolidate all but the newest min_mem_frames - 1 = 1
+    assert group.temporary_tokens == hw and group.permanent_tokens == hw
+    assert group.long_term.size == 3
+    # prototypes: the 3 most used of the 8 candidate tokens (usage 7, 6, 5 -> tokens 7, 6, 5)
+    assert torch.equal(group.long_term.key, candidates[..., [7, 6, 5]])
+    # every candidate value was 1.0: the soft assignment of values keeps it
+    assert torch.allclose(group.long_term.values[1], torch.ones(1, 3, 3))
+    # the working memory keeps the permanent frame (value 0) and the newest frame (value 1)
+    assert group.values[1][0, 0].tolist() == [0.0] * hw + [1.0] * hw
+    for _ in range(6):  # more consolidations: long-term memory stays bounded by max_num_tokens
+        add(1.0)
+    assert group.long_term.size <= lt.max_num_tokens
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +171,16 @@ def test_flip_augmentation_is_mirror_symmetric(small_net: torch.nn.Module) -> No
     for t in (1, 2):
         prob = proc.step(frames[t], end=t == 2)
         assert torch.equal(prob, torch.flip(prob, dims=[-1]))
+
+
+def test_long_term_procedure_runs_bounded(small_net: torch.nn.Module) -> None:
+    frames, mask = _video(t=8, h=32, w=32)
+    lt = LongTermSettings(max_mem_frames=3, min_mem_frames=2, num_prototypes=2, max_num_tokens=6, buffer_tokens=1)
+    proc = VideoProcessor(small_net, InferenceSettings(mem_every=1, use_long_term=True, long_term=lt))
+    proc.step(frames[0], mask)
+    for t in range(1, 8):
+        prob = proc.step(frames[t], end=t == 7)
+        assert torch.allclose(prob.sum(0), torch.ones(32, 32), atol=1e-5)
+    (group,) = proc.memory.groups
+    assert group.long_term is not None and group.long_term.size <= lt.max_num_tokens
+    assert group.temporary_tokens < (lt.max_mem_frames - 1) * 4  # 2x2 tokens per 32x32 frame

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from cutie.inference.long_term import LongTermSettings
 from cutie.inference.runner import Timer, peak_memory_mb, run_video
 from cutie.inference.settings import InferenceSettings
 from cutie.inference.video_io import VideoReader, list_videos, required_frames, save_index_png
@@ -36,6 +37,7 @@ class DatasetSpec:
     save_all: bool
     use_all_masks: bool
     mem_every: int
+    use_long_term: bool
     evaluate: str  # "true" | "false" | "auto"
 
 
@@ -46,7 +48,7 @@ def resolve_dataset(cfg: DictConfig) -> DatasetSpec:
         raise EvalConfigError(f"dataset={name} is unknown; choose one of: {', '.join(cfg.datasets)}")
     entry: dict[str, Any] = dict(cfg.datasets[name])
     for key in ("image_directory", "mask_directory", "subset", "json_directory", "size", "save_all",
-                "use_all_masks", "mem_every", "evaluate"):  # fmt: skip
+                "use_all_masks", "mem_every", "use_long_term", "evaluate"):  # fmt: skip
         if cfg.get(key) is not None:
             entry[key] = cfg[key]
     for key in ("image_directory", "mask_directory"):
@@ -77,6 +79,7 @@ def resolve_dataset(cfg: DictConfig) -> DatasetSpec:
         save_all=bool(entry.get("save_all", True)),
         use_all_masks=bool(entry.get("use_all_masks", False)),
         mem_every=int(entry.get("mem_every", 5)),
+        use_long_term=bool(entry.get("use_long_term", False)),
         evaluate=evaluate,
     )
 
@@ -87,7 +90,8 @@ def inference_settings(cfg: DictConfig, spec: DatasetSpec, device: torch.device)
         max_mem_frames=int(cfg.max_mem_frames),
         top_k=None if cfg.top_k is None else int(cfg.top_k),
         stagger_updates=int(cfg.stagger_updates),
-        use_long_term=bool(cfg.use_long_term),
+        use_long_term=spec.use_long_term,
+        long_term=LongTermSettings(**dict(cfg.long_term)),
         chunk_size=int(cfg.chunk_size),
         flip_aug=bool(cfg.flip_aug),
         max_internal_size=int(cfg.max_internal_size),

@@ -28,6 +28,7 @@ class VideoProcessor:
             sensory_dim=_sensory_dim(network),
             max_mem_frames=self.settings.max_mem_frames,
             top_k=self.settings.top_k,
+            long_term=self.settings.long_term if self.settings.use_long_term else None,
         )
         self.object_ids: list[int] = []  # channel i+1 of a probability map is object object_ids[i]
         self.frame_index = -1
@@ -122,7 +123,7 @@ class VideoProcessor:
         self.last_mask = last
 
         if is_mem_frame and self.object_ids:
-            self._memorise(image, pix_feat, key, shrinkage, last)
+            self._memorise(image, pix_feat, key, shrinkage, selection, last)
         return self._restore(prob, pads, resized, orig_size)
 
     def _restore(self, prob: torch.Tensor, pads, resized: bool, size: torch.Size) -> torch.Tensor:
@@ -152,13 +153,13 @@ class VideoProcessor:
             return (prob[0] + torch.flip(prob[1], dims=[-1])) / 2
         return prob[0]
 
-    def _memorise(self, image, pix_feat, key, shrinkage, last: torch.Tensor) -> None:
+    def _memorise(self, image, pix_feat, key, shrinkage, selection, last: torch.Tensor) -> None:
         ids = self.object_ids
         self.memory.init_sensory(key, ids)
         mask_value, sensory, summaries, _ = self.network.encode_mask(
             image, pix_feat, self.memory.get_sensory(ids), last, deep_update=True, chunk_size=self.settings.chunk_size
         )
-        self.memory.add(key, shrinkage, mask_value, summaries, ids)
+        self.memory.add(key, shrinkage, mask_value, summaries, ids, selection=selection)
         self.last_mem_index = self.frame_index
         self.memory.set_sensory(sensory, ids)  # deep update
 

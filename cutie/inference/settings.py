@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from cutie.inference.long_term import LongTermSettings
 
 
 @dataclass(frozen=True)
@@ -13,18 +15,14 @@ class InferenceSettings:
     max_mem_frames: int = 5  # working memory size in frames, the permanent first frame included
     top_k: int | None = 30  # memory affinities kept per query pixel before the softmax (None: all)
     stagger_updates: int = 5  # sensory-memory updates between two memory frames
-    use_long_term: bool = False  # long-term memory: not implemented
+    use_long_term: bool = False  # consolidate old working memory into long-term memory
     chunk_size: int = -1  # objects processed together (-1: all)
     flip_aug: bool = False  # average with the horizontally flipped frame
     max_internal_size: int = -1  # shorter side limit inside the network (-1: none)
     amp: bool = False  # autocast on CUDA
+    long_term: LongTermSettings = field(default_factory=LongTermSettings)  # used with use_long_term
 
     def __post_init__(self) -> None:
-        if self.use_long_term:
-            raise NotImplementedError(
-                "use_long_term=true: long-term memory is not implemented; set use_long_term=false "
-                "(the DAVIS/YouTube-VOS/MOSE validation settings do not use it)"
-            )
         if self.mem_every < 1:
             raise ValueError(f"mem_every={self.mem_every}: must be >= 1")
         if self.max_mem_frames < 2:
@@ -33,6 +31,10 @@ class InferenceSettings:
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> InferenceSettings:
         """Picks the known keys from a config node or dict (unknown keys ignored, None means the default)."""
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: cfg[k] for k in names if k in cfg and cfg[k] is not None}
+        names = {f.name for f in fields(cls)} - {"long_term"}
+        kwargs: dict[str, Any] = {k: cfg[k] for k in names if k in cfg and cfg[k] is not None}
+        lt = cfg.get("long_term") if hasattr(cfg, "get") else None
+        if lt is not None:
+            lt_names = {f.name for f in fields(LongTermSettings)}
+            kwargs["long_term"] = LongTermSettings(**{k: lt[k] for k in lt_names if k in lt and lt[k] is not None})
         return cls(**kwargs)
