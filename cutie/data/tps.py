@@ -2,12 +2,11 @@
 
 Random control points of the output are moved by N(0, scale) (in units of the image size); the spline through the
 moved points gives, for every output pixel, where to read the source: content at a point moves to its displaced
-position. Evaluated on a coarse grid and bilinearly upsampled (the field is smooth).
+position. Evaluated exactly on a coarse grid and linearly upsampled (the field is smooth).
 """
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 COARSE_STEP = 8  # pixels between exact spline evaluations
@@ -45,15 +44,26 @@ def random_tps_params(rng: np.random.Generator, n_points: int = 12, scale: float
     return dst, src
 
 
+def _linear_weights(n_out: int, n_in: int) -> np.ndarray:
+    """n_out*n_in linear interpolation from n_in samples spanning the same end points (corner-aligned)."""
+    pos = np.arange(n_out) * (n_in - 1) / max(1, n_out - 1)
+    i0 = np.minimum(np.floor(pos).astype(int), n_in - 2)
+    w = pos - i0
+    out = np.zeros((n_out, n_in), np.float32)
+    out[np.arange(n_out), i0] = 1 - w
+    out[np.arange(n_out), i0 + 1] = w
+    return out
+
+
 def tps_map(dst: np.ndarray, src: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Dense (map_x, map_y) float32 H*W in output pixels: output pixel -> pre-spline pixel."""
     weights, affine = fit(dst, src)
-    cw, ch = max(2, -(-width // COARSE_STEP)), max(2, -(-height // COARSE_STEP))
-    # Coarse sample positions chosen so cv2.resize's centre alignment lands back on the exact pixel grid.
-    xs = ((np.arange(cw) + 0.5) * width / cw - 0.5 + 0.5) / width
-    ys = ((np.arange(ch) + 0.5) * height / ch - 0.5 + 0.5) / height
+    cw, ch = max(2, -(-width // COARSE_STEP) + 1), max(2, -(-height // COARSE_STEP) + 1)
+    # Exact values on a coarse grid through the first and last pixel centres, then separable linear upsampling.
+    xs = (np.linspace(0, width - 1, cw) + 0.5) / width  # normalised, corner origin
+    ys = (np.linspace(0, height - 1, ch) + 0.5) / height
     gx, gy = np.meshgrid(xs, ys)
     f = evaluate(dst, weights, affine, np.stack([gx.ravel(), gy.ravel()], 1)).reshape(ch, cw, 2)
-    f = (f * np.array([width, height]) - 0.5).astype(np.float32)  # normalised (corner origin) -> pixel centres
-    full = cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
-    return full[..., 0], full[..., 1]
+    f = (f * np.array([width, height]) - 0.5).astype(np.float32)  # back to pixel centres
+    wy, wx = _linear_weights(height, ch), _linear_weights(width, cw)
+    return wy @ f[..., 0] @ wx.T, wy @ f[..., 1] @ wx.T

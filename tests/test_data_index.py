@@ -1,0 +1,121 @@
+"""Dataset index: discovery, validation errors (dataset, paths, count, fix), exclusions, summary table."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cutie.data.index import (
+    DataValidationError,
+    build_static_index,
+    build_video_index,
+    format_table,
+    load_empty_masks,
+    summarize,
+)
+from cutie.data.synthetic import make_static_dataset, make_video_dataset
+
+
+def _cfg(vos: dict | None = None, static: dict | None = None) -> dict:
+    return {
+        "vos_datasets": vos or {},
+        "image_datasets": static or {},
+        "main_training": {"datasets": list(vos or {})},
+        "pre_training": {"datasets": list(static or {})},
+    }
+
+
+def _vos(name: str = "vid", **kw) -> dict:
+    return {
+        "image_directory": f"{name}/JPEGImages",
+        "mask_directory": f"{name}/Annotations",
+        "multiplier": 1,
+        "frame_interval": 1,
+        "subset": None,
+        "empty_masks": None,
+        **kw,
+    }
+
+
+def test_video_index_counts_multiplier_and_short_videos(tmp_path: Path, caplog) -> None:
+    make_video_dataset(str(tmp_path / "vid"), videos=2, frames=6)
+    make_video_dataset(str(tmp_path / "short"), videos=1, frames=3, seed=1)
+    cfg = _cfg({"A": _vos("vid", multiplier=3), "B": _vos("short")})
+    with caplog.at_level(logging.INFO):
+        with pytest.raises(DataValidationError, match=r"\[B\] no usable video"):
+            build_video_index(cfg, str(tmp_path), seq_length=4)
+    assert "shorter than the clip length 4 are excluded" in caplog.text
+    index = build_video_index(_cfg({"A": _vos("vid", multiplier=3)}), str(tmp_path), seq_length=4)
+    assert len(index) == 2 * 6 * 3
+    assert index.sets[0].videos == ["video000", "video001"]
+    assert index.sets[0].jpgs[0][:2] == ["00000.jpg", "00001.jpg"]
+    assert np.bincount(index.seed_frame, minlength=6).tolist() == [6] * 6  # every frame, multiplied
+
+
+def test_validation_names_dataset_paths_count_and_fix(tmp_path: Path) -> None:
+    make_video_dataset(str(tmp_path / "vid"), videos=3, frames=5)
+    # Two unpaired videos (a PNG removed), one size mismatch.
+    os.remove(tmp_path / "vid/Annotations/video000/00002.png")
+    os.remove(tmp_path / "vid/Annotations/video001/00004.png")
+    Image.fromarray(np.zeros((10, 10), np.uint8), mode="P").save(tmp_path / "vid/Annotations/video002/00000.png")
+    cfg = _cfg(
+        {"DAVISX": _vos("vid"), "GONE": _vos("nowhere")}, {"STAT": {"directory": "missing", "data_structure": 1}}
+    )
+    with pytest.raises(DataValidationError) as e:
+        build_video_index(cfg, str(tmp_path), seq_length=3)
+    msg = str(e.value)
+    assert "[DAVISX] 2 videos whose JPEGs and PNGs do not pair up" in msg
+    assert str(tmp_path / "vid/JPEGImages/video000/00002.jpg") in msg
+    assert "[DAVISX] 1 videos whose image and mask sizes differ" in msg and "video002/00000.png" in msg
+    assert "[GONE] image directory" in msg and str(tmp_path / "nowhere/JPEGImages") in msg
+    assert msg.count("fix:") >= 3
+    with pytest.raises(DataValidationError, match=r"\[STAT\] directory .*missing does not exist \(fix: "):
+        build_static_index(cfg, str(tmp_path))
+
+
+def test_subset_and_empty_mask_lists(tmp_path: Path) -> None:
+    make_video_dataset(str(tmp_path / "vid"), videos=3, frames=5, empty_first=2)
+    (tmp_path / "train.txt").write_text("video000\nvideo002\n")
+    (tmp_path / "empty.txt").write_text("# comment\nvideo000/00000.png\nvideo000/00001.png\nvideo002/00001.png\n")
+    cfg = _cfg({"A": _vos("vid", subset="train.txt", empty_masks=str(tmp_path / "empty.txt"))})
+    index = build_video_index(cfg, str(tmp_path), seq_length=3)
+    vset = index.sets[0]
+    assert vset.videos == ["video000", "video002"]
+    assert vset.empty[0].tolist() == [True, True, False, False, False]
+    assert vset.empty[1].tolist() == [False, True, False, False, False]
+    (tmp_path / "train.txt").write_text("video000\nvideo009\n")
+    with pytest.raises(DataValidationError, match=r"1 videos of the subset list are missing .*video009"):
+        build_video_index(cfg, str(tmp_path), seq_length=3)
+    # The official JSON format is read too.
+    (tmp_path / "e.json").write_text('{"v": ["00000", "00003"]}')
+    assert load_empty_masks(str(tmp_path / "e.json")) == {"v": {"00000", "00003"}}
+
+
+def test_static_structures_and_summary_table(tmp_path: Path) -> None:
+    make_static_dataset(str(tmp_path / "flat"), images=3, structure=1)
+    make_static_dataset(str(tmp_path / "fss"), images=4, structure=0, seed=1)
+    (tmp_path / "flat/lonely.jpg").write_bytes((tmp_path / "flat/img0000.jpg").read_bytes())
+    cfg = _cfg(
+        {"V": _vos("absent")},
+        {
+            "FLAT": {"directory": "flat", "data_structure": 1, "multiplier": 2},
+            "FSS": {"directory": "fss", "data_structure": 0, "multiplier": 1},
+        },
+    )
+    reports = summarize(cfg, str(tmp_path), seq_length=3)
+    by = {r.name: r for r in reports}
+    assert by["FLAT"].frames == 4 and by["FLAT"].masks == 3 and "1 images without a mask" in by["FLAT"].problems[0]
+    assert by["FSS"].ok and by["FSS"].frames == 4
+    assert not by["V"].found
+    table = format_table(reports)
+    assert table.splitlines()[0].split() == ["dataset", "path", "found", "videos", "frames", "masks", "problems"]
+    assert "lonely.jpg" in table
+    os.remove(tmp_path / "flat/lonely.jpg")
+    index = build_static_index(cfg, str(tmp_path))
+    assert len(index) == 3 * 2 + 4
+    assert all(p[0].endswith(".jpg") and p[1].endswith(".png") for s in index.sets for p in s.pairs)
