@@ -111,3 +111,20 @@ def test_eval_cli_on_tiny_val(tiny_data: Path, small_net: torch.nn.Module, tmp_p
     # a missing weights argument is a clear configuration error
     bad = subprocess.run(cmd[:2] + cmd[3:], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert bad.returncode == 2 and "weights=PATH is required" in bad.stderr
+
+
+def test_video_reader_masks_and_resize(tiny_data: Path) -> None:
+    from cutie.inference.video_io import VideoReader
+
+    images, masks = tiny_data / "YouTube/train/JPEGImages", tiny_data / "YouTube/train/Annotations"
+    video = "0065b171f9"  # 200x150, objects entering half-way
+    first_only = list(VideoReader(video, images, masks))
+    assert first_only[0].mask is not None and all(f.mask is None for f in first_only[1:])
+    every = list(VideoReader(video, images, masks, use_all_masks=True, size=64, to_save={first_only[1].name}))
+    assert all(f.mask is not None for f in every)
+    assert every[0].image.shape == (3, 64, 85) and every[0].mask.shape == (64, 85)  # shorter side 150 -> 64
+    assert every[0].size == (150, 200)
+    assert [f.save for f in every[:3]] == [False, True, False]
+    # later annotations add objects that the first one does not have (the YouTube-VOS protocol)
+    first_ids = set(every[0].mask.unique().tolist())
+    assert any(set(f.mask.unique().tolist()) - first_ids for f in every[1:])

@@ -43,8 +43,9 @@ def validate(
 ) -> dict[str, float]:
     """Segments every video of `subset` (default: every folder of mask_dir) from its first-frame masks and
     returns the DAVIS global table (J&F-Mean, J-Mean, F-Mean, recalls, decays) plus `fps` (network steps
-    only). The network runs in eval mode and gets its previous mode back. `out_dir`: also write the masks
-    as PNGs (<out_dir>/<video>/<frame>.png)."""
+    only). The network runs in eval mode and gets its previous mode back. `settings`: the procedure's
+    settings (default: the official eval settings, AMP on CUDA). `out_dir`: also write the masks as PNGs
+    (<out_dir>/<video>/<frame>.png)."""
     from cutie.model.weights import unwrap
 
     device = torch.device(device)
