@@ -184,3 +184,12 @@ def test_long_term_procedure_runs_bounded(small_net: torch.nn.Module) -> None:
     (group,) = proc.memory.groups
     assert group.long_term is not None and group.long_term.size <= lt.max_num_tokens
     assert group.temporary_tokens < (lt.max_mem_frames - 1) * 4  # 2x2 tokens per 32x32 frame
+
+
+def test_max_internal_size_restores_the_input_size(small_net: torch.nn.Module) -> None:
+    frames, mask = _video(t=3, h=48, w=64)
+    proc = VideoProcessor(small_net, InferenceSettings(max_internal_size=32))
+    first = proc.step(frames[0], mask)
+    assert proc.last_mask.shape[-2:] == (32, 48)  # 48x64 -> 32x42, padded to 32x48 inside
+    assert first.shape == (2, 48, 64)
+    assert proc.step(frames[1]).shape == proc.step(frames[2], end=True).shape == (2, 48, 64)

@@ -68,8 +68,8 @@ class VideoProcessor:
         resized = False
         if cfg.max_internal_size > 0 and min(orig_size) > cfg.max_internal_size:
             resized = True
-            scale = cfg.max_internal_size / min(orig_size)
-            size = (int(orig_size[0] * scale), int(orig_size[1] * scale))
+            short, limit = min(orig_size), cfg.max_internal_size  # the official rounding
+            size = (int(orig_size[0] / short * limit), int(orig_size[1] / short * limit))
             image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
             if mask is not None:
                 mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
