@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from cutie.inference.memory_bank import MemoryBank
 from cutie.inference.settings import InferenceSettings
-from cutie.inference.tensor_ops import aggregate, pad_to_multiple, stagger_steps, unpad
+from cutie.inference.tensor_ops import Pads, aggregate, pad_to_multiple, stagger_steps, unpad
 
 
 class VideoProcessor:
@@ -126,7 +126,7 @@ class VideoProcessor:
             self._memorise(image, pix_feat, key, shrinkage, selection, last)
         return self._restore(prob, pads, resized, orig_size)
 
-    def _restore(self, prob: torch.Tensor, pads, resized: bool, size: torch.Size) -> torch.Tensor:
+    def _restore(self, prob: torch.Tensor, pads: Pads, resized: bool, size: torch.Size) -> torch.Tensor:
         prob = unpad(prob, pads)
         if resized:
             prob = F.interpolate(prob[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
