@@ -75,9 +75,7 @@ class DavisReport:
         out.write(f"--------------------------- Global results for {split} ---------------------------\n")
         out.write(_format_table(GLOBAL_COLUMNS, [[summary[k] for k in GLOBAL_COLUMNS]]))
         out.write(f"\n---------- Per sequence results for {split} ----------\n")
-        out.write(
-            _format_table(("Sequence", "J-Mean", "F-Mean"), [list(r) for r in self.per_sequence_rows()])
-        )
+        out.write(_format_table(("Sequence", "J-Mean", "F-Mean"), [list(r) for r in self.per_sequence_rows()]))
         return out.getvalue()
 
     def write_csv(self, out_dir: str | os.PathLike, split: str = "val") -> tuple[Path, Path]:
@@ -152,9 +150,7 @@ def list_sequences(gt_root: Path, subset: str | os.PathLike | Iterable[str] | No
     if isinstance(subset, (str, os.PathLike)):
         path = Path(subset)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"subset file {path} not found (a text file with one sequence name per line)"
-            )
+            raise FileNotFoundError(f"subset file {path} not found (a text file with one sequence name per line)")
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
     return list(subset)
 
@@ -163,9 +159,7 @@ def _pngs(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.png"))
 
 
-def check_prediction_files(
-    gt_root: Path, pred_root: Path, sequences: list[str], strict_sequences: bool
-) -> None:
+def check_prediction_files(gt_root: Path, pred_root: Path, sequences: list[str], strict_sequences: bool) -> None:
     """Raises one error naming every missing or extra prediction file (and sequence folder)."""
     problems: list[str] = []
     for seq in sequences:
@@ -184,9 +178,7 @@ def check_prediction_files(
         problems += [f"extra prediction (no ground truth): {pred_dir / (f + '.png')}" for f in extra]
     if strict_sequences and pred_root.is_dir():
         extra_seqs = sorted({p.name for p in pred_root.iterdir() if p.is_dir()} - set(sequences))
-        problems += [
-            f"extra prediction sequence folder (no ground truth): {pred_root / s}" for s in extra_seqs
-        ]
+        problems += [f"extra prediction sequence folder (no ground truth): {pred_root / s}" for s in extra_seqs]
     if problems:
         shown = "\n  ".join(problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
