@@ -79,7 +79,7 @@ def remap_nearest(mask: np.ndarray, dense: np.ndarray) -> np.ndarray:
 
 
 def blurred_alpha(obj: np.ndarray) -> np.ndarray:
-    """Soft paste weights for a T*H*W bool object mask: Gaussian 5x5, sigma 1, per frame (float32)."""
+    """Soft paste weights for a T*H*W bool/0-1 mask: Gaussian 5x5, sigma 1, per frame (float32)."""
     out = np.empty(obj.shape, np.float32)
     for t in range(obj.shape[0]):
         out[t] = cv2.GaussianBlur(obj[t].astype(np.float32), (5, 5), 1.0)
@@ -93,9 +93,12 @@ def labels_of(frame: np.ndarray) -> list[int]:
     return np.flatnonzero(present).tolist()
 
 
-def relabel(masks: np.ndarray, targets: list[int]) -> np.ndarray:
-    """ids -> 1..len(targets) in the given order; every other id becomes background."""
+def relabel(masks: np.ndarray, mapping: dict[int, int] | list[int]) -> np.ndarray:
+    """Map ids through a lookup table: a list [a, b, ...] maps a->1, b->2, ...; a dict maps id -> new id.
+    Every other id becomes background."""
+    items = mapping.items() if isinstance(mapping, dict) else ((lab, i + 1) for i, lab in enumerate(mapping))
     lut = np.zeros(256, np.uint8)
-    for i, label in enumerate(targets):
-        lut[label] = i + 1
-    return lut[masks]
+    for old, new in items:
+        lut[old] = new
+    flat = masks.reshape(-1, masks.shape[-1])  # 2-D for cv2.LUT
+    return cv2.LUT(flat, lut).reshape(masks.shape)

@@ -151,17 +151,20 @@ class VideoClipSampler:
             second = self._clip(rng, int(rng.integers(len(self.index))), skip)
             layers.append(second.layer)
             info["layers"].append(second.info)
-            keep = np.ones(masks.shape, np.float32)  # product of (1 - blurred object) over pasted objects
-            for lab2 in labels_of(second.masks[0]):
-                obj = second.masks == lab2
-                keep *= 1.0 - blurred_alpha(obj)
+            new_ids = {}
+            for lab2 in labels_of(second.masks[0]):  # objects of the second clip's first frame get fresh ids
                 new = (lab2 + 10) % 255
                 while new in labels or new == 0:
                     new = (new + 1) % 255
-                masks[obj] = new
+                new_ids[lab2] = new
                 labels.append(new)
                 origin[new] = (1, lab2)
-            alpha = (1.0 - keep)[None]
+            moved = relabel(second.masks, new_ids)  # T*H*W: pasted objects with their new ids, 0 elsewhere
+            pasted = moved > 0
+            np.copyto(masks, moved, where=pasted)
+            # One blur of the pasted union (official: one blur per object, composited in turn; they differ only
+            # where two pasted objects touch, where the union keeps the first clip from showing through).
+            alpha = blurred_alpha(pasted)[None]
         labels = labels_of(masks[0])  # some first-clip objects may now be covered
         if len(labels) > self.num_objects:
             labels = [int(x) for x in rng.choice(labels, size=self.num_objects, replace=False)]
