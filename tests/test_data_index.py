@@ -78,6 +78,14 @@ def test_validation_names_dataset_paths_count_and_fix(tmp_path: Path) -> None:
         build_static_index(cfg, str(tmp_path))
 
 
+def test_colour_masks_are_rejected_with_the_fix(tmp_path: Path) -> None:
+    make_video_dataset(str(tmp_path / "vid"), videos=2, frames=4)
+    first = tmp_path / "vid/Annotations/video001/00000.png"
+    Image.open(first).convert("RGB").save(first)
+    with pytest.raises(DataValidationError, match=r"\[C\] 1 videos with colour \(RGB\) masks.*video001.*palette PNGs"):
+        build_video_index(_cfg({"C": _vos("vid")}), str(tmp_path), seq_length=3)
+
+
 def test_subset_and_empty_mask_lists(tmp_path: Path) -> None:
     make_video_dataset(str(tmp_path / "vid"), videos=3, frames=5, empty_first=2)
     (tmp_path / "train.txt").write_text("video000\nvideo002\n")

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from cutie.data.masks import ID_MODES
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg")
@@ -133,13 +135,18 @@ def load_empty_masks(path: str) -> dict[str, set[str]]:
     return out
 
 
-def _size(path: str) -> tuple[int, int] | None:
-    """(W, H) from the file header, or None if unreadable."""
+def _header(path: str) -> tuple[tuple[int, int], str] | None:
+    """((W, H), mode) from the file header, or None if unreadable."""
     try:
         with Image.open(path) as im:
-            return im.size
+            return im.size, im.mode
     except (OSError, ValueError, SyntaxError):
         return None
+
+
+def _size(path: str) -> tuple[int, int] | None:
+    h = _header(path)
+    return None if h is None else h[0]
 
 
 def _first(items: list[str]) -> str:
@@ -198,6 +205,7 @@ def scan_video_dataset(
     missing_masks: list[str] = []
     size_mismatch: list[str] = []
     unreadable: list[str] = []
+    colour_masks: list[str] = []
     short: list[str] = []
     videos, jpgs, pngs, empties = [], [], [], []
     all_videos = sorted(d for d in os.listdir(image_dir) if os.path.isdir(os.path.join(image_dir, d)))
@@ -223,9 +231,13 @@ def scan_video_dataset(
             continue
         if check_sizes:
             jp, pp = os.path.join(vdir, images[stems[0]]), os.path.join(mdir, masks[stems[0]])
-            js, ps = _size(jp), _size(pp)
-            if js is None or ps is None:
+            js, mask_header = _size(jp), _header(pp)
+            if js is None or mask_header is None:
                 unreadable.append(jp if js is None else pp)
+                continue
+            ps, mode = mask_header
+            if mode not in ID_MODES:
+                colour_masks.append(f"{pp} (mode {mode})")
                 continue
             if js != ps:
                 size_mismatch.append(f"{jp} {js[0]}x{js[1]} vs {pp} {ps[0]}x{ps[1]}")
@@ -260,6 +272,11 @@ def scan_video_dataset(
         rep.problems.append(
             f"{len(size_mismatch)} videos whose image and mask sizes differ: {_first(size_mismatch)} "
             f"(fix: resize the masks to the frames with nearest-neighbour, or re-export them)"
+        )
+    if colour_masks:
+        rep.problems.append(
+            f"{len(colour_masks)} videos with colour (RGB) masks instead of object ids: {_first(colour_masks)} "
+            f"(fix: save masks as palette PNGs whose indices are object ids, 0 = background, as DAVIS does)"
         )
     if unreadable:
         rep.problems.append(

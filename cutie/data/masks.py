@@ -30,15 +30,22 @@ def read_bytes(path: str) -> bytes:
     return data
 
 
+ID_MODES = ("P", "L", "1", "I;16", "I")  # PNG modes that carry object ids (RGB masks carry colours)
+
+
 def read_ids(path: str) -> np.ndarray:
     """Object ids of a VOS mask, H*W uint8: palette indices for palette PNGs (not colours), values for grayscale."""
     try:
         with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
-                im = im.convert("P") if im.mode in ("RGB", "RGBA") else im.convert("L")
-            ids = np.asarray(im, dtype=np.uint8)
+            if im.mode not in ID_MODES:
+                raise BadSampleError(path, f"mask mode {im.mode} has colours, not object ids (need a palette PNG)")
+            ids = np.asarray(im)
     except (OSError, ValueError, SyntaxError) as e:
         raise BadSampleError(path, f"corrupt mask ({e})") from e
+    if ids.dtype != np.uint8:
+        if ids.max(initial=0) > 255:
+            raise BadSampleError(path, "object ids above 255 (convert the dataset to palette PNGs)")
+        ids = ids.astype(np.uint8)
     return ids
 
 
