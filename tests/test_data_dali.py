@@ -167,7 +167,7 @@ def test_warp_uses_opencv_pixel_centres() -> None:
         )
         diff = np.abs(rgb[t].transpose(1, 2, 0).astype(np.float32) - ref)
         # OpenCV's uint8 bilinear uses 1/32-pixel fixed point; a half-pixel convention error is ~5x larger on average.
-        assert diff.mean() < 0.5 and diff.max() <= 3.0, (t, diff.mean(), diff.max())
+        assert diff.mean() < 0.3 and diff.max() <= 3.0, (t, diff.mean(), diff.max())
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +178,8 @@ def dali_out() -> dict[str, list[np.ndarray]]:
 
 def test_matches_torch_renderer(dali_out) -> None:
     """Every recipe shape (flips, rotations, grayscale frames, merge, dense maps, multi-layer): masks identical;
-    images within mean 0.5/255 and max 3/255 of render_recipe (both decode with libjpeg-turbo; the torch backend
-    rounds to uint8 after each colour step and at the blend, DALI rounds once at the end)."""
+    images within mean 0.3/255 and max 3/255 of render_recipe (both decode with libjpeg-turbo and round to uint8
+    after each step; they differ in bilinear fixed point, grey weights and the alpha's 1/255 steps)."""
     render = pytest.importorskip("cutie.data.render")
     assert [int(i) for i in dali_out["index"]] == list(range(8))
     for g in range(8):
@@ -189,7 +189,7 @@ def test_matches_torch_renderer(dali_out) -> None:
         assert rgb.shape == (T, 3, H, W) and rgb.dtype == np.uint8
         np.testing.assert_array_equal(dali_out["cls_gt"][g], ref_gt)
         diff = np.abs(rgb.astype(np.float32) - ref_rgb * 255)
-        assert diff.mean() < 0.5 and diff.max() <= 3.0, (KINDS[g % 4], diff.mean(), diff.max())
+        assert diff.mean() < 0.3 and diff.max() <= 3.0, (KINDS[g % 4], diff.mean(), diff.max())
         assert int(dali_out["num_objects"][g]) == recipe.num_objects
         assert dali_out["bad_paths"][g].tobytes().decode() == "\n".join(recipe.info["bad_paths"])
 
@@ -305,7 +305,7 @@ def test_build_train_loader_dali_on_tiny_data(stage: str, tiny_data, repo_root, 
             ref_rgb, ref_gt = render.render_recipe(loader.source(g), reduced_decode=False)
             np.testing.assert_array_equal(batch["cls_gt"][j, :, 0].numpy(), ref_gt)
             diff = np.abs(batch["rgb"][j].numpy() - ref_rgb) * 255
-            assert diff.mean() < 0.5 and diff.max() <= 3.0, (g, diff.mean(), diff.max())
+            assert diff.mean() < 0.3 and diff.max() <= 3.0, (g, diff.mean(), diff.max())
     finally:
         loader.close()
 

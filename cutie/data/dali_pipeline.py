@@ -13,17 +13,19 @@ that take it:
 - a layer with dense maps (pre-training thin-plate splines): `fn.experimental.remap` is GPU-only and fills 0, so
   the source decodes and remaps those frames on the CPU (cv2, in the parallel source workers) and hands over the
   warped uint8 frames; the graph only applies colour and compositing to them. A repeated JPEG is decoded once.
-Colour (recipe.py's order), per frame on FHWC float in uint8 units (0..255):
+Colour (recipe.py's order), per frame on FHWC uint8:
   m = mean grey of the warped frame (`fn.reductions.mean` of the channels, weighted 0.299/0.587/0.114),
-  `fn.brightness_contrast(brightness=b, contrast=c, contrast_center=m)`, clamped to [0, 255],
+  `fn.brightness_contrast(brightness=b, contrast=c, contrast_center=m)`,
   `fn.hsv(saturation=s * (1 - grayscale))`: DALI's hsv is the linear map grey + s * (x - grey) with the same
   luma weights (within 1e-3). Folding the grayscale flag into the saturation factor differs from recipe.py's
   gray(clamp(...)) only where s > 1 made the saturation step clip, which is negligible at the jitter strengths used.
+  Both ops write uint8, which rounds and saturates (recipe.py's clamps) after each step, as the torch backend's
+  uint8 steps do; a float chain with one final cast cost ~25% more CPU time for < 0.2 grey levels.
   On a GPU the per-frame mean lives on the device; it is moved to the CPU (`.cpu()`, DALI's dynamic executor) to
   serve as an argument.
-Compositing: out <- out + alpha_k * (layer_k - out) on clamped floats, alpha as T*H*W*1 uint8 (/255).
-Output `rgb` is T*3*H*W uint8 (one rounding at the end, like the torch backend's uint8 frames; the loader divides
-by 255 on the training device, and the transfer is 4x smaller than float); `cls_gt` (T*H*W uint8, final from the
+Compositing: out <- round(alpha_k * layer_k + (1 - alpha_k) * out) in float, alpha as T*H*W*1 uint8 (/255).
+Output `rgb` is T*3*H*W uint8 (like the torch backend's frames: the loader divides by 255 on the training device,
+and the transfer is 4x smaller than float); `cls_gt` (T*H*W uint8, final from the
 sampler, never decoded by DALI), `num_objects`, `bad_paths` (the files the source skipped, newline-joined bytes)
 and `index` (the global sample index) pass through.
 
@@ -217,9 +219,8 @@ def pack_recipe(recipe: ClipRecipe, layout: SourceLayout, index: int = -1, bad_p
 
 
 def _render_layer(inputs: dict, k: int, layout: SourceLayout, gpu: bool):
-    """One layer's frames: FHWC float in [0, 1], colour applied."""
+    """One layer's frames with colour applied: T*H*W*3 uint8."""
     from nvidia.dali import fn, types
-    from nvidia.dali import math as dmath
 
     t_len, (h, w) = layout.seq_length, layout.out_size
     if inputs[f"dense{k}"]:
@@ -247,22 +248,20 @@ def _render_layer(inputs: dict, k: int, layout: SourceLayout, gpu: bool):
     grey_mean = chan_mean[:, 0] * _LUMA[0] + chan_mean[:, 1] * _LUMA[1] + chan_mean[:, 2] * _LUMA[2]  # T
     if gpu:
         grey_mean = grey_mean.cpu()  # arguments live on the CPU
+    # uint8 in and out: each step rounds and saturates (the clamps of recipe.py), like the torch backend's uint8
+    # steps; a float chain plus a final cast cost ~25% more CPU time here for < 0.2 grey levels of difference.
     x = fn.brightness_contrast(
         frames,
         brightness=fn.per_frame(colour[:, 0]),
         contrast=fn.per_frame(colour[:, 1]),
         contrast_center=fn.per_frame(grey_mean),
-        dtype=types.FLOAT,
     )
-    x = dmath.clamp(x, 0.0, 255.0)
-    # Not clamped here: the final uint8 cast saturates; compositing clamps its operands.
-    return fn.hsv(x, saturation=fn.per_frame(colour[:, 2]), dtype=types.FLOAT)  # T*H*W*3, uint8 units
+    return fn.hsv(x, saturation=fn.per_frame(colour[:, 2]), dtype=types.UINT8)  # T*H*W*3 uint8
 
 
 def clip_graph(source: Callable, layout: SourceLayout, gpu: bool, parallel: bool = True) -> tuple:
     """The graph body (inside a pipeline with conditionals enabled); outputs in the order of OUTPUT_NAMES."""
     from nvidia.dali import fn, types
-    from nvidia.dali import math as dmath
 
     names = layout.names
     nodes = fn.external_source(
@@ -275,16 +274,16 @@ def clip_graph(source: Callable, layout: SourceLayout, gpu: bool, parallel: bool
         bytes_per_sample_hint=layout.bytes_per_sample() if parallel else None,
     )
     inputs = {name: nodes[i] for i, name in enumerate(names)}
-    out = _render_layer(inputs, 0, layout, gpu)  # T*H*W*3 float, uint8 units
+    out = _render_layer(inputs, 0, layout, gpu)  # T*H*W*3 uint8
     for k in range(1, layout.max_layers):
         if inputs[f"present{k}"]:  # a per-sample branch: absent layers cost nothing
-            alpha = inputs[f"alpha{k}"]  # T*H*W*1 uint8, 255 = fully the upper layer
+            a = inputs[f"alpha{k}"]  # T*H*W*1 uint8, 255 = fully the upper layer
             if gpu:
-                alpha = alpha.gpu()
-            below = dmath.clamp(out, 0.0, 255.0)
-            above = dmath.clamp(_render_layer(inputs, k, layout, gpu), 0.0, 255.0)
-            out = below + alpha * (1.0 / 255.0) * (above - below)
-    rgb = fn.transpose(fn.cast(out, dtype=types.UINT8), perm=[0, 3, 1, 2])  # T*3*H*W; the cast rounds, saturates
+                a = a.gpu()
+            a = a * (1.0 / 255.0)  # float: keeps the blend out of uint8 arithmetic (no wrap-around)
+            blend = _render_layer(inputs, k, layout, gpu) * a + out * (1.0 - a)
+            out = fn.cast(blend, dtype=types.UINT8)  # rounds; a convex blend stays in range
+    rgb = fn.transpose(out, perm=[0, 3, 1, 2])  # T*3*H*W uint8
     return rgb, inputs["cls_gt"], inputs["num_objects"], inputs["bad_paths"], inputs["index"]
 
 
