@@ -339,3 +339,26 @@ def test_tps_identity_and_smoothness() -> None:
     moved = pts + np.random.default_rng(1).normal(0, 0.02, pts.shape)
     mx, my = tps_map(moved, pts, 32, 48)
     assert 0 < np.abs(mx - gx).mean() < 3 and np.abs(np.diff(mx, axis=1) - 1).max() < 0.5  # small, smooth
+
+
+def test_transform_distributions(sources: Path) -> None:
+    """One matrix per main clip covering 36-100% of the source area, flipped about half the time; pre-training
+    frames each get their own matrix."""
+    source = _source(sources, "main_training", _data_cfg(["two"], []), {**MAIN, "merge_probability": 0.0})
+    try:
+        dets = []
+        for g in range(40):
+            m = source(g).layers[0].matrices
+            assert np.allclose(m, m[0]) and np.allclose(m[:, 2], [0, 0, 1])
+            dets.append(np.linalg.det(m[0, :2, :2]))
+        covered = np.abs(dets) * 48 * 48 / (60 * 90)  # source area seen by the 48x48 output
+        assert covered.min() > 0.35 and covered.max() < 1.01
+        assert 8 <= sum(d < 0 for d in dets) <= 32  # horizontal flips
+    finally:
+        source.close()
+    source = _source(sources, "pre_training", _data_cfg([], ["stat"]), PRE)
+    try:
+        m = source(0).layers[0].matrices
+        assert not np.allclose(m[0], m[1]) and not np.allclose(m[1], m[2])
+    finally:
+        source.close()
