@@ -223,9 +223,11 @@ class ClipDataset(torch.utils.data.Dataset):
 
 
 def collate_clips(items: list[dict]) -> dict:
+    # default_collate stacks straight into shared memory inside a worker (no extra copy on the way out).
+    stack = torch.utils.data.default_collate
     return {
-        "rgb": torch.stack([it["rgb"] for it in items]),  # B*T*3*H*W uint8
-        "cls_gt": torch.stack([it["cls_gt"] for it in items]),  # B*T*H*W uint8
+        "rgb": stack([it["rgb"] for it in items]),  # B*T*3*H*W uint8
+        "cls_gt": stack([it["cls_gt"] for it in items]),  # B*T*H*W uint8
         "num_objects": torch.tensor([it["num_objects"] for it in items], dtype=torch.int64),
         "bad_paths": [p for it in items for p in it["bad_paths"]],
         "indices": [it["index"] for it in items],
