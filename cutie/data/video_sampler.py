@@ -10,7 +10,7 @@ import numpy as np
 
 from cutie.data import geometry as geo
 from cutie.data.colour import clip_colours
-from cutie.data.index import VideoIndex
+from cutie.data.index import VideoIndex, VideoSet
 from cutie.data.masks import blurred_alpha, labels_of, read_bytes, read_ids, relabel, warp_nearest
 from cutie.data.recipe import ClipRecipe, ImageLayer
 
@@ -27,7 +27,7 @@ class NoObjectError(RuntimeError):
 @dataclass
 class _Clip:
     layer: ImageLayer
-    masks: np.ndarray  # T*H*W uint8 source ids, warped
+    masks: np.ndarray  # T*H*W uint8 source ids, warped to the output
     info: dict
 
 
@@ -115,16 +115,24 @@ class VideoClipSampler:
                 if m is None:
                     frame0 = int(rng.integers(length))
                     continue
-                return self._render_masks(rng, vset, video, frames, m, warped0, mask_dir)
+                return self._finish_clip(rng, vset, video, frames, m, warped0, mask_dir)
             seed = int(rng.integers(len(idx)))
         raise NoObjectError(
             f"no clip with a visible object in its first frame after {MAX_VIDEO_TRIALS} videos; are the masks of "
             f"{', '.join(s.name for s in idx.sets)} empty? (fix: check them with scripts/check_data.py)"
         )
 
-    def _render_masks(
-        self, rng, vset, video: int, frames: list[int], m: np.ndarray, warped0: np.ndarray, mask_dir: str
+    def _finish_clip(
+        self,
+        rng: np.random.Generator,
+        vset: VideoSet,
+        video: int,
+        frames: list[int],
+        m: np.ndarray,
+        warped0: np.ndarray,
+        mask_dir: str,
     ) -> _Clip:
+        """Warp the remaining masks with the accepted matrix; read the JPEG bytes; draw the colours."""
         t = len(frames)
         masks = np.empty((t, *self.out_hw), np.uint8)
         masks[0] = warped0
