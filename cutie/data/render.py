@@ -64,7 +64,8 @@ def render_layer(layer: ImageLayer, out_hw: tuple[int, int], reduced_decode: boo
     # Frames sharing bytes (pre-training) share one decode, at the finest factor any of them needs.
     factors: dict[int, int] = {}
     for i, data in enumerate(layer.jpegs):
-        f = _reduced_factor(source_scale(layer.matrices[i])) if reduced_decode and layer.dense_maps is None else 1
+        # Dense maps are the frame matrix plus a small spline displacement: the matrix still gives the scale.
+        f = _reduced_factor(source_scale(layer.matrices[i])) if reduced_decode else 1
         factors[id(data)] = min(factors.get(id(data), f), f)
     cache: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
     frames = []
@@ -76,9 +77,12 @@ def render_layer(layer: ImageLayer, out_hw: tuple[int, int], reduced_decode: boo
             cache[key] = (img, full_wh)
         img, full_wh = cache[key]
         if layer.dense_maps is not None:
-            warped = cv2.remap(
-                img, layer.dense_maps[i], None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=FILL
-            )
+            dense = layer.dense_maps[i]  # H*W*2 full-size source coordinates
+            if factors[key] > 1:
+                small_wh = np.array([img.shape[1], img.shape[0]], np.float32)
+                scale = small_wh / np.array(full_wh, np.float32)
+                dense = (dense + 0.5) * scale - 0.5
+            warped = cv2.remap(img, dense, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=FILL)
         else:
             m = layer.matrices[i]
             if factors[key] > 1:
