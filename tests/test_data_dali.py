@@ -342,3 +342,22 @@ def test_max_skip_override_reaches_running_source_workers() -> None:
         assert seen[-1] == 2 and seen == sorted(seen), seen  # after what was prefetched before the change
     finally:
         loader.close()
+
+
+def test_gpu_graph_is_defined_with_the_same_code() -> None:
+    """No GPU here: the GPU variant of the graph (mixed decoders, .gpu()/.cpu() moves inside the conditionals) is
+    at least defined and placed: frames on the GPU, the pass-through outputs on the CPU. Not built or run."""
+    from nvidia.dali import pipeline_def
+
+    from cutie.data.dali_pipeline import clip_graph
+
+    devices = []
+
+    @pipeline_def(enable_conditionals=True)
+    def gpu_pipe():
+        out = clip_graph(DaliSampleSource(FakeRecipeSource(), LAYOUT, 2), LAYOUT, gpu=True, parallel=False)
+        devices.extend(node.device for node in out)
+        return out
+
+    gpu_pipe(batch_size=2, num_threads=1, device_id=0)  # defines the graph; build() would need CUDA
+    assert devices == ["gpu", "cpu", "cpu", "cpu", "cpu"]
