@@ -129,8 +129,9 @@ def test_bf16_autocast_on_cpu(small_net: torch.nn.Module) -> None:
             low = forward_clip(small_net, batch, num_ref_frames=2, deep_update_prob=1.0)
             # The memory readout stays float32 under autocast.
             q = torch.rand(1, 64, 2, 2)
-            read = small_net.read_pixel_memory(q, q, torch.rand(1, 64, 2, 2, 2), torch.ones(1, 1, 2, 2, 2),
-                                               torch.rand(1, 2, 256, 2, 2, 2).bfloat16())  # fmt: skip
+            read = small_net.read_pixel_memory(
+                q, q, torch.rand(1, 64, 2, 2, 2), torch.ones(1, 1, 2, 2, 2), torch.rand(1, 2, 256, 2, 2, 2).bfloat16()
+            )
     assert read.dtype == torch.float32
     for t in (1, 2):
         assert low[f"logits_{t}"].dtype == torch.float32  # aggregation is float32

@@ -32,8 +32,15 @@ def test_forward_matches_fixture(path: Path, reference_dir: Path) -> None:
 
     # The submodules re-run on their recorded calls localise any mismatch; all must agree too.
     assert {k.split(":")[0] for k in report.modules} >= {
-        "pixel_encoder", "pix_feat_proj", "key_proj", "mask_encoder", "object_summarizer", "pixel_fuser",
-        "object_transformer", "aux_computer", "mask_decoder",
-    }  # fmt: skip
+        "pixel_encoder",
+        "pix_feat_proj",
+        "key_proj",
+        "mask_encoder",
+        "object_summarizer",
+        "pixel_fuser",
+        "object_transformer",
+        "aux_computer",
+        "mask_decoder",
+    }
     bad = {k: v for k, v in report.modules.items() if not v <= TOLERANCE}
     assert not bad, f"module calls beyond {TOLERANCE} relative error: {bad}"

@@ -9,16 +9,43 @@ it is the last — encoded into memory from its own prediction, with a deep sens
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from cutie.model.network import CutieNet
 
 
-def _num_objects(value: torch.Tensor | Sequence[int]) -> list[int]:
-    if isinstance(value, torch.Tensor):
-        return [int(v) for v in value.reshape(-1).tolist()]
-    return [int(v) for v in value]
+@dataclass(frozen=True)
+class ClipPlan:
+    """Every data-dependent or random choice of a clip forward, made before any network work so the
+    frame loop itself has no host synchronisation (and no torch.compile graph break)."""
+
+    num_objects: int  # object slots used: the largest num_objects in the batch
+    ref_frames: dict[int, torch.Tensor]  # frame ti -> B*num_ref_frames memory frames picked at random
+    deep_update: list[bool]  # per memory-encoded frame ti = 1..T-2
+
+
+@torch.compiler.disable
+def plan_clip(
+    num_objects: torch.Tensor | Sequence[int],
+    batch_size: int,
+    seq_len: int,
+    *,
+    num_ref_frames: int,
+    deep_update_prob: float,
+) -> ClipPlan:
+    """Draws the clip's random choices from torch's global RNG in the official order (per frame: the
+    reference frames, then the deep-update coin)."""
+    counts = num_objects.reshape(-1).tolist() if isinstance(num_objects, torch.Tensor) else list(num_objects)
+    refs: dict[int, torch.Tensor] = {}
+    deep: list[bool] = []
+    for ti in range(1, seq_len):
+        if ti > num_ref_frames:
+            refs[ti] = torch.stack([torch.randperm(ti)[:num_ref_frames] for _ in range(batch_size)])
+        if ti < seq_len - 1:
+            deep.append(bool(torch.rand(()) < deep_update_prob))
+    return ClipPlan(max(int(c) for c in counts), refs, deep)
 
 
 def _pick_frames(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -35,7 +62,8 @@ def forward_clip(net: CutieNet, batch: dict, *, num_ref_frames: int, deep_update
     """
     rgb = batch["rgb"]
     b, seq_len = rgb.shape[:2]
-    num_objects = max(_num_objects(batch["num_objects"]))
+    plan = plan_clip(batch["num_objects"], b, seq_len, num_ref_frames=num_ref_frames, deep_update_prob=deep_update_prob)
+    num_objects = plan.num_objects
     first_gt = batch["first_frame_gt"][:, 0, :num_objects].float()  # B*O*H*W
     selector = batch["selector"][:, :num_objects].float().view(b, num_objects, 1, 1)
 
@@ -64,23 +92,30 @@ def forward_clip(net: CutieNet, batch: dict, *, num_ref_frames: int, deep_update
     for ti in range(1, seq_len):
         mem_values = torch.stack(values, dim=3)  # B*O*CV*T*h*w
         mem_keys, mem_shrinkages = keys[:, :, :ti], shrinkages[:, :, :ti]
-        if ti > num_ref_frames:
-            idx = torch.stack([torch.randperm(ti)[:num_ref_frames] for _ in range(b)]).to(rgb.device)  # B*K
+        if ti in plan.ref_frames:
+            idx = plan.ref_frames[ti].to(rgb.device)  # B*K
             mem_keys, mem_shrinkages = _pick_frames(mem_keys, idx), _pick_frames(mem_shrinkages, idx)
             mem_values = torch.stack([mem_values[bi].index_select(2, idx[bi]) for bi in range(b)], 0)
 
         readout, aux_input = net.read_memory(
-            keys[:, :, ti], selections[:, :, ti], mem_keys, mem_shrinkages, mem_values,
-            torch.stack(summaries, dim=2), pix_feat[:, ti], sensory, masks, selector,
-        )  # fmt: skip
+            keys[:, :, ti],
+            selections[:, :, ti],
+            mem_keys,
+            mem_shrinkages,
+            mem_values,
+            torch.stack(summaries, dim=2),
+            pix_feat[:, ti],
+            sensory,
+            masks,
+            selector,
+        )
         aux = net.compute_aux(pix_feat[:, ti], aux_input, selector)
         sensory, logits, prob = net.segment([f[:, ti] for f in ms_feat], readout, sensory, selector=selector)
         masks = prob[:, 1:]  # drop the background
 
         if ti < seq_len - 1:  # the last frame is never memorised
-            deep_update = bool(torch.rand(()) < deep_update_prob)
             value, sensory, summary, _ = net.encode_mask(
-                rgb[:, ti], pix_feat[:, ti], sensory, masks, deep_update=deep_update
+                rgb[:, ti], pix_feat[:, ti], sensory, masks, deep_update=plan.deep_update[ti - 1]
             )
             values.append(value)
             summaries.append(summary)

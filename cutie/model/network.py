@@ -96,9 +96,14 @@ class CutieNet(nn.Module):
         -> mask value B*O*CV*h*w, sensory B*O*Cs*h*w (deep-updated if asked), object summaries
         B*O*Q*(C+1), summary logits B*O*h*w*Q (only with need_weights)."""
         value, sensory = self.mask_encoder(
-            self._normalise(image), pix_feat, sensory, masks, self._others(masks),
-            deep_update=deep_update, chunk_size=chunk_size,
-        )  # fmt: skip
+            self._normalise(image),
+            pix_feat,
+            sensory,
+            masks,
+            self._others(masks),
+            deep_update=deep_update,
+            chunk_size=chunk_size,
+        )
         summaries, logits = self.object_summarizer(masks, value, need_weights)
         return value, sensory, summaries, logits
 
@@ -117,8 +122,7 @@ class CutieNet(nn.Module):
         b, o = msk_value.shape[:2]
         h, w = query_key.shape[-2:]
         with fp32_region(query_key):
-            sim = similarity(memory_key.float(), memory_shrinkage.float(), query_key.float(),
-                             query_selection.float())  # fmt: skip
+            sim = similarity(memory_key.float(), memory_shrinkage.float(), query_key.float(), query_selection.float())
             out = readout(softmax_affinity(sim), msk_value.flatten(1, 2).float())  # B*(O*CV)*(h*w)
         return out.view(b, o, self.value_dim, h, w)
 

@@ -43,7 +43,7 @@ def stages(kind: str) -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
 
 def stem_forward(x: torch.Tensor, conv1: nn.Conv2d, bn1: nn.BatchNorm2d) -> torch.Tensor:
     """conv-BN-ReLU-maxpool: stride 4, 64 channels."""
-    x = torch.relu(bn1(conv1(x)))
+    x = torch.relu_(bn1(conv1(x)))  # in place: BN backward needs its input, not its output
     return nn.functional.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
