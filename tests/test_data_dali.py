@@ -208,6 +208,19 @@ def test_global_index_follows_rank_and_start_iteration() -> None:
     # iteration 5 of rank 1: 5 * 2 * 3 + 1 * 2 + slot
     assert [src.global_index(0, j) for j in range(2)] == [32, 33]
     assert [src.global_index(1, j) for j in range(2)] == [38, 39]
+    loader = DaliClipLoader(
+        FakeRecipeSource(),
+        num_objects=3,
+        batch_size=2,
+        rank=1,
+        world_size=3,
+        device=torch.device("cpu"),
+        num_workers=1,
+        seq_length=T,
+        crop_size=(H, W),
+        max_layers=3,
+    )
+    assert [src.global_index(2, j) for j in range(2)] == loader.indices_of(7)  # the torch backend's rule
 
 
 def test_jpeg_screen() -> None:
