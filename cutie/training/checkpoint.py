@@ -7,6 +7,7 @@ Files are `checkpoints/<stage>_<iteration:07d>.pth`; the newest few are kept.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -63,6 +64,18 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Runs a block without moving the global random streams (e.g. a DataLoader drawing its base seed when it
+    starts), so the training stream depends only on the steps taken: a resumed run then matches an uninterrupted
+    one."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def seed_everything(seed: int) -> None:

@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from cutie.training.checkpoint import preserved_rng
 from cutie.training.context import StageContext
 from cutie.training.hooks import Hook
 from cutie.training.step import train_step
@@ -26,13 +27,15 @@ def run_stage(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
     for h in hooks:
         h.before_stage(ctx)
     distributed = ctx.dist.distributed
-    batches = ctx.loader.iterate(ctx.iteration)
+    with preserved_rng():  # starting the loader (worker seeds) must not move the training stream either
+        batches = ctx.loader.iterate(ctx.iteration)
     clip = float(ctx.stage_cfg.clip_grad_norm)
     while ctx.iteration < ctx.plan.num_iterations:
         for h in hooks:
             h.before_step(ctx)
         t0 = time.perf_counter()
-        batch = next(batches)
+        with preserved_rng():
+            batch = next(batches)
         t1 = time.perf_counter()
         result = train_step(
             ctx.model,
