@@ -7,7 +7,8 @@
 #   main-train  main training only: ... pre_training.enabled=False weights=<pre-training output of exp_id>
 #   eval        python cutie/eval.py ...
 #   convert-burst   scripts/convert_burst_to_vos_train.py on /data/BURST
-#   smoke       tiny-dataset end-to-end run (scripts/tiny_pipeline.py) + the test suite ($SMOKE_PYTEST_ARGS)
+#   smoke       tiny-dataset end-to-end run (scripts/tiny_pipeline.py into $SMOKE_OUT, default output/smoke)
+#               then the test suite (pytest arguments: $SMOKE_PYTEST_ARGS; empty: all tests)
 #   versions    only the report
 set -euo pipefail
 cd "${CUTIE_WORKDIR:-/workspace}"
@@ -76,7 +77,7 @@ case "$job" in
             "weights=${out}/${exp}/${exp}_pre_training_last.pth" "$@"
         ;;
     eval)
-        set -- python cutie/eval.py "$@"
+        set -- python cutie/eval.py "${common[@]}" "$@"
         ;;
     convert-burst)
         burst="${DATA_ROOT:-/data}/BURST"
@@ -87,7 +88,7 @@ case "$job" in
         out="${SMOKE_OUT:-/workspace/output/smoke}"
         report
         echo "[cutie] smoke: tiny pipeline into $out"
-        python scripts/tiny_pipeline.py --out "$out" "$@"
+        python scripts/tiny_pipeline.py --output_root "$out" "$@"
         # Default: the whole suite.  CI passes a fast selection, e.g. SMOKE_PYTEST_ARGS="-m 'not slow'".
         echo "[cutie] smoke: python -m pytest ${SMOKE_PYTEST_ARGS:-}"
         eval "set -- ${SMOKE_PYTEST_ARGS:-}"
@@ -99,7 +100,7 @@ case "$job" in
         ;;
     help | --help | -h)
         report
-        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)

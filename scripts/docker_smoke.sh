@@ -10,7 +10,8 @@
 # Caches (rootfs tarball, buildah layers and pip cache, the daemon's images) live in $CUTIE_DOCKER_CACHE
 # (default ~/.cache/cutie-docker) so that a rerun with an unchanged lock file only rebuilds the source layer.
 # Environment: CUTIE_DOCKER_CACHE, CUTIE_IMAGE (default cutie:smoke), SMOKE_PYTEST_ARGS (pytest selection run
-# inside the image; default: the fast tests), SMOKE_UID (user for the containers when run as root; default 1000),
+# inside the image; default: the fast tests), SMOKE_TRAIN_OVERRIDES (Hydra overrides for the smoke run's
+# training; default: 2 iterations per stage), SMOKE_UID (user for the containers when run as root; default 1000),
 # COMPOSE (compose command), DOCKER_SMOKE_STEPS (default "build run": "build" only builds and loads).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -221,16 +222,20 @@ timed() {  # timed NAME CMD...: run, report the time, fail loudly
     "$@" || die "$name failed"
     log "== $name took $(($(date +%s) - s))s"
 }
-timed "compose run smoke" "${dc[@]}" run --rm smoke
+# CPU training is slow: the smoke run and the train service get two iterations per stage, batch 1.
+short=(pre_training.num_iterations=2 main_training.num_iterations=2 "main_training.lr_schedule_steps=[1]"
+    pre_training.batch_size=1 main_training.batch_size=1)
+read -ra smoke_overrides <<<"${SMOKE_TRAIN_OVERRIDES:-${short[*]}}"
+timed "compose run smoke" "${dc[@]}" run --rm smoke "${smoke_overrides[@]}"
 timed "compose run convert-burst" "${dc[@]}" run --rm convert-burst
 [ -d "$BURST_DIR/train-vos/JPEGImages" ] && [ -d "$BURST_DIR/train-vos/Annotations" ] ||
     die "convert-burst wrote no train-vos under $BURST_DIR"
-timed "compose run train (CPU override)" "${cpu[@]}" run --rm train exp_id=docker-smoke data=tiny \
-    pre_training.num_iterations=2 main_training.num_iterations=2 main_training.lr_schedule_steps=[1] \
-    num_workers=0 save_weights_interval=2 save_checkpoint_interval=2 eval_interval=0
+timed "compose run train (CPU override)" "${cpu[@]}" run --rm train exp_id=docker-smoke data=tiny model=small \
+    device=cpu num_workers=0 data.val_dataset=null "${short[@]}"
 
 for f in "$out_dir/docker-smoke/docker-smoke_pre_training_last.pth" \
-    "$out_dir/docker-smoke/docker-smoke_main_training_last.pth"; do
+    "$out_dir/docker-smoke/docker-smoke_main_training_last.pth" \
+    "$out_dir/smoke/tiny_demo/tiny_demo_main_training_last.pth"; do
     [ -s "$f" ] || die "expected output missing: $f"
 done
 foreign="$(find "$out_dir" "$BURST_DIR/train-vos" \( ! -uid "$RUN_UID" -o ! -gid "$RUN_GID" \) -print | head -n 5)"

@@ -193,7 +193,9 @@ def test_convert_burst_and_eval_and_plain_commands(tmp_path: Path) -> None:
     assert burst[burst.index("--json_path") + 1] == "/data/BURST/train/train.json"
     assert burst[burst.index("--frames_path") + 1] == "/data/BURST/frames/train"
     assert burst[burst.index("--output_path") + 1] == "/data/BURST/train-vos"
-    assert _entry(tmp_path, "eval", "dataset=d17-val")[1:] == ["cutie/eval.py", "dataset=d17-val"]
+    evaluation = _entry(tmp_path, "eval", "dataset=d17-val", "data_root=/elsewhere")
+    assert evaluation[1] == "cutie/eval.py" and evaluation[-2:] == ["dataset=d17-val", "data_root=/elsewhere"]
+    assert evaluation.index("data_root=/data") < evaluation.index("data_root=/elsewhere")
     assert _entry(tmp_path, "python", "-c", "pass")[1:] == ["-c", "pass"]
 
 
