@@ -112,7 +112,7 @@ def test_services_mounts_user_and_gpus(tmp_path: Path) -> None:
             assert mounts["/workspace/output"] == (str(tmp_path / "out"), False), name
             assert mounts["/workspace/cache"] == (str(tmp_path / "cache"), False), name
         else:
-            assert devices == [], name
+            assert devices == [] and "ulimits" not in svc, name
     for name in ("pretrain", "main-train", "train"):
         assert services[name]["network_mode"] == "host", name  # multi-node rendezvous
     # convert-burst writes BURST and sees nothing else.
@@ -128,7 +128,7 @@ def test_gpu_count_defaults_to_all_and_cpu_override_drops_it(tmp_path: Path) -> 
     assert all(_gpu_devices(services[n])[0]["count"] == -1 for n in GPU_SERVICES)  # "all" is -1 in JSON
     cpu = _config(tmp_path, COMPOSE, CPU_OVERRIDE)
     assert set(cpu) == set(services)
-    assert all(_gpu_devices(svc) == [] for svc in cpu.values())
+    assert all(_gpu_devices(svc) == [] and "ulimits" not in svc for svc in cpu.values())
     assert cpu["train"]["entrypoint"] == services["train"]["entrypoint"]
     assert _mounts(cpu["train"]) == _mounts(services["train"])
 
