@@ -29,9 +29,7 @@ def _cfg_get(cfg: Any, *path: str) -> Any:
         try:
             node = node[key]
         except (KeyError, TypeError, AttributeError) as e:
-            raise KeyError(
-                f"config option {'.'.join(path[: i + 1])} is missing (needed by LossComputer)"
-            ) from e
+            raise KeyError(f"config option {'.'.join(path[: i + 1])} is missing (needed by LossComputer)") from e
     return node
 
 
@@ -72,9 +70,7 @@ class LossComputer:
 
     def __init__(self, stage_cfg: Any, model_cfg: Any) -> None:
         if not _cfg_get(stage_cfg, "point_supervision"):
-            raise ValueError(
-                "point_supervision: false is not supported (Cutie trains with point supervision)"
-            )
+            raise ValueError("point_supervision: false is not supported (Cutie trains with point supervision)")
         self.num_points = int(_cfg_get(stage_cfg, "train_num_points"))
         self.oversample_ratio = float(_cfg_get(stage_cfg, "oversample_ratio"))
         self.importance_sample_ratio = float(_cfg_get(stage_cfg, "importance_sample_ratio"))
