@@ -170,3 +170,13 @@ def test_top_k_affinity() -> None:
     top = sim.topk(3, dim=1).indices
     torch.testing.assert_close(aff.gather(1, top), torch.softmax(sim.gather(1, top), dim=1))
     torch.testing.assert_close(softmax_affinity(sim), torch.softmax(sim, dim=1))
+
+
+def test_single_object_network_runs_a_clip() -> None:
+    torch.manual_seed(0)
+    net = build_network(load_model_config("small"), single_object=True).train()
+    batch = make_batch(b=1, t=3, o=1, num_objects=(1,))
+    with torch.no_grad():
+        out = forward_clip(net, batch, num_ref_frames=2, deep_update_prob=1.0)
+    assert out["logits_2"].shape == (1, 2, 32, 32) and out["masks_2"].shape == (1, 1, 32, 32)
+    assert torch.isfinite(out["logits_2"]).all()
