@@ -5,8 +5,8 @@
 #   2. buildah builds the Dockerfile on it (vfs, chroot isolation, weights download skipped), with the host's
 #      pip sources (index/find-links/CA bundle) passed in as build args and read-only mounts;
 #   3. the image is loaded into a private dockerd (vfs; state outside the checkout; stopped on exit);
-#   4. with the real compose binary: smoke, convert-burst and train (CPU override) on a generated tiny dataset,
-#      mounted through the same variables a user sets; outputs must belong to the user that ran the containers.
+#   4. with the real compose binary: smoke, convert-burst, then train and eval (CPU override) on a generated tiny
+#      dataset, mounted through the same variables a user sets; outputs must belong to the containers' user.
 # Caches (rootfs tarball, buildah layers and pip cache, the daemon's images) live in $CUTIE_DOCKER_CACHE
 # (default ~/.cache/cutie-docker) so that a rerun with an unchanged lock file only rebuilds the source layer.
 # Environment: CUTIE_DOCKER_CACHE, CUTIE_IMAGE (default cutie:smoke), SMOKE_PYTEST_ARGS (pytest selection run
@@ -233,6 +233,11 @@ timed "compose run convert-burst" "${dc[@]}" run --rm convert-burst
     die "convert-burst wrote no train-vos under $BURST_DIR"
 timed "compose run train (CPU override)" "${cpu[@]}" run --rm train exp_id=docker-smoke data=tiny model=small \
     device=cpu num_workers=0 data.val_dataset=null "${short[@]}"
+
+timed "compose run eval (CPU override)" "${cpu[@]}" run --rm eval exp_id=docker-smoke dataset=tiny-val model=small \
+    device=cpu weights=/workspace/output/docker-smoke/docker-smoke_main_training_last.pth
+ls "$out_dir"/docker-smoke/eval/tiny-val/Annotations/*/*.png >/dev/null 2>&1 ||
+    die "eval wrote no masks under $out_dir/docker-smoke/eval/tiny-val/Annotations"
 
 for f in "$out_dir/docker-smoke/docker-smoke_pre_training_last.pth" \
     "$out_dir/docker-smoke/docker-smoke_main_training_last.pth" \
