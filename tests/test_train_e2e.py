@@ -157,3 +157,11 @@ def test_missing_dataset_fails_before_training(tmp_path):
     )
     assert proc.returncode != 0
     assert "nowhere" in proc.stderr + proc.stdout
+
+
+def test_non_divisible_batch_fails_before_training_under_torchrun(tiny_data, tmp_path):
+    args = _common(tiny_data, tmp_path, "odd") + ["pre_training.batch_size=3"]
+    proc = _run(args, tmp_path, torchrun=2, check=False)
+    assert proc.returncode != 0
+    assert "pre_training.batch_size=3" in proc.stderr + proc.stdout
+    assert not (tmp_path / "output" / "odd" / "metrics.jsonl").exists()
