@@ -23,7 +23,8 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 # The package itself is installed editable and without dependencies, so source edits apply at once.
-if ! "$venv/bin/python" -c 'import cutie, pathlib, sys; sys.exit(pathlib.Path(cutie.__file__).resolve().parent != pathlib.Path(sys.argv[1]).resolve())' "$repo/cutie" 2>/dev/null; then
+# (Checked from / so that a `cutie/` folder in the current directory cannot pass for an installed package.)
+if ! (cd / && "$venv/bin/python" -c 'import cutie, pathlib, sys; sys.exit(pathlib.Path(cutie.__file__).resolve().parent != pathlib.Path(sys.argv[1]).resolve())' "$repo/cutie") 2>/dev/null; then
     "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$repo" >&2
 fi
 echo "$venv/bin/python"
