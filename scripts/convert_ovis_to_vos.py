@@ -13,11 +13,10 @@ converted.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from cutie.dataprep.convert import InputError
+from cutie.dataprep.convert import run_cli
 from cutie.dataprep.ovis import convert
 
 
@@ -28,22 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_path", type=Path, required=True, help="where OVIS-VOS-train goes")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     args = parser.parse_args(argv)
-    try:
-        doc = json.loads(args.json_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        print(f"error: cannot read {args.json_path}: {e}", file=sys.stderr)
-        return 2
-    if not args.frames_path.is_dir():
-        print(f"error: --frames_path {args.frames_path} is not a folder", file=sys.stderr)
-        return 2
-    try:
-        summary = convert(doc, args.frames_path, args.output_path, args.workers)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for line in summary.lines():
-        print(line)
-    return 1 if summary.failed else 0
+    return run_cli(
+        args.json_path, args.frames_path, lambda doc: convert(doc, args.frames_path, args.output_path, args.workers)
+    )
 
 
 if __name__ == "__main__":

@@ -180,3 +180,24 @@ def run_jobs(
     summary.failed.sort(key=lambda r: r.video)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def run_cli(json_path: Path, frames_path: Path, convert: Callable[[object], Summary]) -> int:
+    """The command-line flow shared by the converters: read the JSON, check the frames folder, convert, print the
+    summary. Exit code 0 when every video converted, 1 when some failed, 2 for bad input (nothing written)."""
+    try:
+        doc = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        print(f"error: cannot read {json_path}: {e}", file=sys.stderr)
+        return 2
+    if not Path(frames_path).is_dir():
+        print(f"error: --frames_path {frames_path} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        summary = convert(doc)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for line in summary.lines():
+        print(line)
+    return 1 if summary.failed else 0
