@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
+from _helpers import file_tree as _tree
+from _helpers import run_converter
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -17,26 +18,7 @@ from cutie.dataprep import ovis
 from cutie.dataprep.convert import InputError
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _cli(json_path: Path, frames: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        str(REPO / "scripts" / "convert_ovis_to_vos.py"),
-        "--json_path",
-        str(json_path),
-        "--frames_path",
-        str(frames),
-        "--output_path",
-        str(out),
-        *extra,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True)
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+_cli = functools.partial(run_converter, "convert_ovis_to_vos.py")
 
 
 def _reference_decode(seg: object, h: int, w: int) -> np.ndarray:

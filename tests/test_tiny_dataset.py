@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import file_tree as _tree
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -26,10 +27,6 @@ VOS_ROOTS = {
 def _generate(out: Path, seed: int) -> None:
     cmd = [sys.executable, str(REPO / "scripts" / "make_tiny_dataset.py"), "--out", str(out), "--seed", str(seed)]
     subprocess.run(cmd, check=True, capture_output=True)
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _video_masks(mask_dir: Path) -> np.ndarray:
