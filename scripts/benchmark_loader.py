@@ -4,8 +4,9 @@
     python scripts/benchmark_loader.py --backend torch|dali --stage main|pre --workers N --clips K [--data DIR]
 
 Warm-up batches first, then K clips are timed; CPU use is the CPU time of this process and all its children
-(loader workers) over the timed window. The last line is one JSON object: backend, stage, workers, clips_per_s,
-clips_per_s_per_core (per CPU core actually used), cores_used, clips, wall_s, data.
+(loader workers) over the timed window; this process converts the batches on --main-threads threads (see --help).
+The last line is one JSON object: backend, stage, workers, clips_per_s, clips_per_s_per_core (per CPU core
+actually used), cores_used, clips, wall_s, data.
 
 Without --data, sources at real sizes are generated in a temporary folder (854x480 textured videos with 1-3
 objects; static images of 300-800 px). With --data: for --stage main a DAVIS-format folder (JPEGImages/<video>/,
@@ -110,7 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4, help="clips per batch")
     ap.add_argument("--data", default=None, help="a source folder instead of generated data (see above)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--main-threads",
+        type=int,
+        default=1,
+        help="torch threads of this (main) process, which turns uint8 batches into float32/int64. 1 by default: "
+        "with every core busy in a worker, a second OpenMP thread mostly spins at barriers waiting for a core, "
+        "which counts as CPU time without doing loader work (5-9 ms per main clip on the 2-core machine)",
+    )
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.main_threads)
 
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         path = os.path.abspath(args.data) if args.data else _generate(tmp, args.stage)

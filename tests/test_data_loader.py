@@ -377,3 +377,52 @@ def test_reduced_size_decoding_matches_full_decoding(tmp_path: Path) -> None:
             assert np.abs(fast - full).mean() < 4 / 255
     finally:
         source.close()
+
+
+def _colour_reference(x: np.ndarray, b: float, c: float, s: float, grey: bool) -> np.ndarray:
+    """recipe.py's colour contract in float, clamping after each step (x: H*W*3 uint8 RGB)."""
+    x = x.astype(np.float64) / 255
+    luma = np.array([0.299, 0.587, 0.114])
+    m = (x @ luma).mean()
+    x = np.clip(b * (m + c * (x - m)), 0, 1)
+    g = (x @ luma)[..., None]
+    x = np.clip(g + s * (x - g), 0, 1)
+    if grey:
+        x = np.repeat((x @ luma)[..., None], 3, axis=2)
+    return x * 255
+
+
+def test_colour_steps_follow_the_recipe_contract() -> None:
+    from cutie.data.render import _colour
+
+    rng = np.random.default_rng(0)
+    rgb = cv2.GaussianBlur(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8), (5, 5), 2)
+    rgba = cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)
+    for b, c, s, grey in [(1.2, 1.05, 1.08, False), (0.8, 0.95, 0.9, False), (1.1, 1.0, 0.95, True), (1, 1, 1, False)]:
+        got = _colour(rgba, b, c, s, grey)
+        assert got.shape == (40, 50, 3) and got.dtype == np.uint8
+        diff = np.abs(got - _colour_reference(rgb, b, c, s, grey))
+        assert diff.max() <= 1.5, (b, c, s, grey, diff.max())  # uint8 rounding of the two steps
+        region = _colour(rgba, b, c, s, grey, region=(5, 7, 20, 10))  # statistics from the whole frame
+        assert np.array_equal(region, got[7:17, 5:25])
+
+
+def test_merged_layers_blend_only_inside_the_pasted_alpha(sources: Path) -> None:
+    from cutie.data.render import render_layer, render_recipe_uint8
+
+    source = _source(sources, "main_training", _data_cfg(["two", "one"], []), MAIN)
+    try:
+        merged = 0
+        for g in range(16):
+            recipe = source(g)
+            if len(recipe.layers) < 2:
+                continue
+            merged += 1
+            got = render_recipe_uint8(recipe).transpose(0, 2, 3, 1).astype(np.float32)  # T*H*W*3
+            base, top = (np.stack(render_layer(layer, recipe.out_size)).astype(np.float32) for layer in recipe.layers)
+            a = recipe.alpha[0][..., None]  # T*H*W*1
+            assert np.abs(got - (a * top + (1 - a) * base)).max() <= 1.0
+            assert np.array_equal(got[recipe.alpha[0] == 0], base[recipe.alpha[0] == 0])
+        assert merged > 0
+    finally:
+        source.close()

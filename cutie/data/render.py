@@ -2,7 +2,9 @@
 
 Lean on purpose (the loader must keep up on few cores): one decode per distinct JPEG, reduced-size decoding when
 the warp shrinks by >= 2 anyway, one warp per frame on 4-channel images (OpenCV's fast SIMD path: about twice as
-fast as 3 channels), colour through one lookup table plus one weighted sum, planes split straight into T*3*H*W.
+fast as 3 channels), colour on 3 channels through one lookup table (brightness, contrast) and one 3x3 colour
+matrix (saturation, grayscale), a pasted layer coloured and blended only inside its alpha's bounding box, planes
+split straight into T*3*H*W. The caller's process should keep freed heap memory (cutie/utils/host_memory.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from cutie.data.masks import BadSampleError, decode_jpeg_size
 from cutie.data.recipe import IMAGENET_MEAN, ClipRecipe, ImageLayer
 
 FILL = (*(round(255 * c) for c in IMAGENET_MEAN), 255)  # RGBA
+_LUMA = (0.299, 0.587, 0.114)
+_GREY = np.array([_LUMA] * 3, np.float32)  # RGB -> grey level in every channel
 _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 
 
@@ -41,23 +45,40 @@ def _to_reduced(m: np.ndarray, full_wh: tuple[int, int], small_wh: tuple[int, in
     return s @ m
 
 
-def _colour(x: np.ndarray, brightness: float, contrast: float, saturation: float, grayscale: bool) -> np.ndarray:
-    """The recipe's colour steps on one uint8 RGBA frame."""
+def _colour(
+    x: np.ndarray,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    grayscale: bool,
+    region: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
+    """The recipe's colour steps on one warped uint8 RGBA frame -> H*W*3 uint8 RGB; with a region (x, y, w, h),
+    only that part is returned (the contrast statistic still comes from the whole frame)."""
     r, g, b, _ = cv2.mean(x)
-    mean = 0.299 * r + 0.587 * g + 0.114 * b  # mean of gray(x) (gray is linear)
-    # brightness * (m + contrast * (v - m)) is affine in v: one lookup table for all channels.
+    mean = _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b  # mean of gray(x) (gray is linear)
+    if region is not None:
+        x0, y0, w, h = region
+        x = x[y0 : y0 + h, x0 : x0 + w]
+    x = cv2.cvtColor(x, cv2.COLOR_RGBA2RGB)  # the 3-channel LUT and transform below are the fast SIMD paths
+    # brightness * (m + contrast * (v - m)) is affine in v: one lookup table for all channels (clamped).
     lut = np.clip(brightness * (mean + contrast * (np.arange(256, dtype=np.float32) - mean)), 0, 255)
     x = cv2.LUT(x, (lut + 0.5).astype(np.uint8))
-    if saturation != 1.0:
-        gray = cv2.cvtColor(cv2.cvtColor(x, cv2.COLOR_RGBA2GRAY), cv2.COLOR_GRAY2RGBA)
-        x = cv2.addWeighted(x, saturation, gray, 1.0 - saturation, 0.0)
-    if grayscale:
-        x = cv2.cvtColor(cv2.cvtColor(x, cv2.COLOR_RGBA2GRAY), cv2.COLOR_GRAY2RGBA)
+    if grayscale:  # gray(saturation step(x)) == gray(x): every channel becomes the grey level
+        return cv2.transform(x, _GREY)
+    if saturation != 1.0:  # gray(x) + s * (x - gray(x)) as one 3x3 colour matrix (one rounding, then saturate)
+        return cv2.transform(x, (saturation * np.eye(3) + (1.0 - saturation) * _GREY).astype(np.float32))
     return x
 
 
-def render_layer(layer: ImageLayer, out_hw: tuple[int, int], reduced_decode: bool = True) -> list[np.ndarray]:
-    """T frames of one layer, each H*W*4 uint8 RGBA (alpha channel meaningless)."""
+def render_layer(
+    layer: ImageLayer,
+    out_hw: tuple[int, int],
+    reduced_decode: bool = True,
+    regions: list[tuple[int, int, int, int]] | None = None,
+) -> list[np.ndarray | None]:
+    """T frames of one layer, each H*W*3 uint8 RGB; with regions, frame t is only its region (x, y, w, h) of the
+    output, or None for an empty region (a pasted layer only matters where its alpha is non-zero)."""
     t = len(layer.jpegs)
     out_h, out_w = out_hw
     paths = layer.source_paths or ["<jpeg bytes>"] * t
@@ -70,6 +91,9 @@ def render_layer(layer: ImageLayer, out_hw: tuple[int, int], reduced_decode: boo
     cache: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
     frames = []
     for i, data in enumerate(layer.jpegs):
+        if regions is not None and regions[i][2] * regions[i][3] == 0:
+            frames.append(None)
+            continue
         key = id(data)
         if key not in cache:
             img = _decode(data, factors[key], paths[i])
@@ -102,6 +126,7 @@ def render_layer(layer: ImageLayer, out_hw: tuple[int, int], reduced_decode: boo
                 float(layer.contrast[i]),
                 float(layer.saturation[i]),
                 bool(layer.grayscale[i]),
+                None if regions is None else regions[i],
             )
         )
     return frames
@@ -111,14 +136,18 @@ def render_recipe_uint8(recipe: ClipRecipe, reduced_decode: bool = True) -> np.n
     """T*3*H*W uint8 RGB of a whole recipe (layers composited in order)."""
     frames = render_layer(recipe.layers[0], recipe.out_size, reduced_decode)
     for k, layer in enumerate(recipe.layers[1:]):
-        top = render_layer(layer, recipe.out_size, reduced_decode)
-        for t in range(len(frames)):
-            a = recipe.alpha[k, t]
-            frames[t] = cv2.blendLinear(top[t], frames[t], a, 1.0 - a)
+        # Blend only inside the box where the pasted layer has weight (outside it the result is the lower layer).
+        boxes = [cv2.boundingRect((a > 0).view(np.uint8)) for a in recipe.alpha[k]]
+        top = render_layer(layer, recipe.out_size, reduced_decode, regions=boxes)
+        for t, (x0, y0, w, h) in enumerate(boxes):
+            if top[t] is None:
+                continue
+            box = (slice(y0, y0 + h), slice(x0, x0 + w))
+            a = recipe.alpha[k, t][box]
+            frames[t][box] = cv2.blendLinear(top[t], frames[t][box], a, 1.0 - a)
     out = np.empty((len(frames), 3, *recipe.out_size), np.uint8)  # T*3*H*W
     for t, frame in enumerate(frames):
-        planes = cv2.split(frame)
-        out[t, 0], out[t, 1], out[t, 2] = planes[0], planes[1], planes[2]
+        out[t, 0], out[t, 1], out[t, 2] = cv2.split(frame)
     return out
 
 
