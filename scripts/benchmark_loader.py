@@ -114,13 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--main-threads",
         type=int,
-        default=1,
-        help="torch threads of this (main) process, which turns uint8 batches into float32/int64. 1 by default: "
-        "with every core busy in a worker, a second OpenMP thread mostly spins at barriers waiting for a core, "
-        "which counts as CPU time without doing loader work (5-9 ms per main clip on the 2-core machine)",
+        default=None,
+        help="torch threads of this (main) process, which turns uint8 batches into float32/int64 (default: torch's "
+        "choice, as in training). With every core busy in a worker, 1 avoids OpenMP threads spinning at barriers "
+        "while they wait for a core, which counts as CPU time without doing loader work",
     )
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.main_threads)
+    if args.main_threads:
+        torch.set_num_threads(args.main_threads)
 
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         path = os.path.abspath(args.data) if args.data else _generate(tmp, args.stage)

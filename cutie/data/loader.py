@@ -33,8 +33,10 @@ from omegaconf import OmegaConf
 
 from cutie.data.index import build_static_index, build_video_index
 from cutie.data.masks import BadSampleError
+from cutie.data.recycle import RecycledArrays
 from cutie.data.render import render_recipe_uint8
 from cutie.data.rng import STREAM_MAIN, STREAM_PRE
+from cutie.data.slots import BatchSlots, slots_needed
 from cutie.data.source import MAX_ATTEMPTS, RecipeSource
 from cutie.data.static_sampler import StaticClipSampler
 from cutie.data.video_sampler import VideoClipSampler
@@ -134,6 +136,7 @@ class TrainLoader:
         self.bad_samples = 0  # draws that hit an unreadable file (replaced)
         self.total_samples = 0  # all draws, good and bad
         self._recent: deque[str] = deque(maxlen=20)
+        self._host = RecycledArrays()
 
     @property
     def recent_bad_paths(self) -> list[str]:
@@ -167,11 +170,9 @@ class TrainLoader:
             )
 
     def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """An uninitialised batch tensor on the device. On the CPU it is numpy memory: numpy asks the kernel for
-        transparent huge pages on large blocks, so filling a fresh ~90 MB batch faults 2 MB pages instead of 4 KB
-        ones (26 instead of 75 ms of CPU per batch of 4 main clips on the 2-core machine)."""
+        """An uninitialised batch tensor on the device; on the CPU, recycled memory (cutie/data/recycle.py)."""
         if self.device.type == "cpu":
-            return torch.from_numpy(np.empty(shape, _NUMPY_DTYPES[dtype]))
+            return self._host.empty(shape, _NUMPY_DTYPES[dtype])
         return torch.empty(shape, dtype=dtype, device=self.device)
 
     def _to_batch(self, rgb: torch.Tensor, cls_gt: torch.Tensor, num_objects: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -202,22 +203,30 @@ class TrainLoader:
 # --------------------------------------------------------------------------------------------- torch backend
 
 
-class ClipDataset(torch.utils.data.Dataset):
-    """Map-style dataset over global sample indices: recipe (sampler) + render (OpenCV)."""
+PREFETCH_FACTOR = 2  # batches per worker in flight
 
-    def __init__(self, source: RecipeSource, reduced_decode: bool = True) -> None:
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Map-style dataset over (iteration, position, global sample index) keys: recipe (sampler) + render (OpenCV),
+    written straight into the batch's shared-memory slot (cutie/data/slots.py)."""
+
+    def __init__(self, source: RecipeSource, slots: BatchSlots, reduced_decode: bool = True) -> None:
         self.source = source
+        self.slots = slots
         self.reduced_decode = reduced_decode
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
+        iteration, j, index = key
         recipe = self.source(index)
         bad = list(recipe.info["bad_paths"])
+        slot = self.slots.wait_writable(iteration)
+        rgb = self.slots.rgb[slot, j].numpy()  # T*3*H*W uint8, shared with the main process
         for _ in range(MAX_ATTEMPTS):
             try:
-                rgb = render_recipe_uint8(recipe, self.reduced_decode)  # T*3*H*W uint8
+                render_recipe_uint8(recipe, self.reduced_decode, out=rgb)
                 break
             except BadSampleError as e:
                 log.warning("skipping a sample: %s", e)
@@ -226,21 +235,14 @@ class ClipDataset(torch.utils.data.Dataset):
                 bad.extend(recipe.info["bad_paths"])
         else:
             raise RuntimeError(f"sample {index}: {MAX_ATTEMPTS} replacements in a row had corrupt JPEGs: {bad[-3:]}")
-        return {
-            "rgb": torch.from_numpy(rgb),
-            "cls_gt": torch.from_numpy(recipe.cls_gt),  # T*H*W uint8
-            "num_objects": recipe.num_objects,
-            "bad_paths": bad,
-            "index": index,
-        }
+        self.slots.cls[slot, j].numpy()[...] = recipe.cls_gt  # T*H*W uint8
+        return {"iteration": iteration, "num_objects": recipe.num_objects, "bad_paths": bad, "index": index}
 
 
 def collate_clips(items: list[dict]) -> dict:
-    # default_collate stacks straight into shared memory inside a worker (no extra copy on the way out).
-    stack = torch.utils.data.default_collate
+    """The pixels are already in the batch's slot: only the small per-sample values travel through the queue."""
     return {
-        "rgb": stack([it["rgb"] for it in items]),  # B*T*3*H*W uint8
-        "cls_gt": stack([it["cls_gt"] for it in items]),  # B*T*H*W uint8
+        "iteration": items[0]["iteration"],
         "num_objects": torch.tensor([it["num_objects"] for it in items], dtype=torch.int64),
         "bad_paths": [p for it in items for p in it["bad_paths"]],
         "indices": [it["index"] for it in items],
@@ -248,15 +250,15 @@ def collate_clips(items: list[dict]) -> dict:
 
 
 class _IterationBatches(torch.utils.data.Sampler):
-    """Endless batch sampler: this rank's global indices of iterations start, start+1, ..."""
+    """Endless batch sampler: this rank's (iteration, position, global index) keys of iterations start, start+1..."""
 
     def __init__(self, loader: TrainLoader, start_iteration: int) -> None:
         self.loader, self.start = loader, start_iteration
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         it = self.start
         while True:
-            yield self.loader.indices_of(it)
+            yield [(it, j, g) for j, g in enumerate(self.loader.indices_of(it))]
             it += 1
 
 
@@ -267,12 +269,15 @@ def _worker_init(_: int) -> None:
 
 
 class TorchTrainLoader(TrainLoader):
-    """CPU workers (torch DataLoader) that sample and render with OpenCV."""
+    """CPU workers (torch DataLoader) that sample and render with OpenCV into shared-memory batch slots."""
 
     def __init__(self, source: RecipeSource, *, num_workers: int, reduced_decode: bool = True, **kw: Any) -> None:
         super().__init__(source, **kw)
         self.num_workers = num_workers
-        self.dataset = ClipDataset(source, reduced_decode)
+        n = slots_needed(num_workers, PREFETCH_FACTOR) if num_workers > 0 else 1
+        sampler = source.sampler
+        self.slots = BatchSlots(n, self.batch_size, sampler.seq_length, sampler.out_hw, shared=num_workers > 0)
+        self.dataset = ClipDataset(source, self.slots, reduced_decode)
         self._iter = None
 
     def _shutdown(self) -> None:
@@ -284,14 +289,14 @@ class TorchTrainLoader(TrainLoader):
 
     def iterate(self, start_iteration: int) -> Iterator[dict]:
         self._shutdown()
+        self.slots.reset(start_iteration)
         dl = torch.utils.data.DataLoader(
             self.dataset,
             batch_sampler=_IterationBatches(self, start_iteration),
             num_workers=self.num_workers,
             collate_fn=collate_clips,
-            pin_memory=self.device.type == "cuda",
             worker_init_fn=_worker_init if self.num_workers > 0 else None,
-            prefetch_factor=2 if self.num_workers > 0 else None,
+            prefetch_factor=PREFETCH_FACTOR if self.num_workers > 0 else None,
         )
         # Fork with OpenCV's thread pool stopped: a forked child inherits the pool's state but not its threads and
         # would hang in its first parallel call (e.g. after a test rendered a recipe in this process).
@@ -306,7 +311,12 @@ class TorchTrainLoader(TrainLoader):
     def _batches(self, it: Iterator[dict]) -> Iterator[dict]:
         for raw in it:
             self._account(len(raw["indices"]), raw["bad_paths"])
-            yield self._to_batch(raw["rgb"], raw["cls_gt"], raw["num_objects"])
+            s = self.slots.slot(raw["iteration"])
+            # _to_batch copies out of the slot (synchronously: a copy to a GPU from pageable memory returns once
+            # the source has been read), so the slot can go back to the workers right after.
+            batch = self._to_batch(self.slots.rgb[s], self.slots.cls[s], raw["num_objects"])
+            self.slots.release(raw["iteration"])
+            yield batch
 
     def close(self) -> None:
         self._shutdown()

@@ -132,8 +132,8 @@ def render_layer(
     return frames
 
 
-def render_recipe_uint8(recipe: ClipRecipe, reduced_decode: bool = True) -> np.ndarray:
-    """T*3*H*W uint8 RGB of a whole recipe (layers composited in order)."""
+def render_recipe_uint8(recipe: ClipRecipe, reduced_decode: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+    """T*3*H*W uint8 RGB of a whole recipe (layers composited in order), written into `out` when given."""
     frames = render_layer(recipe.layers[0], recipe.out_size, reduced_decode)
     for k, layer in enumerate(recipe.layers[1:]):
         # Blend only inside the box where the pasted layer has weight (outside it the result is the lower layer).
@@ -145,7 +145,8 @@ def render_recipe_uint8(recipe: ClipRecipe, reduced_decode: bool = True) -> np.n
             box = (slice(y0, y0 + h), slice(x0, x0 + w))
             a = recipe.alpha[k, t][box]
             frames[t][box] = cv2.blendLinear(top[t], frames[t][box], a, 1.0 - a)
-    out = np.empty((len(frames), 3, *recipe.out_size), np.uint8)  # T*3*H*W
+    if out is None:
+        out = np.empty((len(frames), 3, *recipe.out_size), np.uint8)  # T*3*H*W
     for t, frame in enumerate(frames):
         out[t, 0], out[t, 1], out[t, 2] = cv2.split(frame)
     return out
