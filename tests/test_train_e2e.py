@@ -165,3 +165,12 @@ def test_non_divisible_batch_fails_before_training_under_torchrun(tiny_data, tmp
     assert proc.returncode != 0
     assert "pre_training.batch_size=3" in proc.stderr + proc.stdout
     assert not (tmp_path / "output" / "odd" / "metrics.jsonl").exists()
+
+
+def test_too_little_shared_memory_fails_before_training(tiny_data, tmp_path):
+    """The loader's batch slots of the largest stage must fit in /dev/shm: said at start, not at main training."""
+    args = _common(tiny_data, tmp_path, "shm") + ["num_workers=100000000"]
+    proc = _run(args, tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "shared memory" in proc.stderr and "--shm-size" in proc.stderr
+    assert not (tmp_path / "output" / "shm" / "metrics.jsonl").exists()

@@ -36,7 +36,7 @@ from cutie.data.masks import BadSampleError
 from cutie.data.recycle import RecycledArrays
 from cutie.data.render import render_recipe_uint8
 from cutie.data.rng import STREAM_MAIN, STREAM_PRE
-from cutie.data.slots import BatchSlots, slots_needed
+from cutie.data.slots import BatchSlots, slot_pool_bytes, slots_needed
 from cutie.data.source import MAX_ATTEMPTS, RecipeSource
 from cutie.data.static_sampler import StaticClipSampler
 from cutie.data.video_sampler import VideoClipSampler
@@ -321,6 +321,16 @@ class TorchTrainLoader(TrainLoader):
     def close(self) -> None:
         self._shutdown()
         super().close()
+
+
+def shared_memory_needed(stage_cfg: Any, *, backend: str, batch_size: int, num_workers: int) -> int:
+    """Bytes of /dev/shm one rank's loader of a stage takes (torch backend with workers; 0 otherwise)."""
+    if backend != "torch" or num_workers <= 0:
+        return 0
+    crop = _stage_value(stage_cfg, "crop_size")
+    hw = (int(crop[0]), int(crop[1])) if isinstance(crop, list | tuple) else (int(crop), int(crop))
+    seq_length = int(_stage_value(stage_cfg, "seq_length"))
+    return slot_pool_bytes(num_workers, PREFETCH_FACTOR, batch_size, seq_length, hw)
 
 
 def build_train_loader(

@@ -36,6 +36,12 @@ def slots_needed(num_workers: int, prefetch_factor: int) -> int:
     return max(1, num_workers * prefetch_factor) + 2
 
 
+def slot_pool_bytes(num_workers: int, prefetch_factor: int, batch_size: int, seq_length: int, out_hw) -> int:
+    """Shared memory of one loader's slots (rgb + cls, uint8)."""
+    h, w = out_hw
+    return slots_needed(num_workers, prefetch_factor) * batch_size * seq_length * 4 * h * w
+
+
 def check_shared_memory(nbytes: int, where: str = "/dev/shm") -> None:
     """Fail before any worker starts when the shared-memory filesystem cannot hold `nbytes` (Docker's default
     /dev/shm is 64 MB; writing past it kills a worker with SIGBUS in the middle of training)."""

@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from cutie.data.index import validate as validate_data
-from cutie.data.loader import build_train_loader
+from cutie.data.loader import build_train_loader, shared_memory_needed
+from cutie.data.slots import SharedMemoryTooSmallError, check_shared_memory
 from cutie.model import build_network
 from cutie.model.losses import LossComputer
 from cutie.model.weights import init_from_imagenet, load_weights, read_weights_file
@@ -63,6 +64,24 @@ def _loader_backend(cfg: DictConfig, device: torch.device) -> str:
     if backend not in ("dali", "torch"):
         raise ConfigError(f"loader={backend!r}: choose auto, dali or torch")
     return backend
+
+
+def _check_shared_memory(cfg: DictConfig, stages: list[str], plans: dict, state, device: torch.device) -> None:
+    """The largest stage's loader slots, for every rank on this node, must fit in /dev/shm (checked now rather
+    than when main training starts hours later)."""
+    per_rank = max(
+        shared_memory_needed(
+            cfg[s],
+            backend=_loader_backend(cfg, device),
+            batch_size=plans[s].per_rank_batch,
+            num_workers=int(cfg.num_workers),
+        )
+        for s in stages
+    )
+    try:
+        check_shared_memory(per_rank * state.local_world_size)
+    except SharedMemoryTooSmallError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _find_resume(cfg: DictConfig, run_dir: Path, log) -> dict | None:
@@ -168,6 +187,7 @@ def _run(cfg: DictConfig, state, device: torch.device) -> None:
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     for s in stages:  # every stage's datasets, so main-training data problems surface before pre-training
         validate_data(data_cfg, str(cfg.data_root), seq_length=int(cfg[s].seq_length), stages=[s])
+    _check_shared_memory(cfg, stages, plans, state, device)
     resume = _find_resume(cfg, run_dir, log)
     if resume is not None and resume.get("world_size", state.world_size) != state.world_size:
         log.warning(
