@@ -180,3 +180,32 @@ def test_single_object_network_runs_a_clip() -> None:
         out = forward_clip(net, batch, num_ref_frames=2, deep_update_prob=1.0)
     assert out["logits_2"].shape == (1, 2, 32, 32) and out["masks_2"].shape == (1, 1, 32, 32)
     assert torch.isfinite(out["logits_2"]).all()
+
+
+def test_stem_shortcuts_match_the_plain_stem() -> None:
+    """The mask encoder's stem (image convolved once per frame) and the CPU channels-last max-pool give the
+    plain conv-BN-ReLU-maxpool of [image, planes] per object: values and gradients."""
+    from torch import nn
+
+    from cutie.model import resnet
+
+    torch.manual_seed(0)
+    conv, bn = resnet.stem(5)
+    bn.eval()
+    image = torch.randn(2, 3, 40, 48)
+    planes = torch.rand(2, 3, 2, 40, 48).round().requires_grad_()  # binary masks: many ties after the ReLU
+    ref_in = torch.cat([image.unsqueeze(1).expand(2, 3, 3, 40, 48), planes], dim=2).flatten(0, 1)
+    ref = nn.functional.max_pool2d(torch.relu(bn(conv(ref_in))), 3, stride=2, padding=1)
+    out = resnet.object_stem_forward(image, planes, conv, bn)
+    assert out.shape == ref.shape == (6, 64, 10, 12)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, [planes, conv.weight, bn.weight], grad)
+    g_out = torch.autograd.grad(out, [planes, conv.weight, bn.weight], grad)
+    for a, b in zip(g_out, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    x = torch.relu(torch.randn(3, 8, 21, 20)).requires_grad_()  # odd sizes, ties at zero
+    y_ref, y = nn.functional.max_pool2d(x, 3, stride=2, padding=1), resnet._ChannelsLastMaxPool.apply(x)
+    assert torch.equal(y, y_ref) and y.is_contiguous()
+    gy = torch.randn_like(y)
+    assert torch.equal(torch.autograd.grad(y, x, gy)[0], torch.autograd.grad(y_ref, x, gy)[0])

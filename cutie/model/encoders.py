@@ -110,9 +110,10 @@ class MaskEncoder(resnet.FrozenBatchNormMixin):
     def _encode(
         self, image: torch.Tensor, pix_feat: torch.Tensor, masks: torch.Tensor, others: torch.Tensor | None
     ) -> torch.Tensor:
-        b, o, h, w = masks.shape
+        b, o = masks.shape[:2]
         planes = [masks] if self.single_object else [masks, others]
         g = torch.stack(planes, dim=2).to(image.dtype)  # B*O*(1|2)*H*W
-        g = torch.cat([image.unsqueeze(1).expand(b, o, -1, h, w), g], dim=2).flatten(0, 1)  # (B*O)*(4|5)*H*W
-        g = self.layer3(self.layer2(self.layer1(resnet.stem_forward(g, self.conv1, self.bn1))))
+        # The ResNet input per object is [image, mask(, others)]; the stem convolves the image once per frame.
+        g = resnet.object_stem_forward(image, g, self.conv1, self.bn1)  # (B*O)*64*H/4*W/4
+        g = self.layer3(self.layer2(self.layer1(g)))
         return self.fuser(pix_feat, g.view(b, o, *g.shape[1:]))  # B*O*Cv*h*w
