@@ -88,6 +88,7 @@ class BatchSlots:
         """Block until batch `iteration` may write its slot; returns the slot."""
         s = self.slot(iteration)
         start = last_warn = time.monotonic()
+        delay = 0.0002  # backs off to 10 ms: never a busy loop, even if a worker runs far ahead
         while True:
             with self.ready.get_lock():
                 allowed = self.ready[s]
@@ -95,7 +96,8 @@ class BatchSlots:
                 return s
             if allowed > iteration:
                 raise RuntimeError(f"batch slot {s}: iteration {iteration} is older than the slot ({allowed})")
-            time.sleep(0.0005)
+            time.sleep(delay)
+            delay = min(2 * delay, 0.01)
             now = time.monotonic()
             if now - last_warn > WAIT_WARN_S:
                 last_warn = now
