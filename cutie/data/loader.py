@@ -71,6 +71,12 @@ def _stage_value(stage_cfg: Any, key: str, default: Any = None) -> Any:
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
+def _crop_hw(stage_cfg: Any) -> tuple[int, int]:
+    """The stage's crop_size as (H, W) (a single number means a square)."""
+    crop = _stage_value(stage_cfg, "crop_size")
+    return (int(crop[0]), int(crop[1])) if isinstance(crop, list | tuple) else (int(crop), int(crop))
+
+
 def make_recipe_source(
     data_cfg: Any,
     stage_cfg: Any,
@@ -89,8 +95,7 @@ def make_recipe_source(
     data = _plain(data_cfg, data_root, cache_root)
     seq_length = int(_stage_value(stage_cfg, "seq_length"))
     num_objects = int(_stage_value(stage_cfg, "num_objects"))
-    crop = _stage_value(stage_cfg, "crop_size")
-    crop_hw = (int(crop[0]), int(crop[1])) if isinstance(crop, list | tuple) else (int(crop), int(crop))
+    crop_hw = _crop_hw(stage_cfg)
     common = dict(seed=seed, global_batch=batch_size * world_size, total_iterations=total_iterations)
     if stage == "pre_training":
         sampler = StaticClipSampler(build_static_index(data, data_root), seq_length, num_objects, crop_hw)
@@ -327,10 +332,8 @@ def shared_memory_needed(stage_cfg: Any, *, backend: str, batch_size: int, num_w
     """Bytes of /dev/shm one rank's loader of a stage takes (torch backend with workers; 0 otherwise)."""
     if backend != "torch" or num_workers <= 0:
         return 0
-    crop = _stage_value(stage_cfg, "crop_size")
-    hw = (int(crop[0]), int(crop[1])) if isinstance(crop, list | tuple) else (int(crop), int(crop))
     seq_length = int(_stage_value(stage_cfg, "seq_length"))
-    return slot_pool_bytes(num_workers, PREFETCH_FACTOR, batch_size, seq_length, hw)
+    return slot_pool_bytes(num_workers, PREFETCH_FACTOR, batch_size, seq_length, _crop_hw(stage_cfg))
 
 
 def build_train_loader(
