@@ -19,8 +19,8 @@ from pycocotools import mask as mask_utils
 
 from cutie.dataprep import burst
 from cutie.dataprep.convert import InputError
-from cutie.dataprep.imageio import davis_palette
 from cutie.dataprep.rle import compressed_counts, rle_total
+from cutie.utils.palette import davis_palette
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from _helpers import file_tree as _tree
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from cutie.dataprep.imageio import davis_palette
+from cutie.utils.palette import davis_palette
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-PALETTE = np.zeros((256, 3), np.uint8)
-PALETTE[1:] = np.random.default_rng(0).integers(40, 256, size=(255, 3))
+from cutie.utils.palette import davis_palette
+
 OBJECT_COLOURS = {  # id -> RGB, far apart (flat colours for alignment tests)
     1: (230, 30, 30),
     2: (30, 200, 30),
@@ -40,7 +40,7 @@ def _save_jpeg(path: str, rgb: np.ndarray, quality: int = 92) -> None:
 
 def _save_palette_png(path: str, ids: np.ndarray) -> None:
     im = Image.fromarray(ids, mode="P")
-    im.putpalette(PALETTE.ravel().tolist())
+    im.putpalette(davis_palette())
     im.save(path)
 
 

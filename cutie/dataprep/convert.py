@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cutie.dataprep.imageio import atomic_write_json
+from cutie.utils.atomic import atomic_write_json
 
 META_DIR = "_meta"
 OUTPUT_DIRS = ("JPEGImages", "Annotations", "JPEGImages_all_frames")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cutie.dataprep.imageio import atomic_write_bytes
+from cutie.utils.atomic import atomic_write_bytes
 
 
 @dataclass

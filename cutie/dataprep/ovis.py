@@ -17,8 +17,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from cutie.dataprep.convert import InputError, Job, Summary, fingerprint, run_jobs
-from cutie.dataprep.imageio import atomic_copy, atomic_write_bytes, encode_palette_png
+from cutie.dataprep.imageio import encode_palette_png
 from cutie.dataprep.rle import RLEError, check_segmentation, decode
+from cutie.utils.atomic import atomic_copy, atomic_write_bytes
 
 VERSION = 1
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from cutie.utils.atomic import atomic_write
+from cutie.utils.palette import davis_palette
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -118,29 +120,6 @@ class VideoReader:
 
 def save_index_png(path: Path, mask: np.ndarray, palette: list[int] | None) -> None:
     """Writes H*W object ids as a palette PNG, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(mask.astype(np.uint8), mode="P")
     img.putpalette(palette if palette is not None else davis_palette())
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def davis_palette() -> list[int]:
-    """The DAVIS colour map (bit-interleaved label colours), 256 RGB entries."""
-    palette = []
-    for label in range(256):
-        r = g = b = 0
-        c = label
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette += [r, g, b]
-    return palette
+    atomic_write(path, lambda f: img.save(f, format="PNG"))

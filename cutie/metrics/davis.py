@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from cutie.metrics.measures import boundary_f_measure, mean_recall_decay, region_similarity
+from cutie.utils.atomic import atomic_write_text
 
 VOID_LABEL = 255
 GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
@@ -98,16 +98,11 @@ def _format_table(header: Sequence[str], rows: list[list]) -> str:
 
 
 def _write_csv_atomic(path: Path, header: Sequence[str], rows: list[list[str]]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def evaluate_sequence(name: str, gt: np.ndarray, pred: np.ndarray) -> list[ObjectResult]:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cutie.utils.atomic import atomic_torch_save
+
 log = logging.getLogger(__name__)
 
 # Weights whose input channels differ between the single-object network (pre-training: no "other objects"
@@ -128,21 +130,6 @@ def save_weights(state_dict: Mapping[str, torch.Tensor] | nn.Module, path: str |
             raise WeightsError(f"cannot save {key!r} to {path}: a state dict holds tensors, got {type(value)}")
         plain[key] = value.detach().to("cpu", copy=True)  # a copy: no shared storage with live parameters
     atomic_torch_save(plain, Path(path))
-
-
-def atomic_torch_save(obj: object, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over path: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ---------------------------------------------------------------------------------------------------- loading

@@ -11,32 +11,15 @@ import contextlib
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cutie.training.plan import STAGES
+from cutie.utils.atomic import atomic_torch_save  # noqa: F401 (the checkpoint writer; re-exported)
 
 _NAME = re.compile(r"^(pre_training|main_training)_(\d{7})\.pth$")
-
-
-def atomic_torch_save(obj: object, path: Path) -> None:
-    """Writes to a temporary file in the same directory, fsyncs, then renames: a kill at any moment leaves
-    either the previous file or the new one, never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with_suppress_unlink(tmp)
-        raise
 
 
 def with_suppress_unlink(p: str) -> None:

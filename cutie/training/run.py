@@ -38,6 +38,7 @@ from cutie.training.optim import build_optimizer, build_scheduler
 from cutie.training.plan import STAGES, ConfigError, StagePlan, enabled_stages, plan_stage
 from cutie.training.signals import StopSignals
 from cutie.utils import dist
+from cutie.utils.atomic import atomic_write_text
 
 
 class _StopAt(Hook):
@@ -49,12 +50,6 @@ class _StopAt(Hook):
     def before_step(self, ctx: StageContext) -> None:
         if self.iteration is not None and ctx.iteration + 1 == self.iteration:
             self.signals.request(f"stop_at_iteration={self.iteration} reached (simulated preemption)")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _loader_backend(cfg: DictConfig, device: torch.device) -> str:
@@ -197,8 +192,8 @@ def _run(cfg: DictConfig, state, device: torch.device) -> None:
 
     writer = None
     if state.is_main:
-        _write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        _write_text_atomic(run_dir / "env.json", json.dumps(env_info.collect(state.world_size), indent=2))
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_text(run_dir / "env.json", json.dumps(env_info.collect(state.world_size), indent=2))
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(run_dir / "tb"))

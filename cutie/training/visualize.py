@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from cutie.utils.palette import davis_palette_array
 
-def davis_palette(n: int = 256) -> np.ndarray:
-    """The DAVIS/PASCAL palette: colour of id i from the bits of i (n*3 uint8)."""
-    pal = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal
-
-
-_PALETTE = torch.from_numpy(davis_palette()).float() / 255
+_PALETTE = torch.from_numpy(davis_palette_array().copy()).float() / 255
 
 
 def overlay(rgb: torch.Tensor, ids: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:

@@ -1,0 +1,171 @@
+"""The one atomic writer: every file this project writes goes through `atomic_write`.
+
+A file is written to a temporary sibling (`.<name>.<random>.cutie-tmp`, same folder so the rename cannot cross
+file systems), flushed and fsynced, renamed over the final name, and the folder is fsynced so the rename itself
+survives a power cut. A kill at any moment leaves the previous file or the complete new one, never half a file.
+
+- Mode: mkstemp creates 0600 files; the final file gets 0666 minus the process umask (0644 under 022), like any
+  ordinary `open()`, so a group sharing a dataset or a run folder can read it.
+- Symlinks: the final name is never written through. A symlink already sitting at the destination is refused
+  (`UnsafePathError`); `os.replace` would otherwise swap the link itself, hiding that something planted it.
+- Full disk: ENOSPC / EDQUOT become `DiskFullError` with one line (what, where, how much is free); the temporary
+  file is removed and the previous file stays untouched.
+- Stale parts: temporaries left by a SIGKILL are found and removed by `remove_stale_temps(folder)` at the next
+  start; only names with this module's suffix are ever touched.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+TEMP_SUFFIX = ".cutie-tmp"
+_umask_lock = threading.Lock()
+
+
+class UnsafePathError(OSError):
+    """A write that would go through a symlink or outside the folder it belongs to."""
+
+
+class DiskFullError(OSError):
+    """A write that failed for lack of space; the message says where, and how much is free."""
+
+
+def current_umask() -> int:
+    # os.umask is the only portable reader and it sets as it reads: do both under a lock.
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Free space for an unprivileged writer in `folder` (or its nearest existing parent)."""
+    p = Path(folder)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    st = os.statvfs(p)
+    return st.f_bavail * st.f_frsize
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def check_free_space(folder: str | os.PathLike, needed: int, what: str) -> None:
+    """Raises DiskFullError before a write of about `needed` bytes that cannot fit."""
+    free = free_bytes(folder)
+    if needed > free:
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"not enough disk space for {what} in {folder}: needs about {_human(needed)}, {_human(free)} free "
+            "(free some space or point the output elsewhere)",
+        )
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # some file systems do not open folders; the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, mode: int | None = None) -> None:
+    """Calls `write(file)` on a temporary sibling of `path`, then moves it into place atomically.
+
+    `mode` defaults to 0666 & ~umask. Parent folders are created. Raises UnsafePathError if `path` is a symlink,
+    DiskFullError if the disk fills up.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise UnsafePathError(errno.EPERM, f"refusing to write through the symlink {path}; remove it first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, (0o666 & ~current_umask()) if mode is None else mode)
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(e, DiskFullError):
+            raise DiskFullError(
+                e.errno, f"disk full while writing {path} ({_human(free_bytes(path.parent))} free there)"
+            ) from None
+        raise
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: object, indent: int | None = None) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode("utf-8"))
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copies the bytes of `src` to `dst` atomically (the source must be a regular file)."""
+
+    def copy(f: IO[bytes]) -> None:
+        with open(src, "rb") as s:
+            shutil.copyfileobj(s, f, 1 << 20)
+
+    atomic_write(dst, copy)
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
+    import torch  # local: the data tools use this module without needing torch loaded
+
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Removes temporaries of this module left by a killed process (never follows symlinks); returns them.
+
+    Call only where no other live process of this project writes into `folder` (e.g. at the start of a run,
+    on the main rank, before the other ranks write).
+    """
+    root = Path(folder)
+    if not root.is_dir() or root.is_symlink():
+        return []
+    removed = []
+    for here, dirs, files in os.walk(root, followlinks=False):
+        for name in files:
+            p = Path(here) / name
+            if is_temp_name(name) and (p.is_symlink() or p.is_file()):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        if not recursive:
+            dirs.clear()
+    return removed
