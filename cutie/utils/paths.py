@@ -1,0 +1,51 @@
+"""Confinement of paths that come from outside (a JSON, a folder listing, a command line).
+
+A path named by an untrusted file must stay inside the folder it claims to be in: no absolute paths, no `..`
+climbing out, and no symlink inside the folder pointing out of it (symlinks are resolved before the check).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+
+class PathEscapeError(ValueError):
+    """A relative path that would leave its folder; the message names the path and the folder."""
+
+
+def confined(root: str | os.PathLike, relative: str, *, what: str = "path") -> Path:
+    """`root / relative`, checked to resolve inside `root` (symlinks followed). Raises PathEscapeError.
+
+    The returned path is the unresolved join (so messages show what the user wrote) and is safe to open.
+    """
+    if not isinstance(relative, str) or not relative:
+        raise PathEscapeError(f"{what} {relative!r} is not a non-empty string")
+    if "\x00" in relative:
+        raise PathEscapeError(f"{what} {relative!r} contains a NUL byte")
+    pure = PurePosixPath(relative.replace("\\", "/"))
+    if pure.is_absolute() or (pure.parts and pure.parts[0].endswith(":")):
+        raise PathEscapeError(f"{what} {relative!r} is absolute; it must be relative to {root}")
+    if ".." in pure.parts:
+        raise PathEscapeError(f"{what} {relative!r} contains '..'; it must stay inside {root}")
+    base = Path(root)
+    joined = base.joinpath(*pure.parts)
+    if not is_inside(base, joined):
+        raise PathEscapeError(f"{what} {relative!r} leads outside {root} through a symlink")
+    return joined
+
+
+def is_inside(root: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """True if `path`, with every symlink resolved, is `root` or lies below it (resolved too)."""
+    real_root = Path(os.path.realpath(root))
+    real = Path(os.path.realpath(path))
+    return real == real_root or real_root in real.parents
+
+
+def check_writable_inside(root: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Refuses a write target that is a symlink, or whose folder resolves outside `root`."""
+    p = Path(path)
+    if p.is_symlink():
+        raise PathEscapeError(f"{p} is a symlink; refusing to write through it (remove it and rerun)")
+    if not is_inside(root, p.parent) or not is_inside(root, p):
+        raise PathEscapeError(f"{p} resolves outside the output folder {root}; refusing to write there")
