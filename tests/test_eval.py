@@ -15,9 +15,9 @@ from PIL import Image
 
 from cutie.inference import validate
 from cutie.inference.dataset_eval import EvalConfigError, resolve_dataset
-from cutie.inference.reference_check import load_weights_rule
 from cutie.metrics import evaluate_folders
 from cutie.model import build_network, load_model_config
+from cutie.testing.weights_rule import load_weights_rule
 
 REPO = Path(__file__).resolve().parents[1]
 DAVIS_VAL = Path("DAVIS/2017/trainval")
@@ -26,7 +26,8 @@ DAVIS_VAL = Path("DAVIS/2017/trainval")
 @pytest.fixture(scope="module")
 def small_net() -> torch.nn.Module:
     net = build_network(load_model_config("small"))
-    net.load_state_dict(load_weights_rule(REPO).fill_state_dict(net.state_dict(), seed=7))
+    rule = load_weights_rule(REPO.parent / "shared" / "reference")
+    net.load_state_dict(rule.fill_state_dict(net.state_dict(), seed=7))
     return net
 
 

@@ -10,23 +10,24 @@ import torch
 from cutie.inference.long_term import LongTermSettings
 from cutie.inference.memory_bank import MemoryBank
 from cutie.inference.processor import VideoProcessor
-from cutie.inference.reference_check import check_inference_fixture, load_weights_rule
 from cutie.inference.settings import InferenceSettings
 from cutie.inference.tensor_ops import pad_to_multiple, stagger_steps, unpad
 from cutie.model import build_network, load_model_config
+from cutie.testing.reference_inference import check_inference_fixture
+from cutie.testing.weights_rule import load_weights_rule
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = sorted((REPO.parent / "shared" / "reference").glob("inference_*.pt"))
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+FIXTURES = sorted(REFERENCE.glob("inference_*.pt"))
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
 def test_matches_official_inference_fixture(path: Path) -> None:
     fixture = torch.load(path, weights_only=False)
-    assert check_inference_fixture(fixture, REPO) < 1e-4
+    assert check_inference_fixture(fixture, REFERENCE) < 1e-4
 
 
 def test_fixtures_present() -> None:
-    assert len(FIXTURES) >= 2, f"inference fixtures missing under {REPO.parent / 'shared' / 'reference'}"
+    assert len(FIXTURES) >= 2, f"inference fixtures missing under {REFERENCE}"
 
 
 def test_padding_puts_the_odd_pixel_bottom_right() -> None:
@@ -130,7 +131,7 @@ def test_long_term_memory_consolidates_the_most_used_tokens() -> None:
 @pytest.fixture(scope="module")
 def small_net() -> torch.nn.Module:
     net = build_network(load_model_config("small"))
-    rule = load_weights_rule(REPO)
+    rule = load_weights_rule(REFERENCE)
     net.load_state_dict(rule.fill_state_dict(net.state_dict(), seed=3))
     return net.eval()
 
@@ -193,3 +194,30 @@ def test_max_internal_size_restores_the_input_size(small_net: torch.nn.Module) -
     assert proc.last_mask.shape[-2:] == (32, 48)  # 48x64 -> 32x42, padded to 32x48 inside
     assert first.shape == (2, 48, 64)
     assert proc.step(frames[1]).shape == proc.step(frames[2], end=True).shape == (2, 48, 64)
+
+
+def test_internal_resize_of_the_mask_uses_pixel_centres(small_net: torch.nn.Module) -> None:
+    """With max_internal_size active the given mask is resized with nearest-exact, as the official procedure."""
+    frames, _ = _video(t=1, h=48, w=64)
+    mask = torch.zeros(48, 64, dtype=torch.long)
+    mask[:, 1::3] = 1  # thin stripes: nearest and nearest-exact pick different source columns
+    proc = VideoProcessor(small_net, InferenceSettings(max_internal_size=32))
+    proc.step(frames[0], mask)
+    size = (32, 42)
+    exact = torch.nn.functional.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")[0, 0]
+    plain = torch.nn.functional.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0]
+    assert not torch.equal(exact, plain)  # the two rules really differ on this mask
+    expected, _ = pad_to_multiple(exact, 16)
+    assert torch.equal((proc.last_mask[0, 0] > 0.5).float(), expected)
+
+
+def test_no_memory_and_no_mask_gives_zeros(small_net: torch.nn.Module) -> None:
+    """Segmenting before any memory exists returns one all-zero channel (the official result) and memorises
+    nothing; the first mask after that starts the video as usual."""
+    frames, mask = _video(t=2, h=40, w=56)
+    proc = VideoProcessor(small_net, InferenceSettings(mem_every=1))
+    empty = proc.step(frames[0])
+    assert empty.shape == (1, 40, 56) and torch.count_nonzero(empty) == 0
+    assert not proc.memory.engaged and proc.object_ids == []
+    first = proc.step(frames[1], mask)
+    assert torch.equal(proc.index_mask(first), mask)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cutie.model.reference_check import TOLERANCE, check_training_fixture
+from cutie.testing.reference_model import TOLERANCE, check_training_fixture
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 FIXTURES = sorted(REFERENCE.glob("fixture_*.pt"))

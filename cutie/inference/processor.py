@@ -72,7 +72,9 @@ class VideoProcessor:
             size = (int(orig_size[0] / short * limit), int(orig_size[1] / short * limit))
             image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
             if mask is not None:
-                mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
+                # nearest-exact (pixel centres), as the official procedure: plain "nearest" shifts the mask by
+                # up to a pixel towards the top-left, which moves object borders by a whole internal pixel.
+                mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
 
         self.frame_index += 1
         image, pads = pad_to_multiple(image, 16)
@@ -112,9 +114,10 @@ class VideoProcessor:
             else:
                 given = torch.stack([(mask == obj) for obj in self.object_ids], 0)
             prob = torch.softmax(aggregate(given, dim=0), dim=0)
-        if prob is None:  # no memory yet and no mask: nothing is known about this frame
+        if prob is None:
+            # No memory yet and no mask: nothing is known about this frame. The official procedure returns one
+            # all-zero channel here (not a confident background), and memorises nothing.
             prob = torch.zeros(1, *image.shape[-2:], device=image.device)
-            prob[0] = 1
             return self._restore(prob, pads, resized, orig_size)
 
         last = prob[1:].unsqueeze(0)  # 1*O*H*W

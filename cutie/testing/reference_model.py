@@ -1,4 +1,4 @@
-"""Checks the network against an official training-mode fixture (../shared/reference/fixture_*.pt).
+"""Checks the network against an official training-mode fixture (`fixture_*.pt` of the shared reference folder).
 
 The fixture's model gets the deterministic weights of the shared weight rule, `forward_clip` runs on the
 recorded batch, and every output (logits, masks, every aux tensor) is compared by relative error
@@ -8,11 +8,9 @@ mismatch can be pinned to one module.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -20,6 +18,7 @@ import torch
 from cutie.model.clip_forward import forward_clip
 from cutie.model.config import load_model_config
 from cutie.model.network import CutieNet, build_network
+from cutie.testing.weights_rule import load_weights_rule
 
 TRAINING_FORMAT = "cutie-reference-v1"
 TOLERANCE = 1e-4  # relative error, per output tensor
@@ -38,17 +37,6 @@ class ReferenceReport:
     @property
     def worst_module(self) -> tuple[str, float]:
         return max(self.modules.items(), key=lambda kv: kv[1], default=("", 0.0))
-
-
-def load_weights_rule(reference_dir: Path) -> ModuleType:
-    """reference_dir/weights_rule.py as a module (it is shared data, not part of the package)."""
-    path = Path(reference_dir) / "weights_rule.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: clone the repository beside ../shared")
-    spec = importlib.util.spec_from_file_location("cutie_shared_weights_rule", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:

@@ -1,4 +1,4 @@
-"""Checks the inference procedure against an official inference fixture (../shared/reference/inference_*.pt).
+"""Checks the inference procedure against an official inference fixture (`inference_*.pt`, shared reference).
 
 The network of the fixture's model gets the deterministic weights of the shared weight rule, runs the
 procedure with the fixture's settings in eval mode on the CPU in float32, and every frame's probabilities are
@@ -7,31 +7,19 @@ compared with the recorded ones.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 
 from cutie.inference.processor import VideoProcessor
 from cutie.inference.settings import InferenceSettings
+from cutie.testing.weights_rule import load_weights_rule
 
 FIXTURE_FORMAT = "cutie-inference-reference-v1"
 
 
-def load_weights_rule(repo_root: Path) -> ModuleType:
-    """The shared weight rule module, <repo_root>/../shared/reference/weights_rule.py."""
-    path = Path(repo_root).resolve().parent / "shared" / "reference" / "weights_rule.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: clone the repository beside ../shared")
-    spec = importlib.util.spec_from_file_location("cutie_reference_weights_rule", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-def run_fixture(fixture: dict[str, Any], repo_root: Path) -> list[torch.Tensor]:
+def run_fixture(fixture: dict[str, Any], reference_dir: Path) -> list[torch.Tensor]:
     """Our probabilities for every frame of the fixture's video, (O+1)*H*W each."""
     from cutie.model import build_network
     from cutie.model.config import load_model_config
@@ -39,7 +27,7 @@ def run_fixture(fixture: dict[str, Any], repo_root: Path) -> list[torch.Tensor]:
     if fixture.get("format") != FIXTURE_FORMAT:
         raise ValueError(f"not an inference fixture: format {fixture.get('format')!r}, expected {FIXTURE_FORMAT}")
     net = build_network(load_model_config(fixture["model"]))
-    rule = load_weights_rule(repo_root)
+    rule = load_weights_rule(reference_dir)
     net.load_state_dict(rule.fill_state_dict(net.state_dict(), seed=fixture["weight_seed"]))
     net = net.float().eval()
 
@@ -55,10 +43,10 @@ def run_fixture(fixture: dict[str, Any], repo_root: Path) -> list[torch.Tensor]:
     return probs
 
 
-def check_inference_fixture(fixture: dict[str, Any], repo_root: Path) -> float:
+def check_inference_fixture(fixture: dict[str, Any], reference_dir: Path) -> float:
     """Worst absolute error of our per-frame probabilities against the fixture's (target: < 1e-4)."""
     with torch.no_grad():
-        ours = run_fixture(fixture, repo_root)
+        ours = run_fixture(fixture, reference_dir)
     expected = fixture["outputs"]["probs"]
     if len(ours) != len(expected):
         raise AssertionError(f"{len(ours)} frames produced, the fixture has {len(expected)}")
