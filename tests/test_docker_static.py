@@ -123,6 +123,13 @@ def test_services_mounts_user_and_gpus(tmp_path: Path) -> None:
     assert "--logdir" in services["tensorboard"]["command"]
 
 
+def test_tensorboard_is_published_on_loopback_unless_asked(tmp_path: Path) -> None:
+    (port,) = _config(tmp_path, COMPOSE)["tensorboard"]["ports"]
+    assert (port["host_ip"], port["published"], port["target"]) == ("127.0.0.1", "6006", 6006)
+    (port,) = _config(tmp_path, COMPOSE, TB_BIND="0.0.0.0", TB_PORT="7007")["tensorboard"]["ports"]
+    assert (port["host_ip"], port["published"]) == ("0.0.0.0", "7007")
+
+
 def test_gpu_count_defaults_to_all_and_cpu_override_drops_it(tmp_path: Path) -> None:
     services = _config(tmp_path, COMPOSE)
     assert all(_gpu_devices(services[n])[0]["count"] == -1 for n in GPU_SERVICES)  # "all" is -1 in JSON
