@@ -5,21 +5,23 @@ ground truth, the DAVIS J&F tables; the last line printed is one JSON object. Se
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 from cutie.inference.dataset_eval import EvalConfigError, run_evaluation
+from cutie.model.config import ModelConfigError
+from cutie.model.weights import WeightsError
+from cutie.utils.cli import run_reporting_errors
+from cutie.utils.paths import PathEscapeError
+
+# Problems with what the user handed over; ValueError covers unreadable or inconsistent masks and frames
+# (their messages name the file).
+_INPUT_ERRORS = (EvalConfigError, ModelConfigError, WeightsError, PathEscapeError, OSError, ValueError)
 
 
 @hydra.main(version_base="1.3", config_path="config", config_name="eval_config")
 def main(cfg: DictConfig) -> None:
-    try:
-        run_evaluation(cfg)
-    except (EvalConfigError, FileNotFoundError) as e:
-        print(f"configuration error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_reporting_errors(lambda: run_evaluation(cfg), _INPUT_ERRORS, label="evaluation error")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,12 @@ def test_eval_cli_on_tiny_val(tiny_data: Path, small_net: torch.nn.Module, tmp_p
     # a missing weights argument is a clear configuration error
     bad = subprocess.run(cmd[:2] + cmd[3:], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert bad.returncode == 2 and "weights=PATH is required" in bad.stderr
+    # a damaged weights file: one line naming it, no traceback
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(weights.read_bytes()[:5000])
+    bad = subprocess.run([*cmd[:2], f"weights={broken}", *cmd[3:]], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and str(broken) in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) <= 3
 
 
 def test_video_reader_masks_and_resize(tiny_data: Path) -> None:
