@@ -8,20 +8,22 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from cutie.inference.dataset_eval import EvalConfigError, run_evaluation
-from cutie.model.config import ModelConfigError
+from cutie.config.evaluation import parse_eval_config
+from cutie.config.typed import ConfigError
+from cutie.inference.dataset_eval import run_evaluation
 from cutie.model.weights import WeightsError
 from cutie.utils.cli import run_reporting_errors
 from cutie.utils.paths import PathEscapeError
 
 # Problems with what the user handed over; ValueError covers unreadable or inconsistent masks and frames
 # (their messages name the file).
-_INPUT_ERRORS = (EvalConfigError, ModelConfigError, WeightsError, PathEscapeError, OSError, ValueError)
+_INPUT_ERRORS = (ConfigError, WeightsError, PathEscapeError, OSError, ValueError)
 
 
 @hydra.main(version_base="1.3", config_path="config", config_name="eval_config")
 def main(cfg: DictConfig) -> None:
-    run_reporting_errors(lambda: run_evaluation(cfg), _INPUT_ERRORS, label="evaluation error")
+    # The config is parsed once, here; everything below takes the typed EvalConfig.
+    run_reporting_errors(lambda: run_evaluation(parse_eval_config(cfg)), _INPUT_ERRORS, label="evaluation error")
 
 
 if __name__ == "__main__":

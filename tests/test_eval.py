@@ -13,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from cutie.config.evaluation import parse_eval_config
 from cutie.inference import validate
 from cutie.inference.dataset_eval import EvalConfigError, resolve_dataset
 from cutie.metrics import evaluate_folders
@@ -33,7 +34,7 @@ def small_net() -> torch.nn.Module:
 
 def _compose(overrides: list[str]):
     with initialize_config_dir(config_dir=str(REPO / "cutie" / "config"), version_base="1.3"):
-        return compose(config_name="eval_config", overrides=overrides)
+        return parse_eval_config(compose(config_name="eval_config", overrides=overrides))
 
 
 def test_dataset_resolution_and_clear_errors(tmp_path: Path) -> None:

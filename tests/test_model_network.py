@@ -56,7 +56,7 @@ def test_single_object_variant_differs_in_two_weights() -> None:
 def test_config_matches_hydra_composition() -> None:
     from hydra import compose, initialize_config_dir
 
-    from cutie.model.config import CONFIG_DIR
+    from cutie.config.model import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR.parent), version_base="1.3"):
         for name, encoder in (("small", "resnet18"), ("base", "resnet50")):

@@ -8,12 +8,12 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from tqdm import tqdm
 
+from cutie.config.evaluation import EvalConfig
+from cutie.config.typed import ConfigError
 from cutie.inference.long_term import LongTermSettings
 from cutie.inference.runner import Timer, peak_memory_mb, run_video
 from cutie.inference.settings import InferenceSettings
@@ -22,7 +22,7 @@ from cutie.inference.video_io import VideoReader, list_videos, required_frames, 
 log = logging.getLogger(__name__)
 
 
-class EvalConfigError(ValueError):
+class EvalConfigError(ConfigError):
     """An eval config value that cannot work; the message names the option."""
 
 
@@ -41,65 +41,68 @@ class DatasetSpec:
     evaluate: str  # "true" | "false" | "auto"
 
 
-def resolve_dataset(cfg: DictConfig) -> DatasetSpec:
-    """The chosen dataset's entry of `datasets`, with the top-level overrides (non-null) applied."""
-    name = str(cfg.dataset)
+def resolve_dataset(cfg: EvalConfig) -> DatasetSpec:
+    """The chosen dataset's entry of `datasets`, with the top-level overrides (non-null) applied, checked."""
+    name = cfg.dataset
     if name not in cfg.datasets:
         raise EvalConfigError(f"dataset={name} is unknown; choose one of: {', '.join(cfg.datasets)}")
-    entry: dict[str, Any] = dict(cfg.datasets[name])
-    for key in ("image_directory", "mask_directory", "subset", "json_directory", "size", "save_all",
-                "use_all_masks", "mem_every", "use_long_term", "evaluate"):  # fmt: skip
-        if cfg.get(key) is not None:
-            entry[key] = cfg[key]
+    entry = cfg.chosen_dataset()
     for key in ("image_directory", "mask_directory"):
-        if entry.get(key) is None:
+        value = getattr(entry, key)
+        if value is None:
             raise EvalConfigError(f"dataset={name} needs {key}=DIR (a DAVIS-layout folder of <video>/ folders)")
-        if not Path(entry[key]).is_dir():
+        if not Path(value).is_dir():
             raise EvalConfigError(
-                f"{key} {entry[key]} (dataset={name}) not found: set data_root=DIR (or link the data, see "
+                f"{key} {value} (dataset={name}) not found: set data_root=DIR (or link the data, see "
                 f"data_links/README.md), or {key}=DIR"
             )
     for key in ("subset", "json_directory"):
-        if entry.get(key) is not None and not Path(entry[key]).is_file():
-            raise EvalConfigError(f"{key} {entry[key]} (dataset={name}) not found")
-    evaluate = str(entry.get("evaluate", "auto")).lower()
-    if evaluate not in ("true", "false", "auto"):
-        raise EvalConfigError(f"evaluate={evaluate}: expected true, false or auto")
+        value = getattr(entry, key)
+        if value is not None and not Path(value).is_file():
+            raise EvalConfigError(f"{key} {value} (dataset={name}) not found")
 
-    def opt_path(key: str) -> Path | None:
-        return None if entry.get(key) is None else Path(entry[key])
+    def opt_path(value: str | None) -> Path | None:
+        return None if value is None else Path(value)
 
     return DatasetSpec(
         name=name,
-        image_directory=Path(entry["image_directory"]),
-        mask_directory=Path(entry["mask_directory"]),
-        subset=opt_path("subset"),
-        json_directory=opt_path("json_directory"),
-        size=int(entry.get("size", -1)),
-        save_all=bool(entry.get("save_all", True)),
-        use_all_masks=bool(entry.get("use_all_masks", False)),
-        mem_every=int(entry.get("mem_every", 5)),
-        use_long_term=bool(entry.get("use_long_term", False)),
-        evaluate=evaluate,
+        image_directory=Path(entry.image_directory),
+        mask_directory=Path(entry.mask_directory),
+        subset=opt_path(entry.subset),
+        json_directory=opt_path(entry.json_directory),
+        size=entry.size,
+        save_all=entry.save_all,
+        use_all_masks=entry.use_all_masks,
+        mem_every=entry.mem_every,
+        use_long_term=entry.use_long_term,
+        evaluate=str(entry.evaluate).lower(),
     )
 
 
-def inference_settings(cfg: DictConfig, spec: DatasetSpec, device: torch.device) -> InferenceSettings:
+def inference_settings(cfg: EvalConfig, spec: DatasetSpec, device: torch.device) -> InferenceSettings:
+    lt = cfg.long_term
     return InferenceSettings(
         mem_every=spec.mem_every,
-        max_mem_frames=int(cfg.max_mem_frames),
-        top_k=None if cfg.top_k is None else int(cfg.top_k),
-        stagger_updates=int(cfg.stagger_updates),
+        max_mem_frames=cfg.max_mem_frames,
+        top_k=cfg.top_k,
+        stagger_updates=cfg.stagger_updates,
         use_long_term=spec.use_long_term,
-        long_term=LongTermSettings(**dict(cfg.long_term)),
-        chunk_size=int(cfg.chunk_size),
-        flip_aug=bool(cfg.flip_aug),
-        max_internal_size=int(cfg.max_internal_size),
-        amp=bool(cfg.amp) and device.type == "cuda",
+        long_term=LongTermSettings(
+            max_mem_frames=lt.max_mem_frames,
+            min_mem_frames=lt.min_mem_frames,
+            num_prototypes=lt.num_prototypes,
+            max_num_tokens=lt.max_num_tokens,
+            buffer_tokens=lt.buffer_tokens,
+            count_usage=lt.count_usage,
+        ),
+        chunk_size=cfg.chunk_size,
+        flip_aug=cfg.flip_aug,
+        max_internal_size=cfg.max_internal_size,
+        amp=cfg.amp and device.type == "cuda",
     )
 
 
-def build_eval_network(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+def build_eval_network(cfg: EvalConfig, device: torch.device) -> torch.nn.Module:
     from cutie.model import build_network
     from cutie.model.weights import load_weights, read_weights_file
 
@@ -129,18 +132,18 @@ def make_zip(spec: DatasetSpec, run_dir: Path, exp_id: str) -> Path | None:
     return None
 
 
-def run_evaluation(cfg: DictConfig) -> dict[str, float]:
+def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     """Runs the whole evaluation; returns the numbers printed as the last JSON line."""
     from cutie.utils.dist import DistState, pick_device
 
-    device = pick_device(DistState(), str(cfg.device))
+    device = pick_device(DistState(), cfg.device)
     spec = resolve_dataset(cfg)
     settings = inference_settings(cfg, spec, device)
-    run_dir = Path(cfg.output_root) / str(cfg.exp_id) / "eval" / spec.name
+    run_dir = Path(cfg.output_root) / cfg.exp_id / "eval" / spec.name
     out_root = run_dir / "Annotations"
     videos = list_videos(spec.mask_directory, spec.subset)
-    if cfg.get("max_videos") is not None:
-        videos = videos[: int(cfg.max_videos)]
+    if cfg.max_videos is not None:
+        videos = videos[: cfg.max_videos]
     if not videos:
         raise EvalConfigError(f"dataset={spec.name}: no videos found in {spec.mask_directory}")
     to_save = required_frames(spec.json_directory)
@@ -172,7 +175,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
         f"{timer.frames} frames in {timer.seconds:.1f}s: {timer.fps:.2f} frames/s; "
         f"peak memory {result['peak_memory_mb']:.0f} MiB ({memory_kind})"
     )
-    archive = make_zip(spec, run_dir, str(cfg.exp_id))
+    archive = make_zip(spec, run_dir, cfg.exp_id)
     if archive is not None:
         print(f"archive for the benchmark server: {archive}")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cutie.config.model import ModelSpec
 from cutie.model.blocks import ObjectConv2d
-from cutie.model.config import ModelSpec
 from cutie.model.memory_read import aggregate
 
 

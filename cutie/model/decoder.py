@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cutie.config.model import ModelSpec
 from cutie.model.blocks import ObjectConv2d, ObjectResBlock, fp32_region, gru_update, resize_objects
-from cutie.model.config import ModelSpec
 
 
 class DecoderFeatureProcessor(nn.Module):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cutie.config.model import ModelSpec
 from cutie.model import resnet
 from cutie.model.blocks import FeatureFusionBlock, ObjectConv2d, fp32_region, gru_update
-from cutie.model.config import ModelSpec
 
 
 class PixelEncoder(resnet.FrozenBatchNormMixin):

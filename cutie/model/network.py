@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from cutie.config.model import ModelSpec
 from cutie.model.aux_heads import AuxComputer
 from cutie.model.blocks import fp32_region, others_of
-from cutie.model.config import ModelSpec
 from cutie.model.decoder import MaskDecoder
 from cutie.model.encoders import KeyProjection, MaskEncoder, PixelEncoder
 from cutie.model.memory_read import aggregate, readout, similarity, softmax_affinity
@@ -202,7 +202,9 @@ class CutieNet(nn.Module):
         return self.aux_computer(pix_feat, aux_inputs, selector)
 
 
-def build_network(model_cfg: DictConfig | Mapping[str, Any], *, single_object: bool = False) -> CutieNet:
-    """The network for the `model` config node. `single_object` (pre-training with one object) drops the
-    other-objects input: mask_encoder.conv1 takes 4 channels, pixel_fuser.sensory_compress sensory_dim+1."""
-    return CutieNet(ModelSpec.from_config(model_cfg), single_object=single_object)
+def build_network(model_cfg: ModelSpec | DictConfig | Mapping[str, Any], *, single_object: bool = False) -> CutieNet:
+    """The network for a parsed ModelSpec (or a `model` config node, parsed here). `single_object`
+    (pre-training with one object) drops the other-objects input: mask_encoder.conv1 takes 4 channels,
+    pixel_fuser.sensory_compress sensory_dim+1."""
+    spec = model_cfg if isinstance(model_cfg, ModelSpec) else ModelSpec.from_config(model_cfg)
+    return CutieNet(spec, single_object=single_object)

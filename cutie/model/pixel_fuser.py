@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cutie.config.model import ModelSpec
 from cutie.model.blocks import FeatureFusionBlock, ObjectConv2d
-from cutie.model.config import ModelSpec
 
 
 class PixelFeatureFuser(nn.Module):

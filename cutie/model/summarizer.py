@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cutie.config.model import ModelSpec
 from cutie.model.blocks import fp32_region
-from cutie.model.config import ModelSpec
 from cutie.model.positional import SinePositionalEncoding
 
 

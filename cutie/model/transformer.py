@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cutie.config.model import ModelSpec
 from cutie.model.blocks import ChannelAttentionResBlock, ObjectConv2d
-from cutie.model.config import ModelSpec
 from cutie.model.memory_read import aggregate
 from cutie.model.positional import SinePositionalEncoding
 

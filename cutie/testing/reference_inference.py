@@ -21,8 +21,8 @@ FIXTURE_FORMAT = "cutie-inference-reference-v1"
 
 def run_fixture(fixture: dict[str, Any], reference_dir: Path) -> list[torch.Tensor]:
     """Our probabilities for every frame of the fixture's video, (O+1)*H*W each."""
+    from cutie.config.model import load_model_config
     from cutie.model import build_network
-    from cutie.model.config import load_model_config
 
     if fixture.get("format") != FIXTURE_FORMAT:
         raise ValueError(f"not an inference fixture: format {fixture.get('format')!r}, expected {FIXTURE_FORMAT}")

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from cutie.config.model import load_model_config
 from cutie.model.clip_forward import forward_clip
-from cutie.model.config import load_model_config
 from cutie.model.network import CutieNet, build_network
 from cutie.testing.weights_rule import load_weights_rule
 

@@ -1,7 +1,8 @@
 """The model config (`model` node of the Hydra config) read into one typed, validated object.
 
 The network never reads a config node directly: `ModelSpec.from_config` resolves interpolations, checks the
-values the layout depends on, and names the option at fault when one is wrong.
+values the layout depends on, and names the option at fault when one is wrong. Every key of the node must be
+read: one that no code reads (a typo, or an option of another implementation) is an error naming it.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config" / "model"
+from cutie.config.typed import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "model"
 RESNET_TYPES = ("resnet18", "resnet50")
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(ConfigError):
     """A model config value the network cannot be built from."""
 
 
@@ -51,14 +54,19 @@ class ModelSpec:
     summarizer_add_pe: bool
     sensory_aux: bool
     query_aux: bool
+    sensory_aux_weight: float  # loss weight of the sensory auxiliary head
+    query_aux_weight: float  # loss weight of the object-query auxiliary heads
     up_dims: tuple[int, int, int]
+    imagenet_dir: str | None = None  # torchvision ImageNet ResNet weights (ours; not an official key)
 
     @classmethod
     def from_config(cls, model_cfg: DictConfig | Mapping[str, Any]) -> ModelSpec:
         """Reads the `model` config node (DictConfig or plain mapping; `${model.x}` interpolations allowed)."""
         c = _to_plain(model_cfg)
+        read: set[str] = {"name"}
 
         def get(path: str) -> Any:
+            read.add(path)
             node: Any = c
             for part in path.split("."):
                 if not isinstance(node, Mapping) or part not in node:
@@ -98,8 +106,18 @@ class ModelSpec:
             summarizer_add_pe=bool(get("object_summarizer.add_pe")),
             sensory_aux=bool(get("aux_loss.sensory.enabled")),
             query_aux=bool(get("aux_loss.query.enabled")),
+            sensory_aux_weight=float(get("aux_loss.sensory.weight")),
+            query_aux_weight=float(get("aux_loss.query.weight")),
             up_dims=tuple(int(v) for v in get("mask_decoder.up_dims")),
+            imagenet_dir=None if c.get("imagenet_dir") is None else str(c["imagenet_dir"]),
         )
+        read.add("imagenet_dir")
+        unread = sorted(set(_leaf_paths(c)) - read)
+        if unread:
+            raise ModelConfigError(
+                f"model config: unknown option `model.{unread[0]}` (no code reads it: a typo? see "
+                "cutie/config/model/base.yaml)"
+            )
         spec._validate()
         return spec
 
@@ -125,6 +143,14 @@ class ModelSpec:
             fail("`object_transformer.num_queries` must be even and equal `object_summarizer.num_summaries`")
         if self.embed_dim % self.num_heads:
             fail("`object_transformer.embed_dim` must be divisible by `num_heads`")
+
+
+def _leaf_paths(node: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        path = f"{prefix}{k}"
+        out += _leaf_paths(v, path + ".") if isinstance(v, Mapping) else [path]
+    return out
 
 
 def _to_plain(model_cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,341 @@
+"""The training configuration as frozen, typed objects, one per concern, parsed once in the entry point.
+
+The YAML keeps the official flat interface (`exp_id=... num_workers=8 main_training.learning_rate=...`); the
+parse sorts the top-level keys into their concern (run, runtime, logging), reads each stage, the data catalogue
+and the model, checks every value, and refuses unknown keys (`+some.unknown=1` and typos are errors naming the
+key). Nothing below the entry points reads a DictConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from cutie.config.model import ModelSpec
+from cutie.config.typed import ConfigError, convert, parse
+
+STAGES = ("pre_training", "main_training")  # the one list of stage names, in training order
+DATA_GROUPS_HINT = "base, with-mose, mega, tiny, tiny-mega or custom"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Which run, and where its inputs and outputs live."""
+
+    exp_id: str
+    output_root: str  # the run directory is output_root/exp_id
+    data_root: str  # every dataset location hangs off this
+    cache_root: str  # derived data (empty-mask lists, the data-check cache)
+    weights: str | None  # plain weights file to start from
+    checkpoint: str | None  # full checkpoint to resume from (else the newest of exp_id)
+    seed: int
+    stop_at_iteration: int | None  # simulated preemption, for testing resume
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How the run uses the machine; none of these change what a step computes."""
+
+    device: Literal["auto", "cpu", "cuda"]
+    loader: Literal["auto", "dali", "torch"]
+    num_workers: int
+    max_batch_per_gpu: int | None  # gradient accumulation keeps the global batch
+    cudnn_benchmark: bool
+    compile: bool
+    max_nonfinite_steps: int  # consecutive non-finite losses before the run stops
+    max_bad_sample_fraction: float  # corrupt samples tolerated before the run stops
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"`num_workers`: must be >= 0, got {self.num_workers}")
+        if self.max_batch_per_gpu is not None and self.max_batch_per_gpu <= 0:
+            raise ConfigError(f"`max_batch_per_gpu`: must be positive or null, got {self.max_batch_per_gpu}")
+        if not 0 <= self.max_bad_sample_fraction <= 1:
+            raise ConfigError(f"`max_bad_sample_fraction`: must be within [0, 1], got {self.max_bad_sample_fraction}")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """How often the run reports and saves (0 disables an interval)."""
+
+    log_text_interval: int
+    log_image_interval: int
+    save_weights_interval: int
+    save_checkpoint_interval: int
+    eval_interval: int
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) < 0:
+                raise ConfigError(f"`{f.name}`: must be >= 0 (0 disables it), got {getattr(self, f.name)}")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage (pre_training or main_training), official names and meanings."""
+
+    name: str
+    enabled: bool
+    batch_size: int  # global batch, divided by the world size
+    amp: bool
+    num_iterations: int
+    learning_rate: float
+    lr_schedule: Literal["constant", "step"]
+    lr_schedule_steps: tuple[int, ...]
+    lr_schedule_gamma: float
+    point_supervision: bool
+    train_num_points: int
+    oversample_ratio: float
+    importance_sample_ratio: float
+    clip_grad_norm: float
+    weight_decay: float
+    embed_weight_decay: float
+    backbone_lr_ratio: float
+    num_ref_frames: int
+    seq_length: int
+    num_objects: int
+    deep_update_prob: float
+    crop_size: tuple[int, int]  # H, W
+    # main training only (pre-training draws one static image per clip)
+    merge_probability: float = 0.0
+    max_skip_schedule: tuple[int, ...] = (5,)
+    max_skip_schedule_fraction: tuple[float, ...] = (0.0,)
+
+    def __post_init__(self) -> None:
+        s = self.name
+
+        def fail(key: str, msg: str) -> None:
+            raise ConfigError(f"`{s}.{key}`: {msg}")
+
+        if self.name not in STAGES:
+            fail("name", f"must be one of {', '.join(STAGES)}")
+        for key in ("batch_size", "num_iterations", "seq_length", "num_objects", "train_num_points"):
+            if getattr(self, key) <= 0:
+                fail(key, f"must be positive, got {getattr(self, key)}")
+        if not 0 < self.num_ref_frames < self.seq_length:
+            fail("num_ref_frames", f"must be in [1, seq_length={self.seq_length}), got {self.num_ref_frames}")
+        if any(c <= 0 or c % 16 for c in self.crop_size):
+            fail("crop_size", f"must be two positive multiples of 16 (the stride), got {list(self.crop_size)}")
+        steps = list(self.lr_schedule_steps)
+        if steps != sorted(steps) or any(not 0 < x <= self.num_iterations for x in steps):
+            fail("lr_schedule_steps", f"{steps} must be increasing and within (0, num_iterations]")
+        for key in ("deep_update_prob", "merge_probability", "importance_sample_ratio"):
+            if not 0 <= getattr(self, key) <= 1:
+                fail(key, f"must be within [0, 1], got {getattr(self, key)}")
+        fractions = self.max_skip_schedule_fraction
+        if len(fractions) != len(self.max_skip_schedule):
+            fail("max_skip_schedule_fraction", "needs one fraction per max_skip_schedule entry")
+        if list(fractions) != sorted(fractions) or (fractions and fractions[0] != 0.0):
+            fail("max_skip_schedule_fraction", f"{list(fractions)} must start at 0.0 and increase")
+        if any(v < 1 for v in self.max_skip_schedule):
+            fail("max_skip_schedule", "every max_skip must be >= 1")
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A static image set (pre-training)."""
+
+    directory: str
+    data_structure: Literal[0, 1]  # 0: FSS-style class/N.jpg + N.png; 1: flat NAME.jpg + NAME.png
+    multiplier: int
+
+
+@dataclass(frozen=True)
+class VideoDataset:
+    """A video set in the DAVIS layout (main training)."""
+
+    image_directory: str
+    mask_directory: str
+    multiplier: int
+    frame_interval: int  # original video frames between consecutive JPEGs (YouTube-VOS: 5)
+    subset: str | None = None  # text file of the videos to use
+    empty_masks: str | None = None  # list written by scripts/find_empty_masks.py (used if present)
+
+
+@dataclass(frozen=True)
+class ValDataset:
+    """The held-out set for validation during training."""
+
+    name: str
+    image_directory: str
+    mask_directory: str
+    subset: str | None = None
+
+
+@dataclass(frozen=True)
+class StageData:
+    """A data group's choice of datasets for one stage. The other keys a data group may set for a stage
+    (num_iterations, batch_size, crop_size, seq_length, lr_schedule_steps) are defaults that the stage takes
+    through interpolation in train_config.yaml; they are checked here and read from the stage."""
+
+    datasets: tuple[str, ...]
+    num_iterations: int | None = None
+    batch_size: int | None = None
+    crop_size: tuple[int, int] | None = None
+    seq_length: int | None = None
+    lr_schedule_steps: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The `data=` group: the dataset catalogue (datasets.yaml) and what each stage trains on."""
+
+    name: str
+    image_datasets: Mapping[str, ImageDataset]
+    vos_datasets: Mapping[str, VideoDataset]
+    pre_training: StageData
+    main_training: StageData
+    val_dataset: ValDataset | None = None
+    # data=custom: where the folder is and how it mixes (interpolated into vos_datasets.CUSTOM)
+    custom_root: str | None = None
+    custom_frame_interval: int = 1
+    custom_multiplier: int = 1
+
+    def __post_init__(self) -> None:
+        for stage, catalogue, group in (
+            ("pre_training", self.image_datasets, "image_datasets"),
+            ("main_training", self.vos_datasets, "vos_datasets"),
+        ):
+            names = getattr(self, stage).datasets
+            if not names:
+                raise ConfigError(f"`data.{stage}.datasets` is empty: name at least one dataset")
+            for name in names:
+                if name not in catalogue:
+                    raise ConfigError(
+                        f"`data.{stage}.datasets`: unknown dataset {name!r}; known: {', '.join(catalogue)} "
+                        f"(define it under data.{group} in cutie/config/data/datasets.yaml)"
+                    )
+
+    def stage(self, stage: str) -> StageData:
+        return self.pre_training if stage == "pre_training" else self.main_training
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run: RunConfig
+    runtime: RuntimeConfig
+    logging: LoggingConfig
+    pre_training: StageConfig
+    main_training: StageConfig
+    data: DataConfig
+    model: ModelSpec
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in STAGES:
+            raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+        return self.pre_training if name == "pre_training" else self.main_training
+
+    @property
+    def enabled_stages(self) -> list[str]:
+        return [s for s in STAGES if self.stage(s).enabled]
+
+
+_GROUPS: dict[str, type] = {"run": RunConfig, "runtime": RuntimeConfig, "logging": LoggingConfig}
+
+
+def to_plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config as plain containers; an unresolvable value is a ConfigError naming its key."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    try:
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"`{e.full_key}`: a value is required here (pass {e.full_key}=...)") from None
+    except InterpolationResolutionError as e:
+        first = str(e.msg).splitlines()[0]
+        missing = first.rsplit("Missing mandatory value: ", 1)
+        if len(missing) == 2:  # an interpolation of a required value (e.g. data.custom_root=???)
+            key = missing[1].strip()
+            raise ConfigError(f"`{key}`: a value is required here (pass {key}=...)") from None
+        raise ConfigError(f"`{e.full_key}`: cannot be resolved ({first})") from None
+
+
+def parse_train_config(cfg: DictConfig | Mapping[str, Any]) -> TrainConfig:
+    """The one parse of the training configuration (Hydra's composed config, or the same as a mapping)."""
+    data = cfg.get("data") if isinstance(cfg, Mapping | DictConfig) else None
+    if isinstance(data, Mapping | DictConfig) and "pre_training" not in data and "main_training" not in data:
+        raise ConfigError(
+            f"`data`: this group has no stage dataset lists (datasets.yaml is the catalogue the data groups "
+            f"include, not a data group); choose data={DATA_GROUPS_HINT}"
+        )
+    plain = to_plain(cfg)
+    plain.pop("hydra", None)
+    grouped: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
+    owner = {f.name: g for g, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
+    rest = {}
+    for key, value in plain.items():
+        if key in owner:
+            grouped[owner[key]][key] = value
+        else:
+            rest[key] = value
+    allowed = set(owner) | {"pre_training", "main_training", "data", "model"}
+    unknown = sorted(set(rest) - allowed)
+    if unknown:
+        raise ConfigError(f"`{unknown[0]}`: unknown option (a typo?); see cutie/config/train_config.yaml")
+    for key in ("pre_training", "main_training", "data", "model"):
+        if key not in rest:
+            raise ConfigError(f"`{key}`: missing from the configuration")
+    cfg_obj = TrainConfig(
+        run=parse(RunConfig, grouped["run"], ""),
+        runtime=parse(RuntimeConfig, grouped["runtime"], ""),
+        logging=parse(LoggingConfig, grouped["logging"], ""),
+        pre_training=_parse_stage("pre_training", rest["pre_training"]),
+        main_training=_parse_stage("main_training", rest["main_training"]),
+        data=parse(DataConfig, _crop_lists_to_pairs(rest["data"]), "data"),
+        model=ModelSpec.from_config(rest["model"]),
+    )
+    return cfg_obj
+
+
+def _crop_lists_to_pairs(node: Any) -> Any:
+    """`crop_size: 384` means 384x384 (as the official config allows); lists stay as they are."""
+    if not isinstance(node, Mapping):
+        return node
+    out = {}
+    for k, v in node.items():
+        if k == "crop_size" and isinstance(v, int) and not isinstance(v, bool):
+            out[k] = [v, v]
+        else:
+            out[k] = _crop_lists_to_pairs(v)
+    return out
+
+
+def _parse_stage(name: str, node: Any) -> StageConfig:
+    stage = parse(StageConfig, _crop_lists_to_pairs(node), name)
+    if stage.name != name:
+        raise ConfigError(f"`{name}.name`: must be {name!r}, got {stage.name!r}")
+    return stage
+
+
+def to_dict(obj: Any) -> Any:
+    """A typed config (or any part of it) as plain YAML-ready containers (tuples as lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+__all__ = [
+    "STAGES",
+    "ConfigError",
+    "DataConfig",
+    "ImageDataset",
+    "LoggingConfig",
+    "RunConfig",
+    "RuntimeConfig",
+    "StageConfig",
+    "StageData",
+    "TrainConfig",
+    "ValDataset",
+    "VideoDataset",
+    "convert",
+    "parse_train_config",
+    "to_dict",
+]
