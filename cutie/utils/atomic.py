@@ -147,15 +147,32 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 
 class _HashingWriter:
-    """A write-only file wrapper that hashes every byte passing through (torch.save only calls write/flush)."""
+    """A write-only file wrapper that hashes every byte passing through (torch.save only calls write/flush).
+
+    Writes are completed or raise: a file at its size limit accepts part of a block and fails on the rest, and
+    torch's zip writer would report the short count as an opaque RuntimeError ("unexpected pos"). The OSError is
+    kept so the caller can raise it instead of whatever torch makes of it.
+    """
 
     def __init__(self, f: IO[bytes]) -> None:
         self.f = f
         self.sha256 = hashlib.sha256()
+        self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:
-        self.sha256.update(data)
-        return self.f.write(data)
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                n = self.f.write(view[done:])
+                if not n:
+                    raise OSError(errno.EIO, "write made no progress")
+                done += n
+        except OSError as e:
+            self.error = e
+            raise
+        self.sha256.update(view)
+        return done
 
     def flush(self) -> None:
         self.f.flush()
@@ -169,7 +186,12 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> str:
 
     def write(f: IO[bytes]) -> None:
         w = _HashingWriter(f)
-        torch.save(obj, w)
+        try:
+            torch.save(obj, w)
+        except Exception:
+            if w.error is not None:
+                raise w.error from None  # the real cause (e.g. ENOSPC), so atomic_write can say "disk full"
+            raise
         digest.append(w.sha256.hexdigest())
 
     atomic_write(path, write)
