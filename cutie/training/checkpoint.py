@@ -251,6 +251,9 @@ def load_checkpoint(path: Path, *, verify: bool = True) -> dict:
         raise CheckpointError(f"{path} has format {ckpt['format']!r}; this trainer reads {FORMAT}")
     if ckpt["stage"] not in STAGES or not isinstance(ckpt["iteration"], int):
         raise CheckpointError(f"{path}: stage {ckpt['stage']!r} / iteration {ckpt['iteration']!r} are not valid")
+    weights = ckpt["weights"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path}: its 'weights' entry is not a state dict (name -> tensor)")
     return ckpt
 
 

@@ -269,6 +269,8 @@ def _run(cfg: DictConfig, state, device: torch.device) -> None:
     start = None
     if cfg.weights and (resume is None or resume["stage"] not in stages):
         start = _read_start_weights(cfg, stages)
+    elif cfg.weights:
+        log.info(f"weights={cfg.weights} not used: the run resumes from its checkpoint")
 
     writer = None
     if state.is_main:
