@@ -174,3 +174,19 @@ def test_too_little_shared_memory_fails_before_training(tiny_data, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "shared memory" in proc.stderr and "--shm-size" in proc.stderr
     assert not (tmp_path / "output" / "shm" / "metrics.jsonl").exists()
+
+
+def test_unexpected_errors_are_one_line_unless_hydra_full_error(tmp_path):
+    """No traceback for the user (exit 1, the error and the switch), the full one with HYDRA_FULL_ERROR=1."""
+    args = [sys.executable, TRAIN, f"output_root={tmp_path / 'o'}", "device=cuda"]  # no GPU visible in tests
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env.pop("HYDRA_FULL_ERROR", None)
+    short = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert short.returncode == 1, short.stderr[-2000:]
+    assert "Traceback" not in short.stderr
+    last = short.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: RuntimeError: device=cuda was requested") and "HYDRA_FULL_ERROR=1" in last
+    full = subprocess.run(
+        args, cwd=tmp_path, env={**env, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True, timeout=300
+    )
+    assert full.returncode != 0 and "Traceback" in full.stderr and "pick_device" in full.stderr

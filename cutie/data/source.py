@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import re
 import struct
 import tempfile
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 
 from cutie.data.masks import BadSampleError
 from cutie.data.recipe import ClipRecipe
@@ -26,6 +28,45 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 20  # consecutive failed draws of one index before the run stops
 _NONE = -1
+SHM_DIR = "/dev/shm"
+# cutie_<creator pid>_<pid namespace>_shared_<random>: the creator is known, so a later start can remove the
+# segments of processes that died (SIGKILL skips every cleanup) and never those of a live one.
+_SEGMENT = re.compile(r"^cutie_(\d+)_(\d+)_shared_")
+
+
+def _pid_namespace() -> int:
+    """This process's PID namespace (containers sharing /dev/shm, e.g. `ipc: host`, have their own PIDs)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_dead_segments(folder: str = SHM_DIR) -> list[Path]:
+    """Removes shared-memory files of this project whose creating process is gone; returns them. Segments of
+    live processes, of another PID namespace (their PIDs mean nothing here) and of unknown names are kept."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    ns = _pid_namespace()
+    removed = []
+    for p in root.iterdir():
+        m = _SEGMENT.match(p.name)
+        if m is None or int(m.group(2)) != ns or _alive(int(m.group(1))) or not p.is_file() or p.is_symlink():
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 class SharedInt:
@@ -33,8 +74,8 @@ class SharedInt:
     method (fork, spawn, DALI's workers): 8 bytes in a memory-mapped file. The creator removes it in close()."""
 
     def __init__(self, value: int | None = None) -> None:
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, self.path = tempfile.mkstemp(prefix="cutie_shared_", dir=shm)
+        shm = SHM_DIR if os.path.isdir(SHM_DIR) else None
+        fd, self.path = tempfile.mkstemp(prefix=f"cutie_{os.getpid()}_{_pid_namespace()}_shared_", dir=shm)
         os.write(fd, struct.pack("<q", _NONE if value is None else value))
         os.close(fd)
         self._owner = True

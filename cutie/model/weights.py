@@ -35,8 +35,9 @@ IMAGENET_HINT = "see README, ImageNet weights"
 
 StateDict = dict[str, torch.Tensor]
 
-# Full checkpoints of this project hold numpy arrays (the numpy RNG state). Reading them with weights_only=True
-# needs numpy array reconstruction allowed; nothing else beyond tensors and containers is.
+# Checkpoints of format v1 (older versions of this trainer) hold numpy arrays (the numpy RNG state); v2 holds
+# none. Allowing numpy array reconstruction (plain dtypes only, no object arrays) lets `weights=<v1 checkpoint>`
+# start a new run from such a file; nothing else beyond tensors and containers is allowed.
 _NUMPY_SAFE_GLOBALS = [
     np._core.multiarray._reconstruct,
     np.ndarray,

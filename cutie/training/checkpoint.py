@@ -1,36 +1,44 @@
-"""Full checkpoints: everything needed to resume bit-for-bit, written atomically.
+"""Full checkpoints: everything needed to resume bit-for-bit, written atomically, verified and loaded safely.
 
-A checkpoint is a dict: `weights` (plain official-key state dict), `optimizer`, `scheduler`, `scaler`, `stage`,
-`iteration` (completed steps), `stage_complete`, `curriculum`, `rng` (one entry per rank), `config` (resolved YAML).
-Files are `checkpoints/<stage>_<iteration:07d>.pth`; the newest few are kept.
+A checkpoint (format `cutie-train-checkpoint-v2`) is a dict of tensors, numbers, strings, lists and dicts only:
+`weights` (plain official-key state dict), `optimizer`, `scheduler`, `scaler`, `stage`, `iteration` (completed
+steps), `stage_complete`, `world_size`, `rng` (one plain entry per rank, see `rng_state`), `loader`, `hooks`,
+`config` (resolved YAML text). Nothing else, so it loads with `torch.load(weights_only=True)`: a file that needs
+any other Python object is refused by name and nothing in it runs.
+
+Files are `checkpoints/<stage>_<iteration:07d>.pth`, each with a digest `<name>.pth.sha256` (sha256sum format)
+written atomically after it: a checkpoint without its digest was never finished, one whose bytes no longer match
+was damaged; both are refused (auto-resume then falls back to the previous one). The newest few are kept.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import logging
 import random
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cutie.training.plan import STAGES
-from cutie.utils.atomic import atomic_torch_save  # noqa: F401 (the checkpoint writer; re-exported)
+from cutie.utils.atomic import atomic_torch_save, atomic_write_text, check_free_space, file_sha256
 
+FORMAT = "cutie-train-checkpoint-v2"
+OLD_FORMAT = "cutie-train-checkpoint-v1"  # pickled numpy RNG states: cannot be loaded safely
+REQUIRED = ("format", "weights", "optimizer", "scheduler", "scaler", "stage", "iteration", "rng", "config")
+DIGEST_SUFFIX = ".sha256"
 _NAME = re.compile(r"^(pre_training|main_training)_(\d{7})\.pth$")
 
 
-def with_suppress_unlink(p: str) -> None:
-    try:
-        os.unlink(p)
-    except FileNotFoundError:
-        pass
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: one line naming the file, the reason and the fix."""
 
 
-def rng_state() -> dict:
-    """This process's random states (python, numpy, torch CPU and CUDA)."""
+# ---------------------------------------------------------------------------------------------------- RNG states
+def _native_rng_state() -> dict:
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),  # noqa: NPY002 (the global state is what we checkpoint)
@@ -41,7 +49,7 @@ def rng_state() -> dict:
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def _set_native_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])  # noqa: NPY002
     torch.set_rng_state(state["torch"])
@@ -49,16 +57,57 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rng_state() -> dict:
+    """This process's random states as plain values (safe to load): python's as version + list of ints + gauss,
+    numpy's legacy MT19937 state as a dict, torch's (and CUDA's) as byte tensors."""
+    native = _native_rng_state()
+    version, internal, gauss = native["python"]
+    name, keys, pos, has_gauss, cached = native["numpy"]
+    state = {
+        "python": {"version": int(version), "state": [int(x) for x in internal], "gauss": gauss},
+        "numpy": {
+            "bit_generator": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": native["torch"],
+    }
+    if "cuda" in native:
+        state["cuda"] = list(native["cuda"])
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores a state from `rng_state`."""
+    py, npy = state["python"], state["numpy"]
+    native = {
+        "python": (int(py["version"]), tuple(int(x) for x in py["state"]), py["gauss"]),
+        "numpy": (
+            str(npy["bit_generator"]),
+            np.asarray(torch.as_tensor(npy["keys"]).numpy(), dtype=np.uint32),
+            int(npy["pos"]),
+            int(npy["has_gauss"]),
+            float(npy["cached_gaussian"]),
+        ),
+        "torch": state["torch"],
+    }
+    if "cuda" in state:
+        native["cuda"] = state["cuda"]
+    _set_native_rng_state(native)
+
+
 @contextlib.contextmanager
-def preserved_rng():
+def preserved_rng() -> Iterator[None]:
     """Runs a block without moving the global random streams (e.g. a DataLoader drawing its base seed when it
     starts), so the training stream depends only on the steps taken: a resumed run then matches an uninterrupted
     one."""
-    state = rng_state()
+    state = _native_rng_state()  # native: this runs every step, no conversion needed
     try:
         yield
     finally:
-        set_rng_state(state)
+        _set_native_rng_state(state)
 
 
 def seed_everything(seed: int) -> None:
@@ -67,8 +116,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# ---------------------------------------------------------------------------------------------------- files
 def checkpoint_path(run_dir: Path, stage: str, iteration: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"{stage}_{iteration:07d}.pth"
+
+
+def digest_path(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + DIGEST_SUFFIX)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -91,23 +145,150 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     for p in list_checkpoints(run_dir)[:-keep]:
-        with_suppress_unlink(str(p))
+        p.unlink(missing_ok=True)
+        digest_path(p).unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path) -> dict:
+def tensor_bytes(obj: object) -> int:
+    """Bytes of every tensor in a nested structure: the size estimate of a checkpoint file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Writes a checkpoint and then its digest, both atomically, after checking the disk can hold it (a full
+    disk raises DiskFullError before anything is written; the previous checkpoint stays as it was)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The new file is written beside the old ones (which stay until pruned): its full size must be free.
+    check_free_space(path.parent, tensor_bytes(state) + (1 << 20), f"the checkpoint {path.name}")
+    digest = atomic_torch_save(state, path)
+    atomic_write_text(digest_path(path), f"{digest}  {path.name}\n")
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def _unsafe_globals(path: Path) -> list[str]:
+    """The Python objects a file's pickle would build beyond what weights_only allows (read, never run)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:
+        return []
+
+
+def _old_format_hint(path: Path, unsafe: list[str]) -> str | None:
+    if unsafe and all(g.startswith("numpy.") for g in unsafe):
+        return (
+            f"checkpoint {path} has the old format {OLD_FORMAT} (numpy random states pickled as numpy objects), "
+            f"which cannot be loaded safely; start a new run from its weights: exp_id=<new id> weights={path}"
+        )
+    return None
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raises CheckpointError unless the file's sha256 matches its digest file."""
+    path = Path(path)
+    sidecar = digest_path(path)
+    if not sidecar.is_file():
+        hint = _old_format_hint(path, _unsafe_globals(path))
+        raise CheckpointError(
+            hint
+            or f"checkpoint {path} is unverified: its digest {sidecar.name} is missing (the write did not finish, "
+            "or the file was not written by this trainer)"
+        )
+    try:
+        expected = sidecar.read_text(encoding="utf-8").split()[0].lower()
+    except (OSError, UnicodeDecodeError, IndexError):
+        raise CheckpointError(f"checkpoint {path} is unverified: its digest {sidecar.name} is unreadable") from None
+    actual = file_sha256(path)
+    if actual != expected:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its sha256 {actual[:12]}... does not match {sidecar.name} "
+            f"({expected[:12]}...); the file was truncated or overwritten after it was written"
+        )
+
+
+def load_checkpoint(path: Path, *, verify: bool = True) -> dict:
+    """Verifies (digest) and loads a v2 checkpoint with weights_only=True; CheckpointError says why not."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint={path}: no such file (give a path written by this trainer)")
+        raise CheckpointError(f"checkpoint={path}: no such file (give a path written by this trainer)")
+    if verify:
+        verify_checkpoint(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or not a torch file
-        raise RuntimeError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); use an older checkpoint from the same folder"
-        ) from e
-    missing = {"weights", "optimizer", "stage", "iteration", "rng"} - set(ckpt) if isinstance(ckpt, dict) else {"*"}
-    if missing:
-        raise RuntimeError(
-            f"{path} is not a full training checkpoint (missing {sorted(missing)}); "
-            "to start from plain weights use weights=PATH instead of checkpoint=PATH"
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            hint = _old_format_hint(path, unsafe)
+            raise CheckpointError(
+                hint
+                or f"refusing checkpoint {path}: it needs Python objects beyond tensors, numbers, strings and "
+                f"containers ({', '.join(unsafe[:4])}), so loading it could run code; nothing was loaded"
+            ) from None
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {first}); use an older checkpoint of the run"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a training checkpoint (it holds a {type(ckpt).__name__})")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing and "weights" in ckpt:
+        raise CheckpointError(
+            f"{path} is not a full training checkpoint of format {FORMAT} (missing {missing}); to start from its "
+            "weights use weights=PATH with a new exp_id"
         )
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a full training checkpoint (missing {missing}); to start from plain weights use "
+            "weights=PATH instead of checkpoint=PATH"
+        )
+    if ckpt["format"] != FORMAT:
+        raise CheckpointError(f"{path} has format {ckpt['format']!r}; this trainer reads {FORMAT}")
+    if ckpt["stage"] not in STAGES or not isinstance(ckpt["iteration"], int):
+        raise CheckpointError(f"{path}: stage {ckpt['stage']!r} / iteration {ckpt['iteration']!r} are not valid")
+    weights = ckpt["weights"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path}: its 'weights' entry is not a state dict (name -> tensor)")
     return ckpt
+
+
+def find_resumable(run_dir: Path, log: logging.Logger) -> tuple[Path, dict] | None:
+    """The newest checkpoint of a run that verifies and loads; each one skipped is logged with its reason. None
+    when the run has no checkpoints; CheckpointError when it has some but none is usable."""
+    reasons = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as e:
+            log.warning(f"skipped checkpoint {path.name}: {e}")
+            reasons.append(str(e))
+    if reasons:
+        raise CheckpointError(
+            f"none of the {len(reasons)} checkpoints in {Path(run_dir) / 'checkpoints'} is usable (newest: "
+            f"{reasons[0]}); start a new run with exp_id=<new id>, or resume from a good file with checkpoint=PATH"
+        )
+    return None
+
+
+def weights_mismatch(expected: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> list[str]:
+    """Why `weights` do not fit a network with state dict `expected` (keys and shapes); empty when they fit."""
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)
+    ]
+    out = []
+    if missing:
+        out.append(f"{len(missing)} keys missing (e.g. {missing[0]})")
+    if unexpected:
+        out.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if shapes:
+        out.append(f"{len(shapes)} shapes differ (e.g. {shapes[0]})")
+    return out

@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from cutie.data.loader import TooManyBadSamplesError
 from cutie.training.checkpoint import preserved_rng
 from cutie.training.context import StageContext
 from cutie.training.hooks import Hook
@@ -15,6 +16,15 @@ from cutie.utils import dist
 
 class StopTraining(RuntimeError):
     """Raised after a stop request (signal, non-finite losses) once the checkpoint is safely written."""
+
+    exit_code = 3
+
+
+class BadDataStop(StopTraining):
+    """Too many unreadable samples on some rank: every rank stops before the next step (the caller saves a
+    checkpoint of the steps completed so far)."""
+
+    exit_code = 4
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
@@ -34,8 +44,18 @@ def run_stage(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
         for h in hooks:
             h.before_step(ctx)
         t0 = time.perf_counter()
-        with preserved_rng():
-            batch = next(batches)
+        bad: TooManyBadSamplesError | None = None
+        try:
+            with preserved_rng():
+                batch = next(batches)
+        except TooManyBadSamplesError as e:
+            bad = e
+        # Ranks agree before the step, so all of them stop at the same iteration and can save together.
+        stop = bad is not None
+        if distributed:
+            stop = _any_rank(stop, ctx.device)
+        if stop:
+            raise BadDataStop(str(bad) if bad is not None else "another process met too many unreadable samples")
         t1 = time.perf_counter()
         result = train_step(
             ctx.model,

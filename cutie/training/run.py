@@ -1,7 +1,9 @@
 """Runs the enabled stages: pre-training, then main training with the weights handed over in memory.
 
-Everything that can be wrong with the configuration or the data is checked before the first step. A relaunch of
-the same exp_id resumes from its newest checkpoint (or `checkpoint=PATH`).
+Everything that can be wrong with the configuration, the data or the checkpoint is checked before the first step
+and before anything is written. A relaunch of the same exp_id resumes from its newest checkpoint that verifies (or
+`checkpoint=PATH`), provided it continues the same run (cutie/training/resume.py); `config.yaml` is written only
+after those checks, so it always describes what runs.
 """
 
 from __future__ import annotations
@@ -16,11 +18,20 @@ from torch.nn.parallel import DistributedDataParallel
 from cutie.data.index import validate as validate_data
 from cutie.data.loader import build_train_loader, shared_memory_needed
 from cutie.data.slots import SharedMemoryTooSmallError, check_shared_memory
+from cutie.data.source import remove_dead_segments
 from cutie.model import build_network
 from cutie.model.losses import LossComputer
-from cutie.model.weights import init_from_imagenet, load_weights, read_weights_file
+from cutie.model.weights import (
+    WeightsError,
+    init_from_imagenet,
+    load_weights,
+    read_weights_file,
+    strip_wrapper_prefixes,
+    widen_single_to_multi,
+)
 from cutie.training import checkpoint as ckpt_io
 from cutie.training import env_info
+from cutie.training.checkpoint import CheckpointError
 from cutie.training.clip_model import ClipModel
 from cutie.training.context import StageContext
 from cutie.training.hooks import (
@@ -33,12 +44,13 @@ from cutie.training.hooks import (
     ValidationHook,
 )
 from cutie.training.logs import setup_logging
-from cutie.training.loop import StopTraining, run_stage
+from cutie.training.loop import BadDataStop, StopTraining, run_stage
 from cutie.training.optim import build_optimizer, build_scheduler
 from cutie.training.plan import STAGES, ConfigError, StagePlan, enabled_stages, plan_stage
+from cutie.training.resume import check_same_run
 from cutie.training.signals import StopSignals
 from cutie.utils import dist
-from cutie.utils.atomic import atomic_write_text
+from cutie.utils.atomic import atomic_write_text, remove_stale_temps
 
 
 class _StopAt(Hook):
@@ -79,42 +91,98 @@ def _check_shared_memory(cfg: DictConfig, stages: list[str], plans: dict, state,
         raise ConfigError(str(e)) from None
 
 
-def _find_resume(cfg: DictConfig, run_dir: Path, log) -> dict | None:
+def _find_resume(cfg: DictConfig, run_dir: Path, log) -> tuple[Path, dict] | None:
+    """checkpoint=PATH (verified, or an error naming it), else the newest verified checkpoint of the run."""
     if cfg.checkpoint:
-        path = Path(cfg.checkpoint)
-    else:
-        path = ckpt_io.latest_checkpoint(run_dir)
-        if path is None:
-            return None
-    ckpt = ckpt_io.load_checkpoint(path)
-    log.info(
-        f"resuming from {path}: {ckpt['stage']} iteration {ckpt['iteration']}"
-        f"{' (stage complete)' if ckpt.get('stage_complete') else ''}"
-    )
-    return ckpt
+        path = Path(str(cfg.checkpoint))
+        return path, ckpt_io.load_checkpoint(path)
+    return ckpt_io.find_resumable(run_dir, log)
 
 
-def _initial_weights(net, stage: str, cfg: DictConfig, previous: dict | None, resume: dict | None, log) -> None:
+def _check_resume(cfg: DictConfig, path: Path, ckpt: dict, plans: dict, log) -> None:
+    """The relaunch must continue the checkpoint's run (same settings, same network); raises before any step."""
+    stage, done = str(ckpt["stage"]), int(ckpt["iteration"])
+    try:
+        old = OmegaConf.to_container(OmegaConf.create(str(ckpt["config"])), resolve=True)
+        old_total = int(old[stage]["num_iterations"])
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path}: its config cannot be read ({type(e).__name__}: {e})") from None
+    new = OmegaConf.to_container(cfg, resolve=True)
+    plan = plans.get(stage)
+    for line in check_same_run(old, new, ckpt, str(path), None if plan is None else plan.num_iterations):
+        log.info(f"resume: allowed difference {line}")
+    # Equal model settings should mean equal shapes; a file from elsewhere may still hold another network.
+    with torch.device("meta"):
+        net = build_network(cfg.model, single_object=int(cfg[stage].num_objects) == 1)
+    problems = ckpt_io.weights_mismatch(net.state_dict(), ckpt["weights"])
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {path} holds the weights of another network than model={cfg.model.get('name')} "
+            f"({'; '.join(problems)}); resume it with its own model setting, or start a new run (exp_id=<new id>)"
+        )
+    if plan is not None and plan.num_iterations != old_total:
+        curriculum = ""
+        if stage == "main_training":
+            fractions = [float(f) for f in cfg[stage].max_skip_schedule_fraction]
+            curriculum = (
+                "; the max-skip curriculum's switch points are fractions of the new total (iterations "
+                f"{[round(plan.num_iterations * f) for f in fractions]})"
+            )
+        log.info(
+            f"[{stage}] num_iterations {old_total} -> {plan.num_iterations} (checkpoint at {done}"
+            f"{', stage complete' if ckpt.get('stage_complete') else ''}): training continues to "
+            f"{plan.num_iterations}; lr_schedule_steps stay at absolute iterations "
+            f"{[int(x) for x in (cfg[stage].get('lr_schedule_steps') or [])]}{curriculum}"
+        )
+
+
+def _read_start_weights(cfg: DictConfig, stages: list[str]) -> dict:
+    """weights=PATH, read safely and checked against the first stage's network now (not after writing)."""
+    weights = strip_wrapper_prefixes(read_weights_file(str(cfg.weights)))
+    with torch.device("meta"):
+        target = build_network(cfg.model, single_object=int(cfg[stages[0]].num_objects) == 1).state_dict()
+    problems = ckpt_io.weights_mismatch(target, widen_single_to_multi(weights, target, init="zeros"))
+    if problems:
+        raise WeightsError(
+            f"weights={cfg.weights} do not fit model={cfg.model.get('name')} ({'; '.join(problems)}); "
+            "is the model=small|base choice the one they were trained with?"
+        )
+    return weights
+
+
+def _initial_weights(net, stage: str, cfg: DictConfig, previous: dict | None, resume: dict | None, start, log) -> None:
     """Same-stage resume > weights handed over from the previous stage > weights= > ImageNet > scratch."""
     if resume is not None and resume["stage"] == stage:
         load_weights(net, resume["weights"])
     elif previous is not None:
         load_weights(net, previous)  # widens single -> multi-object where needed
         log.info(f"[{stage}] starting from the previous stage's weights")
-    elif cfg.weights:
-        load_weights(net, read_weights_file(cfg.weights))
+    elif start is not None:
+        load_weights(net, start)
         log.info(f"[{stage}] starting from weights={cfg.weights}")
     else:
         init_from_imagenet(net, cfg.model.get("imagenet_dir"))
 
 
-def _build_stage(cfg, plan: StagePlan, state, device, run_dir, log, writer, resume, previous, later_iterations):
+def _clean_leftovers(run_dir: Path, state, log) -> None:
+    """What a SIGKILLed run leaves: temporaries of the atomic writer, shared-memory files of dead processes."""
+    if state.is_main:  # before anything of this run writes into the folder
+        removed = remove_stale_temps(run_dir, recursive=True)
+        if removed:
+            log.info(f"removed {len(removed)} unfinished temporary file(s) of an earlier run: {removed[0].name} ...")
+    if state.local_rank == 0:
+        segments = remove_dead_segments()
+        if segments:
+            log.info(f"removed {len(segments)} shared-memory file(s) of dead processes: {segments[0]} ...")
+
+
+def _build_stage(cfg, plan: StagePlan, state, device, run_dir, log, writer, resume, previous, start, later_iterations):
     stage = plan.stage
     stage_cfg = cfg[stage]
     # The same seed at the start of each stage (offset by rank so ranks differ where they should).
     ckpt_io.seed_everything(int(cfg.seed) + state.rank)
     net = build_network(cfg.model, single_object=plan.single_object).to(device)
-    _initial_weights(net, stage, cfg, previous, resume, log)
+    _initial_weights(net, stage, cfg, previous, resume, start, log)
     model = ClipModel(net, int(stage_cfg.num_ref_frames), float(stage_cfg.deep_update_prob))
     if state.distributed:
         # Some parameters (e.g. the deep update) are unused in some iterations.
@@ -173,6 +241,7 @@ def run_training(cfg: DictConfig) -> None:
 def _run(cfg: DictConfig, state, device: torch.device) -> None:
     run_dir = Path(cfg.output_root) / str(cfg.exp_id)
     log = setup_logging(run_dir, state)
+    _clean_leftovers(run_dir, state, log)
     # Everything checkable is checked before the first step.
     stages = enabled_stages(cfg)
     plans = {s: plan_stage(cfg, s, state.world_size, device) for s in stages}
@@ -183,15 +252,29 @@ def _run(cfg: DictConfig, state, device: torch.device) -> None:
     for s in stages:  # every stage's datasets, so main-training data problems surface before pre-training
         validate_data(data_cfg, str(cfg.data_root), seq_length=int(cfg[s].seq_length), stages=[s])
     _check_shared_memory(cfg, stages, plans, state, device)
-    resume = _find_resume(cfg, run_dir, log)
-    if resume is not None and resume.get("world_size", state.world_size) != state.world_size:
-        log.warning(
-            f"checkpoint was written with {resume['world_size']} processes, now {state.world_size}: "
-            "training continues, but random states are re-seeded, so it is not bit-identical"
+    found = _find_resume(cfg, run_dir, log)
+    resume: dict | None = None
+    if found is not None:
+        path, resume = found
+        _check_resume(cfg, path, resume, plans, log)
+        log.info(
+            f"resuming from {path} (sha256 verified): {resume['stage']} iteration {resume['iteration']}"
+            f"{' (stage complete)' if resume.get('stage_complete') else ''}"
         )
+        if resume.get("world_size", state.world_size) != state.world_size:
+            log.warning(
+                f"checkpoint was written with {resume['world_size']} processes, now {state.world_size}: "
+                "training continues, but random states are re-seeded, so it is not bit-identical"
+            )
+    start = None
+    if cfg.weights and (resume is None or resume["stage"] not in stages):
+        start = _read_start_weights(cfg, stages)
+    elif cfg.weights:
+        log.info(f"weights={cfg.weights} not used: the run resumes from its checkpoint")
 
     writer = None
     if state.is_main:
+        # Only now, after every check passed: config.yaml describes the run that actually goes ahead.
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         atomic_write_text(run_dir / "env.json", json.dumps(env_info.collect(state.world_size), indent=2))
         from torch.utils.tensorboard import SummaryWriter
@@ -208,12 +291,17 @@ def _run(cfg: DictConfig, state, device: torch.device) -> None:
                 if resume is not None and STAGES.index(resume["stage"]) > STAGES.index(stage):
                     log.info(f"[{stage}] already finished in the resumed run: skipped")
                     continue
-                if resume is not None and resume["stage"] == stage and resume.get("stage_complete"):
+                if (
+                    resume is not None
+                    and resume["stage"] == stage
+                    and resume.get("stage_complete")
+                    and int(resume["iteration"]) >= plan.num_iterations
+                ):
                     log.info(f"[{stage}] already complete in {resume['stage']} checkpoint: handing its weights on")
                     previous, resume = resume["weights"], None
                     continue
                 later = sum(plans[s].num_iterations for s in stages[i + 1 :])
-                ctx = _build_stage(cfg, plan, state, device, run_dir, log, writer, resume, previous, later)
+                ctx = _build_stage(cfg, plan, state, device, run_dir, log, writer, resume, previous, start, later)
                 hooks: list[Hook] = [
                     _StopAt(cfg.get("stop_at_iteration"), signals),
                     CurriculumHook(),
@@ -222,7 +310,8 @@ def _run(cfg: DictConfig, state, device: torch.device) -> None:
                     ImageHook(int(cfg.log_image_interval)),
                     ValidationHook(),
                 ]
-                hooks.append(CheckpointHook(lambda hs=tuple(hooks): {type(h).__name__: h.state_dict() for h in hs}))
+                saver = CheckpointHook(lambda hs=tuple(hooks): {type(h).__name__: h.state_dict() for h in hs})
+                hooks.append(saver)
                 if resume is not None and resume["stage"] == stage:
                     _restore(ctx, hooks, resume, state)
                     resume = None
@@ -230,16 +319,27 @@ def _run(cfg: DictConfig, state, device: torch.device) -> None:
                 loss = LossComputer(cfg[stage], cfg.model)
                 try:
                     run_stage(ctx, hooks, loss.compute, signals)
+                except BadDataStop as e:
+                    # Every rank got here at the same iteration: save what the completed steps achieved.
+                    saved = saver.save_checkpoint(ctx, complete=False)
+                    where = f" ({saved})" if saved is not None else ""
+                    raise BadDataStop(
+                        f"{e} | a checkpoint of the {ctx.iteration} completed iterations was saved{where}; fix the "
+                        "data and relaunch the same command to resume"
+                    ) from None
                 finally:
                     ctx.loader.close()
                 previous = {k: v.detach().cpu() for k, v in ctx.net.state_dict().items()}
                 log.info(f"[{stage}] done: weights {run_dir / f'{cfg.exp_id}_{stage}_last.pth'}")
     except StopTraining as e:
         log.warning(f"training stopped: {e}")
-        raise SystemExit(3) from None
+        raise SystemExit(e.exit_code) from None
     finally:
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            except OSError as e:  # e.g. a full disk: the error that matters has already been raised
+                log.warning(f"TensorBoard events not flushed: {e}")
 
 
 def _restore(ctx: StageContext, hooks: list[Hook], ckpt: dict, state) -> None:

@@ -8,8 +8,9 @@ survives a power cut. A kill at any moment leaves the previous file or the compl
   ordinary `open()`, so a group sharing a dataset or a run folder can read it.
 - Symlinks: the final name is never written through. A symlink already sitting at the destination is refused
   (`UnsafePathError`); `os.replace` would otherwise swap the link itself, hiding that something planted it.
-- Full disk: ENOSPC / EDQUOT become `DiskFullError` with one line (what, where, how much is free); the temporary
-  file is removed and the previous file stays untouched.
+- Full disk: ENOSPC / EDQUOT (and EFBIG: a file-size limit such as `ulimit -f`) become `DiskFullError` with one
+  line (what, where, how much is free); the temporary file is removed and the previous file stays untouched.
+- Digests: `atomic_torch_save` returns the sha256 of the bytes it wrote (hashed on the way out, no second read).
 - Stale parts: temporaries left by a SIGKILL are found and removed by `remove_stale_temps(folder)` at the next
   start; only names with this module's suffix are ever touched.
 """
@@ -17,6 +18,7 @@ survives a power cut. A kill at any moment leaves the previous file or the compl
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -107,6 +109,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
+        if e.errno == errno.EFBIG and not isinstance(e, DiskFullError):
+            raise DiskFullError(
+                e.errno, f"file size limit reached while writing {path} (ulimit -f, or the file system's maximum)"
+            ) from None
         if e.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(e, DiskFullError):
             raise DiskFullError(
                 e.errno, f"disk full while writing {path} ({_human(free_bytes(path.parent))} free there)"
@@ -140,10 +146,65 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     atomic_write(dst, copy)
 
 
-def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
+class _HashingWriter:
+    """A write-only file wrapper that hashes every byte passing through (torch.save only calls write/flush).
+
+    Writes are completed or raise: a file at its size limit accepts part of a block and fails on the rest, and
+    torch's zip writer would report the short count as an opaque RuntimeError ("unexpected pos"). The OSError is
+    kept so the caller can raise it instead of whatever torch makes of it.
+    """
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.sha256 = hashlib.sha256()
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                n = self.f.write(view[done:])
+                if not n:
+                    raise OSError(errno.EIO, "write made no progress")
+                done += n
+        except OSError as e:
+            self.error = e
+            raise
+        self.sha256.update(view)
+        return done
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike) -> str:
+    """torch.save(obj) to `path` atomically; returns the sha256 (hex) of the file's bytes."""
     import torch  # local: the data tools use this module without needing torch loaded
 
-    atomic_write(path, lambda f: torch.save(obj, f))
+    digest: list[str] = []
+
+    def write(f: IO[bytes]) -> None:
+        w = _HashingWriter(f)
+        try:
+            torch.save(obj, w)
+        except Exception:
+            if w.error is not None:
+                raise w.error from None  # the real cause (e.g. ENOSPC), so atomic_write can say "disk full"
+            raise
+        digest.append(w.sha256.hexdigest())
+
+    atomic_write(path, write)
+    return digest[0]
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 (hex) of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def is_temp_name(name: str) -> bool:

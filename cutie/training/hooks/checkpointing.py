@@ -1,8 +1,9 @@
 """Weights files (plain official-key state dicts) and full checkpoints (exact resume), written atomically.
 
 - weights: every save_weights_interval, at the end of the stage (`<exp_id>_<stage>_last.pth`) and on a stop request.
-- full checkpoints: every save_checkpoint_interval, at the end of the stage and on a stop request; the newest
-  `keep` are kept.
+- full checkpoints (cutie/training/checkpoint.py: safe format, sha256 digest): every save_checkpoint_interval, at
+  the end of the stage and on a stop request; the newest `keep` are kept.
+- before each write the free space is checked (DiskFullError: one line, nothing half-written, older files intact).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cutie.training.context import StageContext
 from cutie.training.hooks.base import Hook, every
 from cutie.training.step import StepResult
 from cutie.utils import dist
+from cutie.utils.atomic import check_free_space
 
 
 def weights_path(ctx: StageContext, tag: str) -> Path:
@@ -47,16 +49,19 @@ class CheckpointHook(Hook):
     def save_weights(self, ctx: StageContext, tag: str) -> None:
         if ctx.dist.is_main:
             path = weights_path(ctx, tag)
-            save_weights(ctx.net.state_dict(), path)
+            state = ctx.net.state_dict()
+            check_free_space(path.parent, ckpt_io.tensor_bytes(state) + (1 << 20), f"the weights file {path.name}")
+            save_weights(state, path)
             ctx.log.info(f"[{ctx.stage}] weights saved: {path}")
 
-    def save_checkpoint(self, ctx: StageContext, *, complete: bool) -> None:
-        # Every rank contributes its random state; only the main process writes.
+    def save_checkpoint(self, ctx: StageContext, *, complete: bool) -> Path | None:
+        """Every rank must call this (each contributes its random state); the main process writes and returns
+        the path."""
         rng_all = dist.all_gather_object(ckpt_io.rng_state())
         if not ctx.dist.is_main:
-            return
+            return None
         state = {
-            "format": "cutie-train-checkpoint-v1",
+            "format": ckpt_io.FORMAT,
             "weights": {k: v.detach().cpu() for k, v in ctx.net.state_dict().items()},
             "optimizer": ctx.optimizer.state_dict(),
             "scheduler": ctx.scheduler.state_dict(),
@@ -72,6 +77,7 @@ class CheckpointHook(Hook):
             "config": OmegaConf.to_yaml(ctx.cfg, resolve=True),
         }
         path = ckpt_io.checkpoint_path(ctx.run_dir, ctx.stage, ctx.iteration)
-        ckpt_io.atomic_torch_save(state, path)
+        ckpt_io.save_checkpoint(state, path)
         ckpt_io.prune_checkpoints(ctx.run_dir, self.keep)
         ctx.log.info(f"[{ctx.stage}] checkpoint saved: {path}")
+        return path
