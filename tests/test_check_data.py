@@ -37,25 +37,25 @@ def test_check_data_passes_on_tiny(tiny_data: Path, tmp_path: Path) -> None:
     assert "OK:" in r.stdout and "no empty-mask list" in r.stdout  # optional lists are noted, not fatal
 
 
-def test_check_data_names_unpaired_frame(broken: Path) -> None:
+def test_check_data_names_unpaired_frame(broken: Path, tmp_path: Path) -> None:
     video_dir = sorted((broken / "YouTube/train/Annotations").iterdir())[1]
     victim = sorted(video_dir.iterdir())[3]
     victim.unlink()
-    r = _run("check_data.py", "data=tiny", f"data_root={broken}")
+    r = _run("check_data.py", "data=tiny", f"data_root={broken}", f"cache_root={tmp_path}")
     assert r.returncode == 1
     row = next(ln for ln in r.stdout.splitlines() if ln.startswith("YouTubeVOS"))
     assert victim.stem in row and "fix:" in row
     assert "NOT READY: YouTubeVOS" in r.stdout
 
 
-def test_check_data_missing_dataset_and_disabled_stage(broken: Path) -> None:
+def test_check_data_missing_dataset_and_disabled_stage(broken: Path, tmp_path: Path) -> None:
     shutil.rmtree(broken / "static" / "ecssd")
-    r = _run("check_data.py", "data=tiny", f"data_root={broken}")
+    r = _run("check_data.py", "data=tiny", f"data_root={broken}", f"cache_root={tmp_path}")
     assert r.returncode == 1
     assert any(ln.startswith("ECSSD") and " NO " in ln for ln in r.stdout.splitlines())
     assert "fix: ECSSD:" in r.stdout
     # With pre-training disabled the static sets are not needed.
-    r = _run("check_data.py", "data=tiny", f"data_root={broken}", "pre_training.enabled=false")
+    r = _run("check_data.py", "data=tiny", f"data_root={broken}", f"cache_root={tmp_path}", "pre_training.enabled=false")
     assert r.returncode == 0 and "ECSSD" not in r.stdout
 
 

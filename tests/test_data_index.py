@@ -71,7 +71,7 @@ def test_validation_names_dataset_paths_count_and_fix(tmp_path: Path) -> None:
     msg = str(e.value)
     assert "[DAVISX] 2 videos whose JPEGs and PNGs do not pair up" in msg
     assert str(tmp_path / "vid/JPEGImages/video000/00002.jpg") in msg
-    assert "[DAVISX] 1 videos whose image and mask sizes differ" in msg and "video002/00000.png" in msg
+    assert "[DAVISX] 1 frames whose image and mask sizes differ" in msg and "video002/00000.png (10x10" in msg
     assert "[GONE] image directory" in msg and str(tmp_path / "nowhere/JPEGImages") in msg
     assert msg.count("fix:") >= 3
     with pytest.raises(DataValidationError, match=r"\[STAT\] directory .*missing does not exist \(fix: "):
@@ -82,7 +82,7 @@ def test_colour_masks_are_rejected_with_the_fix(tmp_path: Path) -> None:
     make_video_dataset(str(tmp_path / "vid"), videos=2, frames=4)
     first = tmp_path / "vid/Annotations/video001/00000.png"
     Image.open(first).convert("RGB").save(first)
-    with pytest.raises(DataValidationError, match=r"\[C\] 1 videos with colour \(RGB\) masks.*video001.*palette PNGs"):
+    with pytest.raises(DataValidationError, match=r"\[C\] 1 colour \(RGB\) masks instead of object ids.*video001/00000.png \(mode RGB\).*palette PNGs"):
         build_video_index(_cfg({"C": _vos("vid")}), str(tmp_path), seq_length=3)
 
 
