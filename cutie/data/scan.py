@@ -29,7 +29,7 @@ IMAGE_EXTS = (".jpg", ".jpeg")
 MASK_EXT = ".png"
 MAX_LISTED = 3  # offending paths quoted per problem kind in a summary line
 
-_REFETCH = "re-download or re-extract them (or delete the frame's JPEG and PNG)"
+_REFETCH = "re-download or re-extract them, or delete the frame's JPEG and PNG"
 # kind -> (noun of a counted summary line, fix). Kinds without a noun are one-off, dataset-level problems whose
 # detail is the whole sentence and whose fix names the config key (given when the problem is made).
 KINDS: dict[str, tuple[str | None, str]] = {
@@ -118,7 +118,8 @@ def render_each(problems: Iterable[Problem], limit: int | None = None) -> list[s
     for p in problems:
         per_kind[p.kind] = per_kind.get(p.kind, 0) + 1
         if limit is None or per_kind[p.kind] <= limit:
-            lines.append(f"{p.path}: {p.detail or KINDS[p.kind][0] or p.kind} (fix: {p.fix})")
+            what = p.kind.replace("_", " ") + (f": {p.detail}" if p.detail else "")
+            lines.append(f"{p.path}: {what} (fix: {p.fix})")
     for kind, n in per_kind.items():
         if limit is not None and n > limit:
             lines.append(f"... and {n - limit} more {KINDS[kind][0] or kind}")
@@ -313,7 +314,9 @@ def _video_file_problems(video: _Video, results: Mapping[str, FileResult]) -> li
         elif pi.wide_ids:
             out.append(problem("wide_ids", pp, f"mode {pi.mode}"))
         if pi.size != ji.size:
-            out.append(problem("size_mismatch", pp, f"{_wh(pi.size)}, its frame {os.path.basename(jp)} {_wh(ji.size)}"))
+            out.append(
+                problem("size_mismatch", pp, f"mask {_wh(pi.size)}, its frame {os.path.basename(jp)} is {_wh(ji.size)}")
+            )
         if first is None:
             first = (os.path.basename(jp), ji.size)
         elif ji.size != first[1]:
@@ -472,7 +475,9 @@ def _pair_problems(jp: str, pp: str, results: Mapping[str, FileResult]) -> list[
     ji, pi = results[jp], results[pp]
     out = [_file_problem(p, r) for p, r in ((jp, ji), (pp, pi)) if isinstance(r, FileError)]
     if isinstance(ji, FileInfo) and isinstance(pi, FileInfo) and ji.size != pi.size:
-        out.append(problem("size_mismatch", pp, f"{_wh(pi.size)}, its image {os.path.basename(jp)} {_wh(ji.size)}"))
+        out.append(
+            problem("size_mismatch", pp, f"mask {_wh(pi.size)}, its image {os.path.basename(jp)} is {_wh(ji.size)}")
+        )
     return out
 
 

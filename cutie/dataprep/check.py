@@ -39,7 +39,7 @@ class CheckResult:
         checked = [f"{r.name} {r.checked.files} ({r.checked.read} read)" for r in self.reports if r.checked]
         if checked:
             seconds = sum(r.checked.seconds for r in self.reports if r.checked)
-            parts.append(f"files checked: {', '.join(checked)}; {seconds:.1f} s (the rest from the cache)")
+            parts.append(f"files checked: {', '.join(checked)}, the rest from the cache; {seconds:.1f} s")
         if self.hints:
             parts.append("\n".join(f"fix: {h}" for h in self.hints))
         if self.notes:
