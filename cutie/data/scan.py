@@ -344,7 +344,9 @@ def _empty_lists(rep: DatasetReport, name: str, path: object, key: str) -> dict[
         return None
 
 
-def _video_folders(rep: DatasetReport, image_dir: str, mask_dir: str, cfg: Mapping, data_root: str, key: str):
+def _video_folders(
+    rep: DatasetReport, image_dir: str, mask_dir: str, cfg: Mapping, data_root: str, key: str
+) -> list[str] | None:
     """The folders of a video set and the videos to scan (None when the set cannot be scanned at all)."""
     if not rep.found:
         detail = f"image directory {image_dir} does not exist"
@@ -368,6 +370,57 @@ def _video_folders(rep: DatasetReport, image_dir: str, mask_dir: str, cfg: Mappi
     return [v for v in all_videos if v in subset]
 
 
+def _videos_long_enough(
+    rep: DatasetReport, image_dir: str, mask_dir: str, names: list[str], seq_length: int
+) -> list[_Video]:
+    """The videos whose folders pair up and that hold a whole clip (shorter ones are excluded, not problems)."""
+    videos = []
+    for video in names:
+        found = _video_structure(rep, image_dir, mask_dir, video)
+        if isinstance(found, Problem):
+            rep.issues.append(found)
+        elif len(found.stems) < seq_length:
+            rep.excluded_short += 1
+        else:
+            videos.append(found)
+    if rep.excluded_short:
+        log.info("%s: %d videos shorter than the clip length %d are excluded", rep.name, rep.excluded_short, seq_length)
+    return videos
+
+
+def _sound_videos(rep: DatasetReport, videos: list[_Video], cache_root: str | None, key: str) -> list[_Video]:
+    """Check every file of the videos at once (parallel, cached); the videos without a problem."""
+    tasks = [t for v in videos for jp, pp in v.paths() for t in ((jp, "jpeg"), (pp, "png"))]
+    results = _check(rep, tasks, cache_root, key)
+    sound = []
+    for v in videos:
+        found = _video_file_problems(v, results)
+        rep.issues += found
+        if not found:
+            sound.append(v)
+    return sound
+
+
+def _video_set(
+    name: str, cfg: Mapping, dirs: tuple[str, str], videos: list[_Video], empty_lists: dict[str, set[str]] | None
+) -> VideoSet:
+    empties = [
+        None if empty_lists is None else np.array([s in empty_lists.get(v.name, set()) for s in v.stems], bool)
+        for v in videos
+    ]
+    return VideoSet(
+        name=name,
+        image_dir=dirs[0],
+        mask_dir=dirs[1],
+        frame_interval=max(1, int(cfg.get("frame_interval", 1))),
+        multiplier=int(cfg.get("multiplier", 1)),
+        videos=[v.name for v in videos],
+        jpgs=[v.jpgs for v in videos],
+        pngs=[v.pngs for v in videos],
+        empty=empties,
+    )
+
+
 def scan_video_dataset(
     name: str,
     cfg: Mapping,
@@ -388,51 +441,14 @@ def scan_video_dataset(
         return None, rep
     empty_lists = _empty_lists(rep, name, cfg.get("empty_masks"), f"{key}.empty_masks")
     rep.issues += _conversion_problems(image_dir, names)
-
-    videos: list[_Video] = []
-    for video in names:
-        found = _video_structure(rep, image_dir, mask_dir, video)
-        if isinstance(found, Problem):
-            rep.issues.append(found)
-        elif len(found.stems) < seq_length:
-            rep.excluded_short += 1
-        else:
-            videos.append(found)
-    if rep.excluded_short:
-        log.info("%s: %d videos shorter than the clip length %d are excluded", name, rep.excluded_short, seq_length)
-
+    videos = _videos_long_enough(rep, image_dir, mask_dir, names, seq_length)
     if read_files:
-        tasks = [t for v in videos for jp, pp in v.paths() for t in ((jp, "jpeg"), (pp, "png"))]
-        results = _check(rep, tasks, cache_root, f"video|{image_dir}|{mask_dir}")
-        sound = []
-        for v in videos:
-            found = _video_file_problems(v, results)
-            rep.issues += found
-            if not found:
-                sound.append(v)
-        videos = sound
+        videos = _sound_videos(rep, videos, cache_root, f"video|{image_dir}|{mask_dir}")
     rep.videos = len(videos)
     if not videos and not rep.issues:
-        detail = f"no usable video in {image_dir}"
-        rep.issues.append(
-            problem("unusable", image_dir, detail, f"check the path; videos need >= {seq_length} paired frames")
-        )
-    empties = [
-        None if empty_lists is None else np.array([s in empty_lists.get(v.name, set()) for s in v.stems], bool)
-        for v in videos
-    ]
-    vset = VideoSet(
-        name=name,
-        image_dir=image_dir,
-        mask_dir=mask_dir,
-        frame_interval=max(1, int(cfg.get("frame_interval", 1))),
-        multiplier=int(cfg.get("multiplier", 1)),
-        videos=[v.name for v in videos],
-        jpgs=[v.jpgs for v in videos],
-        pngs=[v.pngs for v in videos],
-        empty=empties,
-    )
-    return vset, rep
+        fix = f"check the path; videos need >= {seq_length} paired frames"
+        rep.issues.append(problem("unusable", image_dir, f"no usable video in {image_dir}", fix))
+    return _video_set(name, cfg, (image_dir, mask_dir), videos, empty_lists), rep
 
 
 # ----------------------------------------------------------------------------------------------- static sets
@@ -481,6 +497,19 @@ def _pair_problems(jp: str, pp: str, results: Mapping[str, FileResult]) -> list[
     return out
 
 
+def _sound_pairs(
+    rep: DatasetReport, pairs: list[tuple[str, str]], cache_root: str | None, key: str
+) -> list[tuple[str, str]]:
+    results = _check(rep, [t for jp, pp in pairs for t in ((jp, "jpeg"), (pp, "png"))], cache_root, key)
+    sound = []
+    for jp, pp in pairs:
+        found = _pair_problems(jp, pp, results)
+        rep.issues += found
+        if not found:
+            sound.append((jp, pp))
+    return sound
+
+
 def scan_static_dataset(
     name: str, cfg: Mapping, data_root: str, read_files: bool = True, cache_root: str | None = None
 ) -> tuple[StaticSet | None, DatasetReport]:
@@ -494,15 +523,7 @@ def scan_static_dataset(
         return None, rep
     pairs = _static_pairs(rep, folders)
     if read_files:
-        tasks = [t for jp, pp in pairs for t in ((jp, "jpeg"), (pp, "png"))]
-        results = _check(rep, tasks, cache_root, f"static|{directory}")
-        sound = []
-        for jp, pp in pairs:
-            found = _pair_problems(jp, pp, results)
-            rep.issues += found
-            if not found:
-                sound.append((jp, pp))
-        pairs = sound
+        pairs = _sound_pairs(rep, pairs, cache_root, f"static|{directory}")
     if not pairs and not rep.issues:
         expected = "class/N.jpg + class/N.png" if structure == 0 else "NAME.jpg + NAME.png"
         rep.issues.append(
