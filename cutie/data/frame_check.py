@@ -6,9 +6,9 @@ What is checked (enough to catch what would break or silently corrupt training):
   The entropy-coded data is not decoded: a cut file loses its end-of-image marker, which is what is looked for.
 - PNG: signature, every chunk complete with a correct CRC, IHDR sane, IEND present, and the image data
   inflated completely (zlib stream ended, exactly the bytes the header promises, valid row filter types).
-  Inflating is about 6x cheaper than PIL's full `load()` (which also unfilters and expands rows; measured
-  66 us vs 371 us per 854x480 palette mask) and finds the same truncation and corruption. 16-bit grey masks are
-  decoded in full to check that their ids fit 0..255.
+  Inflating is cheaper than PIL's full `load()`, which also unfilters and expands rows (854x480 masks: 1.6x for
+  8-bit palette, 6x for 1-bit; docs/benchmarks.md), and finds the same truncation and corruption. 16-bit grey
+  masks are decoded in full to check that their ids fit 0..255.
 
 Results of good files are cached per dataset in a JSON file keyed on (path, size, mtime_ns); a file whose size
 or mtime changed is checked again. The cache is untrusted input: it is parsed defensively and ignored (with a
