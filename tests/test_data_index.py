@@ -178,3 +178,13 @@ def test_an_unfinished_conversion_is_reported_as_incomplete(tmp_path: Path) -> N
     write_marker(out, Job("video001", "f" * 40, {}), {})
     (out / "_meta" / "video009.json").unlink()
     assert validate(cfg, str(tmp_path), seq_length=3, stages=["main_training"])[0].ok
+
+
+def test_static_sets_check_every_file(tmp_path: Path) -> None:
+    make_static_dataset(str(tmp_path / "flat"), images=4, structure=1)
+    DEFECTS["truncated_jpeg"][1](tmp_path / "flat/img0002.jpg")
+    DEFECTS["wrong_size_mask"][1](tmp_path / "flat/img0003.png")
+    cfg = _cfg(static={"FLAT": {"directory": "flat", "data_structure": 1, "multiplier": 1}})
+    (rep,) = summarize(cfg, str(tmp_path), stages=["pre_training"], cache_root=str(tmp_path / "cache"))
+    assert [p.kind for p in rep.issues] == ["truncated_jpeg", "size_mismatch"]
+    assert str(tmp_path / "flat/img0002.jpg") in rep.problems[0] and "img0003.png (mask " in rep.problems[1]
