@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -9,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _damage import DEFECTS
 from PIL import Image
 
 from cutie.data.index import load_empty_masks
+from cutie.data.synthetic import make_video_dataset
+from cutie.dataprep.convert import Job, write_marker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,26 +41,91 @@ def test_check_data_passes_on_tiny(tiny_data: Path, tmp_path: Path) -> None:
     assert "OK:" in r.stdout and "no empty-mask list" in r.stdout  # optional lists are noted, not fatal
 
 
-def test_check_data_names_unpaired_frame(broken: Path) -> None:
+def test_check_data_names_unpaired_frame(broken: Path, tmp_path: Path) -> None:
     video_dir = sorted((broken / "YouTube/train/Annotations").iterdir())[1]
     victim = sorted(video_dir.iterdir())[3]
     victim.unlink()
-    r = _run("check_data.py", "data=tiny", f"data_root={broken}")
+    r = _run("check_data.py", "data=tiny", f"data_root={broken}", f"cache_root={tmp_path}")
     assert r.returncode == 1
     row = next(ln for ln in r.stdout.splitlines() if ln.startswith("YouTubeVOS"))
     assert victim.stem in row and "fix:" in row
     assert "NOT READY: YouTubeVOS" in r.stdout
 
 
-def test_check_data_missing_dataset_and_disabled_stage(broken: Path) -> None:
+def test_check_data_missing_dataset_and_disabled_stage(broken: Path, tmp_path: Path) -> None:
     shutil.rmtree(broken / "static" / "ecssd")
-    r = _run("check_data.py", "data=tiny", f"data_root={broken}")
+    r = _run("check_data.py", "data=tiny", f"data_root={broken}", f"cache_root={tmp_path}")
     assert r.returncode == 1
     assert any(ln.startswith("ECSSD") and " NO " in ln for ln in r.stdout.splitlines())
     assert "fix: ECSSD:" in r.stdout
     # With pre-training disabled the static sets are not needed.
-    r = _run("check_data.py", "data=tiny", f"data_root={broken}", "pre_training.enabled=false")
+    overrides = ("data=tiny", f"data_root={broken}", f"cache_root={tmp_path}", "pre_training.enabled=false")
+    r = _run("check_data.py", *overrides)
     assert r.returncode == 0 and "ECSSD" not in r.stdout
+
+
+def _later_frame(data: Path, rel: str, video: int, ext: str) -> Path:
+    """A frame past the first of the given video (the old check only read first frames)."""
+    folder = sorted(p for p in (data / rel).iterdir() if p.is_dir())[video]
+    frames = sorted(folder.glob(f"*.{ext}"))
+    assert len(frames) >= 3
+    return frames[2]
+
+
+def test_check_data_names_each_later_frame_defect(broken: Path, tmp_path: Path) -> None:
+    places = {  # defect -> (mask or image root, video)
+        "wrong_size_mask": ("DAVIS/2017/trainval/Annotations/480p", 0),
+        "zero_byte_png": ("YouTube/train/Annotations", 0),
+        "rgb_png": ("MOSE/train/Annotations", 0),
+        "truncated_jpeg": ("YouTube/train/JPEGImages", 2),
+    }
+    victims = {}
+    for defect, (rel, video) in places.items():
+        ext, damage, _ = DEFECTS[defect]
+        victims[defect] = _later_frame(broken, rel, video, ext)
+        damage(victims[defect])
+    overrides = ("data=tiny", f"data_root={broken}", f"cache_root={tmp_path / 'cache'}", "pre_training.enabled=false")
+    r = _run("check_data.py", *overrides)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "NOT READY: DAVIS, YouTubeVOS, MOSE" in r.stdout
+    for defect, victim in victims.items():
+        phrase = DEFECTS[defect][2]
+        assert f"1 {phrase}: {victim}" in r.stdout, defect  # the table row: count, file, fix
+        (line,) = [ln for ln in r.stdout.splitlines() if ln.strip().startswith(f"{victim}:")]  # the file list
+        assert "(fix: " in line, line
+
+
+def test_check_data_second_run_reads_no_image_and_rechecks_a_changed_file(tiny_data: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data / "DAVIS", data / "DAVIS")
+    overrides = ("data=tiny", f"data_root={data}", f"cache_root={tmp_path / 'cache'}", "pre_training.enabled=false")
+    overrides += ("data.main_training.datasets=[DAVIS]",)
+    r = _run("check_data.py", *overrides)
+    assert r.returncode == 0 and "OK:" in r.stdout, r.stdout + r.stderr
+    total = sum(1 for _ in (data / "DAVIS").rglob("*.jpg")) + sum(1 for _ in (data / "DAVIS").rglob("*.png"))
+    assert "files checked: DAVIS " in r.stdout and f"({total} read)" not in r.stdout  # subset videos only
+    # Garbage of the same size and mtime in a later frame: only a check that skips reading passes it.
+    victim = _later_frame(data, "DAVIS/2017/trainval/JPEGImages/480p", 0, "jpg")
+    st = victim.stat()
+    victim.write_bytes(b"\x00" * st.st_size)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = _run("check_data.py", *overrides)
+    assert r.returncode == 0 and "(0 read)" in r.stdout, r.stdout + r.stderr
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    r = _run("check_data.py", *overrides)
+    assert r.returncode == 1 and "(1 read)" in r.stdout and f"1 corrupt JPEGs: {victim}" in r.stdout
+
+
+def test_check_data_reports_an_unfinished_conversion(tmp_path: Path) -> None:
+    out = tmp_path / "conv"
+    make_video_dataset(str(out), videos=2, frames=9)
+    write_marker(out, Job("video000", "f" * 40, {}), {})  # video001 has no completion record
+    overrides = ("data=custom", f"data.custom_root={out}", f"cache_root={tmp_path}", "pre_training.enabled=false")
+    r = _run("check_data.py", f"data_root={tmp_path}", *overrides)
+    assert r.returncode == 1 and "NOT READY: CUSTOM" in r.stdout
+    assert f"1 videos of an unfinished conversion: {out}/JPEGImages/video001" in r.stdout
+    write_marker(out, Job("video001", "f" * 40, {}), {})
+    assert _run("check_data.py", f"data_root={tmp_path}", *overrides).returncode == 0
 
 
 def test_check_data_rejects_non_override_arguments() -> None:

@@ -1,4 +1,5 @@
-"""Dataset index: discovery, validation errors (dataset, paths, count, fix), exclusions, summary table."""
+"""Dataset index: discovery, validation errors (dataset, paths, count, fix), exclusions, summary table; every
+frame checked (later-frame defects, frame sizes), unfinished converter outputs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _damage import DEFECTS
 from PIL import Image
 
 from cutie.data.index import (
@@ -17,8 +19,10 @@ from cutie.data.index import (
     format_table,
     load_empty_masks,
     summarize,
+    validate,
 )
 from cutie.data.synthetic import make_static_dataset, make_video_dataset
+from cutie.dataprep.convert import Job, write_marker
 
 
 def _cfg(vos: dict | None = None, static: dict | None = None) -> dict:
@@ -71,7 +75,7 @@ def test_validation_names_dataset_paths_count_and_fix(tmp_path: Path) -> None:
     msg = str(e.value)
     assert "[DAVISX] 2 videos whose JPEGs and PNGs do not pair up" in msg
     assert str(tmp_path / "vid/JPEGImages/video000/00002.jpg") in msg
-    assert "[DAVISX] 1 videos whose image and mask sizes differ" in msg and "video002/00000.png" in msg
+    assert "[DAVISX] 1 frames whose image and mask sizes differ" in msg and "video002/00000.png (mask 10x10" in msg
     assert "[GONE] image directory" in msg and str(tmp_path / "nowhere/JPEGImages") in msg
     assert msg.count("fix:") >= 3
     with pytest.raises(DataValidationError, match=r"\[STAT\] directory .*missing does not exist \(fix: "):
@@ -82,7 +86,8 @@ def test_colour_masks_are_rejected_with_the_fix(tmp_path: Path) -> None:
     make_video_dataset(str(tmp_path / "vid"), videos=2, frames=4)
     first = tmp_path / "vid/Annotations/video001/00000.png"
     Image.open(first).convert("RGB").save(first)
-    with pytest.raises(DataValidationError, match=r"\[C\] 1 videos with colour \(RGB\) masks.*video001.*palette PNGs"):
+    colour = r"\[C\] 1 colour \(RGB\) masks instead of object ids.*video001/00000.png \(mode RGB\).*palette PNGs"
+    with pytest.raises(DataValidationError, match=colour):
         build_video_index(_cfg({"C": _vos("vid")}), str(tmp_path), seq_length=3)
 
 
@@ -127,3 +132,59 @@ def test_static_structures_and_summary_table(tmp_path: Path) -> None:
     index = build_static_index(cfg, str(tmp_path))
     assert len(index) == 3 * 2 + 4
     assert all(p[0].endswith(".jpg") and p[1].endswith(".png") for s in index.sets for p in s.pairs)
+
+
+@pytest.mark.parametrize("defect", sorted(DEFECTS))
+def test_a_later_frame_defect_fails_the_startup_validation(tmp_path: Path, defect: str) -> None:
+    make_video_dataset(str(tmp_path / "vid"), videos=3, frames=6)
+    ext, damage, phrase = DEFECTS[defect]
+    folder = "JPEGImages" if ext == "jpg" else "Annotations"
+    victim = tmp_path / "vid" / folder / "video001" / f"00004.{ext}"
+    damage(victim)
+    cfg = _cfg({"V": _vos("vid")})
+    with pytest.raises(DataValidationError) as e:
+        validate(cfg, str(tmp_path), seq_length=3, stages=["main_training"], cache_root=str(tmp_path / "cache"))
+    msg = str(e.value)
+    assert f"[V] 1 {phrase}: {victim}" in msg and "(fix: " in msg, msg
+    assert msg.count("[V]") == 1  # one problem: the other frames and videos are sound
+
+
+def test_frames_must_keep_the_first_frame_size(tmp_path: Path) -> None:
+    make_video_dataset(str(tmp_path / "vid"), videos=1, frames=5, size=(40, 60))
+    make_video_dataset(str(tmp_path / "big"), videos=1, frames=5, size=(44, 60))
+    for ext, folder in (("jpg", "JPEGImages"), ("png", "Annotations")):
+        src = tmp_path / "big" / folder / "video000" / f"00003.{ext}"
+        src.replace(tmp_path / "vid" / folder / "video000" / f"00003.{ext}")
+    reports = summarize(_cfg({"V": _vos("vid")}), str(tmp_path), seq_length=3, stages=["main_training"])
+    (line,) = reports[0].problems
+    assert line.startswith("1 frames whose size differs from their video's first frame: ")
+    assert "video000/00003.jpg (60x44, the first frame 00000.jpg is 60x40)" in line
+
+
+def test_an_unfinished_conversion_is_reported_as_incomplete(tmp_path: Path) -> None:
+    out = tmp_path / "conv"
+    make_video_dataset(str(out), videos=3, frames=4)
+    for v in ("video000", "video002"):  # the converter's own completion records; video001 was never finished
+        write_marker(out, Job(v, "f" * 40, {}), {"id_map": {}})
+    (out / "_meta" / "video009.json").write_text("{}")  # a record without frames (and without a fingerprint)
+    cfg = _cfg({"CONV": _vos("conv")})
+    (rep,) = summarize(cfg, str(tmp_path), seq_length=3, stages=["main_training"])
+    assert [p.kind for p in rep.issues] == ["incomplete_conversion"] * 2
+    assert rep.videos == 3 and not rep.ok  # the frames are sound; the output is still not complete
+    (line,) = rep.problems
+    assert line.startswith("2 videos of an unfinished conversion: ")
+    assert f"{out}/JPEGImages/video001 (no valid completion record {out}/_meta/video001.json)" in line
+    assert "video009.json (completion record of a video with no frames)" in line and "rerun the converter" in line
+    write_marker(out, Job("video001", "f" * 40, {}), {})
+    (out / "_meta" / "video009.json").unlink()
+    assert validate(cfg, str(tmp_path), seq_length=3, stages=["main_training"])[0].ok
+
+
+def test_static_sets_check_every_file(tmp_path: Path) -> None:
+    make_static_dataset(str(tmp_path / "flat"), images=4, structure=1)
+    DEFECTS["truncated_jpeg"][1](tmp_path / "flat/img0002.jpg")
+    DEFECTS["wrong_size_mask"][1](tmp_path / "flat/img0003.png")
+    cfg = _cfg(static={"FLAT": {"directory": "flat", "data_structure": 1, "multiplier": 1}})
+    (rep,) = summarize(cfg, str(tmp_path), stages=["pre_training"], cache_root=str(tmp_path / "cache"))
+    assert [p.kind for p in rep.issues] == ["truncated_jpeg", "size_mismatch"]
+    assert str(tmp_path / "flat/img0002.jpg") in rep.problems[0] and "img0003.png (mask " in rep.problems[1]

@@ -89,7 +89,8 @@ def make_recipe_source(
     batch_size: int,
     total_iterations: int,
 ) -> RecipeSource:
-    """Index + validate the stage's datasets and return its recipe source (batch_size is per rank)."""
+    """Index the stage's datasets (folders and pairing: index.validate checks the files at start-up) and return
+    its recipe source (batch_size is per rank)."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
     data = _plain(data_cfg, data_root, cache_root)
@@ -98,10 +99,12 @@ def make_recipe_source(
     crop_hw = _crop_hw(stage_cfg)
     common = dict(seed=seed, global_batch=batch_size * world_size, total_iterations=total_iterations)
     if stage == "pre_training":
-        sampler = StaticClipSampler(build_static_index(data, data_root), seq_length, num_objects, crop_hw)
+        # Structure only: the start-up check (index.validate) read every file; the samplers re-check sizes.
+        index = build_static_index(data, data_root, read_files=False)
+        sampler = StaticClipSampler(index, seq_length, num_objects, crop_hw)
         return RecipeSource(sampler, stream=STREAM_PRE, **common)
     sampler = VideoClipSampler(
-        build_video_index(data, data_root, seq_length),
+        build_video_index(data, data_root, seq_length, read_files=False),
         seq_length,
         num_objects,
         crop_hw,

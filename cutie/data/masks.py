@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from cutie.data.frame_check import FileCheckError, jpeg_header
+
 
 class BadSampleError(RuntimeError):
     """A source file of a sample cannot be read; the sample is replaced by another deterministic one."""
@@ -57,6 +59,28 @@ def read_binary(path: str) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as e:
         raise BadSampleError(path, f"corrupt mask ({e})") from e
     return (grey > 127).astype(np.uint8)
+
+
+def jpeg_size(data: bytes, path: str) -> tuple[int, int]:
+    """(W, H) from a JPEG's frame header (segment walk, no decode)."""
+    try:
+        w, h, _ = jpeg_header(io.BytesIO(data).read)
+    except FileCheckError as e:
+        raise BadSampleError(path, e.detail) from None
+    return w, h
+
+
+def check_same_size(mask: np.ndarray, mask_path: str, jpeg: bytes, jpeg_path: str) -> None:
+    """A mask of another size than its frame would be warped with the frame's transform into misaligned labels:
+    the sample is bad instead (replaced and counted). The data check rejects such pairs; this catches files that
+    changed after it."""
+    w, h = jpeg_size(jpeg, jpeg_path)
+    if mask.shape[:2] != (h, w):
+        raise BadSampleError(
+            mask_path,
+            f"mask {mask.shape[1]}x{mask.shape[0]} but its frame {jpeg_path} is {w}x{h} "
+            "(fix: run scripts/check_data.py)",
+        )
 
 
 def decode_jpeg_size(data: bytes, path: str) -> tuple[int, int]:

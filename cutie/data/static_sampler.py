@@ -12,7 +12,15 @@ import numpy as np
 from cutie.data import geometry as geo
 from cutie.data.colour import clip_colours
 from cutie.data.index import StaticIndex
-from cutie.data.masks import labels_of, read_binary, read_bytes, relabel, remap_nearest, warp_nearest
+from cutie.data.masks import (
+    check_same_size,
+    labels_of,
+    read_binary,
+    read_bytes,
+    relabel,
+    remap_nearest,
+    warp_nearest,
+)
 from cutie.data.recipe import ClipRecipe, ImageLayer
 from cutie.data.tps import random_tps_params, tps_map
 
@@ -53,6 +61,7 @@ class StaticClipSampler:
         jpg, png = sset.pairs[self.index.seed_pair[pair]]
         mask = read_binary(png)
         data = read_bytes(jpg)
+        check_same_size(mask, png, data, jpg)  # a smaller/larger mask would be warped into misaligned labels
         h, w = mask.shape
         t = self.seq_length
         clip_m = geo.affine_about_centre(w, h, 0.0, rng.uniform(0.5, 2.0))

@@ -11,7 +11,15 @@ import numpy as np
 from cutie.data import geometry as geo
 from cutie.data.colour import clip_colours
 from cutie.data.index import VideoIndex, VideoSet
-from cutie.data.masks import blurred_alpha, labels_of, read_bytes, read_ids, relabel, warp_nearest
+from cutie.data.masks import (
+    blurred_alpha,
+    check_same_size,
+    labels_of,
+    read_bytes,
+    read_ids,
+    relabel,
+    warp_nearest,
+)
 from cutie.data.recipe import ClipRecipe, ImageLayer
 
 MAX_CROP_TRIALS = 5  # crops of the first frame tried before a new seed frame
@@ -115,7 +123,7 @@ class VideoClipSampler:
                 if m is None:
                     frame0 = int(rng.integers(length))
                     continue
-                return self._finish_clip(rng, vset, video, frames, m, warped0, mask_dir)
+                return self._finish_clip(rng, vset, video, frames, m, first, warped0, mask_dir)
             seed = int(rng.integers(len(idx)))
         raise NoObjectError(
             f"no clip with a visible object in its first frame after {MAX_VIDEO_TRIALS} videos; are the masks of "
@@ -129,21 +137,26 @@ class VideoClipSampler:
         video: int,
         frames: list[int],
         m: np.ndarray,
+        first: np.ndarray,
         warped0: np.ndarray,
         mask_dir: str,
     ) -> _Clip:
-        """Warp the remaining masks with the accepted matrix; read the JPEG bytes; draw the colours."""
+        """Read the JPEG bytes; warp the remaining masks with the accepted matrix (each mask the size of its frame,
+        else the sample is bad); draw the colours."""
         t = len(frames)
+        image_dir = os.path.join(vset.image_dir, vset.videos[video])
+        paths = [os.path.join(image_dir, vset.jpgs[video][f]) for f in frames]
+        jpegs = [read_bytes(p) for p in paths]
+        mask_paths = [os.path.join(mask_dir, vset.pngs[video][f]) for f in frames]
+        check_same_size(first, mask_paths[0], jpegs[0], paths[0])
         masks = np.empty((t, *self.out_hw), np.uint8)
         masks[0] = warped0
         for i in range(1, t):
-            masks[i] = warp_nearest(read_ids(os.path.join(mask_dir, vset.pngs[video][frames[i]])), m, self.out_hw)
-        image_dir = os.path.join(vset.image_dir, vset.videos[video])
-        paths = [os.path.join(image_dir, vset.jpgs[video][f]) for f in frames]
+            ids = read_ids(mask_paths[i])
+            check_same_size(ids, mask_paths[i], jpegs[i], paths[i])
+            masks[i] = warp_nearest(ids, m, self.out_hw)
         colours = clip_colours(rng, t, clip=(0.1, 0.03, 0.03), frame=(0.1, 0.05, 0.05))
-        layer = ImageLayer(
-            jpegs=[read_bytes(p) for p in paths], matrices=np.repeat(m[None], t, 0), source_paths=paths, **colours
-        )
+        layer = ImageLayer(jpegs=jpegs, matrices=np.repeat(m[None], t, 0), source_paths=paths, **colours)
         info = {"dataset": vset.name, "video": vset.videos[video], "frames": [vset.jpgs[video][f] for f in frames]}
         return _Clip(layer, masks, info)
 

@@ -1,8 +1,9 @@
 """Check every dataset a training config needs, with the data index's own validation (cutie/data/index.py).
 
 The table rows and their problems (each with its fix) come from the index, i.e. exactly what training would
-reject; this module only picks the stages that are enabled, adds dataset-specific hints for missing folders, and
-notes the optional parts (validation set, empty-mask lists).
+reject, every frame's files included (cached under cache_root); this module only picks the stages that are
+enabled, lists each bad file, adds dataset-specific hints for missing folders, and notes the optional parts
+(validation set, empty-mask lists).
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cutie.data.index import DatasetReport, format_table, summarize
+from cutie.data.scan import render_each
 from cutie.dataprep.config import resolve_path
 from cutie.dataprep.links import FIXES
+
+LISTED_PER_KIND = 20  # bad files listed per problem kind and dataset below the table (the rest are counted)
 
 
 @dataclass
@@ -29,6 +33,13 @@ class CheckResult:
 
     def render(self) -> str:
         parts = [format_table(self.reports)]
+        for r in self.reports:
+            if r.issues:
+                parts.append("\n".join([f"{r.name}:", *("  " + ln for ln in render_each(r.issues, LISTED_PER_KIND))]))
+        checked = [f"{r.name} {r.checked.files} ({r.checked.read} read)" for r in self.reports if r.checked]
+        if checked:
+            seconds = sum(r.checked.seconds for r in self.reports if r.checked)
+            parts.append(f"files checked: {', '.join(checked)}, the rest from the cache; {seconds:.1f} s")
         if self.hints:
             parts.append("\n".join(f"fix: {h}" for h in self.hints))
         if self.notes:
@@ -42,8 +53,10 @@ def check(cfg: DictConfig) -> CheckResult:
     """Validate the datasets of the enabled stages of a composed train_config."""
     data_root = resolve_path(cfg.data_root)
     stages = [s for s in ("pre_training", "main_training") if cfg[s].enabled]
-    reports = summarize(cfg.data, str(data_root), int(cfg.main_training.seq_length), stages)
+    cache_root = str(resolve_path(cfg.cache_root))
+    reports = summarize(cfg.data, str(data_root), int(cfg.main_training.seq_length), stages, cache_root)
     result = CheckResult(reports)
+    result.notes += [f"{r.name}: {n}" for r in reports for n in r.notes]
     for r in reports:
         if not r.found:
             rel = Path(r.path).relative_to(data_root) if Path(r.path).is_relative_to(data_root) else Path(r.path)

@@ -250,7 +250,9 @@ def _run(cfg: DictConfig, state, device: torch.device) -> None:
         raise ConfigError(f"weights={cfg.weights}: no such file")
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     for s in stages:  # every stage's datasets, so main-training data problems surface before pre-training
-        validate_data(data_cfg, str(cfg.data_root), seq_length=int(cfg[s].seq_length), stages=[s])
+        validate_data(
+            data_cfg, str(cfg.data_root), seq_length=int(cfg[s].seq_length), stages=[s], cache_root=str(cfg.cache_root)
+        )
     _check_shared_memory(cfg, stages, plans, state, device)
     found = _find_resume(cfg, run_dir, log)
     resume: dict | None = None

@@ -1,0 +1,428 @@
+"""Per-file checks of training frames and masks: every file, fast, in parallel, cached.
+
+What is checked (enough to catch what would break or silently corrupt training):
+- JPEG: start-of-image marker, the segment walk up to start-of-scan (size and channels from the frame header),
+  and the end-of-image marker in the last 4 KB (the same rule as the training reader `masks.read_bytes`).
+  The entropy-coded data is not decoded: a cut file loses its end-of-image marker, which is what is looked for.
+- PNG: signature, every chunk complete with a correct CRC, IHDR sane, IEND present, and the image data
+  inflated completely (zlib stream ended, exactly the bytes the header promises, valid row filter types).
+  Inflating is cheaper than PIL's full `load()`, which also unfilters and expands rows (854x480 masks: 1.6x for
+  8-bit palette, 6x for 1-bit; docs/benchmarks.md), and finds the same truncation and corruption. 16-bit grey
+  masks are decoded in full to check that their ids fit 0..255.
+
+Results of good files are cached per dataset in a JSON file keyed on (path, size, mtime_ns); a file whose size
+or mtime changed is checked again. The cache is untrusted input: it is parsed defensively and ignored (with a
+note) when malformed. Bad files are never cached, so they are re-read (and re-reported) every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import struct
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cutie.utils.atomic import atomic_write_json
+
+JPEG_TAIL = 4096  # the end-of-image marker must sit within the last 4 KB (as in masks.read_bytes)
+_JPEG_HEAD = 1 << 16  # first read; headers with big EXIF/ICC segments read on
+# SOF0..SOF15 carry the frame header; C4 (DHT), C8 (JPG) and CC (DAC) share the range but are not frames.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RST0..7: no length field
+_JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# colour type -> (allowed bit depths, channels)
+_PNG_TYPES = {0: ((1, 2, 4, 8, 16), 1), 2: ((8, 16), 3), 3: ((1, 2, 4, 8), 1), 4: ((8, 16), 2), 6: ((8, 16), 4)}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+MAX_PIXELS = 1 << 28  # a header claiming more is treated as corrupt (decompression bomb guard)
+
+CACHE_VERSION = 1
+INLINE_BELOW = 256  # fewer files than this are checked in-process (a pool costs more than it saves)
+PROGRESS_FROM = 2000  # files to read before a progress bar / progress lines are shown
+PROGRESS_EVERY_S = 10.0  # progress line interval when stderr is not a terminal (logs)
+
+
+class FileCheckError(Exception):
+    """A file fails its check: `kind` is a problem kind of cutie/data/scan.py, `detail` says what is wrong."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A file that passed: its size in pixels, a PIL-style mode, and whether its ids exceed 255 (16-bit grey)."""
+
+    width: int
+    height: int
+    mode: str
+    wide_ids: bool = False
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+
+@dataclass(frozen=True)
+class FileError:
+    kind: str
+    detail: str
+
+
+FileResult = FileInfo | FileError
+
+
+# ----------------------------------------------------------------------------------------------- JPEG
+
+
+def jpeg_header(read: Callable[[int], bytes]) -> tuple[int, int, int]:
+    """(width, height, components) from a JPEG's segments up to start-of-scan; `read(n)` returns the next n bytes
+    (fewer at the end of the file). Raises FileCheckError."""
+    buf = bytearray(read(_JPEG_HEAD))
+    if not buf:
+        raise FileCheckError("empty_file", "0 bytes")
+    if buf[:2] != b"\xff\xd8":
+        raise FileCheckError("corrupt_jpeg", "not a JPEG (no start-of-image marker)")
+
+    def need(end: int) -> None:
+        while len(buf) < end:
+            more = read(max(_JPEG_HEAD, end - len(buf)))
+            if not more:
+                raise FileCheckError("truncated_jpeg", f"the file ends inside its header (at byte {len(buf)})")
+            buf.extend(more)
+
+    pos, frame = 2, None
+    while True:
+        need(pos + 2)
+        if buf[pos] != 0xFF:
+            raise FileCheckError("corrupt_jpeg", f"no segment marker at byte {pos} of the header")
+        marker = buf[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        if marker == 0xD9:
+            raise FileCheckError("corrupt_jpeg", "end-of-image before any image data")
+        need(pos + 4)
+        length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+        if length < 2:
+            raise FileCheckError("corrupt_jpeg", f"segment length {length} at byte {pos}")
+        need(pos + 2 + length)
+        if marker in _SOF:
+            if length < 8:
+                raise FileCheckError("corrupt_jpeg", "frame header too short")
+            height, width = struct.unpack_from(">HH", buf, pos + 5)
+            frame = (width, height, buf[pos + 9])
+        elif marker == 0xDA:
+            break
+        pos += 2 + length
+    if frame is None:
+        raise FileCheckError("corrupt_jpeg", "no frame header (SOF) before the image data")
+    if frame[0] == 0 or frame[1] == 0:
+        raise FileCheckError("corrupt_jpeg", f"frame header size {frame[0]}x{frame[1]}")
+    return frame
+
+
+def check_jpeg(path: str) -> FileInfo:
+    """Header + end marker of a JPEG (see the module docstring); raises FileCheckError."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            width, height, comps = jpeg_header(f.read)
+            f.seek(max(0, size - JPEG_TAIL))
+            tail = f.read()
+    except OSError as e:
+        raise FileCheckError("unreadable", str(e.strerror or e)) from e
+    if b"\xff\xd9" not in tail:
+        raise FileCheckError("truncated_jpeg", f"no end-of-image marker ({size} bytes): the file was cut short")
+    mode = _JPEG_MODES.get(comps)
+    if mode is None:
+        raise FileCheckError("corrupt_jpeg", f"{comps} colour components")
+    return FileInfo(width, height, mode)
+
+
+# ----------------------------------------------------------------------------------------------- PNG
+
+
+def _png_data_bytes(width: int, height: int, depth: int, channels: int, interlaced: bool) -> list[tuple[int, int]]:
+    """(rows, bytes per row incl. the filter byte) of each pass of the image data."""
+    passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
+    out = []
+    for x0, y0, dx, dy in passes:
+        cols, rows = math.ceil(max(0, width - x0) / dx), math.ceil(max(0, height - y0) / dy)
+        if cols and rows:
+            out.append((rows, 1 + math.ceil(cols * depth * channels / 8)))
+    return out
+
+
+def _png_chunks(data: bytes) -> Iterable[tuple[bytes, memoryview]]:
+    view, pos = memoryview(data), len(PNG_SIGNATURE)
+    while True:
+        if pos + 8 > len(data):
+            raise FileCheckError("corrupt_png", f"the file ends at byte {len(data)} before its IEND chunk: cut short")
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        name = ctype.decode("latin-1")
+        end = pos + 12 + length
+        if end > len(data):
+            raise FileCheckError("corrupt_png", f"the file ends inside its {name} chunk: cut short")
+        body = view[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack_from(">I", data, pos + 8 + length)
+        if zlib.crc32(body, zlib.crc32(ctype)) != crc:
+            raise FileCheckError("corrupt_png", f"CRC error in its {name} chunk: damaged")
+        yield ctype, body
+        if ctype == b"IEND":
+            return
+        pos = end
+
+
+def check_png(path: str) -> FileInfo:
+    """Structure + complete image data of a PNG (see the module docstring); raises FileCheckError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise FileCheckError("unreadable", str(e.strerror or e)) from e
+    if not data:
+        raise FileCheckError("empty_file", "0 bytes")
+    if not data.startswith(PNG_SIGNATURE):
+        raise FileCheckError("corrupt_png", "not a PNG (no PNG signature)")
+    header, idat, palette = None, [], False
+    for ctype, body in _png_chunks(data):
+        if header is None:
+            if ctype != b"IHDR" or len(body) != 13:
+                raise FileCheckError("corrupt_png", "the first chunk is not a valid IHDR")
+            header = struct.unpack(">IIBBBBB", body)
+        elif ctype == b"IDAT":
+            idat.append(body)
+        elif ctype == b"PLTE":
+            palette = True
+    width, height, depth, ctype_, _compression, _filter, interlace = header
+    depths, channels = _PNG_TYPES.get(ctype_, ((), 0))
+    if depth not in depths or interlace > 1 or width == 0 or height == 0 or width * height > MAX_PIXELS:
+        raise FileCheckError(
+            "corrupt_png", f"invalid header ({width}x{height}, bit depth {depth}, colour type {ctype_})"
+        )
+    if ctype_ == 3 and not palette:
+        raise FileCheckError("corrupt_png", "palette image without a palette (PLTE) chunk")
+    passes = _png_data_bytes(width, height, depth, channels, bool(interlace))
+    expected = sum(r * b for r, b in passes)
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(b"".join(idat), expected + 1)  # bounded: a bomb stops at expected + 1
+    except zlib.error as e:
+        raise FileCheckError("corrupt_png", f"image data does not inflate ({e}): damaged") from e
+    if len(raw) != expected or not inflater.eof:
+        raise FileCheckError(
+            "corrupt_png",
+            f"image data incomplete ({len(raw)} of {expected} bytes{'' if inflater.eof else ', stream not ended'})",
+        )
+    if not interlace and np.frombuffer(raw, np.uint8)[:: passes[0][1]].max() > 4:
+        raise FileCheckError("corrupt_png", "invalid row filter type: damaged image data")
+    mode = {0: {1: "1", 16: "I;16"}.get(depth, "L"), 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}[ctype_]
+    wide = mode == "I;16" and _max_grey16(data) > 255
+    return FileInfo(width, height, mode, wide)
+
+
+def _max_grey16(data: bytes) -> int:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return int(np.asarray(im).max(initial=0))
+
+
+# ----------------------------------------------------------------------------------------------- one file
+
+
+CHECKS: dict[str, Callable[[str], FileInfo]] = {"jpeg": check_jpeg, "png": check_png}
+
+
+def check_file(path: str, kind: str) -> FileResult:
+    try:
+        return CHECKS[kind](path)
+    except FileCheckError as e:
+        return FileError(e.kind, e.detail)
+
+
+def _check_task(task: tuple[str, str]) -> tuple[str, FileResult]:
+    return task[0], check_file(*task)
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+
+def cache_file(cache_root: str | os.PathLike, key: str) -> Path:
+    """The cache of one dataset (key: its folders), under cache_root/data_check/."""
+    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
+    return Path(cache_root) / "data_check" / f"{digest}.json"
+
+
+def _parse_entry(value: object) -> tuple[int, int, FileInfo] | None:
+    if not (isinstance(value, list) and len(value) == 6):
+        return None
+    size, mtime, w, h, mode, wide = value
+    ints = all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (size, mtime, w, h))
+    if not ints or not isinstance(mode, str) or not isinstance(wide, bool) or len(mode) > 8:
+        return None
+    return size, mtime, FileInfo(w, h, mode, wide)
+
+
+def load_cache(path: Path, key: str) -> tuple[dict[str, tuple[int, int, FileInfo]], str | None]:
+    """(entries {file path: (size, mtime_ns, info)}, a note if the cache was unusable)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, UnicodeDecodeError) as e:
+        return {}, f"cache file {path} is unreadable ({e}); ignored, every file is checked again"
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        return {}, f"cache file {path} is not valid JSON ({e}); ignored, every file is checked again"
+    if not (isinstance(doc, dict) and doc.get("version") == CACHE_VERSION and doc.get("key") == key):
+        return {}, f"cache file {path} is of another version or dataset; ignored, every file is checked again"
+    files = doc.get("files")
+    if not isinstance(files, dict):
+        return {}, f"cache file {path} has no file table; ignored, every file is checked again"
+    entries, bad = {}, 0
+    for name, value in files.items():
+        parsed = _parse_entry(value)
+        if parsed is None:
+            bad += 1
+        else:
+            entries[name] = parsed
+    note = f"cache file {path}: {bad} malformed entries ignored (those files are checked again)" if bad else None
+    return entries, note
+
+
+def save_cache(path: Path, key: str, entries: dict[str, tuple[int, int, FileInfo]]) -> None:
+    files = {p: [s, m, i.width, i.height, i.mode, i.wide_ids] for p, (s, m, i) in sorted(entries.items())}
+    atomic_write_json(path, {"version": CACHE_VERSION, "key": key, "files": files})
+
+
+# ----------------------------------------------------------------------------------------------- many files
+
+
+@dataclass
+class CheckStats:
+    files: int = 0  # files asked about
+    read: int = 0  # files actually opened and checked (the rest came from the cache)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _workers(n: int) -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, n // INLINE_BELOW))
+
+
+class _Progress:
+    """A tqdm bar on a terminal; otherwise a line with the ETA every PROGRESS_EVERY_S (for logs)."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.done = total, desc, 0
+        self.start = self.last = time.perf_counter()
+        self.bar = None
+        self.quiet = total < PROGRESS_FROM
+        if not self.quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="file", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if self.quiet or now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / max(rate, 1e-9)
+        print(
+            f"{self.desc}: {self.done}/{self.total} files ({100 * self.done / self.total:.0f}%), "
+            f"{now - self.start:.0f} s, ETA {eta:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run_checks(tasks: Sequence[tuple[str, str]], desc: str) -> Iterable[tuple[str, FileResult]]:
+    workers = _workers(len(tasks))
+    if workers <= 1:
+        yield from map(_check_task, tasks)
+        return
+    # fork where available: workers start at once and need no re-import (they only read files).
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with mp.get_context(method).Pool(workers) as pool:
+        yield from pool.imap_unordered(_check_task, tasks, chunksize=64)
+
+
+def check_files(
+    tasks: Sequence[tuple[str, str]], cache_root: str | os.PathLike | None, key: str, desc: str = "check"
+) -> tuple[dict[str, FileResult], CheckStats]:
+    """Check files given as (path, 'jpeg'|'png'); results of good files come from / go to the cache of `key`
+    under cache_root (None: no cache)."""
+    start = time.perf_counter()
+    stats = CheckStats(files=len(tasks))
+    path = None if cache_root is None else cache_file(cache_root, key)
+    cached: dict[str, tuple[int, int, FileInfo]] = {}
+    if path is not None:
+        cached, note = load_cache(path, key)
+        if note:
+            stats.notes.append(note)
+    results: dict[str, FileResult] = {}
+    keep: dict[str, tuple[int, int, FileInfo]] = {}
+    todo: list[tuple[str, str]] = []
+    stamps: dict[str, tuple[int, int]] = {}
+    for file_path, kind in tasks:
+        try:
+            st = os.stat(file_path)
+        except OSError as e:
+            results[file_path] = FileError("unreadable", str(e.strerror or e))
+            continue
+        stamps[file_path] = (st.st_size, st.st_mtime_ns)
+        hit = cached.get(file_path)
+        if hit is not None and hit[:2] == stamps[file_path]:
+            results[file_path] = hit[2]
+            keep[file_path] = hit
+        else:
+            todo.append((file_path, kind))
+    stats.read = len(todo)
+    progress = _Progress(len(todo), desc)
+    try:
+        for file_path, result in _run_checks(todo, desc):
+            results[file_path] = result
+            if isinstance(result, FileInfo):
+                keep[file_path] = (*stamps[file_path], result)
+            progress.update()
+    finally:
+        progress.close()
+    if path is not None and (todo or len(keep) != len(cached)):
+        try:
+            save_cache(path, key, keep)
+        except OSError as e:  # a read-only cache folder costs speed, not correctness
+            stats.notes.append(f"could not write the check cache {path} ({e}); the next check reads every file")
+    stats.seconds = time.perf_counter() - start
+    return results, stats

@@ -1,0 +1,532 @@
+"""Dataset scans: one dataset folder -> its usable videos / image pairs and a list of typed `Problem`s.
+
+A scan runs in three small phases: the folder structure of each video (listing, JPEG/PNG pairing, converter
+completion records), one parallel, cached check of every file the usable videos name (cutie/data/frame_check.py),
+and the per-video consistency of the file headers (sizes, mask modes). Problems are data, not text: they are
+turned into messages in one place, `render` (the summary lines of the table and of DataValidationError) and
+`render_each` (one line per file, for scripts/check_data.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cutie.data import frame_check
+from cutie.data.frame_check import CheckStats, FileError, FileInfo, FileResult
+from cutie.data.masks import ID_MODES
+from cutie.dataprep.convert import META_DIR, marker_path
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".jpg", ".jpeg")
+MASK_EXT = ".png"
+MAX_LISTED = 3  # offending paths quoted per problem kind in a summary line
+
+_REFETCH = "re-download or re-extract them, or delete the frame's JPEG and PNG"
+# kind -> (noun of a counted summary line, fix). Kinds without a noun are one-off, dataset-level problems whose
+# detail is the whole sentence and whose fix names the config key (given when the problem is made).
+KINDS: dict[str, tuple[str | None, str]] = {
+    "missing": (None, ""),
+    "config": (None, ""),
+    "unusable": (None, ""),
+    "subset_missing": (
+        "videos of the subset list are missing from the image directory",
+        "complete the download or edit the subset file",
+    ),
+    "no_mask_folder": ("videos have no mask folder", "add the annotations, or remove those videos"),
+    "unpaired": (
+        "videos whose JPEGs and PNGs do not pair up by name",
+        "every <video>/<frame>.jpg needs <video>/<frame>.png; re-extract or remove the frames",
+    ),
+    "incomplete_conversion": (
+        "videos of an unfinished conversion",
+        "rerun the converter (scripts/convert_burst_to_vos_train.py or scripts/convert_ovis_to_vos.py) on the same "
+        "output folder; it redoes only the unfinished videos",
+    ),
+    "lonely_image": ("images without a mask of the same name", "add NAME.png beside NAME.jpg or remove the image"),
+    "unreadable": ("unreadable files", "check their permissions, or re-download / delete them"),
+    "empty_file": ("empty (0-byte) files", _REFETCH),
+    "truncated_jpeg": ("truncated JPEGs", _REFETCH),
+    "corrupt_jpeg": ("corrupt JPEGs", _REFETCH),
+    "corrupt_png": ("corrupt or truncated PNGs", "re-download or re-export the masks"),
+    "colour_mask": (
+        "colour (RGB) masks instead of object ids",
+        "save masks as palette PNGs whose indices are object ids, 0 = background, as DAVIS does",
+    ),
+    "wide_ids": ("masks with object ids above 255", "convert the dataset to palette PNGs (ids 0..255)"),
+    "size_mismatch": (
+        "frames whose image and mask sizes differ",
+        "resize the masks to the frames with nearest-neighbour, or re-export them",
+    ),
+    "frame_size": (
+        "frames whose size differs from their video's first frame",
+        "re-extract the video's frames (and masks) at one size",
+    ),
+}
+
+
+class DataValidationError(RuntimeError):
+    """The configured training data cannot be used; the message says what and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset: `path` names the file or folder, `fix` what to do about it."""
+
+    kind: str
+    path: str
+    detail: str = ""
+    fix: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"{self.path} ({self.detail})" if self.detail else self.path
+
+
+def problem(kind: str, path: str, detail: str = "", fix: str | None = None) -> Problem:
+    """A Problem with the kind's standard fix (unless one is given)."""
+    return Problem(kind, str(path), detail, KINDS[kind][1] if fix is None else fix)
+
+
+def render(problems: Iterable[Problem]) -> list[str]:
+    """Summary lines: one per (kind, fix) with the count and the first MAX_LISTED paths; one-off problems as is."""
+    groups: dict[tuple[str, str], list[Problem]] = {}
+    for p in problems:
+        groups.setdefault((p.kind, p.fix), []).append(p)
+    lines = []
+    for (kind, fix), items in groups.items():
+        noun = KINDS[kind][0]
+        if noun is None:
+            lines += [f"{p.detail} (fix: {fix})" for p in items]
+            continue
+        shown = ", ".join(p.where for p in items[:MAX_LISTED])
+        more = f", ... ({len(items)} in all)" if len(items) > MAX_LISTED else ""
+        lines.append(f"{len(items)} {noun}: {shown}{more} (fix: {fix})")
+    return lines
+
+
+def render_each(problems: Iterable[Problem], limit: int | None = None) -> list[str]:
+    """One line per problem (path: what, fix), at most `limit` per kind, then a count of the rest."""
+    lines, per_kind = [], {}
+    for p in problems:
+        per_kind[p.kind] = per_kind.get(p.kind, 0) + 1
+        if limit is None or per_kind[p.kind] <= limit:
+            what = p.kind.replace("_", " ") + (f": {p.detail}" if p.detail else "")
+            lines.append(f"{p.path}: {what} (fix: {p.fix})")
+    for kind, n in per_kind.items():
+        if limit is not None and n > limit:
+            lines.append(f"... and {n - limit} more {KINDS[kind][0] or kind}")
+    return lines
+
+
+@dataclass
+class DatasetReport:
+    """One row of the data check table."""
+
+    name: str
+    kind: str  # 'video' | 'static'
+    path: str
+    found: bool
+    videos: int = 0  # usable videos (static: 0)
+    frames: int = 0  # JPEGs found
+    masks: int = 0  # PNGs found
+    excluded_short: int = 0  # videos shorter than the clip length
+    issues: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # not problems (e.g. an ignored malformed cache)
+    checked: CheckStats | None = None  # the file check, when it ran
+
+    @property
+    def problems(self) -> list[str]:
+        return render(self.issues)
+
+    @property
+    def ok(self) -> bool:
+        return self.found and not self.issues
+
+
+@dataclass
+class VideoSet:
+    """One video dataset: per video the frame file names, paired JPEG/PNG by stem, sorted."""
+
+    name: str
+    image_dir: str
+    mask_dir: str
+    frame_interval: int
+    multiplier: int
+    videos: list[str]
+    jpgs: list[list[str]]  # file names inside image_dir/<video>
+    pngs: list[list[str]]  # file names inside mask_dir/<video>, same order
+    empty: list[np.ndarray | None]  # per video: bool per frame, True = mask known empty (None: no list)
+
+
+@dataclass
+class StaticSet:
+    """One static image dataset: (jpg path, png path) pairs."""
+
+    name: str
+    directory: str
+    multiplier: int
+    pairs: list[tuple[str, str]]
+
+
+# ----------------------------------------------------------------------------------------------- small readers
+
+
+def resolve(root: str, p: str) -> str:
+    """Config paths are relative to data_root; absolute paths (data=custom) pass through."""
+    return os.path.normpath(os.path.join(root, os.path.expanduser(str(p))))
+
+
+def load_subset(path: str) -> set[str]:
+    """A subset file: one video name per line (DAVIS ImageSets style); blank lines and '#' comments ignored."""
+    with open(path, encoding="utf-8") as f:
+        return {ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")}
+
+
+def load_empty_masks(path: str) -> dict[str, set[str]]:
+    """Frames whose mask is empty, as {video: {frame stem}}.
+
+    Accepted formats: JSON {video: [stem, ...]} (the official find_empty_mask output) or text with one
+    `video/frame` per line (extension optional; blank lines and '#' comments ignored)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    out: dict[str, set[str]] = {}
+    if text.lstrip().startswith("{"):
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or not all(isinstance(v, list) for v in doc.values()):
+            raise DataValidationError(f"{path}: expected a JSON object {{video: [frame, ...]}}")
+        for video, frames in doc.items():
+            out[str(video)] = {os.path.splitext(str(s))[0] for s in frames}
+        return out
+    for ln in text.splitlines():
+        ln = ln.strip()
+        if not ln or ln.startswith("#"):
+            continue
+        video, _, frame = ln.replace("\\", "/").rpartition("/")
+        if not video:
+            parts = ln.split()
+            if len(parts) != 2:
+                raise DataValidationError(f"{path}: cannot parse line {ln!r}; expected 'video/frame'")
+            video, frame = parts
+        out.setdefault(video, set()).add(os.path.splitext(frame)[0])
+    return out
+
+
+def _split_by_ext(names: Iterable[str], exts: tuple[str, ...]) -> dict[str, str]:
+    return {os.path.splitext(n)[0]: n for n in names if os.path.splitext(n)[1].lower() in exts}
+
+
+def _file_problem(path: str, error: FileError) -> Problem:
+    return problem(error.kind, path, error.detail)
+
+
+def _check(rep: DatasetReport, tasks: list[tuple[str, str]], cache_root: str | None, key: str) -> dict[str, FileResult]:
+    results, stats = frame_check.check_files(tasks, cache_root, key, desc=f"check {rep.name}")
+    rep.checked = stats
+    rep.notes += stats.notes
+    for note in stats.notes:
+        log.warning("%s: %s", rep.name, note)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- video sets
+
+
+@dataclass
+class _Video:
+    """One video that passed the structure phase."""
+
+    name: str
+    image_dir: str  # image_dir/<video>
+    mask_dir: str
+    stems: list[str]
+    jpgs: list[str]
+    pngs: list[str]
+
+    def paths(self) -> list[tuple[str, str]]:
+        pairs = zip(self.jpgs, self.pngs, strict=True)
+        return [(os.path.join(self.image_dir, j), os.path.join(self.mask_dir, p)) for j, p in pairs]
+
+
+def _video_structure(rep: DatasetReport, image_dir: str, mask_dir: str, video: str) -> _Video | Problem:
+    """List one video's folders and pair its JPEGs with its PNGs by stem."""
+    vdir, mdir = os.path.join(image_dir, video), os.path.join(mask_dir, video)
+    images = _split_by_ext(os.listdir(vdir), IMAGE_EXTS)
+    rep.frames += len(images)
+    if not os.path.isdir(mdir):
+        return problem("no_mask_folder", mdir)
+    masks = _split_by_ext(os.listdir(mdir), (MASK_EXT,))
+    rep.masks += len(masks)
+    lonely = sorted(set(images) ^ set(masks))
+    if lonely:
+        first = lonely[0]
+        where = os.path.join(vdir, images[first]) if first in images else os.path.join(mdir, masks[first])
+        return problem("unpaired", where, f"{len(lonely)} unpaired in {video}")
+    stems = sorted(images)
+    return _Video(video, vdir, mdir, stems, [images[s] for s in stems], [masks[s] for s in stems])
+
+
+def _marker_ok(path: Path) -> bool:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("fingerprint"), str)
+
+
+def _conversion_problems(image_dir: str, videos: list[str]) -> list[Problem]:
+    """A converter output (a _meta folder beside JPEGImages) is complete only where every video has its valid
+    completion record, written last by cutie/dataprep/convert.py."""
+    output = Path(image_dir).parent
+    meta = output / META_DIR
+    if not meta.is_dir():
+        return []
+    out = [
+        problem("incomplete_conversion", os.path.join(image_dir, v), f"no valid completion record {record}")
+        for v in videos
+        if not _marker_ok(record := marker_path(output, v))
+    ]
+    have = set(videos)
+    for record in sorted(meta.glob("*.json")):
+        if record.stem not in have:
+            out.append(problem("incomplete_conversion", str(record), "completion record of a video with no frames"))
+    return out
+
+
+def _video_file_problems(video: _Video, results: Mapping[str, FileResult]) -> list[Problem]:
+    """Every frame: its files readable and sound, its mask an id map of its JPEG's size, the first frame's size."""
+    out: list[Problem] = []
+    first: tuple[str, tuple[int, int]] | None = None
+    for jp, pp in video.paths():
+        ji, pi = results[jp], results[pp]
+        out += [_file_problem(p, r) for p, r in ((jp, ji), (pp, pi)) if isinstance(r, FileError)]
+        if not (isinstance(ji, FileInfo) and isinstance(pi, FileInfo)):
+            continue
+        if pi.mode not in ID_MODES:
+            out.append(problem("colour_mask", pp, f"mode {pi.mode}"))
+        elif pi.wide_ids:
+            out.append(problem("wide_ids", pp, f"mode {pi.mode}"))
+        if pi.size != ji.size:
+            out.append(
+                problem("size_mismatch", pp, f"mask {_wh(pi.size)}, its frame {os.path.basename(jp)} is {_wh(ji.size)}")
+            )
+        if first is None:
+            first = (os.path.basename(jp), ji.size)
+        elif ji.size != first[1]:
+            out.append(problem("frame_size", jp, f"{_wh(ji.size)}, the first frame {first[0]} is {_wh(first[1])}"))
+    return out
+
+
+def _wh(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _empty_lists(rep: DatasetReport, name: str, path: object, key: str) -> dict[str, set[str]] | None:
+    if not path:
+        return None
+    path = os.path.expanduser(str(path))
+    if not os.path.isfile(path):
+        log.info("%s: no empty-mask list at %s; first frames are checked after decoding", name, path)
+        return None
+    try:
+        return load_empty_masks(path)
+    except (ValueError, UnicodeDecodeError, DataValidationError) as e:
+        rep.issues.append(
+            problem("config", path, f"empty-mask list {path} is unreadable ({e})", f"regenerate it or unset {key}")
+        )
+        return None
+
+
+def _video_folders(
+    rep: DatasetReport, image_dir: str, mask_dir: str, cfg: Mapping, data_root: str, key: str
+) -> list[str] | None:
+    """The folders of a video set and the videos to scan (None when the set cannot be scanned at all)."""
+    if not rep.found:
+        detail = f"image directory {image_dir} does not exist"
+        fix = f"link the dataset under data_root or set {key}.image_directory"
+        rep.issues.append(problem("missing", image_dir, detail, fix))
+        return None
+    if not os.path.isdir(mask_dir):
+        detail = f"mask directory {mask_dir} does not exist"
+        rep.issues.append(problem("missing", mask_dir, detail, f"set {key}.mask_directory or add the annotations"))
+        return None
+    all_videos = sorted(d for d in os.listdir(image_dir) if os.path.isdir(os.path.join(image_dir, d)))
+    if not cfg.get("subset"):
+        return all_videos
+    subset_path = resolve(data_root, cfg["subset"])
+    if not os.path.isfile(subset_path):
+        detail = f"subset file {subset_path} does not exist"
+        rep.issues.append(problem("missing", subset_path, detail, f"add it or set {key}.subset=null"))
+        return None
+    subset = load_subset(subset_path)
+    rep.issues += [problem("subset_missing", os.path.join(image_dir, v)) for v in sorted(subset - set(all_videos))]
+    return [v for v in all_videos if v in subset]
+
+
+def _videos_long_enough(
+    rep: DatasetReport, image_dir: str, mask_dir: str, names: list[str], seq_length: int
+) -> list[_Video]:
+    """The videos whose folders pair up and that hold a whole clip (shorter ones are excluded, not problems)."""
+    videos = []
+    for video in names:
+        found = _video_structure(rep, image_dir, mask_dir, video)
+        if isinstance(found, Problem):
+            rep.issues.append(found)
+        elif len(found.stems) < seq_length:
+            rep.excluded_short += 1
+        else:
+            videos.append(found)
+    if rep.excluded_short:
+        log.info("%s: %d videos shorter than the clip length %d are excluded", rep.name, rep.excluded_short, seq_length)
+    return videos
+
+
+def _sound_videos(rep: DatasetReport, videos: list[_Video], cache_root: str | None, key: str) -> list[_Video]:
+    """Check every file of the videos at once (parallel, cached); the videos without a problem."""
+    tasks = [t for v in videos for jp, pp in v.paths() for t in ((jp, "jpeg"), (pp, "png"))]
+    results = _check(rep, tasks, cache_root, key)
+    sound = []
+    for v in videos:
+        found = _video_file_problems(v, results)
+        rep.issues += found
+        if not found:
+            sound.append(v)
+    return sound
+
+
+def _video_set(
+    name: str, cfg: Mapping, dirs: tuple[str, str], videos: list[_Video], empty_lists: dict[str, set[str]] | None
+) -> VideoSet:
+    empties = [
+        None if empty_lists is None else np.array([s in empty_lists.get(v.name, set()) for s in v.stems], bool)
+        for v in videos
+    ]
+    return VideoSet(
+        name=name,
+        image_dir=dirs[0],
+        mask_dir=dirs[1],
+        frame_interval=max(1, int(cfg.get("frame_interval", 1))),
+        multiplier=int(cfg.get("multiplier", 1)),
+        videos=[v.name for v in videos],
+        jpgs=[v.jpgs for v in videos],
+        pngs=[v.pngs for v in videos],
+        empty=empties,
+    )
+
+
+def scan_video_dataset(
+    name: str,
+    cfg: Mapping,
+    data_root: str,
+    seq_length: int,
+    read_files: bool = True,
+    cache_root: str | None = None,
+) -> tuple[VideoSet | None, DatasetReport]:
+    """Index one video dataset (DAVIS layout: image_directory/<video>/*.jpg, mask_directory/<video>/*.png).
+
+    read_files=False skips the file check (structure only); cache_root holds the file check's cache."""
+    image_dir = resolve(data_root, cfg["image_directory"])
+    mask_dir = resolve(data_root, cfg["mask_directory"])
+    rep = DatasetReport(name=name, kind="video", path=image_dir, found=os.path.isdir(image_dir))
+    key = f"data.vos_datasets.{name}"
+    names = _video_folders(rep, image_dir, mask_dir, cfg, data_root, key)
+    if names is None:
+        return None, rep
+    empty_lists = _empty_lists(rep, name, cfg.get("empty_masks"), f"{key}.empty_masks")
+    rep.issues += _conversion_problems(image_dir, names)
+    videos = _videos_long_enough(rep, image_dir, mask_dir, names, seq_length)
+    if read_files:
+        videos = _sound_videos(rep, videos, cache_root, f"video|{image_dir}|{mask_dir}")
+    rep.videos = len(videos)
+    if not videos and not rep.issues:
+        fix = f"check the path; videos need >= {seq_length} paired frames"
+        rep.issues.append(problem("unusable", image_dir, f"no usable video in {image_dir}", fix))
+    return _video_set(name, cfg, (image_dir, mask_dir), videos, empty_lists), rep
+
+
+# ----------------------------------------------------------------------------------------------- static sets
+
+
+def _static_folders(rep: DatasetReport, directory: str, structure: int, key: str) -> list[str] | None:
+    if not rep.found:
+        fix = f"link the dataset under data_root or set {key}.directory"
+        rep.issues.append(problem("missing", directory, f"directory {directory} does not exist", fix))
+        return None
+    if structure not in (0, 1):
+        detail = f"{key}.data_structure must be 0 (class/N.jpg) or 1 (flat NAME.jpg), not {structure}"
+        rep.issues.append(problem("config", directory, detail, f"set {key}.data_structure"))
+        return None
+    if structure == 1:
+        return [directory]
+    subdirs = (os.path.join(directory, d) for d in os.listdir(directory))
+    return sorted(d for d in subdirs if os.path.isdir(d))
+
+
+def _static_pairs(rep: DatasetReport, folders: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for folder in folders:
+        names = os.listdir(folder)
+        images = _split_by_ext(names, IMAGE_EXTS)
+        masks = _split_by_ext(names, (MASK_EXT,))
+        rep.frames += len(images)
+        rep.masks += len(masks)
+        for stem in sorted(images):
+            jp = os.path.join(folder, images[stem])
+            if stem in masks:
+                pairs.append((jp, os.path.join(folder, masks[stem])))
+            else:
+                rep.issues.append(problem("lonely_image", jp))
+    return pairs
+
+
+def _pair_problems(jp: str, pp: str, results: Mapping[str, FileResult]) -> list[Problem]:
+    """A static pair: both files sound and of one size (any mask mode: it is thresholded to 0/1)."""
+    ji, pi = results[jp], results[pp]
+    out = [_file_problem(p, r) for p, r in ((jp, ji), (pp, pi)) if isinstance(r, FileError)]
+    if isinstance(ji, FileInfo) and isinstance(pi, FileInfo) and ji.size != pi.size:
+        out.append(
+            problem("size_mismatch", pp, f"mask {_wh(pi.size)}, its image {os.path.basename(jp)} is {_wh(ji.size)}")
+        )
+    return out
+
+
+def _sound_pairs(
+    rep: DatasetReport, pairs: list[tuple[str, str]], cache_root: str | None, key: str
+) -> list[tuple[str, str]]:
+    results = _check(rep, [t for jp, pp in pairs for t in ((jp, "jpeg"), (pp, "png"))], cache_root, key)
+    sound = []
+    for jp, pp in pairs:
+        found = _pair_problems(jp, pp, results)
+        rep.issues += found
+        if not found:
+            sound.append((jp, pp))
+    return sound
+
+
+def scan_static_dataset(
+    name: str, cfg: Mapping, data_root: str, read_files: bool = True, cache_root: str | None = None
+) -> tuple[StaticSet | None, DatasetReport]:
+    """Index one static dataset: data_structure 0 = class/N.jpg + N.png (FSS), 1 = flat NAME.jpg + NAME.png."""
+    directory = resolve(data_root, cfg["directory"])
+    structure = int(cfg.get("data_structure", 1))
+    rep = DatasetReport(name=name, kind="static", path=directory, found=os.path.isdir(directory))
+    key = f"data.image_datasets.{name}"
+    folders = _static_folders(rep, directory, structure, key)
+    if folders is None:
+        return None, rep
+    pairs = _static_pairs(rep, folders)
+    if read_files:
+        pairs = _sound_pairs(rep, pairs, cache_root, f"static|{directory}")
+    if not pairs and not rep.issues:
+        expected = "class/N.jpg + class/N.png" if structure == 0 else "NAME.jpg + NAME.png"
+        rep.issues.append(
+            problem("unusable", directory, f"no image/mask pair in {directory}", f"check the path; expected {expected}")
+        )
+    return StaticSet(name, directory, int(cfg.get("multiplier", 1)), pairs), rep
