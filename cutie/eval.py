@@ -17,13 +17,19 @@ from cutie.utils.paths import PathEscapeError
 
 # Problems with what the user handed over; ValueError covers unreadable or inconsistent masks and frames
 # (their messages name the file).
-_INPUT_ERRORS = (ConfigError, WeightsError, PathEscapeError, OSError, ValueError)
+_INPUT_ERRORS = {
+    ConfigError: "configuration error",
+    WeightsError: "weights error",
+    PathEscapeError: "path error",
+    OSError: "file error",
+    ValueError: "data error",
+}
 
 
 @hydra.main(version_base="1.3", config_path="config", config_name="eval_config")
 def main(cfg: DictConfig) -> None:
     # The config is parsed once, here; everything below takes the typed EvalConfig.
-    run_reporting_errors(lambda: run_evaluation(parse_eval_config(cfg)), _INPUT_ERRORS, label="evaluation error")
+    run_reporting_errors(lambda: run_evaluation(parse_eval_config(cfg)), _INPUT_ERRORS)
 
 
 if __name__ == "__main__":

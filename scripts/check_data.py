@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from cutie.dataprep.check import check
-from cutie.dataprep.config import compose_train_config
+from cutie.dataprep.config import load_train_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: expected Hydra overrides key=value, got {' '.join(bad)} (e.g. data=tiny)", file=sys.stderr)
         return 2
-    result = check(compose_train_config(args))
+    result = check(load_train_config(args))
     print(result.render())
     return 0 if result.ok else 1
 

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cutie.dataprep.config import REPO_ROOT, compose_train_config, needed_datasets
+from cutie.dataprep.config import REPO_ROOT, load_train_config, needed_datasets
 from cutie.dataprep.links import TOP_LEVEL, make_links, presence
 
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             note = f" ({r.reason})" if r.reason else ""
             print(f"{r.action:9s} {r.link} -> {r.target}{note}")
 
-    cfg = compose_train_config([f"data={args.data}"])
+    cfg = load_train_config([f"data={args.data}"])
     report = presence(needed_datasets(cfg), args.links_dir)
     print(f"\ndata={args.data} needs {len(report)} datasets under {args.links_dir}:")
     for p in report:

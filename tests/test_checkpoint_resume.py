@@ -192,11 +192,18 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tiny_data, fini
 def test_too_many_bad_samples_mid_run_save_a_checkpoint_and_exit_4(tiny_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
+    # The start-up check reads every frame, so the damage must come after it: a first check fills the cache,
+    # then files rot in place (same size, same mtime: the cache still vouches for them), as on a failing disk.
+    check = [sys.executable, str(Path(TRAIN).parents[1] / "scripts" / "check_data.py"), "data=tiny",
+             f"data_root={data}", f"cache_root={tmp_path / 'cache'}", "pre_training.enabled=False"]  # fmt: skip
+    assert subprocess.run(check, capture_output=True, text=True, timeout=600).returncode == 0
     annotations = [data / "DAVIS/2017/trainval/Annotations/480p", data / "YouTube/train/Annotations"]
     for folder in annotations + [data / "MOSE/train/Annotations"]:
         for video in sorted(folder.iterdir())[::2]:  # half of the videos: frame 0 readable, the rest garbage
             for png in sorted(video.glob("*.png"))[1:]:
-                png.write_bytes(b"not a png")
+                st = png.stat()
+                png.write_bytes(b"not a png".ljust(st.st_size, b"\0")[: st.st_size])
+                os.utime(png, ns=(st.st_atime_ns, st.st_mtime_ns))
     args = _common(data, tmp_path, "bad") + [
         "pre_training.enabled=False",
         "main_training.num_iterations=30",

@@ -7,16 +7,12 @@ import math
 import pytest
 import torch
 
-from cutie.model.losses import LossComputer, one_hot_labels, point_ce, point_dice
+from cutie.model.losses import LossComputer, LossSettings, one_hot_labels, point_ce, point_dice
 from cutie.model.point_sampling import point_uncertainty, sample_at, uncertain_point_coords
 
-STAGE = {
-    "point_supervision": True,
-    "train_num_points": 256,
-    "oversample_ratio": 3.0,
-    "importance_sample_ratio": 0.75,
-}
-MODEL = {"aux_loss": {"sensory": {"enabled": True, "weight": 0.01}, "query": {"enabled": True, "weight": 0.01}}}
+SETTINGS = LossSettings(
+    num_points=256, oversample_ratio=3.0, importance_sample_ratio=0.75, sensory_weight=0.01, query_weight=0.01
+)
 
 
 def make_batch(cls_gt: torch.Tensor, num_objects: list[int], max_objects: int) -> dict:
@@ -113,7 +109,7 @@ def test_compute_keys_and_consistent_total() -> None:
     cls_gt = labels_with_two_objects(t=4)
     batch = make_batch(cls_gt, [2, 2], 2)
     out = outputs_from_logits([torch.randn(2, 3, 32, 32) for _ in range(3)])
-    losses = LossComputer(STAGE, MODEL).compute(batch, out)
+    losses = LossComputer(SETTINGS).compute(batch, out)
     expected_aux = {"aux_sensory_ce", "aux_sensory_dice"} | {
         f"aux_query_{k}_l{lv}" for k in ("ce", "dice") for lv in range(4)
     }
@@ -133,7 +129,7 @@ def test_perfect_prediction_scores_near_zero_and_wrong_one_high() -> None:
     onehot = one_hot_labels(cls_gt[:, 1:].flatten(0, 1), 2).view(2, 2, 3, 32, 32)  # B*F*(O+1)*H*W
     perfect = [40.0 * onehot[:, f] for f in range(2)]
     wrong = [40.0 * onehot[:, f].roll(1, dims=1) for f in range(2)]  # every pixel gets another class
-    computer = LossComputer(STAGE, MODEL)
+    computer = LossComputer(SETTINGS)
     torch.manual_seed(1)
     good = computer.compute(batch, outputs_from_logits(perfect))
     torch.manual_seed(1)
@@ -155,7 +151,7 @@ def test_objects_beyond_num_objects_do_not_contribute() -> None:
     changed = [lg.clone() for lg in base]
     for lg in changed:
         lg[1, 2] = 100.0 * torch.randn(32, 32)  # garbage in the padded channel
-    computer = LossComputer(STAGE, MODEL)
+    computer = LossComputer(SETTINGS)
     results = []
     for logits in (base, changed):
         logits = [lg.requires_grad_() for lg in logits]
@@ -178,7 +174,7 @@ def test_gradient_flows_to_main_and_aux_outputs() -> None:
     sens = torch.randn(2, 3, 8, 8, requires_grad=True)
     out = outputs_from_logits(logits)
     out["aux_1"]["sensory_logits"] = sens
-    LossComputer(STAGE, MODEL).compute(batch, out)["total_loss"].backward()
+    LossComputer(SETTINGS).compute(batch, out)["total_loss"].backward()
     assert all(lg.grad is not None and lg.grad.abs().sum() > 0 for lg in logits)
     assert sens.grad is not None and sens.grad.abs().sum() > 0
 
@@ -189,7 +185,7 @@ def test_without_aux_outputs_and_with_list_counts() -> None:
     batch = make_batch(cls_gt, [2, 2], 2)
     batch["num_objects"] = [2, 2]
     out = {"logits_1": torch.randn(2, 3, 32, 32), "masks_1": torch.rand(2, 2, 32, 32), "aux_1": {}}
-    losses = LossComputer(STAGE, MODEL).compute(batch, out)
+    losses = LossComputer(SETTINGS).compute(batch, out)
     assert set(losses) == {"total_loss", "loss_ce", "loss_dice", "ce/t1", "dice/t1"}
     assert losses["total_loss"].item() == pytest.approx((losses["loss_ce"] + losses["loss_dice"]).item())
 
@@ -198,7 +194,7 @@ def test_same_seed_same_loss_and_float32_under_autocast() -> None:
     cls_gt = labels_with_two_objects(t=3)
     batch = make_batch(cls_gt, [2, 2], 2)
     logits = [torch.randn(2, 3, 32, 32) for _ in range(2)]
-    computer = LossComputer(STAGE, MODEL)
+    computer = LossComputer(SETTINGS)
     torch.manual_seed(9)
     first = computer.compute(batch, outputs_from_logits(logits))["total_loss"]
     torch.manual_seed(9)
@@ -210,11 +206,19 @@ def test_same_seed_same_loss_and_float32_under_autocast() -> None:
     assert computer.compute(batch, outputs_from_logits(logits))["total_loss"].item() == first.item()
 
 
-def test_missing_config_option_is_named() -> None:
-    with pytest.raises(KeyError, match="aux_loss.query"):
-        LossComputer(STAGE, {"aux_loss": {"sensory": {"weight": 0.01}}})
-    with pytest.raises(KeyError, match="train_num_points"):
-        LossComputer({"point_supervision": True}, MODEL)
+def test_settings_come_from_the_typed_stage_and_model(repo_root) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from cutie.config.train import ConfigError, parse_train_config
+
+    with initialize_config_dir(config_dir=str(repo_root / "cutie" / "config"), version_base="1.3"):
+        cfg = parse_train_config(compose("train_config", overrides=["model.aux_loss.query.weight=0.5"]))
+        off = parse_train_config(compose("train_config", overrides=["main_training.point_supervision=false"]))
+    settings = LossSettings.of(cfg.main_training, cfg.model)
+    assert (settings.num_points, settings.sensory_weight, settings.query_weight) == (12544, 0.01, 0.5)
+    assert LossSettings.of(cfg.pre_training, cfg.model).num_points == 8192
+    with pytest.raises(ConfigError, match="main_training.point_supervision"):
+        LossSettings.of(off.main_training, off.model)
 
 
 @pytest.mark.parametrize(
@@ -224,7 +228,7 @@ def test_on_reference_fixture_outputs(reference_dir, name: str) -> None:
     """The official network's recorded outputs have the layout the loss expects (batch/output contract)."""
     fixture = torch.load(reference_dir / name, weights_only=False)  # shared reference data, not user input
     torch.manual_seed(0)
-    losses = LossComputer(STAGE, MODEL).compute(fixture["inputs"], fixture["outputs"])
+    losses = LossComputer(SETTINGS).compute(fixture["inputs"], fixture["outputs"])
     levels = fixture["outputs"]["aux_1"]["q_logits"].shape[2]
     frames = fixture["inputs"]["rgb"].shape[1]
     assert {f"aux_query_dice_l{lv}" for lv in range(levels)} <= set(losses)

@@ -6,9 +6,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from cutie.config.train import parse_train_config
 from cutie.data.loader import build_train_loader
 from cutie.model import build_network
-from cutie.model.losses import LossComputer
+from cutie.model.losses import LossComputer, LossSettings
 from cutie.training.clip_model import ClipModel
 from cutie.training.optim import build_optimizer
 from cutie.training.plan import plan_stage
@@ -37,18 +38,20 @@ def _mean_iou(batch: dict, output: dict) -> float:
 def test_overfits_one_tiny_clip(tiny_data, repo_root):
     torch.manual_seed(0)
     with initialize_config_dir(config_dir=str(repo_root / "cutie" / "config"), version_base="1.3"):
-        cfg = compose(
-            "train_config",
-            overrides=[
-                "data=tiny",
-                "model=small",
-                "main_training.seq_length=3",
-                "main_training.crop_size=[48,48]",
-                "main_training.batch_size=1",
-                "main_training.learning_rate=1e-3",
-                "main_training.num_ref_frames=2",
-                "main_training.train_num_points=2048",
-            ],
+        cfg = parse_train_config(
+            compose(
+                "train_config",
+                overrides=[
+                    "data=tiny",
+                    "model=small",
+                    "main_training.seq_length=3",
+                    "main_training.crop_size=[48,48]",
+                    "main_training.batch_size=1",
+                    "main_training.learning_rate=1e-3",
+                    "main_training.num_ref_frames=2",
+                    "main_training.train_num_points=2048",
+                ],
+            )
         )
     stage_cfg = cfg.main_training
     loader = build_train_loader(
@@ -72,7 +75,7 @@ def test_overfits_one_tiny_clip(tiny_data, repo_root):
     plan = plan_stage(cfg, "main_training", world_size=1, device=torch.device("cpu"))
     net = build_network(cfg.model, single_object=False)
     model = ClipModel(net, num_ref_frames=2, deep_update_prob=0.0)
-    loss = LossComputer(stage_cfg, cfg.model)
+    loss = LossComputer(LossSettings.of(stage_cfg, cfg.model))
     opt = build_optimizer(net, stage_cfg, plan.adam_eps)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     history = []

@@ -224,6 +224,8 @@ class TrainConfig:
     main_training: StageConfig
     data: DataConfig
     model: ModelSpec
+    # The resolved configuration in the YAML layout users write (config.yaml, checkpoints, resume comparisons).
+    resolved_yaml: str = dataclasses.field(default="", repr=False, compare=False)
 
     def stage(self, name: str) -> StageConfig:
         if name not in STAGES:
@@ -287,6 +289,7 @@ def parse_train_config(cfg: DictConfig | Mapping[str, Any]) -> TrainConfig:
         main_training=_parse_stage("main_training", rest["main_training"]),
         data=parse(DataConfig, _crop_lists_to_pairs(rest["data"]), "data"),
         model=ModelSpec.from_config(rest["model"]),
+        resolved_yaml=OmegaConf.to_yaml(OmegaConf.create(plain)),
     )
     return cfg_obj
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cutie.config.train import STAGES, DataConfig, to_dict
 from cutie.data.scan import (
     DatasetReport,
     DataValidationError,
@@ -86,6 +87,12 @@ def _raise_if_problems(reports: list[DatasetReport], what: str) -> None:
     raise DataValidationError("\n".join(lines))
 
 
+def as_mapping(data_cfg: DataConfig | Mapping) -> Mapping:
+    """The data config as nested mappings (the typed DataConfig of the training config, or a plain mapping
+    as tests and tools write it)."""
+    return to_dict(data_cfg) if isinstance(data_cfg, DataConfig) else data_cfg
+
+
 def _names(data_cfg: Mapping, stage: str) -> list[str]:
     names = list(data_cfg[stage]["datasets"])
     if not names:
@@ -104,9 +111,14 @@ def _lookup(data_cfg: Mapping, group: str, name: str) -> Mapping:
 
 
 def build_video_index(
-    data_cfg: Mapping, data_root: str, seq_length: int, cache_root: str | None = None, read_files: bool = True
+    data_cfg: DataConfig | Mapping,
+    data_root: str,
+    seq_length: int,
+    cache_root: str | None = None,
+    read_files: bool = True,
 ) -> VideoIndex:
     """The main-training index over data_cfg.main_training.datasets; raises DataValidationError."""
+    data_cfg = as_mapping(data_cfg)
     sets, reports = [], []
     for name in _names(data_cfg, "main_training"):
         cfg = _lookup(data_cfg, "vos_datasets", name)
@@ -134,9 +146,10 @@ def build_video_index(
 
 
 def build_static_index(
-    data_cfg: Mapping, data_root: str, cache_root: str | None = None, read_files: bool = True
+    data_cfg: DataConfig | Mapping, data_root: str, cache_root: str | None = None, read_files: bool = True
 ) -> StaticIndex:
     """The pre-training index over data_cfg.pre_training.datasets; raises DataValidationError."""
+    data_cfg = as_mapping(data_cfg)
     sets, reports = [], []
     for name in _names(data_cfg, "pre_training"):
         cfg = _lookup(data_cfg, "image_datasets", name)
@@ -155,15 +168,16 @@ def build_static_index(
 
 
 def summarize(
-    data_cfg: Mapping,
+    data_cfg: DataConfig | Mapping,
     data_root: str,
     seq_length: int = 8,
-    stages: Iterable[str] = ("pre_training", "main_training"),
+    stages: Iterable[str] = STAGES,
     cache_root: str | None = None,
 ) -> list[DatasetReport]:
     """One report per dataset used by the given stages (for scripts/check_data.py); never raises on data.
 
     Every frame's files are checked; cache_root (None: no cache) keeps the results of good files."""
+    data_cfg = as_mapping(data_cfg)
     reports = []
     for stage in stages:
         for name in data_cfg[stage]["datasets"]:
@@ -177,10 +191,10 @@ def summarize(
 
 
 def validate(
-    data_cfg: Mapping,
+    data_cfg: DataConfig | Mapping,
     data_root: str,
     seq_length: int = 8,
-    stages: Iterable[str] = ("pre_training", "main_training"),
+    stages: Iterable[str] = STAGES,
     cache_root: str | None = None,
 ) -> list[DatasetReport]:
     """Like summarize, but raises one DataValidationError listing every problem."""

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from dataclasses import dataclass, is_dataclass
 from typing import Any
 
 import cv2
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from cutie.config.train import STAGES, StageConfig, to_dict
 from cutie.data.index import build_static_index, build_video_index
 from cutie.data.masks import BadSampleError
 from cutie.data.recycle import RecycledArrays
@@ -44,7 +46,6 @@ from cutie.utils import host_memory
 
 log = logging.getLogger(__name__)
 
-STAGES = ("pre_training", "main_training")
 MIN_BAD_TO_RAISE = 10  # the bad-sample fraction is only enforced once this many samples failed (noise at start)
 
 
@@ -56,25 +57,49 @@ class TooManyBadSamplesError(RuntimeError):
 
 
 def _plain(data_cfg: Any, data_root: str, cache_root: str) -> dict:
-    """The data config as a plain dict, with ${cache_root}/${data_root}/${data.*} interpolations resolved."""
+    """The data config as a plain dict, with ${cache_root}/${data_root}/${data.*} interpolations resolved (a
+    typed DataConfig is already resolved)."""
+    if is_dataclass(data_cfg):
+        return to_dict(data_cfg)
     raw = OmegaConf.to_container(data_cfg, resolve=False) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
     root = OmegaConf.create({"cache_root": str(cache_root), "data_root": str(data_root), "data": raw})
     return OmegaConf.to_container(root.data, resolve=True)
 
 
-def _stage_value(stage_cfg: Any, key: str, default: Any = None) -> Any:
-    value = (
-        stage_cfg.get(key, default)
-        if isinstance(stage_cfg, Mapping) or OmegaConf.is_config(stage_cfg)
-        else (getattr(stage_cfg, key, default))
-    )
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+@dataclass(frozen=True)
+class ClipSettings:
+    """What the loader needs of a stage: the clip's shape and, in main training, merges and the max-skip
+    curriculum (the typed StageConfig of the training config, or a mapping with those keys, as tests write it)."""
 
+    seq_length: int
+    num_objects: int
+    crop_size: tuple[int, int]  # H, W
+    merge_probability: float = 0.0
+    max_skip_schedule: tuple[int, ...] = (5,)
+    max_skip_schedule_fraction: tuple[float, ...] = (0.0,)
 
-def _crop_hw(stage_cfg: Any) -> tuple[int, int]:
-    """The stage's crop_size as (H, W) (a single number means a square)."""
-    crop = _stage_value(stage_cfg, "crop_size")
-    return (int(crop[0]), int(crop[1])) if isinstance(crop, list | tuple) else (int(crop), int(crop))
+    @classmethod
+    def of(cls, stage_cfg: Any) -> ClipSettings:
+        if isinstance(stage_cfg, StageConfig | ClipSettings):
+            return cls(
+                seq_length=stage_cfg.seq_length,
+                num_objects=stage_cfg.num_objects,
+                crop_size=stage_cfg.crop_size,
+                merge_probability=stage_cfg.merge_probability,
+                max_skip_schedule=stage_cfg.max_skip_schedule,
+                max_skip_schedule_fraction=stage_cfg.max_skip_schedule_fraction,
+            )
+        plain = OmegaConf.to_container(stage_cfg, resolve=True) if OmegaConf.is_config(stage_cfg) else stage_cfg
+        crop = plain["crop_size"]
+        crop_hw = (int(crop[0]), int(crop[1])) if isinstance(crop, list | tuple) else (int(crop), int(crop))
+        return cls(
+            seq_length=int(plain["seq_length"]),
+            num_objects=int(plain["num_objects"]),
+            crop_size=crop_hw,
+            merge_probability=float(plain.get("merge_probability", 0.0)),
+            max_skip_schedule=tuple(int(v) for v in plain.get("max_skip_schedule", [5])),
+            max_skip_schedule_fraction=tuple(float(v) for v in plain.get("max_skip_schedule_fraction", [0.0])),
+        )
 
 
 def make_recipe_source(
@@ -94,9 +119,8 @@ def make_recipe_source(
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
     data = _plain(data_cfg, data_root, cache_root)
-    seq_length = int(_stage_value(stage_cfg, "seq_length"))
-    num_objects = int(_stage_value(stage_cfg, "num_objects"))
-    crop_hw = _crop_hw(stage_cfg)
+    clip = ClipSettings.of(stage_cfg)
+    seq_length, num_objects, crop_hw = clip.seq_length, clip.num_objects, clip.crop_size
     common = dict(seed=seed, global_batch=batch_size * world_size, total_iterations=total_iterations)
     if stage == "pre_training":
         # Structure only: the start-up check (index.validate) read every file; the samplers re-check sizes.
@@ -108,13 +132,13 @@ def make_recipe_source(
         seq_length,
         num_objects,
         crop_hw,
-        float(_stage_value(stage_cfg, "merge_probability", 0.0)),
+        clip.merge_probability,
     )
     return RecipeSource(
         sampler,
         stream=STREAM_MAIN,
-        max_skip_schedule=_stage_value(stage_cfg, "max_skip_schedule", [5]),
-        max_skip_fractions=_stage_value(stage_cfg, "max_skip_schedule_fraction", [0.0]),
+        max_skip_schedule=list(clip.max_skip_schedule),
+        max_skip_fractions=list(clip.max_skip_schedule_fraction),
         **common,
     )
 
@@ -335,8 +359,8 @@ def shared_memory_needed(stage_cfg: Any, *, backend: str, batch_size: int, num_w
     """Bytes of /dev/shm one rank's loader of a stage takes (torch backend with workers; 0 otherwise)."""
     if backend != "torch" or num_workers <= 0:
         return 0
-    seq_length = int(_stage_value(stage_cfg, "seq_length"))
-    return slot_pool_bytes(num_workers, PREFETCH_FACTOR, batch_size, seq_length, _crop_hw(stage_cfg))
+    clip = ClipSettings.of(stage_cfg)
+    return slot_pool_bytes(num_workers, PREFETCH_FACTOR, batch_size, clip.seq_length, clip.crop_size)
 
 
 def build_train_loader(
@@ -372,7 +396,7 @@ def build_train_loader(
         total_iterations=total_iterations,
     )
     kw = dict(
-        num_objects=int(_stage_value(stage_cfg, "num_objects")),
+        num_objects=ClipSettings.of(stage_cfg).num_objects,
         batch_size=batch_size,
         rank=rank,
         world_size=world_size,

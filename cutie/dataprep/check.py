@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig
-
+from cutie.config.train import TrainConfig
 from cutie.data.index import DatasetReport, format_table, summarize
 from cutie.data.scan import render_each
 from cutie.dataprep.config import resolve_path
@@ -49,12 +48,12 @@ class CheckResult:
         return "\n\n".join(parts)
 
 
-def check(cfg: DictConfig) -> CheckResult:
-    """Validate the datasets of the enabled stages of a composed train_config."""
-    data_root = resolve_path(cfg.data_root)
-    stages = [s for s in ("pre_training", "main_training") if cfg[s].enabled]
-    cache_root = str(resolve_path(cfg.cache_root))
-    reports = summarize(cfg.data, str(data_root), int(cfg.main_training.seq_length), stages, cache_root)
+def check(cfg: TrainConfig) -> CheckResult:
+    """Validate the datasets of the enabled stages of the training config."""
+    data_root = resolve_path(cfg.run.data_root)
+    stages = cfg.enabled_stages
+    cache_root = str(resolve_path(cfg.run.cache_root))
+    reports = summarize(cfg.data, str(data_root), cfg.main_training.seq_length, stages, cache_root)
     result = CheckResult(reports)
     result.notes += [f"{r.name}: {n}" for r in reports for n in r.notes]
     for r in reports:
@@ -64,16 +63,15 @@ def check(cfg: DictConfig) -> CheckResult:
             result.hints.append(f"{r.name}: {FIXES.get(top, f'put the dataset at {r.path}')}")
     if "main_training" in stages:
         for name in cfg.data.main_training.datasets:
-            path = cfg.data.vos_datasets[name].get("empty_masks")
+            path = cfg.data.vos_datasets[name].empty_masks
             if path and not resolve_path(path).is_file():
                 result.notes.append(
                     f"{name}: no empty-mask list at {resolve_path(path)} (optional; "
                     f"scripts/find_empty_masks.py writes it)"
                 )
-        val = cfg.data.get("val_dataset")
-        if val and not (data_root / str(val.image_directory)).is_dir():
+        val = cfg.data.val_dataset
+        if val is not None and not (data_root / val.image_directory).is_dir():
             result.notes.append(
-                f"validation set {val.name}: {data_root / str(val.image_directory)} is absent; training skips "
-                f"validation"
+                f"validation set {val.name}: {data_root / val.image_directory} is absent; training skips validation"
             )
     return result

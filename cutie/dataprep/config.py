@@ -14,6 +14,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from cutie.config.train import TrainConfig, parse_train_config
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 REPO_ROOT = CONFIG_DIR.parents[1]
 
@@ -22,6 +24,11 @@ def compose_train_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The composed train_config with `overrides` (e.g. ["data=tiny", "data_root=/tmp/tiny"]) applied."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name="train_config", overrides=list(overrides))
+
+
+def load_train_config(overrides: Sequence[str] = ()) -> TrainConfig:
+    """The composed train_config with `overrides`, parsed into the typed TrainConfig (as cutie/train.py does)."""
+    return parse_train_config(compose_train_config(overrides))
 
 
 def resolve_path(path: str | os.PathLike, base: Path | None = None) -> Path:
@@ -39,22 +46,22 @@ class DatasetPaths:
     paths: dict[str, str]  # role (directory, image_directory, mask_directory, subset) -> relative path
 
 
-def needed_datasets(cfg: DictConfig) -> list[DatasetPaths]:
-    """Every dataset the composed config's stages use (plus the validation set), with the paths they need."""
+def needed_datasets(cfg: TrainConfig) -> list[DatasetPaths]:
+    """Every dataset the config's stages use (plus the validation set), with the paths they need."""
     data = cfg.data
     out: list[DatasetPaths] = []
     for name in data.pre_training.datasets:
-        out.append(DatasetPaths(name, "pre_training", {"directory": str(data.image_datasets[name].directory)}))
+        out.append(DatasetPaths(name, "pre_training", {"directory": data.image_datasets[name].directory}))
     for name in data.main_training.datasets:
         d = data.vos_datasets[name]
-        paths = {"image_directory": str(d.image_directory), "mask_directory": str(d.mask_directory)}
-        if d.get("subset"):
-            paths["subset"] = str(d.subset)
+        paths = {"image_directory": d.image_directory, "mask_directory": d.mask_directory}
+        if d.subset:
+            paths["subset"] = d.subset
         out.append(DatasetPaths(name, "main_training", paths))
-    val = data.get("val_dataset")
-    if val:
-        paths = {"image_directory": str(val.image_directory), "mask_directory": str(val.mask_directory)}
-        if val.get("subset"):
-            paths["subset"] = str(val.subset)
-        out.append(DatasetPaths(str(val.name), "validation", paths))
+    val = data.val_dataset
+    if val is not None:
+        paths = {"image_directory": val.image_directory, "mask_directory": val.mask_directory}
+        if val.subset:
+            paths["subset"] = val.subset
+        out.append(DatasetPaths(val.name, "validation", paths))
     return out

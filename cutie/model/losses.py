@@ -14,23 +14,40 @@ objects beyond num_objects[b] contribute nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from cutie.config.model import ModelSpec
+from cutie.config.train import StageConfig
+from cutie.config.typed import ConfigError
 from cutie.model.point_sampling import sample_at, uncertain_point_coords
 
 
-def _cfg_get(cfg: Any, *path: str) -> Any:
-    """cfg[path[0]][path[1]]... for a dict or an OmegaConf node, with an error naming the missing option."""
-    node = cfg
-    for i, key in enumerate(path):
-        try:
-            node = node[key]
-        except (KeyError, TypeError, AttributeError) as e:
-            raise KeyError(f"config option {'.'.join(path[: i + 1])} is missing (needed by LossComputer)") from e
-    return node
+@dataclass(frozen=True)
+class LossSettings:
+    num_points: int  # points sampled per frame (train_num_points)
+    oversample_ratio: float
+    importance_sample_ratio: float
+    sensory_weight: float  # aux_loss.sensory.weight
+    query_weight: float  # aux_loss.query.weight
+
+    @classmethod
+    def of(cls, stage: StageConfig, model: ModelSpec) -> LossSettings:
+        """The loss settings of a stage of the typed training configuration."""
+        if not stage.point_supervision:
+            raise ConfigError(
+                f"`{stage.name}.point_supervision`: false is not supported (Cutie trains with point supervision)"
+            )
+        return cls(
+            num_points=stage.train_num_points,
+            oversample_ratio=stage.oversample_ratio,
+            importance_sample_ratio=stage.importance_sample_ratio,
+            sensory_weight=model.sensory_aux_weight,
+            query_weight=model.query_aux_weight,
+        )
 
 
 def one_hot_labels(cls_gt: torch.Tensor, num_objects: int) -> torch.Tensor:
@@ -68,14 +85,12 @@ class LossComputer:
     them). total_loss = loss_ce + loss_dice + every aux term.
     """
 
-    def __init__(self, stage_cfg: Any, model_cfg: Any) -> None:
-        if not _cfg_get(stage_cfg, "point_supervision"):
-            raise ValueError("point_supervision: false is not supported (Cutie trains with point supervision)")
-        self.num_points = int(_cfg_get(stage_cfg, "train_num_points"))
-        self.oversample_ratio = float(_cfg_get(stage_cfg, "oversample_ratio"))
-        self.importance_sample_ratio = float(_cfg_get(stage_cfg, "importance_sample_ratio"))
-        self.sensory_weight = float(_cfg_get(model_cfg, "aux_loss", "sensory", "weight"))
-        self.query_weight = float(_cfg_get(model_cfg, "aux_loss", "query", "weight"))
+    def __init__(self, settings: LossSettings) -> None:
+        self.num_points = settings.num_points
+        self.oversample_ratio = settings.oversample_ratio
+        self.importance_sample_ratio = settings.importance_sample_ratio
+        self.sensory_weight = settings.sensory_weight
+        self.query_weight = settings.query_weight
 
     def point_losses(self, logits: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """logits: F*C*h*w (any resolution), gt: F*C*H*W one-hot. Returns per-frame (ce, dice), each F."""

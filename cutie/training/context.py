@@ -7,16 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
+from cutie.config.train import StageConfig, TrainConfig
 from cutie.training.plan import StagePlan
 from cutie.utils.dist import DistState
 
 
 @dataclass
 class StageContext:
-    cfg: DictConfig
+    cfg: TrainConfig
     plan: StagePlan
     dist: DistState
     device: torch.device
@@ -42,5 +42,5 @@ class StageContext:
         return self.plan.stage
 
     @property
-    def stage_cfg(self) -> DictConfig:
-        return self.cfg[self.plan.stage]
+    def stage_cfg(self) -> StageConfig:
+        return self.cfg.stage(self.plan.stage)

@@ -33,13 +33,27 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def run_stage(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
-    """Runs `ctx.plan.num_iterations - ctx.iteration` steps; raises StopTraining on a stop request."""
-    for h in hooks:
-        h.before_stage(ctx)
+    """Runs `ctx.plan.num_iterations - ctx.iteration` steps; raises StopTraining on a stop request. Every hook's
+    `close` runs whatever happens; `after_stage` only when the stage completed."""
+    try:
+        for h in hooks:
+            h.before_stage(ctx)
+        _steps(ctx, hooks, loss_fn, signals)
+        for h in hooks:
+            h.after_stage(ctx)
+    finally:
+        for h in hooks:
+            try:
+                h.close(ctx)
+            except Exception as e:  # noqa: BLE001 (a failing close must not hide the error that ended the stage)
+                ctx.log.warning(f"{type(h).__name__}.close failed: {e}")
+
+
+def _steps(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
     distributed = ctx.dist.distributed
     with preserved_rng():  # starting the loader (worker seeds) must not move the training stream either
         batches = ctx.loader.iterate(ctx.iteration)
-    clip = float(ctx.stage_cfg.clip_grad_norm)
+    clip = ctx.stage_cfg.clip_grad_norm
     while ctx.iteration < ctx.plan.num_iterations:
         for h in hooks:
             h.before_step(ctx)
@@ -84,5 +98,3 @@ def run_stage(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
             h.after_step(ctx, result)
         if ctx.stop_requested:
             raise StopTraining(ctx.stop_reason or "stop requested")
-    for h in hooks:
-        h.after_stage(ctx)

@@ -5,20 +5,20 @@ from __future__ import annotations
 import bisect
 
 import torch
-from omegaconf import DictConfig
 
+from cutie.config.train import StageConfig
 from cutie.model.param_groups import param_groups
 
 
-def build_optimizer(net: torch.nn.Module, stage_cfg: DictConfig, adam_eps: float) -> torch.optim.AdamW:
+def build_optimizer(net: torch.nn.Module, stage_cfg: StageConfig, adam_eps: float) -> torch.optim.AdamW:
     groups = param_groups(
         net,
-        lr=float(stage_cfg.learning_rate),
-        weight_decay=float(stage_cfg.weight_decay),
-        embed_weight_decay=float(stage_cfg.embed_weight_decay),
-        backbone_lr_ratio=float(stage_cfg.backbone_lr_ratio),
+        lr=stage_cfg.learning_rate,
+        weight_decay=stage_cfg.weight_decay,
+        embed_weight_decay=stage_cfg.embed_weight_decay,
+        backbone_lr_ratio=stage_cfg.backbone_lr_ratio,
     )
-    return torch.optim.AdamW(groups, lr=float(stage_cfg.learning_rate), eps=adam_eps)
+    return torch.optim.AdamW(groups, lr=stage_cfg.learning_rate, eps=adam_eps)
 
 
 def lr_factor(iteration: int, schedule: str, steps: list[int], gamma: float) -> float:
@@ -28,8 +28,8 @@ def lr_factor(iteration: int, schedule: str, steps: list[int], gamma: float) -> 
     return gamma ** bisect.bisect_right(steps, iteration)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, stage_cfg: DictConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    schedule = str(stage_cfg.lr_schedule)
-    steps = [int(x) for x in (stage_cfg.get("lr_schedule_steps") or [])]
-    gamma = float(stage_cfg.get("lr_schedule_gamma", 0.1))
+def build_scheduler(optimizer: torch.optim.Optimizer, stage_cfg: StageConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    schedule = stage_cfg.lr_schedule
+    steps = list(stage_cfg.lr_schedule_steps)
+    gamma = stage_cfg.lr_schedule_gamma
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, schedule, steps, gamma))

@@ -1,26 +1,33 @@
 """Runs the enabled stages: pre-training, then main training with the weights handed over in memory.
 
-Everything that can be wrong with the configuration, the data or the checkpoint is checked before the first step
-and before anything is written. A relaunch of the same exp_id resumes from its newest checkpoint that verifies (or
-`checkpoint=PATH`), provided it continues the same run (cutie/training/resume.py); `config.yaml` is written only
-after those checks, so it always describes what runs.
+`run_training` is a fixed sequence; each step finishes before the next starts:
+1. plan: derive every stage's per-rank values (the config itself was parsed and checked in the entry point);
+2. check the inputs: the weights file, every frame of every stage's data, shared memory for the loaders;
+3. plan the resume: the newest checkpoint that verifies (or `checkpoint=PATH`), which must continue the same run
+   (cutie/training/resume.py), and `weights=` read and checked against the network;
+4. open the run directory: only now, after every check passed, `config.yaml` (what actually runs), `env.json`
+   and TensorBoard are written;
+5. train the stages, each with the hooks of `build_hooks` (saving a checkpoint before any stop).
 """
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 
+from cutie.config.train import STAGES, TrainConfig
 from cutie.data.index import validate as validate_data
 from cutie.data.loader import build_train_loader, shared_memory_needed
 from cutie.data.slots import SharedMemoryTooSmallError, check_shared_memory
 from cutie.data.source import remove_dead_segments
 from cutie.model import build_network
-from cutie.model.losses import LossComputer
+from cutie.model.losses import LossComputer, LossSettings
 from cutie.model.weights import (
     WeightsError,
     init_from_imagenet,
@@ -46,11 +53,20 @@ from cutie.training.hooks import (
 from cutie.training.logs import setup_logging
 from cutie.training.loop import BadDataStop, StopTraining, run_stage
 from cutie.training.optim import build_optimizer, build_scheduler
-from cutie.training.plan import STAGES, ConfigError, StagePlan, enabled_stages, plan_stage
+from cutie.training.plan import ConfigError, StagePlan, enabled_stages, plan_stage
 from cutie.training.resume import check_same_run
 from cutie.training.signals import StopSignals
 from cutie.utils import dist
 from cutie.utils.atomic import atomic_write_text, remove_stale_temps
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where the run starts: a verified checkpoint of the same run, and/or weights= (read and checked)."""
+
+    path: Path | None = None
+    checkpoint: dict | None = None
+    start_weights: dict | None = None
 
 
 class _StopAt(Hook):
@@ -64,24 +80,22 @@ class _StopAt(Hook):
             self.signals.request(f"stop_at_iteration={self.iteration} reached (simulated preemption)")
 
 
-def _loader_backend(cfg: DictConfig, device: torch.device) -> str:
-    backend = str(cfg.loader)
+def _loader_backend(cfg: TrainConfig, device: torch.device) -> str:
+    backend = cfg.runtime.loader
     if backend == "auto":
         return "dali" if device.type == "cuda" else "torch"
-    if backend not in ("dali", "torch"):
-        raise ConfigError(f"loader={backend!r}: choose auto, dali or torch")
     return backend
 
 
-def _check_shared_memory(cfg: DictConfig, stages: list[str], plans: dict, state, device: torch.device) -> None:
+def _check_shared_memory(cfg: TrainConfig, stages: list[str], plans: dict, state, device: torch.device) -> None:
     """The largest stage's loader slots, for every rank on this node, must fit in /dev/shm (checked now rather
     than when main training starts hours later)."""
     per_rank = max(
         shared_memory_needed(
-            cfg[s],
+            cfg.stage(s),
             backend=_loader_backend(cfg, device),
             batch_size=plans[s].per_rank_batch,
-            num_workers=int(cfg.num_workers),
+            num_workers=cfg.runtime.num_workers,
         )
         for s in stages
     )
@@ -91,39 +105,39 @@ def _check_shared_memory(cfg: DictConfig, stages: list[str], plans: dict, state,
         raise ConfigError(str(e)) from None
 
 
-def _find_resume(cfg: DictConfig, run_dir: Path, log) -> tuple[Path, dict] | None:
+def _find_resume(cfg: TrainConfig, run_dir: Path, log) -> tuple[Path, dict] | None:
     """checkpoint=PATH (verified, or an error naming it), else the newest verified checkpoint of the run."""
-    if cfg.checkpoint:
-        path = Path(str(cfg.checkpoint))
+    if cfg.run.checkpoint:
+        path = Path(cfg.run.checkpoint)
         return path, ckpt_io.load_checkpoint(path)
     return ckpt_io.find_resumable(run_dir, log)
 
 
-def _check_resume(cfg: DictConfig, path: Path, ckpt: dict, plans: dict, log) -> None:
+def _check_resume(cfg: TrainConfig, path: Path, ckpt: dict, plans: dict, log) -> None:
     """The relaunch must continue the checkpoint's run (same settings, same network); raises before any step."""
     stage, done = str(ckpt["stage"]), int(ckpt["iteration"])
     try:
-        old = OmegaConf.to_container(OmegaConf.create(str(ckpt["config"])), resolve=True)
+        old = yaml.safe_load(str(ckpt["config"]))
         old_total = int(old[stage]["num_iterations"])
     except Exception as e:
         raise CheckpointError(f"checkpoint {path}: its config cannot be read ({type(e).__name__}: {e})") from None
-    new = OmegaConf.to_container(cfg, resolve=True)
+    new = yaml.safe_load(cfg.resolved_yaml)
     plan = plans.get(stage)
     for line in check_same_run(old, new, ckpt, str(path), None if plan is None else plan.num_iterations):
         log.info(f"resume: allowed difference {line}")
     # Equal model settings should mean equal shapes; a file from elsewhere may still hold another network.
     with torch.device("meta"):
-        net = build_network(cfg.model, single_object=int(cfg[stage].num_objects) == 1)
+        net = build_network(cfg.model, single_object=cfg.stage(stage).num_objects == 1)
     problems = ckpt_io.weights_mismatch(net.state_dict(), ckpt["weights"])
     if problems:
         raise CheckpointError(
-            f"checkpoint {path} holds the weights of another network than model={cfg.model.get('name')} "
+            f"checkpoint {path} holds the weights of another network than model={cfg.model.name} "
             f"({'; '.join(problems)}); resume it with its own model setting, or start a new run (exp_id=<new id>)"
         )
     if plan is not None and plan.num_iterations != old_total:
         curriculum = ""
         if stage == "main_training":
-            fractions = [float(f) for f in cfg[stage].max_skip_schedule_fraction]
+            fractions = cfg.stage(stage).max_skip_schedule_fraction
             curriculum = (
                 "; the max-skip curriculum's switch points are fractions of the new total (iterations "
                 f"{[round(plan.num_iterations * f) for f in fractions]})"
@@ -132,25 +146,25 @@ def _check_resume(cfg: DictConfig, path: Path, ckpt: dict, plans: dict, log) -> 
             f"[{stage}] num_iterations {old_total} -> {plan.num_iterations} (checkpoint at {done}"
             f"{', stage complete' if ckpt.get('stage_complete') else ''}): training continues to "
             f"{plan.num_iterations}; lr_schedule_steps stay at absolute iterations "
-            f"{[int(x) for x in (cfg[stage].get('lr_schedule_steps') or [])]}{curriculum}"
+            f"{list(cfg.stage(stage).lr_schedule_steps)}{curriculum}"
         )
 
 
-def _read_start_weights(cfg: DictConfig, stages: list[str]) -> dict:
+def _read_start_weights(cfg: TrainConfig, stages: list[str]) -> dict:
     """weights=PATH, read safely and checked against the first stage's network now (not after writing)."""
-    weights = strip_wrapper_prefixes(read_weights_file(str(cfg.weights)))
+    weights = strip_wrapper_prefixes(read_weights_file(str(cfg.run.weights)))
     with torch.device("meta"):
-        target = build_network(cfg.model, single_object=int(cfg[stages[0]].num_objects) == 1).state_dict()
+        target = build_network(cfg.model, single_object=cfg.stage(stages[0]).num_objects == 1).state_dict()
     problems = ckpt_io.weights_mismatch(target, widen_single_to_multi(weights, target, init="zeros"))
     if problems:
         raise WeightsError(
-            f"weights={cfg.weights} do not fit model={cfg.model.get('name')} ({'; '.join(problems)}); "
+            f"weights={cfg.run.weights} do not fit model={cfg.model.name} ({'; '.join(problems)}); "
             "is the model=small|base choice the one they were trained with?"
         )
     return weights
 
 
-def _initial_weights(net, stage: str, cfg: DictConfig, previous: dict | None, resume: dict | None, start, log) -> None:
+def _initial_weights(net, stage: str, cfg: TrainConfig, previous: dict | None, resume: dict | None, start, log) -> None:
     """Same-stage resume > weights handed over from the previous stage > weights= > ImageNet > scratch."""
     if resume is not None and resume["stage"] == stage:
         load_weights(net, resume["weights"])
@@ -159,9 +173,9 @@ def _initial_weights(net, stage: str, cfg: DictConfig, previous: dict | None, re
         log.info(f"[{stage}] starting from the previous stage's weights")
     elif start is not None:
         load_weights(net, start)
-        log.info(f"[{stage}] starting from weights={cfg.weights}")
+        log.info(f"[{stage}] starting from weights={cfg.run.weights}")
     else:
-        init_from_imagenet(net, cfg.model.get("imagenet_dir"))
+        init_from_imagenet(net, cfg.model.imagenet_dir)
 
 
 def _clean_leftovers(run_dir: Path, state, log) -> None:
@@ -176,14 +190,27 @@ def _clean_leftovers(run_dir: Path, state, log) -> None:
             log.info(f"removed {len(segments)} shared-memory file(s) of dead processes: {segments[0]} ...")
 
 
-def _build_stage(cfg, plan: StagePlan, state, device, run_dir, log, writer, resume, previous, start, later_iterations):
+def _build_stage(
+    cfg: TrainConfig,
+    plan: StagePlan,
+    state: dist.DistState,
+    device: torch.device,
+    run_dir: Path,
+    log,
+    writer,
+    weights: tuple[dict | None, dict | None, dict | None],
+    later_iterations: int,
+) -> StageContext:
+    """Network, optimiser, schedule, scaler and loader of one stage. `weights`: (same-stage checkpoint, previous
+    stage's weights, weights=) in that order of precedence."""
     stage = plan.stage
-    stage_cfg = cfg[stage]
+    stage_cfg = cfg.stage(stage)
+    resume, previous, start = weights
     # The same seed at the start of each stage (offset by rank so ranks differ where they should).
-    ckpt_io.seed_everything(int(cfg.seed) + state.rank)
+    ckpt_io.seed_everything(cfg.run.seed + state.rank)
     net = build_network(cfg.model, single_object=plan.single_object).to(device)
     _initial_weights(net, stage, cfg, previous, resume, start, log)
-    model = ClipModel(net, int(stage_cfg.num_ref_frames), float(stage_cfg.deep_update_prob))
+    model: torch.nn.Module = ClipModel(net, stage_cfg.num_ref_frames, stage_cfg.deep_update_prob)
     if state.distributed:
         # Some parameters (e.g. the deep update) are unused in some iterations.
         model = DistributedDataParallel(
@@ -192,6 +219,9 @@ def _build_stage(cfg, plan: StagePlan, state, device, run_dir, log, writer, resu
             find_unused_parameters=True,
             broadcast_buffers=False,
         )
+    if cfg.runtime.compile:
+        model = torch.compile(model)  # compiled on the first step (its time shows in the first step's log line)
+        log.info(f"[{stage}] torch.compile: the clip forward is compiled on the first step")
     optimizer = build_optimizer(net, stage_cfg, plan.adam_eps)
     scheduler = build_scheduler(optimizer, stage_cfg)
     scaler = torch.amp.GradScaler(device.type, init_scale=8192.0, enabled=plan.use_grad_scaler)
@@ -199,19 +229,19 @@ def _build_stage(cfg, plan: StagePlan, state, device, run_dir, log, writer, resu
         cfg.data,
         stage_cfg,
         stage=stage,
-        data_root=str(cfg.data_root),
-        cache_root=str(cfg.cache_root),
-        seed=int(cfg.seed),
+        data_root=cfg.run.data_root,
+        cache_root=cfg.run.cache_root,
+        seed=cfg.run.seed,
         rank=state.rank,
         world_size=state.world_size,
         batch_size=plan.per_rank_batch,
-        num_workers=int(cfg.num_workers),
+        num_workers=cfg.runtime.num_workers,
         device=device,
         backend=_loader_backend(cfg, device),
         total_iterations=plan.num_iterations,
-        max_bad_fraction=float(cfg.max_bad_sample_fraction),
+        max_bad_fraction=cfg.runtime.max_bad_sample_fraction,
     )
-    ctx = StageContext(
+    return StageContext(
         cfg=cfg,
         plan=plan,
         dist=state,
@@ -227,37 +257,54 @@ def _build_stage(cfg, plan: StagePlan, state, device, run_dir, log, writer, resu
         writer=writer,
         later_stage_iterations=later_iterations,
     )
-    return ctx
 
 
-def run_training(cfg: DictConfig) -> None:
-    state, device = dist.init(str(cfg.device))
+def build_hooks(cfg: TrainConfig, signals: StopSignals) -> tuple[list[Hook], CheckpointHook]:
+    """The hooks of a stage, in the order they run (the order matters):
+    - `_StopAt` first: a simulated preemption is requested before the step, exactly like a signal;
+    - `CurriculumHook` moves max_skip before the step draws its batch;
+    - `NonFiniteHook` sees the step's losses before anything logs or saves them;
+    - `ProgressHook`, `ImageHook`, `ValidationHook` report;
+    - `CheckpointHook` last: it saves the state of every hook above after they have all seen the step, so a
+      resume restores them exactly.
+    Returns the hooks and the checkpoint hook (the stage saves through it on a bad-data stop)."""
+    hooks: list[Hook] = [
+        _StopAt(cfg.run.stop_at_iteration, signals),
+        CurriculumHook(),
+        NonFiniteHook(cfg.runtime.max_nonfinite_steps),
+        ProgressHook(cfg.logging.log_text_interval),
+        ImageHook(cfg.logging.log_image_interval),
+        ValidationHook(),
+    ]
+    saver = CheckpointHook(lambda hs=tuple(hooks): {type(h).__name__: h.state_dict() for h in hs})
+    return [*hooks, saver], saver
+
+
+def run_training(cfg: TrainConfig) -> None:
+    state, device = dist.init(cfg.runtime.device)
     try:
         _run(cfg, state, device)
     finally:
         dist.shutdown()
 
 
-def _run(cfg: DictConfig, state, device: torch.device) -> None:
-    run_dir = Path(cfg.output_root) / str(cfg.exp_id)
-    log = setup_logging(run_dir, state)
-    _clean_leftovers(run_dir, state, log)
-    # Everything checkable is checked before the first step.
-    stages = enabled_stages(cfg)
-    plans = {s: plan_stage(cfg, s, state.world_size, device) for s in stages}
-    _loader_backend(cfg, device)
-    if cfg.weights and not Path(cfg.weights).is_file():
-        raise ConfigError(f"weights={cfg.weights}: no such file")
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    for s in stages:  # every stage's datasets, so main-training data problems surface before pre-training
+def _check_inputs(cfg: TrainConfig, stages: list[str], plans: dict, state, device: torch.device) -> None:
+    """Step 2: everything the stages read, checked now (every frame of every stage's data, so a main-training
+    problem surfaces before pre-training starts)."""
+    if cfg.run.weights and not Path(cfg.run.weights).is_file():
+        raise ConfigError(f"weights={cfg.run.weights}: no such file")
+    for s in stages:
         validate_data(
-            data_cfg, str(cfg.data_root), seq_length=int(cfg[s].seq_length), stages=[s], cache_root=str(cfg.cache_root)
+            cfg.data, cfg.run.data_root, seq_length=cfg.stage(s).seq_length, stages=[s], cache_root=cfg.run.cache_root
         )
     _check_shared_memory(cfg, stages, plans, state, device)
+
+
+def _plan_resume(cfg: TrainConfig, run_dir: Path, stages: list[str], plans: dict, state, log) -> ResumePlan:
+    """Step 3: the checkpoint to resume from (verified, same run) and the weights= to start from, if used."""
     found = _find_resume(cfg, run_dir, log)
-    resume: dict | None = None
-    if found is not None:
-        path, resume = found
+    path, resume = found if found is not None else (None, None)
+    if resume is not None:
         _check_resume(cfg, path, resume, plans, log)
         log.info(
             f"resuming from {path} (sha256 verified): {resume['stage']} iteration {resume['iteration']}"
@@ -269,70 +316,41 @@ def _run(cfg: DictConfig, state, device: torch.device) -> None:
                 "training continues, but random states are re-seeded, so it is not bit-identical"
             )
     start = None
-    if cfg.weights and (resume is None or resume["stage"] not in stages):
+    if cfg.run.weights and (resume is None or resume["stage"] not in stages):
         start = _read_start_weights(cfg, stages)
-    elif cfg.weights:
-        log.info(f"weights={cfg.weights} not used: the run resumes from its checkpoint")
+    elif cfg.run.weights:
+        log.info(f"weights={cfg.run.weights} not used: the run resumes from its checkpoint")
+    return ResumePlan(path, resume, start)
 
-    writer = None
-    if state.is_main:
-        # Only now, after every check passed: config.yaml describes the run that actually goes ahead.
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        atomic_write_text(run_dir / "env.json", json.dumps(env_info.collect(state.world_size), indent=2))
-        from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(log_dir=str(run_dir / "tb"))
-        log.info(f"run directory: {run_dir.resolve()} (config.yaml, env.json, train.log, tb/, images/)")
-        log.info(f"device {device}, {state.world_size} process(es), loader {_loader_backend(cfg, device)}")
+def _open_run_dir(cfg: TrainConfig, run_dir: Path, state, device: torch.device, log):
+    """Step 4 (main process): config.yaml, env.json and the TensorBoard writer, after every check passed."""
+    if not state.is_main:
+        return None
+    atomic_write_text(run_dir / "config.yaml", cfg.resolved_yaml)
+    atomic_write_text(run_dir / "env.json", json.dumps(env_info.collect(state.world_size), indent=2))
+    from torch.utils.tensorboard import SummaryWriter
 
-    previous: dict | None = None
+    writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+    log.info(f"run directory: {run_dir.resolve()} (config.yaml, env.json, train.log, tb/, images/)")
+    log.info(f"device {device}, {state.world_size} process(es), loader {_loader_backend(cfg, device)}")
+    return writer
+
+
+def _run(cfg: TrainConfig, state: dist.DistState, device: torch.device) -> None:
+    run_dir = Path(cfg.run.output_root) / cfg.run.exp_id
+    log = setup_logging(run_dir, state)
+    _clean_leftovers(run_dir, state, log)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
+    stages = enabled_stages(cfg)
+    plans = {s: plan_stage(cfg, s, state.world_size, device) for s in stages}
+    _check_inputs(cfg, stages, plans, state, device)
+    resume_plan = _plan_resume(cfg, run_dir, stages, plans, state, log)
+    writer = _open_run_dir(cfg, run_dir, state, device, log)
     try:
         with StopSignals() as signals:
-            for i, stage in enumerate(stages):
-                plan = plans[stage]
-                if resume is not None and STAGES.index(resume["stage"]) > STAGES.index(stage):
-                    log.info(f"[{stage}] already finished in the resumed run: skipped")
-                    continue
-                if (
-                    resume is not None
-                    and resume["stage"] == stage
-                    and resume.get("stage_complete")
-                    and int(resume["iteration"]) >= plan.num_iterations
-                ):
-                    log.info(f"[{stage}] already complete in {resume['stage']} checkpoint: handing its weights on")
-                    previous, resume = resume["weights"], None
-                    continue
-                later = sum(plans[s].num_iterations for s in stages[i + 1 :])
-                ctx = _build_stage(cfg, plan, state, device, run_dir, log, writer, resume, previous, start, later)
-                hooks: list[Hook] = [
-                    _StopAt(cfg.get("stop_at_iteration"), signals),
-                    CurriculumHook(),
-                    NonFiniteHook(int(cfg.max_nonfinite_steps)),
-                    ProgressHook(int(cfg.log_text_interval)),
-                    ImageHook(int(cfg.log_image_interval)),
-                    ValidationHook(),
-                ]
-                saver = CheckpointHook(lambda hs=tuple(hooks): {type(h).__name__: h.state_dict() for h in hs})
-                hooks.append(saver)
-                if resume is not None and resume["stage"] == stage:
-                    _restore(ctx, hooks, resume, state)
-                    resume = None
-                ctx.run_start_iteration = ctx.iteration
-                loss = LossComputer(cfg[stage], cfg.model)
-                try:
-                    run_stage(ctx, hooks, loss.compute, signals)
-                except BadDataStop as e:
-                    # Every rank got here at the same iteration: save what the completed steps achieved.
-                    saved = saver.save_checkpoint(ctx, complete=False)
-                    where = f" ({saved})" if saved is not None else ""
-                    raise BadDataStop(
-                        f"{e} | a checkpoint of the {ctx.iteration} completed iterations was saved{where}; fix the "
-                        "data and relaunch the same command to resume"
-                    ) from None
-                finally:
-                    ctx.loader.close()
-                previous = {k: v.detach().cpu() for k, v in ctx.net.state_dict().items()}
-                log.info(f"[{stage}] done: weights {run_dir / f'{cfg.exp_id}_{stage}_last.pth'}")
+            _train_stages(cfg, stages, plans, resume_plan, state, device, run_dir, log, writer, signals)
     except StopTraining as e:
         log.warning(f"training stopped: {e}")
         raise SystemExit(e.exit_code) from None
@@ -342,6 +360,53 @@ def _run(cfg: DictConfig, state, device: torch.device) -> None:
                 writer.close()
             except OSError as e:  # e.g. a full disk: the error that matters has already been raised
                 log.warning(f"TensorBoard events not flushed: {e}")
+
+
+def _train_stages(cfg, stages, plans, resume_plan: ResumePlan, state, device, run_dir, log, writer, signals) -> None:
+    """Step 5: the stages in order; a stage finished in the resumed run hands its weights on."""
+    resume, start = resume_plan.checkpoint, resume_plan.start_weights
+    previous: dict | None = None
+    for i, stage in enumerate(stages):
+        plan = plans[stage]
+        if resume is not None and STAGES.index(resume["stage"]) > STAGES.index(stage):
+            log.info(f"[{stage}] already finished in the resumed run: skipped")
+            continue
+        if (
+            resume is not None
+            and resume["stage"] == stage
+            and resume.get("stage_complete")
+            and int(resume["iteration"]) >= plan.num_iterations
+        ):
+            log.info(f"[{stage}] already complete in {resume['stage']} checkpoint: handing its weights on")
+            previous, resume = resume["weights"], None
+            continue
+        later = sum(plans[s].num_iterations for s in stages[i + 1 :])
+        same_stage = resume if resume is not None and resume["stage"] == stage else None
+        ctx = _build_stage(cfg, plan, state, device, run_dir, log, writer, (same_stage, previous, start), later)
+        hooks, saver = build_hooks(cfg, signals)
+        if same_stage is not None:
+            _restore(ctx, hooks, same_stage, state)
+            resume = None
+        ctx.run_start_iteration = ctx.iteration
+        loss = LossComputer(LossSettings.of(cfg.stage(stage), cfg.model))
+        t0 = time.perf_counter()
+        try:
+            run_stage(ctx, hooks, loss.compute, signals)
+        except BadDataStop as e:
+            # Every rank got here at the same iteration: save what the completed steps achieved.
+            saved = saver.save_checkpoint(ctx, complete=False)
+            where = f" ({saved})" if saved is not None else ""
+            raise BadDataStop(
+                f"{e} | a checkpoint of the {ctx.iteration} completed iterations was saved{where}; fix the "
+                "data and relaunch the same command to resume"
+            ) from None
+        finally:
+            ctx.loader.close()
+        previous = {k: v.detach().cpu() for k, v in ctx.net.state_dict().items()}
+        log.info(
+            f"[{stage}] done in {time.perf_counter() - t0:.0f}s: weights "
+            f"{run_dir / f'{cfg.run.exp_id}_{stage}_last.pth'}"
+        )
 
 
 def _restore(ctx: StageContext, hooks: list[Hook], ckpt: dict, state) -> None:

@@ -2,57 +2,64 @@
 
 `CUTIE_DEBUG=1` (or Hydra's `HYDRA_FULL_ERROR=1`) re-raises, so the full traceback is one variable away.
 
-Exit codes: 2 a problem with the input (configuration, data, a file handed over), 4 the disk is full,
-1 anything unexpected (a bug: the one line says so and how to get the trace).
+Exit codes shared by the entry points: 1 anything unexpected (a bug: the line says so and how to get the trace),
+2 a problem with the input (configuration, data, a file handed over) found before any work, 5 the disk is full
+(what was written before stays intact), 130 interrupted. Training adds 3 (stopped on request after saving) and
+4 (too many unreadable samples, after saving): see cutie/train.py.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from cutie.utils.atomic import DiskFullError
 
 T = TypeVar("T")
 
+EXIT_ERROR = 1
 EXIT_INPUT = 2
-EXIT_DISK_FULL = 4
-EXIT_INTERNAL = 1
+EXIT_DISK_FULL = 5
+EXIT_INTERRUPTED = 130
 
 
 def debug_requested() -> bool:
     return os.environ.get("CUTIE_DEBUG", "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR", "") == "1"
 
 
-def run_reporting_errors(
-    fn: Callable[[], T], input_errors: tuple[type[BaseException], ...], *, label: str = "error"
-) -> T:
-    """Runs `fn`; `input_errors` become `<label>: <message>` and exit 2. SystemExit passes through."""
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [""])[0]
+
+
+def run_reporting_errors(fn: Callable[[], T], input_errors: Mapping[type[BaseException], str]) -> T:
+    """Runs `fn`. An exception of a type in `input_errors` becomes `<label>: <message>` and exit 2 (the first
+    matching type in the mapping's order wins); a full disk exit 5; anything else one line and exit 1."""
     try:
         return fn()
     except SystemExit:
         raise
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-    except DiskFullError as e:
+    except BaseException as e:
         if debug_requested():
             raise
-        print(f"disk full: {e.strerror or e}", file=sys.stderr)
-        raise SystemExit(EXIT_DISK_FULL) from None
-    except input_errors as e:
-        if debug_requested():
-            raise
-        print(f"{label}: {e}", file=sys.stderr)
-        raise SystemExit(EXIT_INPUT) from None
-    except Exception as e:  # noqa: BLE001 (the last line of defence of an entry point)
-        if debug_requested():
-            raise
-        print(
-            f"internal error: {type(e).__name__}: {e}\n"
-            "  this is a bug, not your input: rerun with CUTIE_DEBUG=1 for the traceback and report it",
-            file=sys.stderr,
+        if isinstance(e, KeyboardInterrupt):
+            _exit("interrupted", "stopped without saving", EXIT_INTERRUPTED)
+        if isinstance(e, DiskFullError) or (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)):
+            _exit("out of disk space", f"{e.strerror or e}; what was written before is intact", EXIT_DISK_FULL)
+        for kind, label in input_errors.items():
+            if isinstance(e, kind):
+                _exit(label, str(e), EXIT_INPUT)
+        _exit(
+            "internal error",
+            f"{type(e).__name__}: {_first_line(e)}\n  this is a bug, not your input: rerun with CUTIE_DEBUG=1 "
+            "(or HYDRA_FULL_ERROR=1) for the traceback and report it",
+            EXIT_ERROR,
         )
-        raise SystemExit(EXIT_INTERNAL) from None
+        raise  # unreachable: _exit raises
+
+
+def _exit(label: str, message: str, code: int) -> None:
+    print(f"{label}: {message}", file=sys.stderr)
+    raise SystemExit(code) from None

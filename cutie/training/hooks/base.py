@@ -5,7 +5,10 @@ from cutie.training.step import StepResult
 
 
 class Hook:
-    """Called around the stage loop. `state_dict` goes into full checkpoints."""
+    """Called around the stage loop. `state_dict` goes into full checkpoints.
+
+    `after_stage` runs only when the stage completed (it may save the final checkpoint); `close` always runs,
+    after an exception too (like detectron2's after_train in a `finally`): release files and handles there."""
 
     def before_stage(self, ctx: StageContext) -> None:
         pass
@@ -17,6 +20,9 @@ class Hook:
         pass
 
     def after_stage(self, ctx: StageContext) -> None:
+        pass
+
+    def close(self, ctx: StageContext) -> None:
         pass
 
     def state_dict(self) -> dict:

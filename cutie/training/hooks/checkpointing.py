@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from cutie.model.weights import save_weights
 from cutie.training import checkpoint as ckpt_io
 from cutie.training.context import StageContext
@@ -23,7 +21,7 @@ from cutie.utils.atomic import check_free_space
 
 
 def weights_path(ctx: StageContext, tag: str) -> Path:
-    return ctx.run_dir / f"{ctx.cfg.exp_id}_{ctx.stage}_{tag}.pth"
+    return ctx.run_dir / f"{ctx.cfg.run.exp_id}_{ctx.stage}_{tag}.pth"
 
 
 class CheckpointHook(Hook):
@@ -37,9 +35,9 @@ class CheckpointHook(Hook):
             self.save_weights(ctx, f"{it:07d}")
             self.save_checkpoint(ctx, complete=False)
             return
-        if every(int(ctx.cfg.save_weights_interval), it) and it < ctx.plan.num_iterations:
+        if every(ctx.cfg.logging.save_weights_interval, it) and it < ctx.plan.num_iterations:
             self.save_weights(ctx, f"{it:07d}")
-        if every(int(ctx.cfg.save_checkpoint_interval), it) and it < ctx.plan.num_iterations:
+        if every(ctx.cfg.logging.save_checkpoint_interval, it) and it < ctx.plan.num_iterations:
             self.save_checkpoint(ctx, complete=False)
 
     def after_stage(self, ctx: StageContext) -> None:
@@ -72,9 +70,9 @@ class CheckpointHook(Hook):
             "world_size": ctx.dist.world_size,
             "rng": rng_all,
             # The loader is stateless: samples derive from (seed, global index), so the iteration is its state.
-            "loader": {"seed": int(ctx.cfg.seed), "next_iteration": ctx.iteration},
+            "loader": {"seed": ctx.cfg.run.seed, "next_iteration": ctx.iteration},
             "hooks": self.hook_states(),
-            "config": OmegaConf.to_yaml(ctx.cfg, resolve=True),
+            "config": ctx.cfg.resolved_yaml,
         }
         path = ckpt_io.checkpoint_path(ctx.run_dir, ctx.stage, ctx.iteration)
         ckpt_io.save_checkpoint(state, path)

@@ -98,7 +98,7 @@ class ProgressHook(Hook):
         self.sums.clear()
         self.count = 0
 
-    def after_stage(self, ctx: StageContext) -> None:
+    def close(self, ctx: StageContext) -> None:
         if self.metrics_file is not None:
             self.metrics_file.close()
             self.metrics_file = None

@@ -19,12 +19,12 @@ class ValidationHook(Hook):
         self.warned = False
 
     def _dirs(self, ctx: StageContext) -> tuple[Path, Path, Path | None] | None:
-        val = ctx.cfg.data.get("val_dataset")
+        val = ctx.cfg.data.val_dataset
         if val is None:
             return None
-        root = Path(ctx.cfg.data_root)
+        root = Path(ctx.cfg.run.data_root)
         image_dir, mask_dir = root / val.image_directory, root / val.mask_directory
-        subset = root / val.subset if val.get("subset") else None
+        subset = root / val.subset if val.subset else None
         missing = [p for p in (image_dir, mask_dir, subset) if p is not None and not p.exists()]
         if missing:
             if not self.warned and ctx.dist.is_main:
@@ -34,7 +34,7 @@ class ValidationHook(Hook):
         return image_dir, mask_dir, subset
 
     def after_step(self, ctx: StageContext, result: StepResult) -> None:
-        if every(int(ctx.cfg.eval_interval), ctx.iteration) and ctx.iteration < ctx.plan.num_iterations:
+        if every(ctx.cfg.logging.eval_interval, ctx.iteration) and ctx.iteration < ctx.plan.num_iterations:
             self.run(ctx)
 
     def after_stage(self, ctx: StageContext) -> None:
