@@ -49,3 +49,29 @@ def check_writable_inside(root: str | os.PathLike, path: str | os.PathLike) -> N
         raise PathEscapeError(f"{p} is a symlink; refusing to write through it (remove it and rerun)")
     if not is_inside(root, p.parent) or not is_inside(root, p):
         raise PathEscapeError(f"{p} resolves outside the output folder {root}; refusing to write there")
+
+
+def check_no_symlink_inside(root: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Refuses `path` unless it lies lexically below `root` and neither it nor any folder between `root` and it is
+    a symlink (missing parts are fine: they will be created as plain folders). Raises PathEscapeError.
+
+    Stricter than `check_writable_inside`: a link planted on the way is refused even when it points back inside,
+    because writing or deleting through it would touch something other than the path the caller named.
+    """
+    base, p = Path(root), Path(path)
+    try:
+        rel = p.relative_to(base)
+    except ValueError:
+        raise PathEscapeError(f"{p} is not inside the output folder {base}; refusing to touch it") from None
+    if ".." in rel.parts:
+        raise PathEscapeError(f"{p} contains '..'; refusing to touch it")
+    here = base
+    for part in rel.parts:
+        here = here / part
+        if here.is_symlink():
+            raise PathEscapeError(
+                f"{here} is a symlink (to {os.readlink(here)}); refusing to write or delete through it "
+                "(remove the link and rerun)"
+            )
+    if not is_inside(base, p):
+        raise PathEscapeError(f"{p} resolves outside the output folder {base}; refusing to touch it")
