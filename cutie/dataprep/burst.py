@@ -22,10 +22,10 @@ from cutie.dataprep.convert import (
     Problems,
     Summary,
     check_folders,
+    check_frame_path,
     component_problem,
     copy_output,
     fingerprint,
-    frame_problem,
     is_digits,
     is_positive_int,
     run_jobs,
@@ -59,8 +59,7 @@ def _check_frames(seq: dict, key: str, where: str, frames_path: Path, problems: 
     ok = True
     stems: set[str] = set()
     for k, f in enumerate(frames):
-        if (why := frame_problem(seq_dir, f, f"{where}.{key}[{k}]")) is not None:
-            problems.path(why)
+        if not check_frame_path(seq_dir, f, f"{where}.{key}[{k}]", problems):
             ok = False
             continue
         if _stem(f) in stems:
@@ -81,9 +80,7 @@ def _check_sequence(seq: dict, where: str, frames_path: Path, save_all_image: bo
             ok = False
     if not ok:
         return  # the frame folder is unknown, so the frame paths cannot be checked
-    seq_dir = f"{seq['dataset']}/{seq['seq_name']}"
-    if (why := frame_problem(frames_path, seq_dir, f"{where}.dataset/seq_name: the folder")) is not None:
-        problems.path(why)
+    if not check_frame_path(frames_path, f"{seq['dataset']}/{seq['seq_name']}", f"{where}.dataset/seq_name", problems):
         return
     for key in ("width", "height"):
         if not is_positive_int(seq[key]):

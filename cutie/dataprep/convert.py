@@ -119,16 +119,18 @@ def component_problem(name: object) -> str | None:
     return None
 
 
-def frame_problem(frames_root: Path, relative: object, where: str) -> str | None:
-    """Why a frame path from the JSON is refused (not a string, absolute, `..`, a symlink out of `frames_root`),
-    or None. The message starts with `where`, the JSON location."""
+def check_frame_path(frames_root: Path, relative: object, where: str, problems: Problems) -> bool:
+    """Checks a frame path from the JSON: a non-empty string, relative, no `..`, no symlink out of `frames_root`.
+    Records the problem (starting with `where`, the JSON location) and returns False if it is refused."""
     if not isinstance(relative, str) or not relative:
-        return f"{where}: must be a non-empty string (a frame path), got {show(relative)}"
+        problems.append(f"{where}: must be a non-empty string (a frame path), got {show(relative)}")
+        return False
     try:
         confined(frames_root, relative, what=f"{where}:")
     except PathEscapeError as e:
-        return str(e)
-    return None
+        problems.path(str(e))
+        return False
+    return True
 
 
 def check_folders(frames_path: Path, output_path: Path) -> None:

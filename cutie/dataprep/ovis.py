@@ -21,10 +21,10 @@ from cutie.dataprep.convert import (
     Problems,
     Summary,
     check_folders,
+    check_frame_path,
     component_problem,
     copy_output,
     fingerprint,
-    frame_problem,
     is_int,
     is_positive_int,
     run_jobs,
@@ -68,12 +68,8 @@ def _check_video(v: object, where: str, frames_path: Path, problems: Problems) -
     if not isinstance(files, list) or not files:
         problems.append(f"{where}.file_names: must be a non-empty list of frame paths, got {show(files)}")
         return False
-    bad = False
-    for k, f in enumerate(files):
-        if (why := frame_problem(frames_path, f, f"{where}.file_names[{k}]")) is not None:
-            problems.path(why)
-            bad = True
-    if bad:
+    paths_ok = [check_frame_path(frames_path, f, f"{where}.file_names[{k}]", problems) for k, f in enumerate(files)]
+    if not all(paths_ok):
         return False
     name = video_name(v)
     if (why := component_problem(name)) is not None:
@@ -109,10 +105,13 @@ def validate(doc: object, frames_path: Path) -> None:
     problems.raise_if_any("OVIS json")
     assert isinstance(doc, dict)  # for the type checker: raise_if_any raised otherwise
     videos: dict[object, dict] = {}
+    broken: set[object] = set()  # ids of videos already reported: their annotations are not checked against them
     names: dict[str, int] = {}
     for i, v in enumerate(doc["videos"]):
         where = f"videos[{i}]"
         if not _check_video(v, where, frames_path, problems):
+            if isinstance(v, dict) and _is_id(v.get("id")):
+                broken.add(v["id"])
             continue
         name = video_name(v)
         if v["id"] in videos:
@@ -140,6 +139,8 @@ def validate(doc: object, frames_path: Path) -> None:
             problems.append(f"{where}.id: annotation {a['id']}: annotation id used twice")
         ann_ids.add(a["id"])
         v = videos.get(a["video_id"])
+        if v is None and a["video_id"] in broken:
+            continue
         if v is None:
             problems.append(f"{where}.video_id: annotation {a['id']}: video_id {a['video_id']} is not in 'videos'")
             continue
