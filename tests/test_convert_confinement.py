@@ -284,7 +284,10 @@ OVIS_BAD_VALUES: dict[str, tuple[Callable[[dict], object], str]] = {
     "name_nested": (_set("videos[0].file_names[0]", "a/b/c.jpg"), "videos[0].file_names"),
     "file_names_string": (_set("videos[0].file_names", "x.jpg"), "videos[0].file_names: must be a non-empty list"),
     "video_id_list": (_set("videos[0].id", [1]), "videos[0].id: must be an integer or a string"),
-    "length_string": (_set("videos[0].length", "12"), 'videos[0].length: "12" but 12 file_names'),
+    "length_string": (
+        _set("videos[0].length", "12"),
+        'videos[0].length: must equal the number of file_names (12), got "12"',
+    ),
     "videos_object": (_set("videos", {}), "top level: expected an object with 'videos'"),
     "annotation_string": (_set("annotations[0]", "x"), "annotations[0]: must be an object"),
     "ann_video_id_null": (_set("annotations[1].video_id", None), "annotations[1].video_id: must be an integer"),

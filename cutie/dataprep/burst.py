@@ -76,7 +76,8 @@ def _check_sequence(seq: dict, where: str, frames_path: Path, save_all_image: bo
     ok = True
     for key in ("dataset", "seq_name"):
         if (why := component_problem(seq[key])) is not None:
-            problems.path(f"{where}.{key}: {why}")
+            # a string naming another folder is a path problem; a number or null is just a wrong value
+            (problems.path if isinstance(seq[key], str) else problems.append)(f"{where}.{key}: {why}")
             ok = False
     if not ok:
         return  # the frame folder is unknown, so the frame paths cannot be checked

@@ -90,7 +90,7 @@ def _check_video(v: object, where: str, frames_path: Path, problems: Problems) -
             problems.append(f"{where}.file_names[{k}]: frame file name {why}")
             ok = False
     if "length" in v and v["length"] != len(files):
-        problems.append(f"{where}.length: {show(v['length'])} but {len(files)} file_names")
+        problems.append(f"{where}.length: must equal the number of file_names ({len(files)}), got {show(v['length'])}")
         ok = False
     return ok
 
