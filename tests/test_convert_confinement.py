@@ -20,7 +20,7 @@ import pytest
 from _helpers import REPO, folder_state, run_converter
 
 from cutie.dataprep import burst, convert, ovis
-from cutie.utils.paths import PathEscapeError, check_no_symlink_inside
+from cutie.utils.paths import Confiner, PathEscapeError, check_no_symlink_inside, confined
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
 _ovis_cli = functools.partial(run_converter, "convert_ovis_to_vos.py")
@@ -234,6 +234,37 @@ def test_writes_and_deletions_refuse_links_met_at_run_time(tmp_path: Path) -> No
         convert.write_output(out, tmp_path / "elsewhere.png", b"x")
     assert folder_state(victim) == before
     assert not (tmp_path / "elsewhere.png").exists()
+
+
+def test_confiner_agrees_with_confined(tmp_path: Path) -> None:
+    """The fast per-frame check used by the validators refuses exactly what `confined` refuses."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "a" / "b").mkdir(parents=True)
+    outside.mkdir()
+    (root / "a" / "f.jpg").write_bytes(b"x")
+    (outside / "g.jpg").write_bytes(b"y")
+    (root / "in_link").symlink_to(root / "a")  # stays inside
+    (root / "out_link").symlink_to(outside)
+    (root / "a" / "b" / "up").symlink_to("../../out_link")  # a chain that ends outside
+    (root / "back").symlink_to(tmp_path / "outside" / ".." / "root" / "a")  # leaves lexically, lands inside
+    (root / "file_link").symlink_to(outside / "g.jpg")
+    cases = ["a/f.jpg", "in_link/f.jpg", "a/./f.jpg", "missing/x.jpg", "back/f.jpg", "out_link/g.jpg",
+             "a/b/up/g.jpg", "file_link", "/etc/hostname", "../outside/g.jpg", "a/../../outside", ""]  # fmt: skip
+    check = Confiner(root)
+    refused = set()
+    for rel in cases:
+        try:
+            expected: object = confined(root, rel)
+        except PathEscapeError as e:
+            expected = type(e)
+            refused.add(rel)
+        try:
+            got: object = check(rel)
+        except PathEscapeError as e:
+            got = type(e)
+        assert got == expected, rel
+    assert refused == {"out_link/g.jpg", "a/b/up/g.jpg", "file_link", "/etc/hostname", "../outside/g.jpg",
+                       "a/../../outside", ""}  # fmt: skip
 
 
 def _load_script(name: str) -> ModuleType:

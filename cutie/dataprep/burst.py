@@ -34,7 +34,7 @@ from cutie.dataprep.convert import (
 )
 from cutie.dataprep.imageio import encode_palette_png
 from cutie.dataprep.rle import check_segmentation, decode
-from cutie.utils.paths import confined
+from cutie.utils.paths import Confiner
 
 VERSION = 1
 REQUIRED = ("dataset", "seq_name", "width", "height", "annotated_image_paths", "segmentations")
@@ -55,7 +55,7 @@ def _check_frames(seq: dict, key: str, where: str, frames_path: Path, problems: 
     if not isinstance(frames, list):
         problems.append(f"{where}.{key}: must be a list of frame paths, got {show(frames)}")
         return False
-    seq_dir = frames_path / seq["dataset"] / seq["seq_name"]
+    seq_dir = Confiner(frames_path / seq["dataset"] / seq["seq_name"])
     ok = True
     stems: set[str] = set()
     for k, f in enumerate(frames):
@@ -81,7 +81,8 @@ def _check_sequence(seq: dict, where: str, frames_path: Path, save_all_image: bo
             ok = False
     if not ok:
         return  # the frame folder is unknown, so the frame paths cannot be checked
-    if not check_frame_path(frames_path, f"{seq['dataset']}/{seq['seq_name']}", f"{where}.dataset/seq_name", problems):
+    folder = f"{seq['dataset']}/{seq['seq_name']}"
+    if not check_frame_path(Confiner(frames_path), folder, f"{where}.dataset/seq_name", problems):
         return
     for key in ("width", "height"):
         if not is_positive_int(seq[key]):
@@ -195,9 +196,10 @@ def make_jobs(doc: dict, frames_path: Path, save_all_image: bool) -> list[Job]:
     ]
 
 
-def _sequence_dir(job: Job) -> Path:
+def _sequence_dir(job: Job) -> Confiner:
     seq = job.payload["seq"]
-    return confined(job.payload["frames_path"], f"{seq['dataset']}/{seq['seq_name']}", what="sequence folder")
+    folder = Confiner(job.payload["frames_path"])(f"{seq['dataset']}/{seq['seq_name']}", what="sequence folder")
+    return Confiner(folder)
 
 
 def _needed(job: Job) -> list[str]:
@@ -210,7 +212,7 @@ def check_inputs(job: Job) -> None:
     the frames are confined again, as the folder may have changed since validation."""
     src = _sequence_dir(job)
     for f in _needed(job):
-        p = confined(src, f, what="frame")
+        p = src(f, what="frame")
         if not p.is_file():
             raise FileNotFoundError(f"frame file {p} does not exist")
 
@@ -225,12 +227,12 @@ def convert_sequence(output: Path, job: Job) -> tuple[int, int, dict]:
         ids = np.zeros((h, w), dtype=np.uint8)  # H*W
         for track, ann in seg.items():  # JSON order: the later track wins where masks overlap
             ids[decode(ann["rle"], h, w)] = mapping[int(track)]
-        copy_output(output, output / "JPEGImages" / job.video / Path(frame).name, confined(src, frame, what="frame"))
+        copy_output(output, output / "JPEGImages" / job.video / Path(frame).name, src(frame, what="frame"))
         write_output(output, output / "Annotations" / job.video / f"{_stem(frame)}.png", encode_palette_png(ids))
     if save_all:
         for frame in seq["all_image_paths"]:
             dst = output / "JPEGImages_all_frames" / job.video / Path(frame).name
-            copy_output(output, dst, confined(src, frame, what="frame"))
+            copy_output(output, dst, src(frame, what="frame"))
     info = {
         "source": {"dataset": seq["dataset"], "seq_name": seq["seq_name"], "id": seq.get("id")},
         "id_map": {str(k): v for k, v in mapping.items()},

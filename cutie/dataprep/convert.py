@@ -40,7 +40,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cutie.utils.atomic import atomic_copy, atomic_write_bytes, atomic_write_json
-from cutie.utils.paths import PathEscapeError, check_no_symlink_inside, confined, is_inside
+from cutie.utils.paths import Confiner, PathEscapeError, check_no_symlink_inside, is_inside
 
 META_DIR = "_meta"
 OUTPUT_DIRS = ("JPEGImages", "Annotations", "JPEGImages_all_frames")
@@ -119,14 +119,14 @@ def component_problem(name: object) -> str | None:
     return None
 
 
-def check_frame_path(frames_root: Path, relative: object, where: str, problems: Problems) -> bool:
+def check_frame_path(frames_root: Confiner, relative: object, where: str, problems: Problems) -> bool:
     """Checks a frame path from the JSON: a non-empty string, relative, no `..`, no symlink out of `frames_root`.
     Records the problem (starting with `where`, the JSON location) and returns False if it is refused."""
     if not isinstance(relative, str) or not relative:
         problems.append(f"{where}: must be a non-empty string (a frame path), got {show(relative)}")
         return False
     try:
-        confined(frames_root, relative, what=f"{where}:")
+        frames_root(relative, what=f"{where}:")
     except PathEscapeError as e:
         problems.path(str(e))
         return False

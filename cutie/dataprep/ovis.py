@@ -33,7 +33,7 @@ from cutie.dataprep.convert import (
 )
 from cutie.dataprep.imageio import encode_palette_png
 from cutie.dataprep.rle import check_segmentation, decode
-from cutie.utils.paths import confined
+from cutie.utils.paths import Confiner
 
 VERSION = 1
 MAX_INSTANCES = 255  # a PNG pixel holds 0..255, 0 = background
@@ -47,7 +47,7 @@ def _is_id(value: object) -> bool:
     return is_int(value) or isinstance(value, str)
 
 
-def _check_video(v: object, where: str, frames_path: Path, problems: Problems) -> bool:
+def _check_video(v: object, where: str, frames_path: Confiner, problems: Problems) -> bool:
     """Checks one entry of `videos`; True if it is usable (its annotations can then be checked against it)."""
     if not isinstance(v, dict):
         problems.append(f"{where}: must be an object, got {show(v)}")
@@ -104,12 +104,13 @@ def validate(doc: object, frames_path: Path) -> None:
         problems.append("annotations: missing, or not a list")
     problems.raise_if_any("OVIS json")
     assert isinstance(doc, dict)  # for the type checker: raise_if_any raised otherwise
+    frames = Confiner(frames_path)
     videos: dict[object, dict] = {}
     broken: set[object] = set()  # ids of videos already reported: their annotations are not checked against them
     names: dict[str, int] = {}
     for i, v in enumerate(doc["videos"]):
         where = f"videos[{i}]"
-        if not _check_video(v, where, frames_path, problems):
+        if not _check_video(v, where, frames, problems):
             if isinstance(v, dict) and _is_id(v.get("id")):
                 broken.add(v["id"])
             continue
@@ -178,8 +179,8 @@ def make_jobs(doc: dict, frames_path: Path) -> list[Job]:
 
 def _frames(job: Job) -> list[Path]:
     """The video's frame files, confined to frames_path again (the folder may have changed since validation)."""
-    src = Path(job.payload["frames_path"])
-    return [confined(src, f, what="frame") for f in job.payload["entry"]["video"]["file_names"]]
+    src = Confiner(job.payload["frames_path"])
+    return [src(f, what="frame") for f in job.payload["entry"]["video"]["file_names"]]
 
 
 def check_inputs(job: Job) -> None:
