@@ -76,6 +76,10 @@ def _plant_ovis(how: str, doc: dict, frames: Path, out: Path, victim: Path) -> l
         out.mkdir()
         (out / "Annotations").symlink_to(victim)
         return [f"{out / 'Annotations'} is a symlink"]
+    if how == "link_inside_video_folder":  # a planted file link in an earlier attempt's folder
+        (out / "Annotations" / video).mkdir(parents=True)
+        (out / "Annotations" / video / f"{PurePosixPath(names[0]).stem}.png").symlink_to(victim / "keep.txt")
+        return [f"{out / 'Annotations' / video / PurePosixPath(names[0]).stem}.png is a symlink"]
     if how == "link_as_marker":
         (out / "_meta").mkdir(parents=True)
         (out / "_meta" / f"{video}.json").symlink_to(victim / "keep.txt")
@@ -91,6 +95,7 @@ OVIS_ATTACKS = [
     "symlinked_file_in_frames",
     "link_in_output_video_folder",
     "link_in_output_top_folder",
+    "link_inside_video_folder",
     "link_as_marker",
 ]
 

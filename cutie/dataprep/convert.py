@@ -209,14 +209,33 @@ def video_paths(output: Path, video: str) -> list[Path]:
     return [marker_path(output, video)] + [output / d / video for d in OUTPUT_DIRS]
 
 
+def _links_below(folder: Path) -> list[Path]:
+    """Symlinks anywhere below `folder` (not followed). scandir's d_type makes this about free per entry."""
+    found, todo = [], [folder]
+    while todo:
+        try:
+            entries = list(os.scandir(todo.pop()))
+        except NotADirectoryError:
+            continue
+        for e in entries:
+            if e.is_symlink():
+                found.append(Path(e.path))
+            elif e.is_dir(follow_symlinks=False):
+                todo.append(Path(e.path))
+    return found
+
+
 def check_output(output: Path, videos: Sequence[str]) -> None:
     """Before anything is written: refuse symlinks where this run would write or delete (the output's own folders,
-    each video's folders and marker). Raises InputError listing every link found."""
-    problems = []
+    each video's folders, what they hold, and markers). Raises InputError listing every link found."""
+    links = []
     for p in [output / d for d in (META_DIR, *OUTPUT_DIRS)] + [p for v in videos for p in video_paths(output, v)]:
         if p.is_symlink():
-            problems.append(f"{p} is a symlink (to {os.readlink(p)}); refusing to write or delete through it")
-    if problems:
+            links.append(p)
+        elif p.is_dir() and p.parent != output:
+            links += _links_below(p)
+    if links:
+        problems = [f"{p} is a symlink (to {os.readlink(p)}); refusing to write or delete through it" for p in links]
         raise InputError(problems, f"--output_path {output}", (FIX_OUTPUT,))
 
 

@@ -47,7 +47,7 @@ def _is_id(value: object) -> bool:
     return is_int(value) or isinstance(value, str)
 
 
-def _check_video(v: object, where: str, frames_path: Confiner, problems: Problems) -> bool:
+def _check_video(v: object, where: str, frames: Confiner, problems: Problems) -> bool:
     """Checks one entry of `videos`; True if it is usable (its annotations can then be checked against it)."""
     if not isinstance(v, dict):
         problems.append(f"{where}: must be an object, got {show(v)}")
@@ -68,7 +68,7 @@ def _check_video(v: object, where: str, frames_path: Confiner, problems: Problem
     if not isinstance(files, list) or not files:
         problems.append(f"{where}.file_names: must be a non-empty list of frame paths, got {show(files)}")
         return False
-    paths_ok = [check_frame_path(frames_path, f, f"{where}.file_names[{k}]", problems) for k, f in enumerate(files)]
+    paths_ok = [check_frame_path(frames, f, f"{where}.file_names[{k}]", problems) for k, f in enumerate(files)]
     if not all(paths_ok):
         return False
     name = video_name(v)
