@@ -6,8 +6,10 @@
 
 Writes JPEGImages/<dataset>_-_<seq_name>/<frame>.jpg and Annotations/.../<frame>.png (pixel = track id), plus
 _meta/<video>.json (completion marker, id map for track ids > 255). Resumable: a rerun skips finished sequences.
-Details and guarantees: cutie/dataprep/burst.py and cutie/dataprep/convert.py. Exit code 0 only if every
-sequence converted.
+Frame paths must stay inside --frames_path and nothing is written or deleted outside --output_path (a symlink
+there is refused). Details and guarantees: cutie/dataprep/burst.py and cutie/dataprep/convert.py.
+Exit codes: 0 every sequence converted; 1 some failed (named, the others are done); 2 bad JSON values or paths, or
+an unsafe output folder (each problem named with its JSON location; nothing written).
 """
 
 from __future__ import annotations

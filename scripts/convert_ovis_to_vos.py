@@ -6,8 +6,10 @@
 
 Writes JPEGImages/<video>/<frame>.jpg and Annotations/<video>/<frame>.png (one id per instance, in annotation id
 order), plus _meta/<video>.json (completion marker, id map). Resumable: a rerun skips finished videos.
-Details and guarantees: cutie/dataprep/ovis.py and cutie/dataprep/convert.py. Exit code 0 only if every video
-converted.
+Frame paths must stay inside --frames_path and nothing is written or deleted outside --output_path (a symlink
+there is refused). Details and guarantees: cutie/dataprep/ovis.py and cutie/dataprep/convert.py.
+Exit codes: 0 every video converted; 1 some failed (named, the others are done); 2 bad JSON values or paths, or
+an unsafe output folder (each problem named with its JSON location; nothing written).
 """
 
 from __future__ import annotations

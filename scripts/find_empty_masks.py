@@ -5,7 +5,8 @@
 
 Writes <out>/<DATASET>.txt (default: the path data.vos_datasets.<DATASET>.empty_masks names, i.e.
 ${cache_root}/empty_masks/<DATASET>.txt). Format: cutie/dataprep/empty_masks.py. Optional for training: the lists
-only spare the loader from drawing clips that start on an empty frame.
+only spare the loader from drawing clips that start on an empty frame. Exit code 1 if a dataset is missing or
+has unreadable masks (named, with the fix; its list is not written, the other datasets' lists are).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from cutie.dataprep.config import compose_train_config, resolve_path
-from cutie.dataprep.empty_masks import scan, write
+from cutie.dataprep.empty_masks import MaskReadError, scan, write
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,11 +38,16 @@ def main(argv: list[str] | None = None) -> int:
         target = args.out / f"{name}.txt" if args.out else resolve_path(d.empty_masks)
         try:
             lst = scan(name, data_root / d.mask_directory, args.workers)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, MaskReadError) as e:
             print(f"error: {e}", file=sys.stderr)
             status = 1
             continue
-        write(lst, target)
+        try:
+            write(lst, target)
+        except OSError as e:  # e.g. --out not writable, disk full, a symlink at the target
+            print(f"error: {name}: cannot write {target}: {e}", file=sys.stderr)
+            status = 1
+            continue
         print(f"{name}: {lst.videos} videos, {lst.frames} masks, {len(lst.empty)} empty -> {target}")
     return status
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,29 @@ def file_tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def run_converter(script: str, json_path: Path, frames: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    """Runs scripts/<script> with the converters' shared command line."""
+def run_converter(
+    script: str, json_path: Path, frames: Path, out: Path, *extra: str, umask: int | None = None
+) -> subprocess.CompletedProcess:
+    """Runs scripts/<script> with the converters' shared command line (under `umask` if given)."""
     cmd = [sys.executable, str(REPO / "scripts" / script), "--json_path", str(json_path),
            "--frames_path", str(frames), "--output_path", str(out), *extra]  # fmt: skip
+    if umask is not None:  # set in the child only, so the test process keeps its own
+        cmd = ["sh", "-c", f'umask {umask:03o} && exec "$@"', "sh", *cmd]
     return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def folder_state(root: Path) -> dict[str, object]:
+    """Every entry below root without following symlinks: file bytes, link targets, folder marks. Equal states
+    mean nothing was added, removed, changed or written through a link."""
+    state: dict[str, object] = {}
+    for here, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            p = Path(here) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                state[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                state[rel] = ("dir",)
+            else:
+                state[rel] = ("file", p.read_bytes())
+    return state

@@ -162,7 +162,7 @@ def _broken(doc: dict, how: str) -> tuple[dict, str]:
         smaller = np.zeros((seq["height"] - 4, seq["width"]), np.uint8, order="F")  # an RLE of another frame size
         smaller[5:20, 5:30] = 1
         seq["segmentations"][2][track]["rle"] = mask_utils.encode(smaller)["counts"].decode("ascii")
-        return doc, f"sequence {name} (sequences[1]), frame {frame}, track {track}: RLE covers"
+        return doc, f'sequences[1].segmentations[2]["{track}"].rle: RLE covers'  # the JSON location of the field
     if how == "frame_twice":
         frame = seq["annotated_image_paths"][1]
         seq["annotated_image_paths"][2] = frame

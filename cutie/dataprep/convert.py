@@ -7,7 +7,13 @@ Output layout (DAVIS / YouTube-VOS style, what the training loader reads):
     <output>/_meta/<video>.json                  completion marker + id map (the loader never looks here)
 
 Guarantees:
-- The whole annotation file is validated before anything is written (`validate` of each converter).
+- The whole annotation file is validated before anything is written (`validate` of each converter): every value
+  has the expected type, and every frame path stays inside --frames_path (relative, no `..`, no symlink leading
+  out). A problem is reported with its JSON location (e.g. `videos[3].file_names[2]`) and exit code 2.
+- Confinement of the output: video names are single path components; before anything is written, the output
+  folders a run would write into or delete are checked for symlinks (a planted link is refused, exit code 2), and
+  every write and every deletion is checked again when it happens. Nothing outside --output_path is touched, and
+  a video's old output is deleted only after its input frames were found.
 - Every file is written atomically (temporary name + os.replace).
 - A video counts as done only when its marker exists, and the marker is written last. The marker stores a
   fingerprint of the video's source annotation and the options; a rerun skips videos whose marker matches and
@@ -23,6 +29,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import sys
 import time
@@ -32,22 +39,112 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cutie.utils.atomic import atomic_write_json
+from cutie.utils.atomic import atomic_copy, atomic_write_bytes, atomic_write_json
+from cutie.utils.paths import Confiner, PathEscapeError, check_no_symlink_inside, is_inside
 
 META_DIR = "_meta"
 OUTPUT_DIRS = ("JPEGImages", "Annotations", "JPEGImages_all_frames")
 
 
-class InputError(ValueError):
-    """The annotation file is malformed; the message names the video and frame. Nothing was written."""
+FIX_JSON = "fix: repair or re-download the annotation file"
+FIX_PATHS = (
+    "fix: frame paths must be relative to --frames_path, without '..', and not lead out of it through a symlink "
+    "(check --frames_path, or copy the frames into it instead of linking them)"
+)
+FIX_OUTPUT = "fix: remove the symlink(s) from the output folder, or choose another --output_path, and rerun"
 
-    def __init__(self, problems: list[str], source: str):
+
+class InputError(ValueError):
+    """The annotation file (or the output folder) is unusable; each problem names its JSON location or path.
+    Nothing was written."""
+
+    def __init__(self, problems: list[str], source: str, fixes: Sequence[str] = (FIX_JSON,)):
         self.problems = problems
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         super().__init__(
-            f"{source}: {len(problems)} problem(s), nothing was written:\n  {shown}{more}\n"
-            "fix: repair or re-download the annotation file"
+            f"{source}: {len(problems)} problem(s), nothing was written:\n  {shown}{more}\n" + "\n".join(fixes)
+        )
+
+
+class Problems(list[str]):
+    """Problems of one document, collected by the validators; path problems get their own fix line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths = False
+
+    def path(self, message: str) -> None:
+        self.paths = True
+        self.append(message)
+
+    def raise_if_any(self, source: str) -> None:
+        if self:
+            raise InputError(list(self), source, ((FIX_PATHS,) if self.paths else ()) + (FIX_JSON,))
+
+
+_INT_RE = re.compile(r"[0-9]+")
+
+
+def is_int(value: object) -> bool:
+    """A JSON integer (bool is an int subclass in Python, but `true` is not a size)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def show(value: object) -> str:
+    """A JSON value as the user wrote it, cut short: for messages."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def is_digits(value: object) -> bool:
+    """A string of ASCII digits (str.isdigit also accepts '²', which int() refuses)."""
+    return isinstance(value, str) and _INT_RE.fullmatch(value) is not None
+
+
+def component_problem(name: object) -> str | None:
+    """Why `name` cannot be one folder/file name of the output, or None if it can."""
+    if not isinstance(name, str):
+        return f"must be a string, got {show(name)}"
+    if not name or name in (".", ".."):
+        return f"{name!r} is not a usable name"
+    if "/" in name or "\\" in name or "\x00" in name:
+        return f"{name!r} must be a single folder name (no '/', '\\' or NUL)"
+    if name.startswith("."):
+        return f"{name!r} starts with '.' (hidden and temporary names are reserved)"
+    return None
+
+
+def check_frame_path(frames_root: Confiner, relative: object, where: str, problems: Problems) -> bool:
+    """Checks a frame path from the JSON: a non-empty string, relative, no `..`, no symlink out of `frames_root`.
+    Records the problem (starting with `where`, the JSON location) and returns False if it is refused."""
+    if not isinstance(relative, str) or not relative:
+        problems.append(f"{where}: must be a non-empty string (a frame path), got {show(relative)}")
+        return False
+    try:
+        frames_root(relative, what=f"{where}:")
+    except PathEscapeError as e:
+        problems.path(str(e))
+        return False
+    return True
+
+
+def check_folders(frames_path: Path, output_path: Path) -> None:
+    """Refuses an output folder that holds the frames or lies among them: clearing a video there could delete
+    the sources."""
+    if is_inside(output_path, frames_path) or is_inside(frames_path, output_path):
+        raise InputError(
+            [f"--output_path {output_path} and --frames_path {frames_path} overlap"],
+            "folders",
+            ("fix: write the output to a folder beside the frames, not inside them (or around them)",),
+        )
+    if output_path.exists() and not output_path.is_dir():
+        raise InputError(
+            [f"--output_path {output_path} exists and is not a folder"], "folders", ("fix: choose a folder",)
         )
 
 
@@ -107,24 +204,80 @@ def is_done(output: Path, job: Job) -> bool:
     return meta.get("fingerprint") == job.fingerprint
 
 
+def video_paths(output: Path, video: str) -> list[Path]:
+    """Every path of the output that belongs to `video`: its marker and its folders."""
+    return [marker_path(output, video)] + [output / d / video for d in OUTPUT_DIRS]
+
+
+def _links_below(folder: Path) -> list[Path]:
+    """Symlinks anywhere below `folder` (not followed). scandir's d_type makes this about free per entry."""
+    found, todo = [], [folder]
+    while todo:
+        try:
+            entries = list(os.scandir(todo.pop()))
+        except NotADirectoryError:
+            continue
+        for e in entries:
+            if e.is_symlink():
+                found.append(Path(e.path))
+            elif e.is_dir(follow_symlinks=False):
+                todo.append(Path(e.path))
+    return found
+
+
+def check_output(output: Path, videos: Sequence[str]) -> None:
+    """Before anything is written: refuse symlinks where this run would write or delete (the output's own folders,
+    each video's folders, what they hold, and markers). Raises InputError listing every link found."""
+    links = []
+    for p in [output / d for d in (META_DIR, *OUTPUT_DIRS)] + [p for v in videos for p in video_paths(output, v)]:
+        if p.is_symlink():
+            links.append(p)
+        elif p.is_dir() and p.parent != output:
+            links += _links_below(p)
+    if links:
+        problems = [f"{p} is a symlink (to {os.readlink(p)}); refusing to write or delete through it" for p in links]
+        raise InputError(problems, f"--output_path {output}", (FIX_OUTPUT,))
+
+
 def clear_video(output: Path, video: str) -> None:
-    """Remove whatever an earlier, unfinished attempt left for this video."""
-    marker_path(output, video).unlink(missing_ok=True)
-    for d in OUTPUT_DIRS:
-        shutil.rmtree(output / d / video, ignore_errors=True)
+    """Remove whatever an earlier, unfinished attempt left for this video (never through a symlink)."""
+    for p in video_paths(output, video):
+        check_no_symlink_inside(output, p)
+        if p.is_dir():
+            shutil.rmtree(p)  # rmtree itself never follows links found inside the folder
+        else:
+            p.unlink(missing_ok=True)
+
+
+def write_output(output: Path, path: Path, data: bytes) -> None:
+    """Atomically write `data` to `path`, which must lie inside `output` with no symlink on the way."""
+    check_no_symlink_inside(output, path)
+    atomic_write_bytes(path, data)
+
+
+def copy_output(output: Path, path: Path, src: Path) -> None:
+    """Atomically copy the (already confined) source file `src` to `path` inside `output`."""
+    check_no_symlink_inside(output, path)
+    atomic_copy(src, path)
 
 
 def write_marker(output: Path, job: Job, info: dict) -> None:
-    atomic_write_json(marker_path(output, job.video), {"fingerprint": job.fingerprint, **info}, indent=1)
+    path = marker_path(output, job.video)
+    check_no_symlink_inside(output, path)
+    atomic_write_json(path, {"fingerprint": job.fingerprint, **info}, indent=1)
 
 
-# A worker converts one video and returns (frames written, objects, info for the marker); it raises on failure.
+# A check looks at one video's inputs (its frame files) and raises, naming the file, if one is unusable; it runs
+# before the video's old output is cleared. A worker then converts the video and returns (frames written, objects,
+# info for the marker); it raises on failure.
+Check = Callable[[Job], None]
 Worker = Callable[[Path, Job], tuple[int, int, dict]]
 
 
-def _run_one(args: tuple[Worker, Path, Job]) -> JobResult:
-    worker, output, job = args
+def _run_one(args: tuple[Check, Worker, Path, Job]) -> JobResult:
+    check, worker, output, job = args
     try:
+        check(job)  # first: a video whose inputs are unusable keeps whatever output it had
         clear_video(output, job.video)
         frames, objects, info = worker(output, job)
         write_marker(output, job, info)  # last: the video is complete only now
@@ -134,10 +287,19 @@ def _run_one(args: tuple[Worker, Path, Job]) -> JobResult:
 
 
 def run_jobs(
-    jobs: Sequence[Job], worker: Worker, output: Path, workers: int | None = None, desc: str = "convert"
+    jobs: Sequence[Job],
+    check: Check,
+    worker: Worker,
+    output: Path,
+    workers: int | None = None,
+    desc: str = "convert",
 ) -> Summary:
     """Convert every job not already done, `workers` processes in parallel (default: all cores)."""
     start = time.perf_counter()
+    for job in jobs:  # the validators check names; this guards callers that build jobs themselves
+        if (why := component_problem(job.video)) is not None:
+            raise InputError([f"video name: {why}"], "jobs")
+    check_output(output, [job.video for job in jobs])
     output.mkdir(parents=True, exist_ok=True)
     (output / META_DIR).mkdir(exist_ok=True)
     for tmp in (output / META_DIR).glob(".*.tmp"):  # markers a kill interrupted
@@ -150,7 +312,7 @@ def run_jobs(
         else:
             todo.append(job)
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    tasks = [(worker, output, job) for job in todo]
+    tasks = [(check, worker, output, job) for job in todo]
     pool = None
     if workers > 1:
         # fork where available: no re-import per worker, and no threads exist yet (tqdm's monitor starts below).
@@ -184,10 +346,11 @@ def run_jobs(
 
 def run_cli(json_path: Path, frames_path: Path, convert: Callable[[object], Summary]) -> int:
     """The command-line flow shared by the converters: read the JSON, check the frames folder, convert, print the
-    summary. Exit code 0 when every video converted, 1 when some failed, 2 for bad input (nothing written)."""
+    summary. Exit code 0 when every video converted, 1 when some failed (or the run could not go on, e.g. a full
+    disk), 2 for bad input or an unsafe output folder (nothing written)."""
     try:
         doc = json.loads(Path(json_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
         print(f"error: cannot read {json_path}: {e}", file=sys.stderr)
         return 2
     if not Path(frames_path).is_dir():
@@ -198,6 +361,9 @@ def run_cli(json_path: Path, frames_path: Path, convert: Callable[[object], Summ
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. the output folder cannot be created, or the disk filled up
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     for line in summary.lines():
         print(line)
     return 1 if summary.failed else 0

@@ -25,6 +25,19 @@ from PIL import Image
 from cutie.utils.atomic import atomic_write_bytes
 
 
+class MaskReadError(OSError):
+    """Some masks (or mask folders) could not be read; the message names them and the fix. No list was written."""
+
+    def __init__(self, dataset: str, unreadable: list[str]):
+        self.unreadable = unreadable
+        shown = "\n  ".join(unreadable[:10])
+        more = f"\n  ... and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""
+        super().__init__(
+            f"{dataset}: {len(unreadable)} mask file(s) or folder(s) could not be read, no list written:"
+            f"\n  {shown}{more}\n  fix: re-extract or re-convert these masks (or fix their permissions), then rerun"
+        )
+
+
 @dataclass
 class EmptyMaskList:
     dataset: str
@@ -34,19 +47,30 @@ class EmptyMaskList:
     empty: list[str]  # "<video>/<frame>.png", sorted
 
 
-def _empty_in_video(args: tuple[str, str]) -> tuple[int, list[str]]:
+def _empty_in_video(args: tuple[str, str]) -> tuple[int, list[str], list[str]]:
+    """(masks seen, empty ones, unreadable ones as 'path: reason') of one video folder."""
     mask_dir, video = args
-    names = sorted(n for n in os.listdir(os.path.join(mask_dir, video)) if n.lower().endswith(".png"))
-    empty = []
+    try:
+        names = sorted(n for n in os.listdir(os.path.join(mask_dir, video)) if n.lower().endswith(".png"))
+    except OSError as e:
+        return 0, [], [f"{os.path.join(mask_dir, video)}: {e.strerror or e}"]
+    empty, unreadable = [], []
     for n in names:
-        with Image.open(os.path.join(mask_dir, video, n)) as m:
-            if not np.asarray(m).any():  # palette index 0 everywhere = no object
-                empty.append(f"{video}/{n}")
-    return len(names), empty
+        path = os.path.join(mask_dir, video, n)
+        try:
+            with Image.open(path) as m:
+                pixels = np.asarray(m)  # decodes the whole file: a truncated one fails here
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for corrupt, truncated or non-PNG data
+            unreadable.append(f"{path}: {e}")
+            continue
+        if not pixels.any():  # palette index 0 everywhere = no object
+            empty.append(f"{video}/{n}")
+    return len(names), empty, unreadable
 
 
 def scan(dataset: str, mask_dir: Path, workers: int | None = None) -> EmptyMaskList:
-    """List the all-zero masks under mask_dir/<video>/*.png (parallel over videos)."""
+    """List the all-zero masks under mask_dir/<video>/*.png (parallel over videos). Raises MaskReadError naming
+    every mask that cannot be decoded (an incomplete list would let the loader start clips on empty frames)."""
     if not mask_dir.is_dir():
         raise FileNotFoundError(
             f"{dataset}: mask directory {mask_dir} does not exist (fix: link/convert the dataset, or check data_root)"
@@ -60,8 +84,11 @@ def scan(dataset: str, mask_dir: Path, workers: int | None = None) -> EmptyMaskL
             results = pool.map(_empty_in_video, tasks, chunksize=4)
     else:
         results = [_empty_in_video(t) for t in tasks]
-    frames = sum(n for n, _ in results)
-    empty = sorted(e for _, lst in results for e in lst)
+    unreadable = [u for _, _, bad in results for u in bad]
+    if unreadable:
+        raise MaskReadError(dataset, unreadable)
+    frames = sum(n for n, _, _ in results)
+    empty = sorted(e for _, lst, _ in results for e in lst)
     return EmptyMaskList(dataset, mask_dir, len(videos), frames, empty)
 
 

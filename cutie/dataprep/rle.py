@@ -6,6 +6,7 @@ a long one truncated), so the converters check the run total first with `rle_tot
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -56,9 +57,18 @@ def rle_total(counts: str | list[int]) -> int:
     return int(runs.sum())
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)  # type: ignore[arg-type]
+
+
 def check_segmentation(seg: object, height: int, width: int) -> None:
     """Raise RLEError unless `seg` is a compressed RLE string, an RLE dict (compressed or not) of this size, or a
-    polygon list; None (object absent) is accepted."""
+    polygon list; None (object absent) is accepted. Any other value (wrong types included) is an RLEError too, so
+    `decode` never meets a value it cannot handle."""
     if seg is None:
         return
     if isinstance(seg, str):
@@ -66,14 +76,23 @@ def check_segmentation(seg: object, height: int, width: int) -> None:
     elif isinstance(seg, dict):
         if "counts" not in seg or "size" not in seg:
             raise RLEError("RLE dict needs 'size' and 'counts'")
-        if [int(v) for v in seg["size"]] != [height, width]:
-            raise RLEError(f"RLE size {list(seg['size'])} differs from the frame size [{height}, {width}]")
+        size = seg["size"]
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+            raise RLEError(f"RLE size must be [height, width] integers, got {str(size)[:60]}")
+        if size != [height, width]:
+            raise RLEError(f"RLE size {size} differs from the frame size [{height}, {width}]")
         counts = seg["counts"]
-        if not isinstance(counts, str | list):
-            raise RLEError("RLE counts must be a string or a list of ints")
+        if isinstance(counts, list):
+            # pycocotools takes uint32 runs; a float, bool or huge value would be truncated or overflow silently
+            if not all(_is_int(c) and 0 <= c <= height * width for c in counts):
+                raise RLEError(f"RLE counts list must hold integers 0..{height * width}")
+        elif not isinstance(counts, str):
+            raise RLEError(f"RLE counts must be a string or a list of ints, got {type(counts).__name__}")
     elif isinstance(seg, list):
         if not seg or not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in seg):
             raise RLEError("polygon must be a list of [x1, y1, x2, y2, x3, y3, ...] lists with >= 3 points")
+        if not all(_is_number(v) for p in seg for v in p):
+            raise RLEError("polygon coordinates must be finite numbers")
         return
     else:
         raise RLEError(f"unsupported segmentation type {type(seg).__name__}")

@@ -1,0 +1,42 @@
+"""find_empty_masks.py on broken masks: unreadable files are named with the fix, no traceback, no partial list."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    script = str(REPO / "scripts" / "find_empty_masks.py")
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_corrupt_masks_are_named_and_their_list_not_written(tiny_data: Path, tmp_path: Path, workers: str) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    videos = sorted((data / "YouTube/train/Annotations").iterdir())
+    truncated = sorted(videos[0].iterdir())[1]
+    truncated.write_bytes(truncated.read_bytes()[:60])  # header intact, pixel data cut short
+    garbage = sorted(videos[2].iterdir())[0]
+    garbage.write_bytes(b"not a png at all")
+    out = tmp_path / "lists"
+    r = _run("--data", "tiny", "--data_root", str(data), "--out", str(out), "--workers", workers)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert str(truncated) in r.stderr and str(garbage) in r.stderr and "fix: re-extract or re-convert" in r.stderr
+    assert "YouTubeVOS: 2 mask file(s)" in r.stderr
+    assert not (out / "YouTubeVOS.txt").exists()  # an incomplete list would be worse than none
+    assert (out / "DAVIS.txt").is_file() and (out / "MOSE.txt").is_file()  # the intact datasets are still listed
+
+
+def test_unwritable_target_is_reported_without_traceback(tiny_data: Path, tmp_path: Path) -> None:
+    (tmp_path / "lists").write_text("a file where the folder should be")
+    r = _run("--data", "tiny", "--data_root", str(tiny_data), "--out", str(tmp_path / "lists"), "--workers", "1")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "cannot write" in r.stderr, r.stderr
