@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import sys
 
+from cutie.config.typed import ConfigError
+from cutie.data.index import DataValidationError
 from cutie.dataprep.check import check
 from cutie.dataprep.config import load_train_config
+from cutie.utils.cli import run_reporting_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,4 +36,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main, {ConfigError: "configuration error", DataValidationError: "data error"}))

@@ -15,8 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from cutie.dataprep.config import compose_train_config, resolve_path
+from cutie.config.typed import ConfigError
+from cutie.data.index import DataValidationError
+from cutie.dataprep.config import load_train_config, resolve_path
 from cutie.dataprep.empty_masks import MaskReadError, scan, write
+from cutie.utils.cli import run_reporting_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"data={args.data}"]
     overrides += [f"data_root={args.data_root}"] if args.data_root else []
     overrides += [f"cache_root={args.cache_root}"] if args.cache_root else []
-    cfg = compose_train_config(overrides)
-    data_root = resolve_path(cfg.data_root)
+    cfg = load_train_config(overrides)
+    data_root = resolve_path(cfg.run.data_root)
     status = 0
     for name in cfg.data.main_training.datasets:
         d = cfg.data.vos_datasets[name]
@@ -53,4 +56,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main, {ConfigError: "configuration error", DataValidationError: "data error"}))

@@ -16,8 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from cutie.config.typed import ConfigError
+from cutie.data.index import DataValidationError
 from cutie.dataprep.config import REPO_ROOT, load_train_config, needed_datasets
 from cutie.dataprep.links import TOP_LEVEL, make_links, presence
+from cutie.utils.cli import run_reporting_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,4 +61,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main, {ConfigError: "configuration error", DataValidationError: "data error"}))
