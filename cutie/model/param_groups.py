@@ -14,6 +14,7 @@ BACKBONE_PREFIXES = ("pixel_encoder.",)
 # query_init / query_emb embeddings and, by suffix, the weights of summary_to_query_init / summary_to_query_emb
 # (official behaviour, kept); summary_pos and obj_pe do not occur.
 EMBEDDING_SUFFIXES = tuple(f"{name}.weight" for name in ("summary_pos", "query_init", "query_emb", "obj_pe"))
+# Prefixes added by DistributedDataParallel and torch.compile; never part of a saved key.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cutie.model.param_groups import official_name
 from cutie.utils.atomic import atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,6 @@ log = logging.getLogger(__name__)
 # Weights whose input channels differ between the single-object network (pre-training: no "other objects"
 # channel) and the multi-object one; moving from the first to the second appends one input channel.
 WIDENABLE_KEYS = ("mask_encoder.conv1.weight", "pixel_fuser.sensory_compress.weight")
-# Prefixes added by DistributedDataParallel and torch.compile; never part of a saved key.
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # File names official Cutie downloads (torch hub cache names); other torchvision releases also fit.
 IMAGENET_FILES = {"resnet18": "resnet18-5c106cde.pth", "resnet50": "resnet50-19c8e357.pth"}
 IMAGENET_HINT = "see README, ImageNet weights"
@@ -63,16 +62,7 @@ def unwrap(net: nn.Module) -> nn.Module:
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     """Remove 'module.' / '_orig_mod.' key prefixes (saved from a wrapped network)."""
-    out = {}
-    for key, value in state_dict.items():
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, stripped = key[len(prefix) :], True
-        out[key] = value
-    return out
+    return {official_name(key): value for key, value in state_dict.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- reading

@@ -161,14 +161,17 @@ def tensor_bytes(obj: object) -> int:
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Writes a checkpoint and then its digest, both atomically, after checking the disk can hold it (a full
-    disk raises DiskFullError before anything is written; the previous checkpoint stays as it was)."""
+    """Writes a checkpoint and its digest, both atomically, after checking the disk can hold it (a full disk
+    raises DiskFullError before anything is written; the previous checkpoint stays as it was). The digest lands
+    first, just before the checkpoint takes its name, so a kill at any moment never leaves a checkpoint without
+    its digest (at worst a digest without its checkpoint, which nothing reads)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The new file is written beside the old ones (which stay until pruned): its full size must be free.
     check_free_space(path.parent, tensor_bytes(state) + (1 << 20), f"the checkpoint {path.name}")
-    digest = atomic_torch_save(state, path)
-    atomic_write_text(digest_path(path), f"{digest}  {path.name}\n")
+    atomic_torch_save(
+        state, path, on_digest=lambda digest: atomic_write_text(digest_path(path), f"{digest}  {path.name}\n")
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- loading

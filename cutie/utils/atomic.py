@@ -89,11 +89,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, mode: int | None = None) -> None:
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[IO[bytes]], Any],
+    *,
+    mode: int | None = None,
+    before_replace: Callable[[], Any] | None = None,
+) -> None:
     """Calls `write(file)` on a temporary sibling of `path`, then moves it into place atomically.
 
-    `mode` defaults to 0666 & ~umask. Parent folders are created. Raises UnsafePathError if `path` is a symlink,
-    DiskFullError if the disk fills up.
+    `mode` defaults to 0666 & ~umask. Parent folders are created. `before_replace` runs once the new content is
+    on disk, just before it takes the final name (e.g. to write a digest first, so that a file under its final
+    name always has one). Raises UnsafePathError if `path` is a symlink, DiskFullError if the disk fills up.
     """
     path = Path(path)
     if path.is_symlink():
@@ -106,6 +113,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, (0o666 & ~current_umask()) if mode is None else mode)
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
@@ -178,8 +187,9 @@ class _HashingWriter:
         self.f.flush()
 
 
-def atomic_torch_save(obj: object, path: str | os.PathLike) -> str:
-    """torch.save(obj) to `path` atomically; returns the sha256 (hex) of the file's bytes."""
+def atomic_torch_save(obj: object, path: str | os.PathLike, on_digest: Callable[[str], Any] | None = None) -> str:
+    """torch.save(obj) to `path` atomically; returns the sha256 (hex) of the file's bytes. `on_digest(sha256)`
+    runs before the file takes its final name (see atomic_write's before_replace)."""
     import torch  # local: the data tools use this module without needing torch loaded
 
     digest: list[str] = []
@@ -194,7 +204,7 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> str:
             raise
         digest.append(w.sha256.hexdigest())
 
-    atomic_write(path, write)
+    atomic_write(path, write, before_replace=None if on_digest is None else lambda: on_digest(digest[0]))
     return digest[0]
 
 
