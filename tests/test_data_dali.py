@@ -62,6 +62,8 @@ def _layer(r: np.random.Generator, dense: bool = False, grey: bool = False, same
         saturation=r.uniform(0.6, 1.0, T).astype(np.float32),
         grayscale=np.array([grey and t == 1 for t in range(T)]),
         dense_maps=_dense(r) if dense else None,
+        hue=r.uniform(-0.05, 0.05, T).astype(np.float32),  # the official pre-training range, in turns
+        blur=np.array([0.0, *r.uniform(0.1, 1.5, T - 1)], np.float32),  # none, then 3- to 9-tap Gaussians
     )
 
 
@@ -148,6 +150,7 @@ def test_warp_uses_opencv_pixel_centres() -> None:
     layer.brightness[:] = 1
     layer.contrast[:] = 1
     layer.saturation[:] = 1
+    layer.hue, layer.blur = None, None
     recipe = ClipRecipe(
         layers=[layer], alpha=None, cls_gt=np.zeros((T, H, W), np.uint8), num_objects=1, out_size=(H, W)
     )
@@ -177,9 +180,10 @@ def dali_out() -> dict[str, list[np.ndarray]]:
 
 
 def test_matches_torch_renderer(dali_out) -> None:
-    """Every recipe shape (flips, rotations, grayscale frames, merge, dense maps, multi-layer): masks identical;
-    images within mean 0.3/255 and max 3/255 of render_recipe (both decode with libjpeg-turbo and round to uint8
-    after each step; they differ in bilinear fixed point, grey weights and the alpha's 1/255 steps)."""
+    """Every recipe shape (flips, rotations, grayscale frames, hue, blur, merge, dense maps, multi-layer): masks
+    identical; images within mean 0.3/255 and max 3/255 of render_recipe (both decode with libjpeg-turbo and round
+    to uint8 after each step; they differ in bilinear and blur fixed point, grey weights and the alpha's 1/255
+    steps)."""
     render = pytest.importorskip("cutie.data.render")
     assert [int(i) for i in dali_out["index"]] == list(range(8))
     for g in range(8):

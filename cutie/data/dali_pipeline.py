@@ -9,16 +9,20 @@ that take it:
 - a layer with matrices: T JPEG inputs -> `fn.decoders.image` (mixed on a GPU, cpu otherwise) ->
   `fn.experimental.warp_perspective` per frame with pixel_origin="center" (OpenCV's convention, so the sampler's
   matrices are used as they are; checked equal to cv2.warpPerspective) -> `fn.stack` to FHWC. Warping frame by
-  frame before the stack also accepts frames of different source sizes;
+  frame before the stack also accepts frames of different source sizes; then `fn.gaussian_blur` per frame with the
+  recipe's blur as the (sigma, window) of geometry.gaussian_for_variance (window 1: no blur), the same taps as the
+  torch backend's cv2.GaussianBlur;
 - a layer with dense maps (pre-training thin-plate splines): `fn.experimental.remap` is GPU-only and fills 0, so
   the source decodes and remaps those frames on the CPU (cv2, in the parallel source workers) and hands over the
-  warped uint8 frames; the graph only applies colour and compositing to them. A repeated JPEG is decoded once.
+  warped (and blurred) uint8 frames; the graph only applies colour and compositing to them. A repeated JPEG is
+  decoded once.
 Colour (recipe.py's order), per frame on FHWC uint8:
   m = mean grey of the warped frame (`fn.reductions.mean` of the channels, weighted 0.299/0.587/0.114),
   `fn.brightness_contrast(brightness=b, contrast=c, contrast_center=m)`,
-  `fn.hsv(saturation=s * (1 - grayscale))`: DALI's hsv is the linear map grey + s * (x - grey) with the same
-  luma weights (within 1e-3). Folding the grayscale flag into the saturation factor differs from recipe.py's
-  gray(clamp(...)) only where s > 1 made the saturation step clip, which is negligible at the jitter strengths used.
+  `fn.hsv(saturation=s * (1 - grayscale), hue=360 * hue)`: DALI's hsv is the linear YIQ map of recipe.py's
+  saturation + hue step (colour.chroma_matrix, checked to 1e-4). Folding the grayscale flag into the saturation
+  factor differs from recipe.py's gray(clamp(...)) only where s > 1 made the saturation step clip, which is
+  negligible at the jitter strengths used.
   Both ops write uint8, which rounds and saturates (recipe.py's clamps) after each step, as the torch backend's
   uint8 steps do; a float chain with one final cast cost ~10% more CPU time and was further from that backend.
   On a GPU the per-frame mean lives on the device; it is moved to the CPU (`.cpu()`, DALI's dynamic executor) to
@@ -45,8 +49,10 @@ from functools import cache
 import cv2
 import numpy as np
 
+from cutie.data.geometry import gaussian_for_variance
 from cutie.data.masks import BadSampleError
 from cutie.data.recipe import IMAGENET_MEAN, ClipRecipe, ImageLayer
+from cutie.data.render import blur
 
 _FILL_255 = [255.0 * v for v in IMAGENET_MEAN]  # warp fill in uint8 units
 _LUMA = (0.299, 0.587, 0.114)
@@ -65,7 +71,7 @@ class SourceLayout:
         fields: list[tuple[str, str]] = []
         for k in range(self.max_layers):
             fields += [(f"jpeg{k}_{t}", "jpeg") for t in range(self.seq_length)]
-            fields += [(f"matrices{k}", "float"), (f"colour{k}", "float"), (f"dense{k}", "bool")]
+            fields += [(f"matrices{k}", "float"), (f"colour{k}", "float"), (f"blur{k}", "float"), (f"dense{k}", "bool")]
             fields += [(f"frames{k}", "frames")]
             if k > 0:
                 fields += [(f"present{k}", "bool"), (f"alpha{k}", "alpha")]
@@ -155,23 +161,33 @@ def remap_layer(layer: ImageLayer) -> np.ndarray:
             path = layer.source_paths[t] if layer.source_paths else f"frame {t}"
             decoded[data] = _decode_rgb(data, path)
         dmap = np.ascontiguousarray(layer.dense_maps[t], dtype=np.float32)  # H*W*2 (source x, source y)
-        frames.append(
-            cv2.remap(
-                decoded[data],
-                dmap,
-                None,
-                interpolation=cv2.INTER_LINEAR,
-                borderMode=cv2.BORDER_CONSTANT,
-                borderValue=_FILL_255,
-            )
+        warped = cv2.remap(
+            decoded[data],
+            dmap,
+            None,
+            interpolation=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=_FILL_255,
         )
+        frames.append(warped if layer.blur is None else blur(warped, float(layer.blur[t])))
     return np.stack(frames)
 
 
 def _colour_params(layer: ImageLayer) -> np.ndarray:
-    """T*3 float32: brightness, contrast, saturation with the grayscale flag folded in (0 = grey)."""
+    """T*4 float32: brightness, contrast, saturation with the grayscale flag folded in (0 = grey), hue in degrees."""
+    t = len(layer.brightness)
     sat = np.where(np.asarray(layer.grayscale, bool), 0.0, np.asarray(layer.saturation, np.float64))
-    return np.stack([layer.brightness, layer.contrast, sat], axis=1).astype(np.float32)
+    hue = np.zeros(t) if layer.hue is None else 360.0 * np.asarray(layer.hue, np.float64)
+    return np.stack([layer.brightness, layer.contrast, sat, hue], axis=1).astype(np.float32)
+
+
+def _blur_params(layer: ImageLayer | None, t: int) -> np.ndarray:
+    """T*2 float32: the Gaussian (sigma, window) of each frame's blur; window 1 = none."""
+    out = np.zeros((t, 2), np.float32)
+    out[:, 1] = 1
+    if layer is not None and layer.blur is not None:
+        out[:] = [gaussian_for_variance(float(v)) for v in layer.blur]
+    return out
 
 
 def pack_recipe(recipe: ClipRecipe, layout: SourceLayout, index: int = -1, bad_paths: list[str] = ()) -> tuple:
@@ -197,9 +213,12 @@ def pack_recipe(recipe: ClipRecipe, layout: SourceLayout, index: int = -1, bad_p
                 raise ValueError(f"layer {k} has {len(layer.jpegs)} JPEGs for {t_len} frames")
             out += [np.frombuffer(b, np.uint8) for b in layer.jpegs]
         if layer is None:
-            out += [np.tile(np.eye(3, dtype=np.float32), (t_len, 1, 1)), np.ones((t_len, 3), np.float32)]
+            colour = np.ones((t_len, 4), np.float32)
+            colour[:, 3] = 0
+            out += [np.tile(np.eye(3, dtype=np.float32), (t_len, 1, 1)), colour]
         else:
             out += [np.asarray(layer.matrices, np.float32).reshape(t_len, 3, 3), _colour_params(layer)]
+        out += [_blur_params(None if dense else layer, t_len)]  # dense layers come blurred from remap_layer
         out += [np.array(dense), remap_layer(layer) if dense else np.zeros((t_len, 1, 1, 3), np.uint8)]
         if k > 0:
             present = layer is not None
@@ -229,21 +248,22 @@ def _render_layer(inputs: dict, k: int, layout: SourceLayout, gpu: bool):
             frames = frames.gpu()
     else:
         mats = inputs[f"matrices{k}"]
+        blur_sw = inputs[f"blur{k}"]  # T*2: sigma, window
+        windows = fn.cast(blur_sw[:, 1], dtype=types.INT32)
         warped = []
         for t in range(t_len):
             img = fn.decoders.image(inputs[f"jpeg{k}_{t}"], device="mixed" if gpu else "cpu", output_type=types.RGB)
-            warped.append(
-                fn.experimental.warp_perspective(
-                    img,
-                    matrix=mats[t],
-                    size=[h, w],
-                    fill_value=_FILL_255,
-                    interp_type=types.INTERP_LINEAR,
-                    pixel_origin="center",  # OpenCV's pixel centres, as the sampler's matrices
-                )
+            frame = fn.experimental.warp_perspective(
+                img,
+                matrix=mats[t],
+                size=[h, w],
+                fill_value=_FILL_255,
+                interp_type=types.INTERP_LINEAR,
+                pixel_origin="center",  # OpenCV's pixel centres, as the sampler's matrices
             )
+            warped.append(fn.gaussian_blur(frame, sigma=blur_sw[t, 0], window_size=windows[t]))
         frames = fn.stack(*warped, axis_name="F")  # T*H*W*3 uint8
-    colour = inputs[f"colour{k}"]  # T*3 (brightness, contrast, saturation)
+    colour = inputs[f"colour{k}"]  # T*4 (brightness, contrast, saturation, hue in degrees)
     chan_mean = fn.reductions.mean(frames, axes=[1, 2], dtype=types.FLOAT)  # T*3, uint8 units
     grey_mean = chan_mean[:, 0] * _LUMA[0] + chan_mean[:, 1] * _LUMA[1] + chan_mean[:, 2] * _LUMA[2]  # T
     if gpu:
@@ -256,7 +276,7 @@ def _render_layer(inputs: dict, k: int, layout: SourceLayout, gpu: bool):
         contrast=fn.per_frame(colour[:, 1]),
         contrast_center=fn.per_frame(grey_mean),
     )
-    return fn.hsv(x, saturation=fn.per_frame(colour[:, 2]), dtype=types.UINT8)  # T*H*W*3 uint8
+    return fn.hsv(x, saturation=fn.per_frame(colour[:, 2]), hue=fn.per_frame(colour[:, 3]), dtype=types.UINT8)
 
 
 def clip_graph(source: Callable, layout: SourceLayout, gpu: bool, parallel: bool = True) -> tuple:

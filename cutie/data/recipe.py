@@ -10,10 +10,16 @@ Conventions (both backends implement exactly these):
 - `matrices[t]` (3x3, float64) maps an OUTPUT pixel (x, y, 1) to a SOURCE pixel, OpenCV's convention: pixel centres
   at integer coordinates (cv2.warpPerspective with WARP_INVERSE_MAP). Backends with a corner origin convert.
   The sampler only emits affine matrices (last row 0 0 1), so cv2.warpAffine with the top two rows is equivalent.
+- Blur, per frame t, right after the warp: when blur[t] >= geometry.MIN_BLUR_VARIANCE, an isotropic Gaussian of
+  variance blur[t] output pixels^2, as the (sigma, window) of geometry.gaussian_for_variance (border: reflect-101).
+  It stands for the softening of the official chain's extra resampling steps (geometry.extra_blur), computed for a
+  full-size decode; a backend that decodes at reduced size subtracts what that decode already blurred.
 - Colour, per frame t, on the warped image x (float, RGB in [0, 1]), in this order, clamping to [0, 1] after each step:
     m  = mean over pixels of gray(x)                        gray = 0.299 R + 0.587 G + 0.114 B
     x <- brightness[t] * (m + contrast[t] * (x - m))
-    x <- gray(x) + saturation[t] * (x - gray(x))
+    x <- Y^-1 diag(1, saturation[t] * R(hue[t])) Y x        Y: RGB -> YIQ (colour.YIQ), R: rotation of the (I, Q)
+         plane by hue[t] turns; with hue 0 this is gray(x) + saturation[t] * (x - gray(x)) (to 3e-3). It is DALI's
+         `fn.hsv` (a linear stand-in for an HSV hue shift: same spread of hue offsets, see docs/data-parity.md)
     if grayscale[t]: x <- gray(x) in all three channels
 - Dense maps (pre-training thin-plate-spline frames): when a layer's `dense_maps` is not None it replaces that
   layer's `matrices` for the whole clip: dense_maps[t, y, x] = (source x, source y), OpenCV's cv2.remap convention
@@ -47,6 +53,8 @@ class ImageLayer:
     grayscale: np.ndarray  # T bool
     source_paths: list[str] | None = None  # T paths, for error messages (corrupt files)
     dense_maps: np.ndarray | None = None  # T*H*W*2 float32 source coordinates (pre-training TPS), else None
+    hue: np.ndarray | None = None  # T float32 hue rotation in turns (ColorJitter hue_factor); None = 0
+    blur: np.ndarray | None = None  # T float32 Gaussian variance in output pixels^2 after the warp; None = 0
 
 
 @dataclass

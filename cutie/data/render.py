@@ -2,9 +2,10 @@
 
 Lean on purpose (the loader must keep up on few cores): one decode per distinct JPEG, reduced-size decoding when
 the warp shrinks by >= 2 anyway, one warp per frame on 4-channel images (OpenCV's fast SIMD path: about twice as
-fast as 3 channels), colour on 3 channels through one lookup table (brightness, contrast) and one 3x3 colour
-matrix (saturation, grayscale), a pasted layer coloured and blended only inside its alpha's bounding box, planes
-split straight into T*3*H*W. The caller's process should keep freed heap memory (cutie/utils/host_memory.py).
+fast as 3 channels), the recipe's blur as one small Gaussian (3 taps in main training; OpenCV's fixed-point path),
+colour on 3 channels through one lookup table (brightness, contrast) and one 3x3 colour matrix (saturation, hue,
+grayscale), a pasted layer blurred, coloured and blended only inside its alpha's bounding box, planes split
+straight into T*3*H*W. The caller's process should keep freed heap memory (cutie/utils/host_memory.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cutie.data.geometry import source_scale
+from cutie.data.colour import chroma_matrix
+from cutie.data.geometry import gaussian_for_variance, source_scale
 from cutie.data.masks import BadSampleError, decode_jpeg_size
 from cutie.data.recipe import IMAGENET_MEAN, ClipRecipe, ImageLayer
 
@@ -45,6 +47,26 @@ def _to_reduced(m: np.ndarray, full_wh: tuple[int, int], small_wh: tuple[int, in
     return s @ m
 
 
+def blur(x: np.ndarray, variance: float) -> np.ndarray:
+    """The recipe's Gaussian blur of `variance` pixels^2 (x unchanged when it is too small to matter)."""
+    sigma, window = gaussian_for_variance(variance)
+    if window == 1:
+        return x
+    return cv2.GaussianBlur(x, (window, window), sigma, borderType=cv2.BORDER_REFLECT_101)
+
+
+def _blur_region(x: np.ndarray, variance: float, region: tuple[int, int, int, int]) -> np.ndarray:
+    """blur(x)[region], computed on the region grown by the kernel radius (so its edge sees real neighbours)."""
+    x0, y0, w, h = region
+    r = gaussian_for_variance(variance)[1] // 2
+    if r == 0:
+        return x[y0 : y0 + h, x0 : x0 + w]
+    gx0, gy0 = max(0, x0 - r), max(0, y0 - r)
+    gx1, gy1 = min(x.shape[1], x0 + w + r), min(x.shape[0], y0 + h + r)
+    out = blur(x[gy0:gy1, gx0:gx1], variance)
+    return out[y0 - gy0 : y0 - gy0 + h, x0 - gx0 : x0 - gx0 + w]
+
+
 def _colour(
     x: np.ndarray,
     brightness: float,
@@ -52,22 +74,26 @@ def _colour(
     saturation: float,
     grayscale: bool,
     region: tuple[int, int, int, int] | None = None,
+    hue: float = 0.0,
+    blur_variance: float = 0.0,
 ) -> np.ndarray:
-    """The recipe's colour steps on one warped uint8 RGBA frame -> H*W*3 uint8 RGB; with a region (x, y, w, h),
-    only that part is returned (the contrast statistic still comes from the whole frame)."""
+    """The recipe's blur and colour steps on one warped uint8 RGBA frame -> H*W*3 uint8 RGB; with a region
+    (x, y, w, h), only that part is returned (the contrast statistic still comes from the whole frame; the blur
+    barely moves a mean, so it is taken before the blur)."""
     r, g, b, _ = cv2.mean(x)
     mean = _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b  # mean of gray(x) (gray is linear)
     if region is not None:
-        x0, y0, w, h = region
-        x = x[y0 : y0 + h, x0 : x0 + w]
+        x = _blur_region(x, blur_variance, region)
+    else:
+        x = blur(x, blur_variance)
     x = cv2.cvtColor(x, cv2.COLOR_RGBA2RGB)  # the 3-channel LUT and transform below are the fast SIMD paths
     # brightness * (m + contrast * (v - m)) is affine in v: one lookup table for all channels (clamped).
     lut = np.clip(brightness * (mean + contrast * (np.arange(256, dtype=np.float32) - mean)), 0, 255)
     x = cv2.LUT(x, (lut + 0.5).astype(np.uint8))
     if grayscale:  # gray(saturation step(x)) == gray(x): every channel becomes the grey level
         return cv2.transform(x, _GREY)
-    if saturation != 1.0:  # gray(x) + s * (x - gray(x)) as one 3x3 colour matrix (one rounding, then saturate)
-        return cv2.transform(x, (saturation * np.eye(3) + (1.0 - saturation) * _GREY).astype(np.float32))
+    if saturation != 1.0 or hue != 0.0:  # saturation and hue as one 3x3 colour matrix (one rounding, then saturate)
+        return cv2.transform(x, chroma_matrix(saturation, hue).astype(np.float32))
     return x
 
 
@@ -119,6 +145,12 @@ def render_layer(
                 borderMode=cv2.BORDER_CONSTANT,
                 borderValue=FILL,
             )
+        variance = 0.0 if layer.blur is None else float(layer.blur[i])
+        if factors[key] > 1 and variance > 0:
+            # A decode at 1/k size already blurred (k^2 - 1) / 4 source pixels^2 (the DCT scaling ~ a k-box, and
+            # bilinear on the coarser grid): the recipe's variance is for a full-size decode.
+            k = factors[key]
+            variance -= (k * k - 1) / 4 / abs(float(np.linalg.det(layer.matrices[i][:2, :2])))
         frames.append(
             _colour(
                 warped,
@@ -127,6 +159,8 @@ def render_layer(
                 float(layer.saturation[i]),
                 bool(layer.grayscale[i]),
                 None if regions is None else regions[i],
+                0.0 if layer.hue is None else float(layer.hue[i]),
+                variance,
             )
         )
     return frames
