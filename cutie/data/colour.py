@@ -37,16 +37,3 @@ def clip_colours(
     out["hue"] = np.full(t, rng.uniform(-hue, hue) if hue > 0 else 0.0, np.float32)
     out["grayscale"] = np.full(t, rng.random() < grayscale_p, dtype=bool)
     return out
-
-
-# RGB -> YIQ (the matrix of DALI's fn.hsv); its exact inverse maps back, so saturation 1 and hue 0 are the identity.
-YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]])
-_YIQ_INV = np.linalg.inv(YIQ)
-
-
-def chroma_matrix(saturation: float, hue: float) -> np.ndarray:
-    """3x3 RGB map of the saturation and hue steps (recipe.py): scale the chroma (I, Q) by `saturation` and rotate
-    it by `hue` turns, as DALI's fn.hsv(saturation=saturation, hue=360 * hue) (positive: HSV hue increases)."""
-    a = 2.0 * np.pi * hue
-    c, s = np.cos(a) * saturation, np.sin(a) * saturation
-    return _YIQ_INV @ np.array([[1.0, 0.0, 0.0], [0.0, c, s], [0.0, -s, c]]) @ YIQ

@@ -14,12 +14,14 @@ Conventions (both backends implement exactly these):
   variance blur[t] output pixels^2, as the (sigma, window) of geometry.gaussian_for_variance (border: reflect-101).
   It stands for the softening of the official chain's extra resampling steps (geometry.extra_blur), computed for a
   full-size decode; a backend that decodes at reduced size subtracts what that decode already blurred.
+- Hue, per frame t, after the blur, when hue[t] != 0 and not grayscale[t]: an exact HSV hue shift as the official
+  PIL one (uint8 HSV with the hue on 0..255, shifted by round(256 * hue[t]) modulo 256; render.hue_shift, shared by
+  both backends). The official ColorJitter applies its four steps in a random order; hue first is one of them
+  (brightness, contrast and saturation leave the HSV hue unchanged up to clipping).
 - Colour, per frame t, on the warped image x (float, RGB in [0, 1]), in this order, clamping to [0, 1] after each step:
     m  = mean over pixels of gray(x)                        gray = 0.299 R + 0.587 G + 0.114 B
     x <- brightness[t] * (m + contrast[t] * (x - m))
-    x <- Y^-1 diag(1, saturation[t] * R(hue[t])) Y x        Y: RGB -> YIQ (colour.YIQ), R: rotation of the (I, Q)
-         plane by hue[t] turns; with hue 0 this is gray(x) + saturation[t] * (x - gray(x)) (to 3e-3). It is DALI's
-         `fn.hsv` (a linear stand-in for an HSV hue shift: same spread of hue offsets, see docs/data-parity.md)
+    x <- gray(x) + saturation[t] * (x - gray(x))
     if grayscale[t]: x <- gray(x) in all three channels
 - Dense maps (pre-training thin-plate-spline frames): when a layer's `dense_maps` is not None it replaces that
   layer's `matrices` for the whole clip: dense_maps[t, y, x] = (source x, source y), OpenCV's cv2.remap convention

@@ -3,9 +3,10 @@
 Lean on purpose (the loader must keep up on few cores): one decode per distinct JPEG, reduced-size decoding when
 the warp shrinks by >= 2 anyway, one warp per frame on 4-channel images (OpenCV's fast SIMD path: about twice as
 fast as 3 channels), the recipe's blur as one small Gaussian (3 taps in main training; OpenCV's fixed-point path),
-colour on 3 channels through one lookup table (brightness, contrast) and one 3x3 colour matrix (saturation, hue,
-grayscale), a pasted layer blurred, coloured and blended only inside its alpha's bounding box, planes split
-straight into T*3*H*W. The caller's process should keep freed heap memory (cutie/utils/host_memory.py).
+an HSV round trip for the hue (pre-training only), colour on 3 channels through one lookup table (brightness,
+contrast) and one 3x3 colour matrix (saturation, grayscale), a pasted layer blurred, coloured and blended only
+inside its alpha's bounding box, planes split straight into T*3*H*W. The caller's process should keep freed heap
+memory (cutie/utils/host_memory.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cutie.data.colour import chroma_matrix
 from cutie.data.geometry import gaussian_for_variance, source_scale
 from cutie.data.masks import BadSampleError, decode_jpeg_size
 from cutie.data.recipe import IMAGENET_MEAN, ClipRecipe, ImageLayer
@@ -55,6 +55,13 @@ def blur(x: np.ndarray, variance: float) -> np.ndarray:
     return cv2.GaussianBlur(x, (window, window), sigma, borderType=cv2.BORDER_REFLECT_101)
 
 
+def hue_shift(rgb: np.ndarray, hue: float) -> np.ndarray:
+    """The recipe's hue step on H*W*3 uint8 RGB: PIL's (uint8 HSV, hue on 0..255) shifted by `hue` turns."""
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)
+    hsv[..., 0] += np.uint8(round(256 * hue) % 256)  # numpy's uint8 addition wraps around the circle
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+
+
 def _blur_region(x: np.ndarray, variance: float, region: tuple[int, int, int, int]) -> np.ndarray:
     """blur(x)[region], computed on the region grown by the kernel radius (so its edge sees real neighbours)."""
     x0, y0, w, h = region
@@ -74,10 +81,9 @@ def _colour(
     saturation: float,
     grayscale: bool,
     region: tuple[int, int, int, int] | None = None,
-    hue: float = 0.0,
     blur_variance: float = 0.0,
 ) -> np.ndarray:
-    """The recipe's blur and colour steps on one warped uint8 RGBA frame -> H*W*3 uint8 RGB; with a region
+    """The recipe's blur and colour steps on one warped uint8 RGBA (or RGB) frame -> H*W*3 uint8 RGB; with a region
     (x, y, w, h), only that part is returned (the contrast statistic still comes from the whole frame; the blur
     barely moves a mean, so it is taken before the blur)."""
     r, g, b, _ = cv2.mean(x)
@@ -86,14 +92,15 @@ def _colour(
         x = _blur_region(x, blur_variance, region)
     else:
         x = blur(x, blur_variance)
-    x = cv2.cvtColor(x, cv2.COLOR_RGBA2RGB)  # the 3-channel LUT and transform below are the fast SIMD paths
+    if x.shape[2] == 4:
+        x = cv2.cvtColor(x, cv2.COLOR_RGBA2RGB)  # the 3-channel LUT and transform below are the fast SIMD paths
     # brightness * (m + contrast * (v - m)) is affine in v: one lookup table for all channels (clamped).
     lut = np.clip(brightness * (mean + contrast * (np.arange(256, dtype=np.float32) - mean)), 0, 255)
     x = cv2.LUT(x, (lut + 0.5).astype(np.uint8))
     if grayscale:  # gray(saturation step(x)) == gray(x): every channel becomes the grey level
         return cv2.transform(x, _GREY)
-    if saturation != 1.0 or hue != 0.0:  # saturation and hue as one 3x3 colour matrix (one rounding, then saturate)
-        return cv2.transform(x, chroma_matrix(saturation, hue).astype(np.float32))
+    if saturation != 1.0:  # gray(x) + s * (x - gray(x)) as one 3x3 colour matrix (one rounding, then saturate)
+        return cv2.transform(x, (saturation * np.eye(3) + (1.0 - saturation) * _GREY).astype(np.float32))
     return x
 
 
@@ -151,6 +158,10 @@ def render_layer(
             # bilinear on the coarser grid): the recipe's variance is for a full-size decode.
             k = factors[key]
             variance -= (k * k - 1) / 4 / abs(float(np.linalg.det(layer.matrices[i][:2, :2])))
+        hue = 0.0 if layer.hue is None or layer.grayscale[i] else float(layer.hue[i])
+        if hue != 0.0:  # the hue step needs the whole blurred frame (the contrast mean is taken after it)
+            warped = hue_shift(cv2.cvtColor(blur(warped, variance), cv2.COLOR_RGBA2RGB), hue)
+            variance = 0.0
         frames.append(
             _colour(
                 warped,
@@ -159,7 +170,6 @@ def render_layer(
                 float(layer.saturation[i]),
                 bool(layer.grayscale[i]),
                 None if regions is None else regions[i],
-                0.0 if layer.hue is None else float(layer.hue[i]),
                 variance,
             )
         )
