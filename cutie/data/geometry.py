@@ -165,8 +165,9 @@ _VARIANCES = np.array([_kernel_variance(s, _radius(s)) for s in _SIGMAS])
 MIN_BLUR_VARIANCE = 0.005  # below this a blur changes no uint8 pixel: skipped
 # The frequency at which the blur matches the chain. A Gaussian of the chain's total variance leaves main-training
 # frames 12% too sharp (mean |Laplacian|): bilinear steps damp the highest frequencies more than a Gaussian of the
-# same variance. Matching the response near Nyquist, where the Laplacian looks, fits both stages: measured
-# within 3% of the PIL chain for main and pre-training (docs/data-parity.md).
+# same variance. Matching the response near Nyquist, where the Laplacian looks, fits both stages. 0.85 pi was picked
+# from 0.5-1.0 pi on 40 frames per stage (main/pre mean |Laplacian| vs PIL: 0.5 pi 1.07/0.99, 0.85 pi 1.02/0.99,
+# pi 1.00/0.95); docs/data-parity.md has the measurement.
 MATCH_FREQUENCY = 0.85 * math.pi
 
 
@@ -177,7 +178,8 @@ def _kernel_response(sigma: float, radius: int, w: float) -> float:
 
 
 _RESPONSES = np.array([_kernel_response(s, _radius(s), MATCH_FREQUENCY) for s in _SIGMAS])
-# Truncated kernels of sigma > 1.39 ripple around a response of 0.003: keep the decreasing part for the inversion.
+# Truncated kernels of sigma > 1.39 ripple around a response of 0.003: keep the decreasing part for the inversion
+# (extra_blur gives at most sigma 1.39, i.e. a response of 0.003 at MATCH_FREQUENCY: the rare strong enlargements).
 _N_RESPONSES = int(np.flatnonzero(np.diff(_RESPONSES) >= 0)[0]) + 1
 
 
