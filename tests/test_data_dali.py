@@ -52,7 +52,9 @@ def _dense(r: np.random.Generator) -> np.ndarray:
     return np.stack(maps).astype(np.float32)
 
 
-def _layer(r: np.random.Generator, dense: bool = False, grey: bool = False, same_image: bool = False) -> ImageLayer:
+def _layer(
+    r: np.random.Generator, dense: bool = False, grey: bool = False, same_image: bool = False, hue: bool = False
+) -> ImageLayer:
     jpegs = [_jpeg(int(r.integers(1 << 30)))] * T if same_image else [_jpeg(int(r.integers(1 << 30))) for _ in range(T)]
     return ImageLayer(
         jpegs=jpegs,
@@ -62,20 +64,23 @@ def _layer(r: np.random.Generator, dense: bool = False, grey: bool = False, same
         saturation=r.uniform(0.6, 1.0, T).astype(np.float32),
         grayscale=np.array([grey and t == 1 for t in range(T)]),
         dense_maps=_dense(r) if dense else None,
+        hue=np.full(T, r.uniform(-0.05, 0.05), np.float32) if hue else None,  # pre-training: one per clip
+        blur=np.array([0.0, *r.uniform(0.1, 1.5, T - 1)], np.float32),  # none, then 3- to 9-tap Gaussians
     )
 
 
 def make_recipe(kind: str, seed: int) -> ClipRecipe:
-    """Recipes of every shape the sampler makes: plain, merged (soft alpha), dense-map, multi-layer (hard alpha)."""
+    """Recipes of every shape the sampler makes: plain, merged (soft alpha), dense-map, multi-layer (hard alpha);
+    the pre-training shapes (dense, multi) with a hue step, multi with one matrix layer that has it too."""
     r = np.random.default_rng(seed)
     if kind == "plain":
         layers = [_layer(r, grey=True)]
     elif kind == "merge":
         layers = [_layer(r), _layer(r, grey=True)]
     elif kind == "dense":
-        layers = [_layer(r, dense=True, grey=True, same_image=True)]
+        layers = [_layer(r, dense=True, grey=True, same_image=True, hue=True)]
     elif kind == "multi":
-        layers = [_layer(r, dense=True, same_image=True) for _ in range(3)]
+        layers = [_layer(r, dense=k != 1, same_image=True, hue=True) for k in range(3)]
     else:
         raise ValueError(kind)
     alpha = None
@@ -148,6 +153,7 @@ def test_warp_uses_opencv_pixel_centres() -> None:
     layer.brightness[:] = 1
     layer.contrast[:] = 1
     layer.saturation[:] = 1
+    layer.hue, layer.blur = None, None
     recipe = ClipRecipe(
         layers=[layer], alpha=None, cls_gt=np.zeros((T, H, W), np.uint8), num_objects=1, out_size=(H, W)
     )
@@ -177,9 +183,10 @@ def dali_out() -> dict[str, list[np.ndarray]]:
 
 
 def test_matches_torch_renderer(dali_out) -> None:
-    """Every recipe shape (flips, rotations, grayscale frames, merge, dense maps, multi-layer): masks identical;
-    images within mean 0.3/255 and max 3/255 of render_recipe (both decode with libjpeg-turbo and round to uint8
-    after each step; they differ in bilinear fixed point, grey weights and the alpha's 1/255 steps)."""
+    """Every recipe shape (flips, rotations, grayscale frames, hue, blur, merge, dense maps, multi-layer): masks
+    identical; images within mean 0.3/255 and max 3/255 of render_recipe (both decode with libjpeg-turbo and round
+    to uint8 after each step; they differ in bilinear and blur fixed point, grey weights and the alpha's 1/255
+    steps)."""
     render = pytest.importorskip("cutie.data.render")
     assert [int(i) for i in dali_out["index"]] == list(range(8))
     for g in range(8):
@@ -318,7 +325,7 @@ def test_build_train_loader_dali_on_tiny_data(stage: str, tiny_data, repo_root, 
             ref_rgb, ref_gt = render.render_recipe(loader.source(g), reduced_decode=False)
             np.testing.assert_array_equal(batch["cls_gt"][j, :, 0].numpy(), ref_gt)
             diff = np.abs(batch["rgb"][j].numpy() - ref_rgb) * 255
-            assert diff.mean() < 0.3 and diff.max() <= 3.0, (g, diff.mean(), diff.max())
+            assert diff.mean() < 0.3 and diff.max() <= 3.0 + 1e-3, (g, diff.mean(), diff.max())  # float of 3 levels
     finally:
         loader.close()
 

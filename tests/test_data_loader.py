@@ -116,6 +116,7 @@ def _neutral_colours(recipe) -> None:
     for layer in recipe.layers:
         layer.brightness[:] = layer.contrast[:] = layer.saturation[:] = 1.0
         layer.grayscale[:] = False
+        layer.hue = None
 
 
 def _assert_aligned(recipe, rgb: np.ndarray, layer_colours) -> int:

@@ -33,7 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from cutie.data.dali_pipeline import OUTPUT_NAMES, SourceLayout, build_pipeline, jpeg_problem, pack_recipe
+from cutie.data.dali_pipeline import (
+    OUTPUT_NAMES,
+    SourceLayout,
+    build_pipeline,
+    jpeg_problem,
+    pack_recipe,
+    renders_on_cpu,
+)
 from cutie.data.loader import TrainLoader
 from cutie.data.masks import BadSampleError
 from cutie.data.recipe import ClipRecipe
@@ -48,7 +55,7 @@ def _jpeg_frames(recipe: ClipRecipe) -> list[tuple[bytes, str]]:
     """(bytes, path) of every JPEG that DALI decodes for this recipe (layers with matrices), each file once."""
     seen: dict[str, bytes] = {}
     for k, layer in enumerate(recipe.layers):
-        if layer.dense_maps is not None:
+        if renders_on_cpu(layer):
             continue  # decoded by OpenCV in the source
         for t, data in enumerate(layer.jpegs):
             path = layer.source_paths[t] if layer.source_paths else f"<layer {k} frame {t}>"
@@ -90,7 +97,7 @@ class DaliSampleSource:
 
     def draw(self, index: int, pack: bool = True) -> tuple[Any, list[str]]:
         """(packed sample, or the recipe when pack=False; skipped files) of a global index, replacing draws whose
-        JPEGs DALI cannot decode. Without packing, dense-map layers are not decoded (DALI never decodes them)."""
+        JPEGs DALI cannot decode. Without packing, CPU-rendered layers are not decoded (DALI never decodes them)."""
         recipe = self.recipe_source(index)
         bad = list((recipe.info or {}).get("bad_paths", ()))
         for _ in range(MAX_ATTEMPTS):
@@ -100,7 +107,7 @@ class DaliSampleSource:
                     return recipe, bad
                 try:
                     return pack_recipe(recipe, self.layout, index=index, bad_paths=bad), bad
-                except BadSampleError as e:  # a dense-map layer's JPEG failed in OpenCV
+                except BadSampleError as e:  # a CPU-rendered layer's JPEG failed in OpenCV
                     problem = (e.path, "corrupt JPEG (decoder failed)")
             log.warning("skipping a sample: %s: %s", *problem)
             bad.append(problem[0])
@@ -180,7 +187,7 @@ class DaliClipLoader(TrainLoader):
     ) -> None:
         super().__init__(source, **kw)
         self.layout = layout_of(source, seq_length, crop_size, max_layers)
-        self.num_workers = max(1, int(num_workers))  # Python workers: sampling, packing, dense-map warps
+        self.num_workers = max(1, int(num_workers))  # Python workers: sampling, packing, CPU-rendered layers
         self.num_threads = max(1, int(num_threads if num_threads is not None else num_workers))  # DALI's threads
         self.prefetch_queue_depth = int(prefetch_queue_depth)
         self.seed = int(seed)

@@ -9,16 +9,22 @@ that take it:
 - a layer with matrices: T JPEG inputs -> `fn.decoders.image` (mixed on a GPU, cpu otherwise) ->
   `fn.experimental.warp_perspective` per frame with pixel_origin="center" (OpenCV's convention, so the sampler's
   matrices are used as they are; checked equal to cv2.warpPerspective) -> `fn.stack` to FHWC. Warping frame by
-  frame before the stack also accepts frames of different source sizes;
+  frame before the stack also accepts frames of different source sizes; then `fn.gaussian_blur` per frame with the
+  recipe's blur as the (sigma, window) of geometry.gaussian_for_variance (window 1: no blur), the same taps as the
+  torch backend's cv2.GaussianBlur;
 - a layer with dense maps (pre-training thin-plate splines): `fn.experimental.remap` is GPU-only and fills 0, so
   the source decodes and remaps those frames on the CPU (cv2, in the parallel source workers) and hands over the
-  warped uint8 frames; the graph only applies colour and compositing to them. A repeated JPEG is decoded once.
+  warped (blurred, hue-shifted) uint8 frames; the graph only applies colour and compositing to them. The same for
+  layers with a hue step (below). A repeated JPEG is decoded once.
 Colour (recipe.py's order), per frame on FHWC uint8:
   m = mean grey of the warped frame (`fn.reductions.mean` of the channels, weighted 0.299/0.587/0.114),
   `fn.brightness_contrast(brightness=b, contrast=c, contrast_center=m)`,
   `fn.hsv(saturation=s * (1 - grayscale))`: DALI's hsv is the linear map grey + s * (x - grey) with the same
   luma weights (within 1e-3). Folding the grayscale flag into the saturation factor differs from recipe.py's
   gray(clamp(...)) only where s > 1 made the saturation step clip, which is negligible at the jitter strengths used.
+  DALI's hue operators (`fn.hue`, `fn.hsv(hue=)`) are a linear YIQ rotation, not the official HSV shift (on the
+  saturated objects of the parity data it moved hues 1.3x too far), so layers with a hue step (pre-training) are
+  rendered in the source like dense layers, with the torch backend's exact `render.hue_shift`.
   Both ops write uint8, which rounds and saturates (recipe.py's clamps) after each step, as the torch backend's
   uint8 steps do; a float chain with one final cast cost ~10% more CPU time and was further from that backend.
   On a GPU the per-frame mean lives on the device; it is moved to the CPU (`.cpu()`, DALI's dynamic executor) to
@@ -45,8 +51,10 @@ from functools import cache
 import cv2
 import numpy as np
 
+from cutie.data.geometry import gaussian_for_variance
 from cutie.data.masks import BadSampleError
 from cutie.data.recipe import IMAGENET_MEAN, ClipRecipe, ImageLayer
+from cutie.data.render import blur, hue_shift
 
 _FILL_255 = [255.0 * v for v in IMAGENET_MEAN]  # warp fill in uint8 units
 _LUMA = (0.299, 0.587, 0.114)
@@ -65,7 +73,7 @@ class SourceLayout:
         fields: list[tuple[str, str]] = []
         for k in range(self.max_layers):
             fields += [(f"jpeg{k}_{t}", "jpeg") for t in range(self.seq_length)]
-            fields += [(f"matrices{k}", "float"), (f"colour{k}", "float"), (f"dense{k}", "bool")]
+            fields += [(f"matrices{k}", "float"), (f"colour{k}", "float"), (f"blur{k}", "float"), (f"cpu{k}", "bool")]
             fields += [(f"frames{k}", "frames")]
             if k > 0:
                 fields += [(f"present{k}", "bool"), (f"alpha{k}", "alpha")]
@@ -103,7 +111,7 @@ class SourceLayout:
 
 @cache
 def _placeholder_jpeg() -> np.ndarray:
-    """A valid 8x8 JPEG for inputs a sample does not use (absent or dense layers): never decoded."""
+    """A valid 8x8 JPEG for inputs a sample does not use (absent or CPU-rendered layers): never decoded."""
     ok, enc = cv2.imencode(".jpg", np.full((8, 8, 3), 128, np.uint8))
     assert ok
     return np.frombuffer(enc.tobytes(), np.uint8)
@@ -145,26 +153,40 @@ def jpeg_problem(data: bytes) -> str | None:
     return None
 
 
-def remap_layer(layer: ImageLayer) -> np.ndarray:
-    """A dense-map layer's frames, decoded and remapped on the CPU: T*H*W*3 uint8 (bilinear, ImageNet-mean fill)."""
-    assert layer.dense_maps is not None
+def renders_on_cpu(layer: ImageLayer) -> bool:
+    """Layers the source renders up to the colour step (see the module docstring): dense maps or a hue step."""
+    has_hue = layer.hue is not None and bool(np.any((np.asarray(layer.hue) != 0) & ~np.asarray(layer.grayscale)))
+    return layer.dense_maps is not None or has_hue
+
+
+def cpu_layer_frames(layer: ImageLayer, out_hw: tuple[int, int]) -> np.ndarray:
+    """A layer's frames decoded, warped (matrices or dense maps), blurred and hue-shifted on the CPU, as the torch
+    backend does: T*H*W*3 uint8 (bilinear, ImageNet-mean fill)."""
     decoded: dict[bytes, np.ndarray] = {}  # pre-training frames repeat one image: decode it once
     frames = []
     for t, data in enumerate(layer.jpegs):
         if data not in decoded:
             path = layer.source_paths[t] if layer.source_paths else f"frame {t}"
             decoded[data] = _decode_rgb(data, path)
-        dmap = np.ascontiguousarray(layer.dense_maps[t], dtype=np.float32)  # H*W*2 (source x, source y)
-        frames.append(
-            cv2.remap(
+        if layer.dense_maps is not None:
+            dmap = np.ascontiguousarray(layer.dense_maps[t], dtype=np.float32)  # H*W*2 (source x, source y)
+            warped = cv2.remap(
+                decoded[data], dmap, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=_FILL_255
+            )
+        else:
+            warped = cv2.warpAffine(
                 decoded[data],
-                dmap,
-                None,
-                interpolation=cv2.INTER_LINEAR,
+                np.asarray(layer.matrices[t], np.float64)[:2],
+                (out_hw[1], out_hw[0]),
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                 borderMode=cv2.BORDER_CONSTANT,
                 borderValue=_FILL_255,
             )
-        )
+        if layer.blur is not None:
+            warped = blur(warped, float(layer.blur[t]))
+        if layer.hue is not None and layer.hue[t] != 0 and not layer.grayscale[t]:
+            warped = hue_shift(warped, float(layer.hue[t]))
+        frames.append(warped)
     return np.stack(frames)
 
 
@@ -172,6 +194,15 @@ def _colour_params(layer: ImageLayer) -> np.ndarray:
     """T*3 float32: brightness, contrast, saturation with the grayscale flag folded in (0 = grey)."""
     sat = np.where(np.asarray(layer.grayscale, bool), 0.0, np.asarray(layer.saturation, np.float64))
     return np.stack([layer.brightness, layer.contrast, sat], axis=1).astype(np.float32)
+
+
+def _blur_params(layer: ImageLayer | None, t: int) -> np.ndarray:
+    """T*2 float32: the Gaussian (sigma, window) of each frame's blur; window 1 = none."""
+    out = np.zeros((t, 2), np.float32)
+    out[:, 1] = 1
+    if layer is not None and layer.blur is not None:
+        out[:] = [gaussian_for_variance(float(v)) for v in layer.blur]
+    return out
 
 
 def pack_recipe(recipe: ClipRecipe, layout: SourceLayout, index: int = -1, bad_paths: list[str] = ()) -> tuple:
@@ -189,8 +220,8 @@ def pack_recipe(recipe: ClipRecipe, layout: SourceLayout, index: int = -1, bad_p
     out: list[np.ndarray] = []
     for k in range(layout.max_layers):
         layer = recipe.layers[k] if k < n_layers else None
-        dense = layer is not None and layer.dense_maps is not None
-        if layer is None or dense:
+        on_cpu = layer is not None and renders_on_cpu(layer)
+        if layer is None or on_cpu:
             out += [_placeholder_jpeg()] * t_len
         else:
             if len(layer.jpegs) != t_len:
@@ -200,7 +231,8 @@ def pack_recipe(recipe: ClipRecipe, layout: SourceLayout, index: int = -1, bad_p
             out += [np.tile(np.eye(3, dtype=np.float32), (t_len, 1, 1)), np.ones((t_len, 3), np.float32)]
         else:
             out += [np.asarray(layer.matrices, np.float32).reshape(t_len, 3, 3), _colour_params(layer)]
-        out += [np.array(dense), remap_layer(layer) if dense else np.zeros((t_len, 1, 1, 3), np.uint8)]
+        out += [_blur_params(None if on_cpu else layer, t_len)]  # CPU-rendered frames come blurred
+        out += [np.array(on_cpu), cpu_layer_frames(layer, (h, w)) if on_cpu else np.zeros((t_len, 1, 1, 3), np.uint8)]
         if k > 0:
             present = layer is not None
             # uint8 alpha (in 1/255 steps) keeps shared memory 4x smaller; the blend error is <= 0.5 grey levels.
@@ -223,25 +255,26 @@ def _render_layer(inputs: dict, k: int, layout: SourceLayout, gpu: bool):
     from nvidia.dali import fn, types
 
     t_len, (h, w) = layout.seq_length, layout.out_size
-    if inputs[f"dense{k}"]:
+    if inputs[f"cpu{k}"]:
         frames = inputs[f"frames{k}"]
         if gpu:
             frames = frames.gpu()
     else:
         mats = inputs[f"matrices{k}"]
+        blur_sw = inputs[f"blur{k}"]  # T*2: sigma, window
+        windows = fn.cast(blur_sw[:, 1], dtype=types.INT32)
         warped = []
         for t in range(t_len):
             img = fn.decoders.image(inputs[f"jpeg{k}_{t}"], device="mixed" if gpu else "cpu", output_type=types.RGB)
-            warped.append(
-                fn.experimental.warp_perspective(
-                    img,
-                    matrix=mats[t],
-                    size=[h, w],
-                    fill_value=_FILL_255,
-                    interp_type=types.INTERP_LINEAR,
-                    pixel_origin="center",  # OpenCV's pixel centres, as the sampler's matrices
-                )
+            frame = fn.experimental.warp_perspective(
+                img,
+                matrix=mats[t],
+                size=[h, w],
+                fill_value=_FILL_255,
+                interp_type=types.INTERP_LINEAR,
+                pixel_origin="center",  # OpenCV's pixel centres, as the sampler's matrices
             )
+            warped.append(fn.gaussian_blur(frame, sigma=blur_sw[t, 0], window_size=windows[t]))
         frames = fn.stack(*warped, axis_name="F")  # T*H*W*3 uint8
     colour = inputs[f"colour{k}"]  # T*3 (brightness, contrast, saturation)
     chan_mean = fn.reductions.mean(frames, axes=[1, 2], dtype=types.FLOAT)  # T*3, uint8 units

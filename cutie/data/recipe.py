@@ -10,6 +10,14 @@ Conventions (both backends implement exactly these):
 - `matrices[t]` (3x3, float64) maps an OUTPUT pixel (x, y, 1) to a SOURCE pixel, OpenCV's convention: pixel centres
   at integer coordinates (cv2.warpPerspective with WARP_INVERSE_MAP). Backends with a corner origin convert.
   The sampler only emits affine matrices (last row 0 0 1), so cv2.warpAffine with the top two rows is equivalent.
+- Blur, per frame t, right after the warp: when blur[t] >= geometry.MIN_BLUR_VARIANCE, an isotropic Gaussian of
+  variance blur[t] output pixels^2, as the (sigma, window) of geometry.gaussian_for_variance (border: reflect-101).
+  It stands for the softening of the official chain's extra resampling steps (geometry.extra_blur), computed for a
+  full-size decode; a backend that decodes at reduced size subtracts what that decode already blurred.
+- Hue, per frame t, after the blur, when hue[t] != 0 and not grayscale[t]: an exact HSV hue shift as the official
+  PIL one (uint8 HSV with the hue on 0..255, shifted by round(256 * hue[t]) modulo 256; render.hue_shift, shared by
+  both backends). The official ColorJitter applies its four steps in a random order; hue first is one of them
+  (brightness, contrast and saturation leave the HSV hue unchanged up to clipping).
 - Colour, per frame t, on the warped image x (float, RGB in [0, 1]), in this order, clamping to [0, 1] after each step:
     m  = mean over pixels of gray(x)                        gray = 0.299 R + 0.587 G + 0.114 B
     x <- brightness[t] * (m + contrast[t] * (x - m))
@@ -47,6 +55,8 @@ class ImageLayer:
     grayscale: np.ndarray  # T bool
     source_paths: list[str] | None = None  # T paths, for error messages (corrupt files)
     dense_maps: np.ndarray | None = None  # T*H*W*2 float32 source coordinates (pre-training TPS), else None
+    hue: np.ndarray | None = None  # T float32 hue rotation in turns (ColorJitter hue_factor); None = 0
+    blur: np.ndarray | None = None  # T float32 Gaussian variance in output pixels^2 after the warp; None = 0
 
 
 @dataclass

@@ -2,9 +2,11 @@
 
 Lean on purpose (the loader must keep up on few cores): one decode per distinct JPEG, reduced-size decoding when
 the warp shrinks by >= 2 anyway, one warp per frame on 4-channel images (OpenCV's fast SIMD path: about twice as
-fast as 3 channels), colour on 3 channels through one lookup table (brightness, contrast) and one 3x3 colour
-matrix (saturation, grayscale), a pasted layer coloured and blended only inside its alpha's bounding box, planes
-split straight into T*3*H*W. The caller's process should keep freed heap memory (cutie/utils/host_memory.py).
+fast as 3 channels), the recipe's blur as one small Gaussian (3 taps in main training; OpenCV's fixed-point path),
+an HSV round trip for the hue (pre-training only), colour on 3 channels through one lookup table (brightness,
+contrast) and one 3x3 colour matrix (saturation, grayscale), a pasted layer blurred, coloured and blended only
+inside its alpha's bounding box, planes split straight into T*3*H*W. The caller's process should keep freed heap
+memory (cutie/utils/host_memory.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cutie.data.geometry import source_scale
+from cutie.data.geometry import gaussian_for_variance, source_scale
 from cutie.data.masks import BadSampleError, decode_jpeg_size
 from cutie.data.recipe import IMAGENET_MEAN, ClipRecipe, ImageLayer
 
@@ -45,6 +47,33 @@ def _to_reduced(m: np.ndarray, full_wh: tuple[int, int], small_wh: tuple[int, in
     return s @ m
 
 
+def blur(x: np.ndarray, variance: float) -> np.ndarray:
+    """The recipe's Gaussian blur of `variance` pixels^2 (x unchanged when it is too small to matter)."""
+    sigma, window = gaussian_for_variance(variance)
+    if window == 1:
+        return x
+    return cv2.GaussianBlur(x, (window, window), sigma, borderType=cv2.BORDER_REFLECT_101)
+
+
+def hue_shift(rgb: np.ndarray, hue: float) -> np.ndarray:
+    """The recipe's hue step on H*W*3 uint8 RGB: PIL's (uint8 HSV, hue on 0..255) shifted by `hue` turns."""
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)
+    hsv[..., 0] += np.uint8(round(256 * hue) % 256)  # numpy's uint8 addition wraps around the circle
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+
+
+def _blur_region(x: np.ndarray, variance: float, region: tuple[int, int, int, int]) -> np.ndarray:
+    """blur(x)[region], computed on the region grown by the kernel radius (so its edge sees real neighbours)."""
+    x0, y0, w, h = region
+    r = gaussian_for_variance(variance)[1] // 2
+    if r == 0:
+        return x[y0 : y0 + h, x0 : x0 + w]
+    gx0, gy0 = max(0, x0 - r), max(0, y0 - r)
+    gx1, gy1 = min(x.shape[1], x0 + w + r), min(x.shape[0], y0 + h + r)
+    out = blur(x[gy0:gy1, gx0:gx1], variance)
+    return out[y0 - gy0 : y0 - gy0 + h, x0 - gx0 : x0 - gx0 + w]
+
+
 def _colour(
     x: np.ndarray,
     brightness: float,
@@ -52,15 +81,19 @@ def _colour(
     saturation: float,
     grayscale: bool,
     region: tuple[int, int, int, int] | None = None,
+    blur_variance: float = 0.0,
 ) -> np.ndarray:
-    """The recipe's colour steps on one warped uint8 RGBA frame -> H*W*3 uint8 RGB; with a region (x, y, w, h),
-    only that part is returned (the contrast statistic still comes from the whole frame)."""
+    """The recipe's blur and colour steps on one warped uint8 RGBA (or RGB) frame -> H*W*3 uint8 RGB; with a region
+    (x, y, w, h), only that part is returned (the contrast statistic still comes from the whole frame; the blur
+    barely moves a mean, so it is taken before the blur)."""
     r, g, b, _ = cv2.mean(x)
     mean = _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b  # mean of gray(x) (gray is linear)
     if region is not None:
-        x0, y0, w, h = region
-        x = x[y0 : y0 + h, x0 : x0 + w]
-    x = cv2.cvtColor(x, cv2.COLOR_RGBA2RGB)  # the 3-channel LUT and transform below are the fast SIMD paths
+        x = _blur_region(x, blur_variance, region)
+    else:
+        x = blur(x, blur_variance)
+    if x.shape[2] == 4:
+        x = cv2.cvtColor(x, cv2.COLOR_RGBA2RGB)  # the 3-channel LUT and transform below are the fast SIMD paths
     # brightness * (m + contrast * (v - m)) is affine in v: one lookup table for all channels (clamped).
     lut = np.clip(brightness * (mean + contrast * (np.arange(256, dtype=np.float32) - mean)), 0, 255)
     x = cv2.LUT(x, (lut + 0.5).astype(np.uint8))
@@ -119,6 +152,16 @@ def render_layer(
                 borderMode=cv2.BORDER_CONSTANT,
                 borderValue=FILL,
             )
+        variance = 0.0 if layer.blur is None else float(layer.blur[i])
+        if factors[key] > 1 and variance > 0:
+            # A decode at 1/k size already blurred (k^2 - 1) / 4 source pixels^2 (the DCT scaling ~ a k-box, and
+            # bilinear on the coarser grid): the recipe's variance is for a full-size decode.
+            k = factors[key]
+            variance -= (k * k - 1) / 4 / abs(float(np.linalg.det(layer.matrices[i][:2, :2])))
+        hue = 0.0 if layer.hue is None or layer.grayscale[i] else float(layer.hue[i])
+        if hue != 0.0:  # the hue step needs the whole blurred frame (the contrast mean is taken after it)
+            warped = hue_shift(cv2.cvtColor(blur(warped, variance), cv2.COLOR_RGBA2RGB), hue)
+            variance = 0.0
         frames.append(
             _colour(
                 warped,
@@ -127,6 +170,7 @@ def render_layer(
                 float(layer.saturation[i]),
                 bool(layer.grayscale[i]),
                 None if regions is None else regions[i],
+                variance,
             )
         )
     return frames

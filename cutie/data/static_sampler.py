@@ -3,6 +3,8 @@
 Per image: a clip transform (scale 0.5-2 about the centre, h-flip), per frame an affine (rotation 20, scale 0.5-2,
 x-shear 10), resize of the short side to the crop and a random crop, then a thin-plate spline with p=0.33. With
 num_objects > 1, up to num_objects - 1 further images are pasted over the first (hard masks), one layer each.
+Colour: a clip jitter with hue (0.1, 0.05, 0.05, 0.05) and grayscale p=0.05, times a jitter (0.1, 0.05, 0.05) drawn
+per frame. Each frame is resampled once, blurred like the official chain's four resamplings (geometry.extra_blur).
 """
 
 from __future__ import annotations
@@ -26,12 +28,27 @@ from cutie.data.tps import random_tps_params, tps_map
 
 TPS_PROBABILITY = 0.33
 TPS_SCALE = 0.02
+# The official spline is one more bilinear resampling (cv2.remap) at the output size; ours is folded into the map.
+TPS_STEP = geo.Step(np.eye(3), geo.BILINEAR, (0, 0))
 
 
 class StaticClipSampler:
     """Recipes for pre-training clips from a StaticIndex."""
 
-    def __init__(self, index: StaticIndex, seq_length: int, num_objects: int, crop_size: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        index: StaticIndex,
+        seq_length: int,
+        num_objects: int,
+        crop_size: tuple[int, int],
+        *,
+        hue: float = 0.05,
+        match_resampling: bool = True,
+    ) -> None:
+        """hue: the clip jitter's hue range in turns (official 0.05); match_resampling=False skips the blur that
+        matches the official resamplings. The defaults reproduce the official distribution (docs/data-parity.md)."""
+        self.hue = hue
+        self.match_resampling = match_resampling
         self.index = index
         self.seq_length = seq_length
         self.num_objects = num_objects
@@ -40,8 +57,9 @@ class StaticClipSampler:
     def __len__(self) -> int:
         return len(self.index)
 
-    def _frame_matrix(self, rng: np.random.Generator, clip_m: np.ndarray, w: int, h: int) -> np.ndarray:
-        """Output->source map of one frame: crop <- resize <- frame affine <- clip transform."""
+    def frame_steps(self, rng: np.random.Generator, w: int, h: int) -> list[geo.Step]:
+        """The official per-frame chain after the clip transform: affine (PIL, canvas of the source size), resize of
+        the short side (PIL), crop."""
         out_h, out_w = self.out_hw
         frame_a = geo.affine_about_centre(w, h, rng.uniform(-20, 20), rng.uniform(0.5, 2.0), rng.uniform(-10, 10))
         short = min(out_h, out_w)  # torchvision Resize(int): the short side becomes the crop size
@@ -54,7 +72,18 @@ class StaticClipSampler:
         y0 = int(rng.integers(0, rh - out_h + 1)) if rh >= out_h else -((out_h - rh) // 2)
         resize = geo.resized_window(0, 0, w, h, rw, rh)  # resized pixel -> pre-resize pixel
         crop = np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1.0]])
-        return clip_m @ frame_a @ resize @ crop
+        return [
+            geo.Step(frame_a, geo.BILINEAR, (w, h)),
+            geo.Step(resize, geo.RESIZE, (rw, rh)),
+            geo.Step(crop, geo.EXACT, (out_w, out_h)),
+        ]
+
+    def clip_steps(self, rng: np.random.Generator, w: int, h: int) -> list[geo.Step]:
+        """The official clip transform: scale about the centre (PIL affine, canvas of the source size), h-flip."""
+        steps = [geo.Step(geo.affine_about_centre(w, h, 0.0, rng.uniform(0.5, 2.0)), geo.BILINEAR, (w, h))]
+        if rng.random() < 0.5:
+            steps.append(geo.Step(geo.flip_h(w), geo.EXACT, (w, h)))  # flip after the clip affine
+        return steps
 
     def _layer(self, rng: np.random.Generator, pair: int) -> tuple[ImageLayer, np.ndarray, dict]:
         sset = self.index.sets[self.index.seed_set[pair]]
@@ -64,14 +93,16 @@ class StaticClipSampler:
         check_same_size(mask, png, data, jpg)  # a smaller/larger mask would be warped into misaligned labels
         h, w = mask.shape
         t = self.seq_length
-        clip_m = geo.affine_about_centre(w, h, 0.0, rng.uniform(0.5, 2.0))
-        if rng.random() < 0.5:
-            clip_m = clip_m @ geo.flip_h(w)  # flip after the clip affine: flip is applied to the output first
-        colours = clip_colours(rng, t, clip=(0.1, 0.05, 0.05), frame=(0.1, 0.05, 0.05))
-        mats = np.stack([self._frame_matrix(rng, clip_m, w, h) for _ in range(t)])
+        clip = self.clip_steps(rng, w, h)
+        colours = clip_colours(rng, t, clip=(0.1, 0.05, 0.05), frame=(0.1, 0.05, 0.05), hue=self.hue)
+        chains = [clip + self.frame_steps(rng, w, h) for _ in range(t)]
+        mats = np.stack([geo.compose(c) for c in chains])
         splines = [
             random_tps_params(rng, scale=TPS_SCALE) if rng.random() < TPS_PROBABILITY else None for _ in range(t)
         ]
+        blur = np.zeros(t, np.float32)
+        if self.match_resampling:
+            blur[:] = [geo.extra_blur(c + [TPS_STEP] * (s is not None)) for c, s in zip(chains, splines, strict=True)]
         out_h, out_w = self.out_hw
         masks = np.empty((t, out_h, out_w), np.uint8)
         dense = None
@@ -85,7 +116,9 @@ class StaticClipSampler:
         else:
             for i in range(t):
                 masks[i] = warp_nearest(mask, mats[i], self.out_hw)
-        layer = ImageLayer(jpegs=[data] * t, matrices=mats, source_paths=[jpg] * t, dense_maps=dense, **colours)
+        layer = ImageLayer(
+            jpegs=[data] * t, matrices=mats, source_paths=[jpg] * t, dense_maps=dense, blur=blur, **colours
+        )
         return layer, masks, {"dataset": sset.name, "image": jpg, "tps": [s is not None for s in splines]}
 
     def sample(self, rng: np.random.Generator, seed: int, skip: int | None = None) -> ClipRecipe:

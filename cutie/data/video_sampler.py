@@ -1,5 +1,6 @@
 """Main-training clips (official VOSMergeTrainDataset semantics), as recipes: frames, one geometric transform per
-clip, colours, merge with a second clip, object selection. All randomness comes from the generator passed in."""
+clip (resampled once, blurred like the official affine + resized crop), colours (one draw per clip, as the official
+code ends up doing), merge with a second clip, object selection. All randomness comes from the generator passed in."""
 
 from __future__ import annotations
 
@@ -69,7 +70,15 @@ class VideoClipSampler:
         num_objects: int,
         crop_size: tuple[int, int],
         merge_probability: float,
+        *,
+        per_frame_colour: bool = False,
+        match_resampling: bool = True,
     ) -> None:
+        """per_frame_colour=True draws the frame colour jitter anew for every frame (what the official code meant;
+        it draws one per clip); match_resampling=False skips the blur that matches the official two resamplings
+        (sharper frames). The defaults reproduce the official distribution (docs/data-parity.md)."""
+        self.per_frame_colour = per_frame_colour
+        self.match_resampling = match_resampling
         self.index = index
         self.seq_length = seq_length
         self.num_objects = num_objects
@@ -79,15 +88,17 @@ class VideoClipSampler:
     def __len__(self) -> int:
         return len(self.index)
 
-    def _geometry(self, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-        """One clip transform: h-flip, rotation <= 25 deg + x-shear <= 20 deg, random resized crop (0.36-1.0)."""
+    def geometry(self, rng: np.random.Generator, width: int, height: int) -> list[geo.Step]:
+        """One clip transform as the official chain: h-flip, rotation <= 25 deg + x-shear <= 20 deg (PIL affine on
+        the full frame), random resized crop (0.36-1.0, PIL crop + resize)."""
         flip = rng.random() < 0.5
         angle, shear = rng.uniform(-25.0, 25.0), rng.uniform(-20.0, 20.0)
         x0, y0, w, h = geo.random_resized_crop_window(rng, width, height)
-        m = geo.affine_about_centre(width, height, angle, 1.0, shear) @ geo.resized_window(
-            x0, y0, w, h, self.out_hw[1], self.out_hw[0]
-        )
-        return geo.flip_h(width) @ m if flip else m
+        out_h, out_w = self.out_hw
+        steps = [geo.Step(geo.flip_h(width), geo.EXACT, (width, height))] if flip else []
+        steps.append(geo.Step(geo.affine_about_centre(width, height, angle, 1.0, shear), geo.BILINEAR, (width, height)))
+        steps.append(geo.Step(geo.resized_window(x0, y0, w, h, out_w, out_h), geo.RESIZE, (out_w, out_h)))
+        return steps
 
     def _clip(self, rng: np.random.Generator, seed: int, skip: int) -> _Clip:
         """A clip whose first frame shows an object after the crop (official retry structure)."""
@@ -115,7 +126,8 @@ class VideoClipSampler:
                 if first.any():  # an empty first mask fails every crop: skip the crop trials
                     h, w = first.shape
                     for _crop_trial in range(MAX_CROP_TRIALS):
-                        cand_m = self._geometry(rng, w, h)
+                        steps = self.geometry(rng, w, h)
+                        cand_m = geo.compose(steps)
                         warped0 = warp_nearest(first, cand_m, self.out_hw)
                         if warped0.any():
                             m = cand_m
@@ -123,7 +135,8 @@ class VideoClipSampler:
                 if m is None:
                     frame0 = int(rng.integers(length))
                     continue
-                return self._finish_clip(rng, vset, video, frames, m, first, warped0, mask_dir)
+                blur = geo.extra_blur(steps) if self.match_resampling else 0.0
+                return self._finish_clip(rng, vset, video, frames, m, first, blur, warped0, mask_dir)
             seed = int(rng.integers(len(idx)))
         raise NoObjectError(
             f"no clip with a visible object in its first frame after {MAX_VIDEO_TRIALS} videos; are the masks of "
@@ -138,6 +151,7 @@ class VideoClipSampler:
         frames: list[int],
         m: np.ndarray,
         first: np.ndarray,
+        blur: float,
         warped0: np.ndarray,
         mask_dir: str,
     ) -> _Clip:
@@ -155,8 +169,14 @@ class VideoClipSampler:
             ids = read_ids(mask_paths[i])
             check_same_size(ids, mask_paths[i], jpegs[i], paths[i])
             masks[i] = warp_nearest(ids, m, self.out_hw)
-        colours = clip_colours(rng, t, clip=(0.1, 0.03, 0.03), frame=(0.1, 0.05, 0.05))
-        layer = ImageLayer(jpegs=jpegs, matrices=np.repeat(m[None], t, 0), source_paths=paths, **colours)
+        colours = clip_colours(rng, t, clip=(0.1, 0.03, 0.03), frame=(0.1, 0.05, 0.05), per_frame=self.per_frame_colour)
+        layer = ImageLayer(
+            jpegs=jpegs,
+            matrices=np.repeat(m[None], t, 0),
+            source_paths=paths,
+            blur=np.full(t, blur, np.float32),
+            **colours,
+        )
         info = {"dataset": vset.name, "video": vset.videos[video], "frames": [vset.jpgs[video][f] for f in frames]}
         return _Clip(layer, masks, info)
 
