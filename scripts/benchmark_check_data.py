@@ -27,7 +27,7 @@ from PIL import Image
 
 from cutie.data import frame_check
 from cutie.data.index import summarize
-from cutie.data.synthetic import make_video_dataset
+from cutie.testing.synthetic import make_video_dataset
 
 DISTINCT = 4  # encoded frames per video
 

@@ -14,8 +14,8 @@ from _damage import DEFECTS
 from PIL import Image
 
 from cutie.data.index import load_empty_masks
-from cutie.data.synthetic import make_video_dataset
 from cutie.dataprep.convert import Job, write_marker
+from cutie.testing.synthetic import make_video_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

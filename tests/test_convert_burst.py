@@ -20,6 +20,7 @@ from pycocotools import mask as mask_utils
 from cutie.dataprep import burst
 from cutie.dataprep.convert import InputError
 from cutie.dataprep.rle import compressed_counts, rle_total
+from cutie.utils.atomic import TEMP_SUFFIX
 from cutie.utils.palette import davis_palette
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
@@ -126,10 +127,10 @@ def test_interrupted_run_then_rerun_gives_identical_bytes(burst_src: Path, conve
     (out / "_meta" / f"{videos[0]}.json").unlink()
     first_png = sorted((out / "Annotations" / videos[0]).iterdir())[0]
     first_png.write_bytes(first_png.read_bytes()[:20])
-    (out / "Annotations" / videos[0] / ".00000001.png.abc.tmp").write_bytes(b"partial")
+    (out / "Annotations" / videos[0] / f".00000001.png.abc{TEMP_SUFFIX}").write_bytes(b"partial")
     (out / "_meta" / f"{videos[1]}.json").unlink()
     shutil.rmtree(out / "JPEGImages" / videos[1])
-    (out / "_meta" / ".x.json.tmp").write_text("{")
+    (out / "_meta" / f".x.json.abc{TEMP_SUFFIX}").write_text("{")  # the atomic writer's temporary names
     summary = burst.convert(
         json.loads((burst_src / "train/train.json").read_text()), burst_src / "frames/train", out, True, workers=1
     )

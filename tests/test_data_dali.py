@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("nvidia.dali")
-
-from cutie.data import dali_loader  # noqa: E402
-from cutie.data.dali_loader import DaliClipLoader, DaliSampleSource  # noqa: E402
-from cutie.data.dali_pipeline import OUTPUT_NAMES, SourceLayout, build_pipeline, jpeg_problem, pack_recipe  # noqa: E402
-from cutie.data.recipe import ClipRecipe, ImageLayer  # noqa: E402
+# DALI is a dependency, not an option: a broken import fails here, it is never skipped.
+from cutie.data import dali_loader, render
+from cutie.data import loader as loader_mod
+from cutie.data.dali_loader import DaliClipLoader, DaliSampleSource
+from cutie.data.dali_pipeline import OUTPUT_NAMES, SourceLayout, build_pipeline, jpeg_problem, pack_recipe
+from cutie.data.recipe import ClipRecipe, ImageLayer
 
 T, H, W = 3, 48, 64
 SRC_H, SRC_W = 60, 90
@@ -187,7 +187,6 @@ def test_matches_torch_renderer(dali_out) -> None:
     identical; images within mean 0.3/255 and max 3/255 of render_recipe (both decode with libjpeg-turbo and round
     to uint8 after each step; they differ in bilinear and blur fixed point, grey weights and the alpha's 1/255
     steps)."""
-    render = pytest.importorskip("cutie.data.render")
     assert [int(i) for i in dali_out["index"]] == list(range(8))
     for g in range(8):
         recipe = FakeRecipeSource()(g)
@@ -305,8 +304,6 @@ def test_build_train_loader_dali_on_tiny_data(stage: str, tiny_data, repo_root, 
     layout read from the recipe source, and the same pixels/masks as the torch renderer for the same indices."""
     from hydra import compose, initialize_config_dir
 
-    loader_mod = pytest.importorskip("cutie.data.loader")
-    render = pytest.importorskip("cutie.data.render")
     with initialize_config_dir(config_dir=str(repo_root / "cutie" / "config"), version_base="1.3"):
         cfg = compose(config_name="train_config", overrides=["data=tiny", f"data_root={tiny_data}"])
     st = cfg[stage]
@@ -352,7 +349,6 @@ class SkipEchoSource(FakeRecipeSource):
 
 
 def test_max_skip_override_reaches_running_source_workers() -> None:
-    pytest.importorskip("cutie.data.source")
     loader = _loader(SkipEchoSource())
     try:
         batches = loader.iterate(0)

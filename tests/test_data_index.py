@@ -21,8 +21,8 @@ from cutie.data.index import (
     summarize,
     validate,
 )
-from cutie.data.synthetic import make_static_dataset, make_video_dataset
 from cutie.dataprep.convert import Job, write_marker
+from cutie.testing.synthetic import make_static_dataset, make_video_dataset
 
 
 def _cfg(vos: dict | None = None, static: dict | None = None) -> dict:

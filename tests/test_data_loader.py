@@ -13,8 +13,8 @@ import torch
 from cutie.data.loader import TooManyBadSamplesError, build_train_loader, make_recipe_source
 from cutie.data.render import render_recipe
 from cutie.data.source import max_skip_at
-from cutie.data.synthetic import OBJECT_COLOURS, make_static_dataset, make_video_dataset
 from cutie.data.tps import tps_map
+from cutie.testing.synthetic import OBJECT_COLOURS, make_static_dataset, make_video_dataset
 
 MAIN = {
     "seq_length": 4,

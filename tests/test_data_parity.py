@@ -22,9 +22,9 @@ from cutie.data.loader import make_recipe_source
 from cutie.data.recipe import ImageLayer
 from cutie.data.render import render_layer, render_recipe_uint8
 from cutie.data.static_sampler import TPS_PROBABILITY, TPS_STEP, StaticClipSampler
-from cutie.data.synthetic import make_static_dataset, make_video_dataset
 from cutie.data.tps import random_tps_params, tps_map
 from cutie.data.video_sampler import VideoClipSampler
+from cutie.testing.synthetic import make_static_dataset, make_video_dataset
 
 MAIN = {"seq_length": 4, "num_objects": 2, "crop_size": [48, 48], "merge_probability": 0.5}
 PRE = {"seq_length": 3, "num_objects": 1, "crop_size": [48, 48]}

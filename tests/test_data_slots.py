@@ -13,7 +13,7 @@ import torch
 from cutie.data.loader import build_train_loader
 from cutie.data.recycle import RecycledArrays
 from cutie.data.slots import BatchSlots, SharedMemoryTooSmallError, check_shared_memory, slots_needed
-from cutie.data.synthetic import make_video_dataset
+from cutie.testing.synthetic import make_video_dataset
 
 
 def test_slot_protocol_orders_writers_by_iteration() -> None:

@@ -18,8 +18,8 @@ from cutie.data import frame_check
 from cutie.data.frame_check import FileError, FileInfo, cache_file, check_file, check_files
 from cutie.data.index import build_video_index
 from cutie.data.source import RecipeSource
-from cutie.data.synthetic import make_video_dataset
 from cutie.data.video_sampler import VideoClipSampler
+from cutie.testing.synthetic import make_video_dataset
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import numpy as np
 from cutie.data import frame_check
 from cutie.data.frame_check import CheckStats, FileError, FileInfo, FileResult
 from cutie.data.masks import ID_MODES
-from cutie.dataprep.convert import META_DIR, marker_path
+from cutie.data.records import META_DIR, marker_path, read_marker
 
 log = logging.getLogger(__name__)
 
@@ -273,14 +273,6 @@ def _video_structure(rep: DatasetReport, image_dir: str, mask_dir: str, video: s
     return _Video(video, vdir, mdir, stems, [images[s] for s in stems], [masks[s] for s in stems])
 
 
-def _marker_ok(path: Path) -> bool:
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and isinstance(meta.get("fingerprint"), str)
-
-
 def _conversion_problems(image_dir: str, videos: list[str]) -> list[Problem]:
     """A converter output (a _meta folder beside JPEGImages) is complete only where every video has its valid
     completion record, written last by cutie/dataprep/convert.py."""
@@ -291,7 +283,7 @@ def _conversion_problems(image_dir: str, videos: list[str]) -> list[Problem]:
     out = [
         problem("incomplete_conversion", os.path.join(image_dir, v), f"no valid completion record {record}")
         for v in videos
-        if not _marker_ok(record := marker_path(output, v))
+        if read_marker(record := marker_path(output, v)) is None
     ]
     have = set(videos)
     for record in sorted(meta.glob("*.json")):

@@ -39,10 +39,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cutie.utils.atomic import atomic_copy, atomic_write_bytes, atomic_write_json
+from cutie.data.records import META_DIR, marker_path, read_marker
+from cutie.utils.atomic import atomic_copy, atomic_write_bytes, atomic_write_json, remove_stale_temps
 from cutie.utils.paths import Confiner, PathEscapeError, check_no_symlink_inside, is_inside
 
-META_DIR = "_meta"
 OUTPUT_DIRS = ("JPEGImages", "Annotations", "JPEGImages_all_frames")
 
 
@@ -192,16 +192,9 @@ def fingerprint(entry: object, options: dict, version: int) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
-def marker_path(output: Path, video: str) -> Path:
-    return output / META_DIR / f"{video}.json"
-
-
 def is_done(output: Path, job: Job) -> bool:
-    try:
-        meta = json.loads(marker_path(output, job.video).read_text())
-    except (OSError, ValueError):
-        return False
-    return meta.get("fingerprint") == job.fingerprint
+    meta = read_marker(marker_path(output, job.video))
+    return meta is not None and meta["fingerprint"] == job.fingerprint
 
 
 def video_paths(output: Path, video: str) -> list[Path]:
@@ -302,8 +295,7 @@ def run_jobs(
     check_output(output, [job.video for job in jobs])
     output.mkdir(parents=True, exist_ok=True)
     (output / META_DIR).mkdir(exist_ok=True)
-    for tmp in (output / META_DIR).glob(".*.tmp"):  # markers a kill interrupted
-        tmp.unlink()
+    remove_stale_temps(output / META_DIR)  # markers a kill interrupted
     summary = Summary(sequences=len(jobs))
     todo = []
     for job in jobs:
