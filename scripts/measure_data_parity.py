@@ -36,9 +36,9 @@ from cutie.data.loader import make_recipe_source  # noqa: E402
 from cutie.data.recipe import ImageLayer  # noqa: E402
 from cutie.data.render import render_layer  # noqa: E402
 from cutie.data.static_sampler import TPS_PROBABILITY, TPS_STEP, StaticClipSampler  # noqa: E402
-from cutie.testing.synthetic import make_static_dataset, make_video_dataset  # noqa: E402
 from cutie.data.tps import random_tps_params, tps_map  # noqa: E402
 from cutie.data.video_sampler import VideoClipSampler  # noqa: E402
+from cutie.testing.synthetic import make_static_dataset, make_video_dataset  # noqa: E402
 
 STAGES = {  # official stage settings (cutie/config/train_config.yaml)
     "main_training": {"seq_length": 8, "num_objects": 3, "crop_size": [480, 480], "merge_probability": 0.5},
