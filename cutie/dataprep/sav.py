@@ -272,9 +272,9 @@ def check_inputs(job: Job) -> None:
 def paint(masks: list[np.ndarray], values: list[int], height: int, width: int) -> np.ndarray:
     """The index mask where each pixel holds the value of the smallest mask covering it (ties: the earlier)."""
     ids = np.zeros((height, width), dtype=np.uint8)
-    order = sorted(range(len(masks)), key=lambda k: (int(masks[k].sum()), k))
+    order = sorted(range(len(masks)), key=lambda k: (int(np.count_nonzero(masks[k])), k))
     for k in reversed(order):  # largest first, so smaller ones are painted over it
-        ids[masks[k]] = values[k]
+        np.copyto(ids, values[k], where=masks[k])  # faster than boolean-index assignment
     return ids
 
 
@@ -320,7 +320,8 @@ def convert_video(output: Path, job: Job) -> tuple[int, int, dict]:
                 rles, values = frames[count // ANNOTATION_STEP]
                 masks = [decode(r, h, w) for r in rles]
                 stem = f"{count:05d}"
-                write_output(output, output / "JPEGImages" / job.video / f"{stem}.jpg", encode_jpeg(bgr[:, :, ::-1]))
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # the same pixels as bgr[..., ::-1], without a slow copy
+                write_output(output, output / "JPEGImages" / job.video / f"{stem}.jpg", encode_jpeg(rgb))
                 ids = paint(masks, values, h, w)
                 write_output(output, output / "Annotations" / job.video / f"{stem}.png", encode_palette_png(ids))
             count += 1
