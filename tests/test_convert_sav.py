@@ -224,3 +224,17 @@ def test_symlink_in_output_exits_2_and_writes_nothing(sav_src: Path, tmp_path: P
     assert r.returncode == 2, r.stdout + r.stderr
     assert "is a symlink" in r.stderr and "sav_000001" in r.stderr
     assert folder_state(tmp_path) == before
+
+
+def test_input_link_leading_out_and_overlapping_output_exit_2(sav_src: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(sav_src, src)
+    outside = tmp_path / "elsewhere.mp4"
+    mp4 = next(src.rglob("sav_001002.mp4"))
+    shutil.move(mp4, outside)
+    mp4.symlink_to(outside)  # a video of the release that is really a file outside --sav_path
+    r = _cli(src, tmp_path / "out")
+    assert r.returncode == 2 and "sav_001/sav_001002.mp4" in r.stderr and "leads outside" in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = _cli(sav_src, sav_src / "train-vos")  # the output inside the release: a clean-up could delete sources
+    assert r.returncode == 2 and "overlap" in r.stderr and not (sav_src / "train-vos").exists()
