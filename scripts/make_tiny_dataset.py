@@ -3,7 +3,8 @@
 
     python scripts/make_tiny_dataset.py --out /tmp/tiny [--seed 0] [--force]
 
-Then train on it with data=tiny data_root=/tmp/tiny (convert BURST/OVIS first for data=tiny-mega).
+Then train on it with data=tiny data_root=/tmp/tiny (convert BURST/OVIS first for data=tiny-mega, and SA-V too
+for data=tiny-mega-sav).
 Layout and guarantees: cutie/dataprep/tiny.py.
 """
 

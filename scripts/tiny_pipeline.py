@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """README command 1's job on the CPU: the whole product end to end on a generated tiny dataset.
 
-generate the tiny dataset (every source format) -> convert BURST and OVIS -> empty-mask lists -> check the data ->
-pre-training + main training (cutie/train.py, data=tiny-mega, model=small) -> evaluation on the tiny val split
+generate the tiny dataset (every source format) -> convert BURST, OVIS and SA-V -> empty-mask lists -> check the
+data -> pre-training + main training (cutie/train.py, data=tiny-mega, model=small) -> evaluation on the tiny val split
 (cutie/eval.py) -> print where the weights, TensorBoard logs and pictures are.
 
 Every step is a real command-line tool run as a subprocess; a second run reuses what exists (the generator and
@@ -84,6 +84,19 @@ def main() -> None:
             str(data / "OVIS/train"),
             "--output_path",
             str(data / "OVIS-VOS-train"),
+            "--workers",
+            "2",
+        ],
+    )
+    step(
+        "convert SA-V",
+        [
+            py,
+            "scripts/convert_sav_to_vos.py",
+            "--sav_path",
+            str(data / "SA-V/sav_train"),
+            "--output_path",
+            str(data / "SA-V/train-vos"),
             "--workers",
             "2",
         ],

@@ -195,6 +195,25 @@ def test_missing_and_extra_predictions_are_named(tmp_path: Path) -> None:
         evaluate_folders(tmp_path / "gt", tmp_path / "pred")
 
 
+def test_ground_truth_frame_of_another_size_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gt = _moving_squares()
+    _write_sequence(tmp_path / "gt", "v", gt)
+    shutil.copytree(tmp_path / "gt", tmp_path / "pred")
+    bad = tmp_path / "gt" / "v" / "00004.png"
+    _save_png(bad, gt[4][:40, :44])  # one annotation cropped: 44x40 instead of 48x48
+    with pytest.raises(ValueError) as err:
+        evaluate_folders(tmp_path / "gt", tmp_path / "pred")
+    message = str(err.value)
+    assert str(bad) in message and "44x40" in message and "48x48" in message and "00000.png" in message
+    assert "fix:" in message and "all input arrays" not in message
+    # the CLI: exit 2, the file named on stderr
+    spec = importlib.util.spec_from_file_location("evaluate_masks", REPO / "scripts" / "evaluate_masks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--gt_path", str(tmp_path / "gt"), "--pred_path", str(tmp_path / "pred")]) == 2
+    assert str(bad) in capsys.readouterr().err
+
+
 def test_cli_prints_tables_and_json_last(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gt = _moving_squares()
     _write_sequence(tmp_path / "gt", "v", gt)

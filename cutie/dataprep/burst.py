@@ -21,6 +21,7 @@ from cutie.dataprep.convert import (
     Job,
     Problems,
     Summary,
+    assign_pixel_ids,
     check_folders,
     check_frame_path,
     component_problem,
@@ -170,18 +171,11 @@ def id_map(seq: dict) -> dict[int, int]:
             if int(track) not in tracks:
                 tracks.append(int(track))
     known = tracks + [int(t) for t in seq.get("track_category_ids", {}) if is_digits(t)]
-    used = {t for t in known if t <= 255}
-    free = iter(i for i in range(1, 256) if i not in used)
-    mapping = {}
-    for t in tracks:
-        if t <= 255:
-            mapping[t] = t
-        else:
-            new = next(free, None)
-            if new is None:
-                raise ValueError(f"more than {MAX_TRACKS} tracks in {video_name(seq)}; a PNG mask cannot hold them")
-            mapping[t] = new
-    return mapping
+    try:
+        values = assign_pixel_ids(tracks, known)
+    except ValueError:
+        raise ValueError(f"more than {MAX_TRACKS} tracks in {video_name(seq)}; a PNG mask cannot hold them") from None
+    return dict(zip(tracks, values, strict=True))
 
 
 def make_jobs(doc: dict, frames_path: Path, save_all_image: bool) -> list[Job]:

@@ -33,7 +33,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,6 +146,27 @@ def check_folders(frames_path: Path, output_path: Path) -> None:
         raise InputError(
             [f"--output_path {output_path} exists and is not a folder"], "folders", ("fix: choose a folder",)
         )
+
+
+def assign_pixel_ids(wanted: Sequence[int], reserved: Iterable[int] = ()) -> list[int]:
+    """PNG pixel values for objects that want the ids `wanted` (in order): an id 1..255 is kept the first time it
+    is wanted; larger ids (a PNG pixel holds 0..255) and repeats get the smallest values that neither a kept id
+    nor `reserved` uses, in order. Raises ValueError when more than 255 objects need a value."""
+    kept: set[int] = set()
+    keep = []
+    for w in wanted:
+        keep.append(1 <= w <= 255 and w not in kept)
+        if keep[-1]:
+            kept.add(w)
+    used = kept | {r for r in reserved if 1 <= r <= 255}
+    free = iter(i for i in range(1, 256) if i not in used)
+    out = []
+    for w, k in zip(wanted, keep, strict=True):
+        value = w if k else next(free, None)
+        if value is None:
+            raise ValueError(f"more than 255 objects ({len(wanted)}); a PNG mask cannot hold them")
+        out.append(value)
+    return out
 
 
 @dataclass

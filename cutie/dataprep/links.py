@@ -14,7 +14,7 @@ from pathlib import Path
 from cutie.dataprep.config import DatasetPaths
 
 # Top-level folders under data_root that datasets.yaml refers to.
-TOP_LEVEL = ("DAVIS", "YouTube", "BURST", "MOSE", "static", "OVIS-VOS-train")
+TOP_LEVEL = ("DAVIS", "YouTube", "BURST", "MOSE", "static", "OVIS-VOS-train", "SA-V")
 
 # What to do when a needed dataset is absent, by the first component of its path.
 FIXES = {
@@ -26,6 +26,8 @@ FIXES = {
     "scripts/convert_burst_to_vos_train.py to create BURST/train-vos",
     "OVIS-VOS-train": "run scripts/convert_ovis_to_vos.py on OVIS train (https://songbai.site/ovis/), or "
     "download the preprocessed OVIS-VOS-train; link it: --OVIS-VOS-train PATH",
+    "SA-V": "download the SA-V training release (https://ai.meta.com/datasets/segment-anything-video/) into "
+    "SA-V/sav_train, link it (--SA-V PATH), then run scripts/convert_sav_to_vos.py to create SA-V/train-vos",
     "static": "download the static image sets (see DEVA's docs/TRAINING.md) and link the folder: --static PATH",
 }
 

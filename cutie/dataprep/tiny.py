@@ -1,7 +1,7 @@
 """The generated tiny dataset: every source format Cutie trains on, in the real on-disk layouts, in a few MB.
 
 Layout under the output folder (the same relative paths cutie/config/data/datasets.yaml uses, so
-`data_root=<out>` works directly; BURST and OVIS are raw and must be converted first):
+`data_root=<out>` works directly; BURST, OVIS and SA-V are raw and must be converted first):
 
     static/fss/<class>/<n>.jpg + <n>.png                 FSS-1000 style, masks 0/255 grayscale
     static/{DUTS-TR,DUTS-TE,ecssd,BIG_small,HRSOD_small}/NAME.jpg + NAME.png
@@ -11,6 +11,8 @@ Layout under the output folder (the same relative paths cutie/config/data/datase
     MOSE/train/{JPEGImages,Annotations}/<video>/00000 ...
     BURST/frames/train/<dataset>/<seq>/<frame>.jpg  +  BURST/train/train.json   (BURST schema, RLE strings)
     OVIS/train/<video>/img_0000001.jpg ...          +  OVIS/annotations_train.json (YouTube-VIS schema)
+    SA-V/sav_train/sav_000/<video>.mp4 + <video>_manual.json [+ _auto.json]  (SA-V schema, 24 fps, every 4th
+                                                       frame annotated; convert to SA-V/train-vos)
     TINY_DATASET.json                                  what was generated (seed, counts); no timestamps
 
 Deterministic: each video draws from its own generator seeded by (seed, crc32 of its path), images are written
@@ -21,7 +23,8 @@ CPU families, which can move a boundary pixel; the layout and statistics do not 
 Edge cases on purpose: 1-5 objects that occlude each other and leave the frame, objects entering late (videos
 whose first frames have empty masks), trailing empty frames, videos shorter than 8 frames, several frame sizes;
 BURST: a track id > 255, overlapping tracks, an annotated frame with no tracks, sparse annotation over all frames;
-OVIS: compressed RLE, uncompressed RLE, null (absent) and polygon segmentations.
+OVIS: compressed RLE, uncompressed RLE, null (absent) and polygon segmentations; SA-V: overlapping masklets (a
+part inside a whole), a masklet appearing late, a video with manual and auto masklets and one with manual only.
 """
 
 from __future__ import annotations
@@ -343,6 +346,89 @@ def _uncompressed_counts(mask: np.ndarray) -> list[int]:
     return [int(r) for r in runs]
 
 
+@dataclass(frozen=True)
+class SavSpec:
+    folder: str  # the release's chunk folder (sav_000, ...)
+    video: VideoSpec  # length = frames of the 24 fps video
+    auto: bool  # also write a <video>_auto.json
+
+
+SAV_VIDEOS = [
+    # 14 frames -> annotated 0, 4, 8, 12; the second blob enters half-way (empty masklet in the first frames).
+    SavSpec("sav_000", VideoSpec("sav_000001", 64, 48, 14, 2, late=1), auto=True),
+    SavSpec("sav_001", VideoSpec("sav_001002", 80, 64, 9, 1, leaving=1), auto=False),
+]
+SAV_FPS = 24
+SAV_STEP = 4  # annotated at 6 fps
+
+
+def _sav_rle(mask: np.ndarray) -> dict[str, object]:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _sav_doc(spec: VideoSpec, kind: str, masks: list[list[np.ndarray]]) -> dict[str, object]:
+    """A masklet JSON as the SA-V training release has it (sizes as float64, as there)."""
+    num = len(masks[0])
+    return {
+        "video_id": spec.name,
+        "video_duration": spec.length / SAV_FPS,
+        "video_frame_count": float(spec.length),
+        "video_height": float(spec.height),
+        "video_width": float(spec.width),
+        "video_resolution": float(spec.height * spec.width),
+        "video_environment": "Indoor",
+        "video_split": "train",
+        "masklet": [[_sav_rle(m) for m in frame] for frame in masks],
+        "masklet_id": list(range(num)),
+        "masklet_size_rel": [0.0] * num,
+        "masklet_size_abs": [0.0] * num,
+        "masklet_size_bucket": ["small"] * num,
+        "masklet_visibility_changes": [0] * num,
+        "masklet_first_appeared_frame": [0] * num,
+        "masklet_frame_count": [len(masks)] * num,
+        "masklet_edited_frame_count": [0] * num,
+        "masklet_type": [kind] * num,
+        "masklet_stability_score": None,
+        "masklet_num": num,
+    }
+
+
+def write_sav(out: Path, seed: int) -> dict[str, int]:
+    """SA-V training layout: <chunk>/<video>.mp4 (24 fps, mp4v) + <video>_manual.json (+ _auto.json). Masklets
+    overlap on purpose: each blob is a masklet, and so is its top half (a part inside a whole)."""
+    root = out / "SA-V" / "sav_train"
+    annotated = 0
+    for ss in SAV_VIDEOS:
+        spec = ss.video
+        frames, _, blobs = _render(seed, f"SA-V/{spec.name}", spec)
+        path = root / ss.folder / f"{spec.name}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), SAV_FPS, (spec.width, spec.height))
+        if not writer.isOpened():
+            raise RuntimeError(f"OpenCV cannot write {path} (no mp4v encoder?)")
+        for frame in frames:
+            writer.write(np.ascontiguousarray(frame[:, :, ::-1]))  # OpenCV takes BGR
+        writer.release()
+        manual, auto = [], []
+        for t in range(0, spec.length, SAV_STEP):
+            wholes = _blob_masks(blobs, spec, t)
+            parts = []
+            for m in wholes:
+                part = m.copy()
+                rows = np.flatnonzero(m.any(axis=1))
+                if rows.size:
+                    part[rows[0] + (rows[-1] - rows[0] + 1) // 2 :] = False  # keep the top half
+                parts.append(part)
+            manual.append(wholes + parts[:1])
+            auto.append(parts)
+        _write(root / ss.folder / f"{spec.name}_manual.json", json.dumps(_sav_doc(spec, "manual", manual)).encode())
+        if ss.auto:
+            _write(root / ss.folder / f"{spec.name}_auto.json", json.dumps(_sav_doc(spec, "auto", auto)).encode())
+        annotated += len(manual)
+    return {"videos": len(SAV_VIDEOS), "annotated_frames": annotated}
+
+
 def generate(out: Path, seed: int = 0, force: bool = False) -> dict[str, object]:
     """Write the tiny dataset under `out` and return its summary (also written to out/TINY_DATASET.json)."""
     out = Path(out)
@@ -362,6 +448,7 @@ def generate(out: Path, seed: int = 0, force: bool = False) -> dict[str, object]
         "MOSE": write_plain_vos(out, seed, "MOSE", MOSE, step=1),
         "BURST": write_burst(out, seed),
         "OVIS": write_ovis(out, seed),
+        "SA-V": write_sav(out, seed),
     }
     _write(out / MANIFEST, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     return summary

@@ -187,7 +187,20 @@ def load_sequence(gt_dir: Path, pred_dir: Path) -> tuple[np.ndarray, np.ndarray]
     """(gt, pred) index masks T*H*W over the ground-truth frames; unscored first/last predictions may be
     absent (read as background)."""
     frames = _pngs(gt_dir)
-    gt = np.stack([read_index_mask(gt_dir / f"{f}.png") for f in frames])
+    masks = []
+    for f in frames:  # checked one by one: np.stack's own error names no file
+        m = read_index_mask(gt_dir / f"{f}.png")
+        if masks and m.shape != masks[0].shape:
+            first = gt_dir / f"{frames[0]}.png"
+            raise ValueError(
+                f"{gt_dir / (f + '.png')}: ground-truth frame is {m.shape[1]}x{m.shape[0]} but the sequence's first "
+                f"frame {first} is {masks[0].shape[1]}x{masks[0].shape[0]} (W x H); fix: every annotation of a "
+                "sequence must have one size (re-extract or resize the ground truth to the size of its video)"
+            )
+        masks.append(m)
+    if not masks:
+        raise ValueError(f"{gt_dir}: no ground-truth PNG in the sequence folder")
+    gt = np.stack(masks)
     gt[gt == VOID_LABEL] = 0
     pred = np.zeros_like(gt)
     for t, f in enumerate(frames):
