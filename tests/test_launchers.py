@@ -140,6 +140,19 @@ def _sbatch(env: dict[str, str], out: Path, args: list[str]) -> str:
     return proc.stdout.strip().split(";")[0]
 
 
+def _release_requeued(env: dict[str, str], job_id: str) -> None:
+    """SLURM holds a requeued job back for 2 minutes; a real cluster would wait, the test need not. But slurmd
+    refuses the new start while the old run's revoked credential is as new as it (1 s granularity): release the
+    job once the node has finished the old run (idle again) and a second has passed."""
+    for _ in range(60):
+        node = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True).stdout.strip()
+        if node == "idle":
+            break
+        time.sleep(0.5)
+    time.sleep(2)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True)
+
+
 def _wait_job(env: dict[str, str], job_id: str, out: Path, timeout_s: float = 600) -> dict[str, str]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -148,8 +161,7 @@ def _wait_job(env: dict[str, str], job_id: str, out: Path, timeout_s: float = 60
         if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
             return job
         if state == "PENDING" and job.get("Reason") == "BeginTime" and int(job.get("Restarts", "0")) > 0:
-            # SLURM holds a requeued job back for 2 minutes; a real cluster would wait, the test need not.
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True)
+            _release_requeued(env, job_id)
         time.sleep(0.5)
     log = "".join(p.read_text() for p in out.glob("slurm-*.out"))
     raise AssertionError(f"job {job_id} still {_job(env, job_id)['JobState']} after {timeout_s}s\n{log[-5000:]}")

@@ -1,5 +1,6 @@
 """SIGTERM/SIGINT/SIGUSR1 turn into a stop request honoured at the next step boundary (weights and a checkpoint
-are saved first; exit code 3). SIGUSR1 is what a SLURM job gets near its time limit (`--signal=USR1@120`).
+are saved first; exit code 3). SIGUSR1 is what a SLURM job gets near its time limit
+(`--signal=B:USR1@120` in scripts/slurm/train.sbatch, passed on to the tasks).
 A second SIGINT interrupts at once."""
 
 from __future__ import annotations
