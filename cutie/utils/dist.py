@@ -157,9 +157,9 @@ def init(requested_device: str = "auto", timeout_s: int = 1800) -> tuple[DistSta
     if state.distributed and not torch_dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         # srun tasks meet at tcp://<first host>:<port of the job>; torchrun's env:// needs nothing passed.
-        kw = {} if state.init_method is None else dict(init_method=state.init_method, rank=state.rank)
-        if kw:
-            kw["world_size"] = state.world_size
+        kw = {}
+        if state.init_method is not None:
+            kw = dict(init_method=state.init_method, rank=state.rank, world_size=state.world_size)
         torch_dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kw)
     return state, device
 
