@@ -1,5 +1,7 @@
-"""SIGTERM/SIGINT turn into a stop request honoured at the next step boundary (weights and a checkpoint are
-saved first). A second SIGINT interrupts at once."""
+"""SIGTERM/SIGINT/SIGUSR1 turn into a stop request honoured at the next step boundary (weights and a checkpoint
+are saved first; exit code 3). SIGUSR1 is what a SLURM job gets near its time limit
+(`--signal=B:USR1@120` in scripts/slurm/train.sbatch, passed on to the tasks).
+A second SIGINT interrupts at once."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ class StopSignals:
         self.reason = reason
 
     def __enter__(self) -> StopSignals:
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             self._previous[s] = signal.signal(s, self._handle)
         return self
 

@@ -1,12 +1,15 @@
 """The one owner of distributed state: rank, local rank, world size, main process.
 
-Read once by `init()` in an entry point's main(), never at import time. A single process without torchrun
-gets rank 0 of 1 and needs no process group.
+Read once by `init()` in an entry point's main(), never at import time, from torchrun's variables or, when
+`srun` started the tasks itself, from SLURM's. A single process without either gets rank 0 of 1 and needs no
+process group.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -20,6 +23,9 @@ class DistState:
     local_rank: int = 0  # rank on this node: picks the device
     world_size: int = 1
     local_world_size: int = 1
+    launcher: str = "none"  # "torchrun", "slurm" (srun starts every task itself) or "none"
+    # Where the process group meets: None lets torch read torchrun's MASTER_ADDR/MASTER_PORT (env://).
+    init_method: str | None = None
 
     @property
     def is_main(self) -> bool:
@@ -30,16 +36,107 @@ class DistState:
         return self.world_size > 1
 
 
-def read_env(environ: dict[str, str] | None = None) -> DistState:
-    """Reads torchrun's variables (absent: a single process)."""
-    env = os.environ if environ is None else environ
-    world = int(env.get("WORLD_SIZE", "1"))
+def _split_top_level(expr: str) -> list[str]:
+    """Splits at commas outside brackets: "a[1,3],b" -> ["a[1,3]", "b"]."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(expr):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(expr[start:i])
+            start = i + 1
+    parts.append(expr[start:])
+    return [p for p in parts if p]
+
+
+def expand_hostlist(expr: str) -> list[str]:
+    """SLURM's compressed host list, in order: "node[01-03,07],gpu-a" -> node01 node02 node03 node07 gpu-a.
+    Zero padding follows the range's first bound; several bracket groups in one name expand as a product."""
+    hosts: list[str] = []
+    for item in _split_top_level(expr.strip()):
+        m = re.match(r"^([^\[]*)\[([^\]]+)\](.*)$", item)
+        if m is None:
+            hosts.append(item)
+            continue
+        prefix, ranges, rest = m.groups()
+        tails = expand_hostlist(rest) if rest else [""]
+        for r in ranges.split(","):
+            lo, _, hi = r.partition("-")
+            if not lo.isdigit() or (hi and not hi.isdigit()):
+                raise ValueError(f"host list {expr!r}: cannot read the range {r!r}")
+            for n in range(int(lo), int(hi or lo) + 1):
+                hosts.extend(f"{prefix}{n:0{len(lo)}d}{t}" for t in tails)
+    return hosts
+
+
+def expand_tasks_per_node(expr: str) -> list[int]:
+    """SLURM's tasks per node, one entry per node: "2(x3),1" -> [2, 2, 2, 1]."""
+    counts: list[int] = []
+    for item in expr.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", item)
+        if m is None:
+            raise ValueError(f"tasks per node {expr!r}: cannot read {item!r}")
+        counts.extend([int(m.group(1))] * int(m.group(2) or 1))
+    return counts
+
+
+def slurm_port(job_id: str) -> int:
+    """A port every task of a job derives alike from the job id (in 20000-29999, below Linux's ephemeral ports;
+    MASTER_PORT overrides it when two steps of one job train at once)."""
+    return 20000 + int(job_id) % 10000
+
+
+def _read_slurm(env: Mapping[str, str]) -> DistState:
+    # A step's own variables (srun) describe the tasks that train; the job's are the fallback.
+    world = int(env.get("SLURM_STEP_NUM_TASKS") or env["SLURM_NTASKS"])
+    node = int(env.get("SLURM_NODEID", "0"))
+    per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+    if per_node:
+        counts = expand_tasks_per_node(per_node)
+        local_world = counts[node] if node < len(counts) else counts[-1]
+    else:
+        local_world = int(env.get("SLURM_NTASKS_PER_NODE", str(world)))
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
+    addr = env.get("MASTER_ADDR") or (expand_hostlist(nodes)[0] if nodes else "127.0.0.1")
+    port = env.get("MASTER_PORT") or str(slurm_port(env.get("SLURM_JOB_ID", "0")))
     return DistState(
-        rank=int(env.get("RANK", "0")),
-        local_rank=int(env.get("LOCAL_RANK", "0")),
+        rank=int(env["SLURM_PROCID"]),
+        local_rank=int(env.get("SLURM_LOCALID", "0")),
         world_size=world,
-        local_world_size=int(env.get("LOCAL_WORLD_SIZE", str(world))),
+        local_world_size=local_world,
+        launcher="slurm",
+        init_method=f"tcp://{addr}:{port}",
     )
+
+
+def read_env(environ: Mapping[str, str] | None = None) -> DistState:
+    """torchrun's variables when present (also torchrun inside a SLURM allocation), else those of an srun task,
+    else a single process. An sbatch script's own shell is not a task: only srun steps (SLURM_STEP_ID) count."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        world = int(env["WORLD_SIZE"])
+        return DistState(
+            rank=int(env["RANK"]),
+            local_rank=int(env.get("LOCAL_RANK", "0")),
+            world_size=world,
+            local_world_size=int(env.get("LOCAL_WORLD_SIZE", str(world))),
+            launcher="torchrun",
+        )
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and env.get("SLURM_STEP_ID", "batch").isdigit():
+        return _read_slurm(env)
+    return DistState()
+
+
+def device_index(state: DistState, visible: int) -> int:
+    """The GPU of this rank among the `visible` ones: its local rank, or the only one when the launcher gave
+    each task its own GPU (srun --gpus-per-task / --gpu-bind: CUDA_VISIBLE_DEVICES holds one device)."""
+    if visible == 1 and state.local_world_size > 1:
+        return 0
+    if state.local_rank >= visible:
+        raise RuntimeError(
+            f"local rank {state.local_rank} has no GPU: only {visible} visible "
+            "(lower --nproc_per_node / --ntasks-per-node or fix CUDA_VISIBLE_DEVICES)"
+        )
+    return state.local_rank
 
 
 def pick_device(state: DistState, requested: str = "auto") -> torch.device:
@@ -48,13 +145,9 @@ def pick_device(state: DistState, requested: str = "auto") -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError("device=cuda was requested but no CUDA device is visible; use device=cpu or auto")
-    if state.local_rank >= torch.cuda.device_count():
-        raise RuntimeError(
-            f"local rank {state.local_rank} has no GPU: only {torch.cuda.device_count()} visible "
-            "(lower --nproc_per_node or fix CUDA_VISIBLE_DEVICES)"
-        )
-    torch.cuda.set_device(state.local_rank)
-    return torch.device("cuda", state.local_rank)
+    index = device_index(state, torch.cuda.device_count())
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def init(requested_device: str = "auto", timeout_s: int = 1800) -> tuple[DistState, torch.device]:
@@ -63,7 +156,11 @@ def init(requested_device: str = "auto", timeout_s: int = 1800) -> tuple[DistSta
     device = pick_device(state, requested_device)
     if state.distributed and not torch_dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        torch_dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        # srun tasks meet at tcp://<first host>:<port of the job>; torchrun's env:// needs nothing passed.
+        kw = {}
+        if state.init_method is not None:
+            kw = dict(init_method=state.init_method, rank=state.rank, world_size=state.world_size)
+        torch_dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kw)
     return state, device
 
 
