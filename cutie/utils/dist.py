@@ -64,7 +64,23 @@ def init(requested_device: str = "auto", timeout_s: int = 1800) -> tuple[DistSta
     if state.distributed and not torch_dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch_dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        global _host_group
+        # Host-side flags (a stop signal, unreadable data) are agreed over gloo on CPU tensors: reading an NCCL
+        # result would wait for every kernel queued on the GPU, a gloo one only for the other processes.
+        _host_group = torch_dist.new_group(backend="gloo") if backend == "nccl" else None
     return state, device
+
+
+_host_group = None
+
+
+def any_rank(flags: list[bool]) -> list[bool]:
+    """Per flag: set on any rank. One small all-reduce over the host group; identity in a single process."""
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags])  # on the CPU whatever the backend
+    torch_dist.all_reduce(t, group=_host_group)
+    return [v > 0 for v in t.tolist()]
 
 
 def barrier() -> None:
