@@ -13,12 +13,14 @@ from cutie.config.typed import ConfigError
 from cutie.inference.dataset_eval import run_evaluation
 from cutie.model.weights import WeightsError
 from cutie.utils.cli import run_reporting_errors
+from cutie.utils.dist import DeviceError
 from cutie.utils.paths import PathEscapeError
 
 # Problems with what the user handed over; ValueError covers unreadable or inconsistent masks and frames
 # (their messages name the file).
 _INPUT_ERRORS = {
     ConfigError: "configuration error",
+    DeviceError: "device error",
     WeightsError: "weights error",
     PathEscapeError: "path error",
     OSError: "file error",

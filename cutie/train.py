@@ -22,12 +22,14 @@ from cutie.model.weights import WeightsError
 from cutie.training.checkpoint import CheckpointError
 from cutie.training.run import run_training
 from cutie.utils.cli import run_reporting_errors
+from cutie.utils.dist import DeviceError
 
 _INPUT_ERRORS = {
     ConfigError: "configuration error",
     DataValidationError: "data error",
     CheckpointError: "checkpoint error",
     WeightsError: "weights error",
+    DeviceError: "device error",
 }
 
 

@@ -25,7 +25,7 @@ import torch
 
 from cutie.model import build_network, load_model_config
 from cutie.model.clip_forward import forward_clip
-from cutie.model.losses import LossComputer
+from cutie.model.losses import LossComputer, LossSettings
 from cutie.model.param_groups import param_groups
 
 
@@ -87,13 +87,10 @@ def main(argv: list[str] | None = None) -> int:
 
     model_cfg = load_model_config(args.model)
     net = build_network(model_cfg).to(device).train()
-    stage = {
-        "point_supervision": True,
-        "train_num_points": args.num_points,
-        "oversample_ratio": 3.0,
-        "importance_sample_ratio": 0.75,
-    }
-    losses = LossComputer(stage, model_cfg)
+    aux = model_cfg["aux_loss"]  # the main-training stage's sampling settings, the model's aux weights
+    losses = LossComputer(
+        LossSettings(args.num_points, 3.0, 0.75, float(aux["sensory"]["weight"]), float(aux["query"]["weight"]))
+    )
     groups = param_groups(net, lr=1e-4, weight_decay=0.001, embed_weight_decay=0.0, backbone_lr_ratio=0.1)
     optimizer = torch.optim.AdamW(groups, lr=1e-4, eps=1e-6 if args.amp else 1e-8)
     scaler = torch.amp.GradScaler("cuda", init_scale=8192, enabled=on_cuda and args.amp)

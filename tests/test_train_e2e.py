@@ -176,16 +176,16 @@ def test_too_little_shared_memory_fails_before_training(tiny_data, tmp_path):
     assert not (tmp_path / "output" / "shm" / "metrics.jsonl").exists()
 
 
-def test_unexpected_errors_are_one_line_unless_hydra_full_error(tmp_path):
-    """No traceback for the user (exit 1, the error and the switch), the full one with HYDRA_FULL_ERROR=1."""
+def test_errors_are_one_line_unless_hydra_full_error(tmp_path):
+    """No traceback for the user (one line with the fix, exit 2), the full one with HYDRA_FULL_ERROR=1."""
     args = [sys.executable, TRAIN, f"output_root={tmp_path / 'o'}", "device=cuda"]  # no GPU visible in tests
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     env.pop("HYDRA_FULL_ERROR", None)
+    env.pop("CUTIE_DEBUG", None)
     short = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert short.returncode == 1, short.stderr[-2000:]
-    assert "Traceback" not in short.stderr
-    last = short.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: RuntimeError: device=cuda was requested") and "HYDRA_FULL_ERROR=1" in last
+    assert short.returncode == 2, short.stderr[-2000:]
+    assert "Traceback" not in short.stderr and len(short.stderr.strip().splitlines()) == 1
+    assert short.stderr.startswith("device error: device=cuda was requested") and "device=cpu" in short.stderr
     full = subprocess.run(
         args, cwd=tmp_path, env={**env, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True, timeout=300
     )

@@ -189,3 +189,28 @@ def test_latest_checkpoint_orders_by_stage_then_iteration(tmp_path):
         "main_training_0000003.pth",
         "main_training_0000012.pth",
     ]
+
+
+def test_an_unexpected_error_is_one_line_naming_the_switch(capsys, monkeypatch):
+    """A bug (not an input problem) still reaches the user as one line, exit 1, with how to get the trace."""
+    from cutie.utils.cli import run_reporting_errors
+
+    monkeypatch.delenv("CUTIE_DEBUG", raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    def broken():
+        return 1 / 0
+
+    with pytest.raises(SystemExit) as stop:
+        run_reporting_errors(broken, {ConfigError: "configuration error"})
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("internal error: ZeroDivisionError: division by zero") and "CUTIE_DEBUG=1" in err
+    with pytest.raises(SystemExit) as stop:
+        run_reporting_errors(
+            lambda: (_ for _ in ()).throw(ConfigError("`x`: bad")), {ConfigError: "configuration error"}
+        )
+    assert stop.value.code == 2 and capsys.readouterr().err == "configuration error: `x`: bad\n"
+    monkeypatch.setenv("CUTIE_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        run_reporting_errors(broken, {})

@@ -311,6 +311,7 @@ class TorchTrainLoader(TrainLoader):
         self.slots = BatchSlots(n, self.batch_size, sampler.seq_length, sampler.out_hw, shared=num_workers > 0)
         self.dataset = ClipDataset(source, self.slots, reduced_decode)
         self._iter = None
+        self._copy_stream: torch.cuda.Stream | None = None  # set per iterate() on a GPU
 
     def _shutdown(self) -> None:
         if self._iter is not None:
@@ -321,6 +322,7 @@ class TorchTrainLoader(TrainLoader):
 
     def iterate(self, start_iteration: int) -> Iterator[dict]:
         self._shutdown()
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.slots.reset(start_iteration)
         dl = torch.utils.data.DataLoader(
             self.dataset,
@@ -346,7 +348,17 @@ class TorchTrainLoader(TrainLoader):
             s = self.slots.slot(raw["iteration"])
             # _to_batch copies out of the slot (synchronously: a copy to a GPU from pageable memory returns once
             # the source has been read), so the slot can go back to the workers right after.
-            batch = self._to_batch(self.slots.rgb[s], self.slots.cls[s], raw["num_objects"])
+            if self._copy_stream is None:
+                batch = self._to_batch(self.slots.rgb[s], self.slots.cls[s], raw["num_objects"])
+            else:
+                # On a side stream, the copy does not queue behind the step the GPU is running: the host is back
+                # as soon as the pageable source has been read, while the GPU still computes.
+                with torch.cuda.stream(self._copy_stream):
+                    batch = self._to_batch(self.slots.rgb[s], self.slots.cls[s], raw["num_objects"])
+                compute = torch.cuda.current_stream(self.device)
+                compute.wait_stream(self._copy_stream)  # the next step's kernels wait for the copy, the host does not
+                for t in batch.values():
+                    t.record_stream(compute)  # the allocator must not reuse them before the step has read them
             self.slots.release(raw["iteration"])
             yield batch
 

@@ -35,7 +35,9 @@ class StageContext:
     stop_requested: bool = False  # set on SIGTERM/SIGINT (agreed across ranks) or by a hook
     stop_reason: str = ""
     batch: dict | None = None  # the last batch (for pictures)
-    timings: dict[str, float] = field(default_factory=dict)  # data_s, step_s of the last iteration
+    # data_s (host seconds drawing the batch), step_s (cutie.training.timing.Elapsed) of the last iteration
+    timings: dict[str, object] = field(default_factory=dict)
+    sync_now: bool = True  # hooks may read device values (a host sync) after this step: see loop.is_sync_step
 
     @property
     def stage(self) -> str:

@@ -1,16 +1,22 @@
-"""The stage loop: fetch a batch, run the pure step, step the schedule, call the hooks."""
+"""The stage loop: fetch a batch, run the pure step, step the schedule, call the hooks.
+
+The loop never waits for the GPU between log intervals: the step returns device tensors, the next batch is
+fetched (and copied to the device, see cutie/data/loader.py) while the GPU still runs the current step, step
+times come from CUDA events, and the ranks agree on host-side stop reasons (a signal, unreadable data) with one
+small all-reduce per step over a CPU (gloo) group. Hooks read device values only when `ctx.sync_now` is set.
+"""
 
 from __future__ import annotations
 
 import time
 
-import torch
-
 from cutie.data.loader import TooManyBadSamplesError
 from cutie.training.checkpoint import preserved_rng
 from cutie.training.context import StageContext
 from cutie.training.hooks import Hook
+from cutie.training.hooks.base import every
 from cutie.training.step import train_step
+from cutie.training.timing import StepTimer
 from cutie.utils import dist
 
 
@@ -25,11 +31,6 @@ class BadDataStop(StopTraining):
     checkpoint of the steps completed so far)."""
 
     exit_code = 4
-
-
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    return bool(dist.all_reduce_mean(t).item() > 0)
 
 
 def run_stage(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
@@ -49,52 +50,59 @@ def run_stage(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
                 ctx.log.warning(f"{type(h).__name__}.close failed: {e}")
 
 
+def _fetch(batches) -> tuple[dict | None, TooManyBadSamplesError | None, float]:
+    t0 = time.perf_counter()
+    try:
+        with preserved_rng():  # drawing samples must not move the training stream
+            return next(batches), None, time.perf_counter() - t0
+    except TooManyBadSamplesError as e:
+        return None, e, time.perf_counter() - t0
+
+
+def is_sync_step(ctx: StageContext, stopping: bool) -> bool:
+    """Steps where hooks may read device values: log and save intervals, the stage's last step, a stop."""
+    it, lg = ctx.iteration, ctx.cfg.logging
+    intervals = (lg.log_text_interval, lg.save_checkpoint_interval, lg.save_weights_interval)
+    return stopping or it >= ctx.plan.num_iterations or any(every(n, it) for n in intervals)
+
+
 def _steps(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
     distributed = ctx.dist.distributed
     with preserved_rng():  # starting the loader (worker seeds) must not move the training stream either
         batches = ctx.loader.iterate(ctx.iteration)
     clip = ctx.stage_cfg.clip_grad_norm
+    timer = StepTimer(ctx.device)
+    if ctx.iteration >= ctx.plan.num_iterations:
+        return
+    batch, bad, data_s = _fetch(batches)
+    # Ranks agree before the first step; later batches are agreed on with the stop request of the step before.
+    if dist.any_rank([bad is not None])[0] if distributed else bad is not None:
+        raise BadDataStop(str(bad) if bad is not None else "another process met too many unreadable samples")
     while ctx.iteration < ctx.plan.num_iterations:
         for h in hooks:
             h.before_step(ctx)
-        t0 = time.perf_counter()
-        bad: TooManyBadSamplesError | None = None
-        try:
-            with preserved_rng():
-                batch = next(batches)
-        except TooManyBadSamplesError as e:
-            bad = e
-        # Ranks agree before the step, so all of them stop at the same iteration and can save together.
-        stop = bad is not None
-        if distributed:
-            stop = _any_rank(stop, ctx.device)
-        if stop:
-            raise BadDataStop(str(bad) if bad is not None else "another process met too many unreadable samples")
-        t1 = time.perf_counter()
-        result = train_step(
-            ctx.model,
-            batch,
-            loss_fn,
-            ctx.optimizer,
-            ctx.scaler,
-            ctx.plan,
-            clip,
-            any_rank_nonfinite=(lambda f: _any_rank(f, ctx.device)) if distributed else (lambda f: f),
-        )
+        start = timer.mark()
+        result = train_step(ctx.model, batch, loss_fn, ctx.optimizer, ctx.scaler, ctx.plan, clip)
         ctx.scheduler.step()
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize(ctx.device)  # honest step times
-        ctx.timings = {"data_s": t1 - t0, "step_s": time.perf_counter() - t1}
+        ctx.timings = {"data_s": data_s, "step_s": timer.since(start)}
         ctx.batch = batch
         ctx.iteration += 1
-        # All ranks must agree to stop at the same iteration (signals reach them at different moments).
-        requested = signals.requested or ctx.stop_requested
+        # The next batch is drawn while the GPU still runs this step (the host is ahead of the device).
+        bad = None
+        if ctx.iteration < ctx.plan.num_iterations:
+            batch, bad, data_s = _fetch(batches)
+        # All ranks stop at the same iteration (signals reach them at different moments; unreadable data shows
+        # up on one rank): one host-side all-reduce carries both.
+        requested, bad_any = signals.requested or ctx.stop_requested, bad is not None
         if distributed:
-            requested = _any_rank(requested, ctx.device)
+            requested, bad_any = dist.any_rank([requested, bad_any])
         if requested and not ctx.stop_requested:
             ctx.stop_requested = True
             ctx.stop_reason = ctx.stop_reason or signals.reason
+        ctx.sync_now = is_sync_step(ctx, requested or bad_any)
         for h in hooks:
             h.after_step(ctx, result)
         if ctx.stop_requested:
             raise StopTraining(ctx.stop_reason or "stop requested")
+        if bad_any:
+            raise BadDataStop(str(bad) if bad is not None else "another process met too many unreadable samples")

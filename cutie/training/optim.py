@@ -18,7 +18,10 @@ def build_optimizer(net: torch.nn.Module, stage_cfg: StageConfig, adam_eps: floa
         embed_weight_decay=stage_cfg.embed_weight_decay,
         backbone_lr_ratio=stage_cfg.backbone_lr_ratio,
     )
-    return torch.optim.AdamW(groups, lr=stage_cfg.learning_rate, eps=adam_eps)
+    # Fused on a GPU: one kernel for the update, and it takes a device-side `found_inf`, so a non-finite step is
+    # skipped without a host read (cutie/training/step.py). The CPU keeps the default implementation (its numbers).
+    fused = all(p.is_cuda for p in net.parameters())
+    return torch.optim.AdamW(groups, lr=stage_cfg.learning_rate, eps=adam_eps, fused=fused or None)
 
 
 def lr_factor(iteration: int, schedule: str, steps: list[int], gamma: float) -> float:

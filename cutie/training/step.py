@@ -1,4 +1,8 @@
-"""The pure training step: data -> loss -> backward -> optimiser step. No logging, saving or scheduling here."""
+"""The pure training step: data -> loss -> backward -> optimiser step. No logging, saving or scheduling here.
+
+No host synchronisation: losses, the gradient norm and the finite flag stay device tensors (0-d), read by the
+hooks only at log intervals, and a non-finite step is skipped by a device-side decision (see `_optimizer_step`).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,9 @@ from cutie.training.plan import StagePlan
 
 @dataclass
 class StepResult:
-    losses: dict[str, float]  # every loss term, averaged over micro-batches
-    grad_norm: float
-    finite: bool  # False: the step was skipped (non-finite loss or gradients)
+    losses: dict[str, torch.Tensor]  # every loss term (0-d, detached), averaged over micro-batches
+    grad_norm: torch.Tensor  # 0-d
+    finite: torch.Tensor  # 0-d bool; False: the step was skipped (non-finite loss or gradients)
     output: dict  # the last micro-batch's network output (for pictures)
 
 
@@ -31,6 +35,24 @@ def split_batch(batch: dict, n: int) -> list[dict]:
     return out
 
 
+def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, skip: torch.Tensor) -> None:
+    """Steps unless `skip` (0-d bool on the device). With a GradScaler (fp16) the scaler itself skips on inf/NaN
+    gradients (without a host read when the optimiser is fused). Without one, a fused optimiser takes `found_inf`
+    (its update and step count are masked on the device); other optimisers keep their step count on the host, so
+    the decision needs a host read there (the CPU default: nothing to stall)."""
+    if scaler.is_enabled():
+        scaler.step(optimizer)
+    elif optimizer.defaults.get("fused"):
+        optimizer.grad_scale, optimizer.found_inf = None, skip.float()
+        try:
+            optimizer.step()
+        finally:
+            optimizer.found_inf = None
+    elif not bool(skip):
+        optimizer.step()
+    scaler.update()
+
+
 def train_step(
     model: nn.Module,
     batch: dict,
@@ -39,43 +61,44 @@ def train_step(
     scaler: torch.amp.GradScaler,
     plan: StagePlan,
     clip_grad_norm: float,
-    any_rank_nonfinite=lambda flag: flag,
 ) -> StepResult:
     """One optimiser step over the per-rank batch, with gradient accumulation over micro-batches.
 
     `model(batch)` runs the training-mode clip forward (possibly DDP-wrapped); `loss_fn(batch, output)` returns a
-    dict with 'total_loss'. A non-finite loss or gradient on any rank skips the step on every rank (the caller
-    passes `any_rank_nonfinite` to agree across ranks), leaving weights and optimiser state untouched.
+    dict with 'total_loss'. A non-finite loss on any rank skips the step on every rank, leaving weights and
+    optimiser state untouched: the loss is multiplied by NaN before backward (by exactly 1.0 when finite), so the
+    gradients turn NaN, DDP's gradient average carries that to every rank, and every rank sees the same
+    non-finite gradient norm: the ranks agree without a collective of their own.
     """
     optimizer.zero_grad(set_to_none=True)
     micro = split_batch(batch, plan.accumulation_steps)
-    device_type = batch["rgb"].device.type
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     output: dict = {}
-    finite = True
+    loss_finite: torch.Tensor | None = None
     for i, mb in enumerate(micro):
         last = i == len(micro) - 1
         # Only the last micro-batch synchronises gradients across ranks.
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
+            device_type = mb["rgb"].device.type
             with torch.autocast(device_type, dtype=plan.amp_dtype or torch.float32, enabled=plan.amp_dtype is not None):
                 output = model(mb)
             losses = loss_fn(mb, output)
             total = losses["total_loss"]
-            finite = finite and bool(torch.isfinite(total))
-            scaler.scale(total / len(micro)).backward()
+            ok = torch.isfinite(total.detach())  # 0-d bool
+            loss_finite = ok if loss_finite is None else loss_finite & ok
+            poison = torch.where(ok, 1.0, float("nan")).to(total.dtype)  # 1.0 leaves the numbers bit-identical
+            scaler.scale(total * poison / len(micro)).backward()
         for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / len(micro)
+            v = v.detach() if torch.is_tensor(v) else torch.tensor(float(v), device=total.device)
+            sums[k] = sums[k] + v / len(micro) if k in sums else v / len(micro)
 
     scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-    # With a GradScaler (fp16), an overflow is routine and handled by the scaler itself; otherwise it is a problem.
-    finite = finite and (plan.use_grad_scaler or bool(torch.isfinite(grad_norm)))
-    if any_rank_nonfinite(not finite):
-        optimizer.zero_grad(set_to_none=True)
-        scaler.update()
-        return StepResult(sums, float(grad_norm), False, output)
-    scaler.step(optimizer)
-    scaler.update()
-    return StepResult(sums, float(grad_norm), True, output)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)  # 0-d, no host read
+    grad_finite = torch.isfinite(grad_norm)
+    # With a GradScaler (fp16), a gradient overflow is routine (the scaler skips and lowers the scale): only a
+    # non-finite loss counts as a problem. Without one, a non-finite gradient is one too.
+    finite = loss_finite if plan.use_grad_scaler else loss_finite & grad_finite
+    _optimizer_step(optimizer, scaler, ~grad_finite)
+    return StepResult(sums, grad_norm.detach(), finite, output)

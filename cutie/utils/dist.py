@@ -126,13 +126,17 @@ def read_env(environ: Mapping[str, str] | None = None) -> DistState:
     return DistState()
 
 
+class DeviceError(RuntimeError):
+    """The requested device does not exist for this rank (a setting or launcher problem, not a bug)."""
+
+
 def device_index(state: DistState, visible: int) -> int:
     """The GPU of this rank among the `visible` ones: its local rank, or the only one when the launcher gave
     each task its own GPU (srun --gpus-per-task / --gpu-bind: CUDA_VISIBLE_DEVICES holds one device)."""
     if visible == 1 and state.local_world_size > 1:
         return 0
     if state.local_rank >= visible:
-        raise RuntimeError(
+        raise DeviceError(
             f"local rank {state.local_rank} has no GPU: only {visible} visible "
             "(lower --nproc_per_node / --ntasks-per-node or fix CUDA_VISIBLE_DEVICES)"
         )
@@ -144,7 +148,7 @@ def pick_device(state: DistState, requested: str = "auto") -> torch.device:
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was requested but no CUDA device is visible; use device=cpu or auto")
+        raise DeviceError("device=cuda was requested but no CUDA device is visible; use device=cpu or auto")
     index = device_index(state, torch.cuda.device_count())
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
@@ -161,7 +165,23 @@ def init(requested_device: str = "auto", timeout_s: int = 1800) -> tuple[DistSta
         if state.init_method is not None:
             kw = dict(init_method=state.init_method, rank=state.rank, world_size=state.world_size)
         torch_dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kw)
+        global _host_group
+        # Host-side flags (a stop signal, unreadable data) are agreed over gloo on CPU tensors: reading an NCCL
+        # result would wait for every kernel queued on the GPU, a gloo one only for the other processes.
+        _host_group = torch_dist.new_group(backend="gloo") if backend == "nccl" else None
     return state, device
+
+
+_host_group = None
+
+
+def any_rank(flags: list[bool]) -> list[bool]:
+    """Per flag: set on any rank. One small all-reduce over the host group; identity in a single process."""
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags])  # on the CPU whatever the backend
+    torch_dist.all_reduce(t, group=_host_group)
+    return [v > 0 for v in t.tolist()]
 
 
 def barrier() -> None:

@@ -1,0 +1,552 @@
+#!/usr/bin/env python
+"""GPU acceptance run: one command, every check a lent GPU machine should make, one JSON and one table.
+
+    python scripts/gpu_acceptance.py OUT_DIR [--budget-s 450] [--cpu-dry-run]
+
+Parts (each guarded: a failure is recorded and the next part runs; a global time budget skips what would not
+fit): `dali` (mixed-graph main-clip throughput at 1/2/4 CPU threads vs the torch backend, frames vs the CPU
+graph), `train_step` (s/iter and peak memory of the real train_step, small/base, fp16+GradScaler and bf16, DALI
+and torch batches, GPU busy fraction), `inference` (scripts/benchmark_inference.py), `fixtures` (the reference
+fixtures on CUDA in float32, bf16/fp16 clip forward vs float32), `ddp` (a 2-process DDP step on one GPU).
+Writes OUT_DIR/gpu_acceptance.json and OUT_DIR/gpu_acceptance.md. Installs nothing; needs torch with CUDA, DALI
+for the `dali` part (else skipped), nvidia-ml-py or nvidia-smi for the busy fraction (else not measured).
+`--cpu-dry-run` runs every code path on the CPU at tiny sizes (CI keeps the script working).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))  # the benchmark scripts' functions are reused, not copied
+PARTS = ("dali", "train_step", "inference", "fixtures", "ddp")
+STATUSES = ("ok", "failed", "skipped")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What each part runs at: the real sizes on a GPU, tiny ones in the dry run."""
+
+    device: str
+    models: tuple[str, ...]
+    batch: int
+    frames: int
+    size: int
+    warmup: int
+    steps: int
+    dali_threads: tuple[int, ...]
+    loader_clips: int
+    inference_hw: tuple[int, int]
+    inference_frames: int
+    num_points: int
+    loader_workers: int  # of the loaders feeding the training step
+
+
+GPU = Sizes("cuda", ("small", "base"), 4, 8, 480, 3, 8, (1, 2, 4), 32, (480, 854), 40, 12544, 4)
+DRY = Sizes("cpu", ("small",), 1, 3, 64, 1, 1, (1,), 1, (64, 96), 4, 256, 0)
+
+
+class Budget:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def check(self, need_s: float, what: str) -> None:
+        if self.left() < need_s:
+            raise TimeoutError(f"time budget: {self.left():.0f} s left, {what} needs about {need_s:.0f} s")
+
+
+def last_json_line(fn: Callable[[list[str]], int], argv: list[str]) -> dict:
+    """Runs a benchmark script's main(argv) in this process and returns the JSON object it prints last."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = fn(argv)
+    if rc:
+        raise RuntimeError(f"exit status {rc}: {buf.getvalue()[-500:]}")
+    return json.loads(buf.getvalue().strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------------- dali
+
+
+def _main_stage(merge: float = 1.0) -> dict:
+    from benchmark_loader import STAGES
+
+    return {**STAGES["main"], "merge_probability": merge}  # merges on: every clip of the throughput is merged
+
+
+def _loader(data: str, tmp: str, backend: str, device: str, threads: int, batch: int, size: int, frames: int):
+    from benchmark_loader import _data_cfg
+
+    from cutie.data.loader import build_train_loader
+
+    stage = {**_main_stage(), "crop_size": [size, size], "seq_length": frames}
+    return build_train_loader(
+        _data_cfg(data, "main"), stage, stage="main_training", data_root=data, cache_root=tmp, seed=0, rank=0,
+        world_size=1, batch_size=batch, num_workers=threads, device=torch.device(device), backend=backend,
+        total_iterations=10**6,
+    )  # fmt: skip
+
+
+def _clips_per_s(loader, batches: int, warmup: int = 2) -> float:
+    it = loader.iterate(0)
+    for _ in range(warmup):
+        next(it)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        b = next(it)
+    sync()
+    del b
+    return batches * loader.batch_size / (time.perf_counter() - t0)
+
+
+def part_dali(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return {"status": "skipped", "reason": "nvidia.dali is not importable"}
+    out: dict = {"status": "ok", "clip": f"{sz.frames}x{sz.size}x{sz.size}, merges on", "clips_per_s": {}}
+    batches = max(1, sz.loader_clips // sz.batch)
+    for n in sz.dali_threads:
+        budget.check(20, f"DALI with {n} threads")
+        loader = _loader(data, tmp, "dali", sz.device, n, sz.batch, sz.size, sz.frames)
+        try:
+            out["clips_per_s"][f"dali_{'mixed' if sz.device == 'cuda' else 'cpu'}_{n}_threads"] = round(
+                _clips_per_s(loader, batches), 2
+            )
+        finally:
+            loader.close()
+    budget.check(20, "the torch loader")
+    loader = _loader(data, tmp, "torch", sz.device, max(sz.dali_threads), sz.batch, sz.size, sz.frames)
+    try:
+        out["clips_per_s"][f"torch_{max(sz.dali_threads)}_workers"] = round(_clips_per_s(loader, batches), 2)
+    finally:
+        loader.close()
+    # The same 4 samples from the device graph and from the CPU graph (same seed: same recipes).
+    budget.check(20, "DALI mixed vs CPU frames")
+    first = []
+    for device in (sz.device, "cpu"):
+        loader = _loader(data, tmp, "dali", device, 1, 4, sz.size, sz.frames)
+        try:
+            first.append(next(loader.iterate(0)))
+        finally:
+            loader.close()
+    a, b = (x["rgb"].float().cpu() for x in first)  # 4*T*3*H*W in [0, 1]
+    err = (a - b).abs()
+    out["frames_vs_cpu_graph"] = {
+        "samples": int(a.shape[0]),
+        "max_abs": float(err.max()),
+        "mean_abs": float(err.mean()),
+        "masks_equal": bool(torch.equal(first[0]["cls_gt"].cpu(), first[1]["cls_gt"].cpu())),
+    }
+    # nvJPEG and libjpeg-turbo may round differently by a few levels of 255; the masks must agree exactly.
+    if out["frames_vs_cpu_graph"]["mean_abs"] > 2 / 255 or not out["frames_vs_cpu_graph"]["masks_equal"]:
+        out["status"] = "failed"
+        out["reason"] = "mixed-graph frames differ from the CPU graph's beyond tolerance (mean abs > 2/255)"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- train_step
+
+
+def sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+class BusySampler:
+    """GPU busy fraction over a window: NVML (nvidia-ml-py) if importable, else nvidia-smi sampling."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.samples, self.source = device, [], None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> BusySampler:
+        if self.device != "cuda":
+            return self
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+            self.source = "nvml"
+
+            def poll() -> None:
+                while not self._stop.wait(0.02):
+                    self.samples.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+
+            self._thread = threading.Thread(target=poll, daemon=True)
+            self._thread.start()
+        except Exception:  # noqa: BLE001 (no NVML: fall back to nvidia-smi)
+            if shutil.which("nvidia-smi"):
+                self.source = "nvidia-smi"
+                cmd = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100",
+                       "-i", str(torch.cuda.current_device())]  # fmt: skip
+                self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._proc is not None:
+            self._proc.terminate()
+            text = self._proc.communicate()[0]
+            self.samples = [float(v) for v in text.split() if v.replace(".", "").isdigit()]
+
+    @property
+    def fraction(self) -> float | None:
+        return round(statistics.fmean(self.samples) / 100, 3) if self.samples else None
+
+
+def _train_setup(model: str, amp: str, sz: Sizes):
+    from benchmark_step import synthetic_batch  # noqa: F401 (imported here to fail early if missing)
+
+    from cutie.model import build_network, load_model_config
+    from cutie.model.losses import LossComputer, LossSettings
+    from cutie.model.param_groups import param_groups
+    from cutie.training.clip_model import ClipModel
+    from cutie.training.plan import StagePlan
+
+    device = torch.device(sz.device)
+    model_cfg = load_model_config(model)
+    net = build_network(model_cfg).to(device).train()
+    aux = model_cfg["aux_loss"]
+    settings = LossSettings(sz.num_points, 3.0, 0.75, float(aux["sensory"]["weight"]), float(aux["query"]["weight"]))
+    losses = LossComputer(settings)  # the main-training stage's settings (train_config.yaml)
+    groups = param_groups(net, lr=1e-4, weight_decay=0.001, embed_weight_decay=0.0, backbone_lr_ratio=0.1)
+    fp16 = amp == "fp16"
+    # fp16 autocast on the CPU takes minutes a step: the dry run keeps the GradScaler path with bf16 kernels
+    dtype = torch.float16 if fp16 and device.type == "cuda" else torch.bfloat16
+    optimizer = torch.optim.AdamW(groups, lr=1e-4, eps=1e-6, fused=True)  # as build_optimizer on a GPU
+    scaler = torch.amp.GradScaler(device.type, init_scale=8192.0, enabled=fp16)
+    plan = StagePlan("main_training", 10**6, sz.batch, sz.batch, sz.batch, 1, dtype, fp16, 1e-6, False)
+    return net, ClipModel(net, 3, 0.2), losses, optimizer, scaler, plan
+
+
+def _time_steps(model: str, amp: str, batches, sz: Sizes) -> dict:
+    from cutie.training.step import train_step
+
+    net, clip_model, losses, optimizer, scaler, plan = _train_setup(model, amp, sz)
+    cuda = sz.device == "cuda"
+    times = []
+    for i in range(sz.warmup + sz.steps):
+        if i == sz.warmup and cuda:
+            torch.cuda.reset_peak_memory_stats()
+        sampler = BusySampler(sz.device) if i == sz.warmup else None
+        if sampler is not None:
+            sync()
+            sampler.__enter__()
+            window = time.perf_counter()
+        batch = next(batches)
+        t0 = time.perf_counter()
+        train_step(clip_model, batch, losses.compute, optimizer, scaler, plan, 3.0)
+        sync()  # per step here on purpose: the benchmark wants each step's time, training does not
+        times.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - window
+    sampler.__exit__()
+    timed = times[sz.warmup :]
+    return {
+        "s_per_iter_median": round(statistics.median(timed), 4),
+        "s_per_iter_with_data": round(wall / sz.steps, 4),
+        "peak_gpu_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,
+        "gpu_busy_fraction": sampler.fraction,
+        "busy_source": sampler.source,
+    }
+
+
+def part_train_step(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
+    from benchmark_step import synthetic_batch
+
+    try:
+        import nvidia.dali  # noqa: F401
+
+        sources = ["dali", "torch"]
+    except ImportError:
+        sources = ["torch"]
+    out: dict = {"status": "ok", "batch": sz.batch, "clip": f"{sz.frames}x{sz.size}x{sz.size}", "runs": {}}
+    failures = []
+    for model in sz.models:
+        for amp in ("fp16", "bf16"):
+            for source in sources:
+                name = f"{model}_{amp}_{source}"
+                try:
+                    budget.check(45 if model == "base" else 30, name)
+                    loader = _loader(data, tmp, source, sz.device, sz.loader_workers, sz.batch, sz.size, sz.frames)
+                    try:
+                        out["runs"][name] = _time_steps(model, amp, loader.iterate(0), sz)
+                    finally:
+                        loader.close()
+                except Exception as e:  # noqa: BLE001 (one configuration failing must not hide the others)
+                    failures.append(name)
+                    out["runs"][name] = {"error": f"{type(e).__name__}: {e}"[:400]}
+                finally:
+                    if sz.device == "cuda":
+                        torch.cuda.empty_cache()
+    # The data-free step (benchmark_step's synthetic clip) isolates the step from the loader.
+    name = f"{sz.models[0]}_fp16_synthetic"
+    try:
+        budget.check(30, name)
+        gen = torch.Generator().manual_seed(0)
+        fixed = synthetic_batch(sz.batch, sz.frames, 3, sz.size, torch.device(sz.device), gen)
+        out["runs"][name] = _time_steps(sz.models[0], "fp16", iter(lambda: fixed, None), sz)
+    except Exception as e:  # noqa: BLE001
+        failures.append(name)
+        out["runs"][name] = {"error": f"{type(e).__name__}: {e}"[:400]}
+    if failures:
+        out["status"] = "failed"
+        out["reason"] = f"failed: {', '.join(failures)}"
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ inference
+
+
+def part_inference(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
+    import benchmark_inference
+
+    out: dict = {"status": "ok", "size": f"{sz.inference_hw[0]}x{sz.inference_hw[1]}", "fps": {}}
+    for model in sz.models:
+        for amp in (False, True) if sz.device == "cuda" else (False,):
+            budget.check(30, f"inference {model}")
+            argv = [
+                "--model",
+                model,
+                "--device",
+                sz.device,
+                "--frames",
+                str(sz.inference_frames),
+                "--height",
+                str(sz.inference_hw[0]),
+                "--width",
+                str(sz.inference_hw[1]),
+                "--warmup",
+                "2",
+            ]
+            r = last_json_line(benchmark_inference.main, argv + (["--amp"] if amp else []))
+            out["fps"][f"{model}{'_amp' if amp else ''}"] = round(r["fps"], 2)
+            out.setdefault("peak_memory_mb", {})[f"{model}{'_amp' if amp else ''}"] = round(r["peak_memory_mb"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- fixtures
+
+
+def part_fixtures(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
+    from cutie.model.clip_forward import forward_clip
+    from cutie.testing.reference_model import TOLERANCE, TRAINING_FORMAT, _leaves, fixture_network, relative_error
+
+    ref_dir = REPO.parent / "shared" / "reference"
+    files = sorted(ref_dir.glob("fixture_*.pt"))
+    if not files:
+        return {"status": "skipped", "reason": f"no training fixtures in {ref_dir}"}
+    device = torch.device(sz.device)
+    out: dict = {"status": "ok", "tolerance": TOLERANCE, "float32_rel_error": {}, "amp_rel_error_vs_float32": {}}
+    # the dry run: the small model's fixture only (the code path, not the coverage)
+    for path in files if sz.device == "cuda" else [f for f in files if "_small_" in f.name][:1]:
+        budget.check(20, path.name)
+        fixture = torch.load(path, map_location="cpu", weights_only=False)
+        if fixture.get("format") != TRAINING_FORMAT:
+            continue
+        net = fixture_network(fixture, ref_dir).to(device)
+        ov = fixture["overrides"]
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in fixture["inputs"].items()}
+
+        def run(dtype: torch.dtype | None, net=net, inputs=inputs, ov=ov) -> dict:
+            torch.manual_seed(0)
+            refs, deep = int(ov["num_ref_frames"]), float(ov["deep_update_prob"])
+            amp = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+            with torch.no_grad(), amp:
+                o = forward_clip(net, inputs, num_ref_frames=refs, deep_update_prob=deep)
+            return {k: v.float().cpu() for k, v in _leaves(o)}
+
+        f32 = run(None)
+        worst = max(relative_error(f32[p], ref) for p, ref in _leaves(fixture["outputs"]))
+        out["float32_rel_error"][path.name] = worst
+        if worst > TOLERANCE:
+            out["status"] = "failed"
+            out["reason"] = f"{path.name}: float32 relative error {worst:.2e} > {TOLERANCE}"
+        amps = [("bf16", torch.bfloat16)] + ([("fp16", torch.float16)] if sz.device == "cuda" else [])  # see above
+        for name, dtype in amps:
+            low = run(dtype)
+            err = max(relative_error(low[p], f32[p]) for p in f32 if p.startswith("logits"))
+            out["amp_rel_error_vs_float32"][f"{path.name}:{name}"] = round(err, 5)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ ddp
+
+
+def _ddp_worker(rank: int, world: int, port: int, device: str, backend: str, result_dir: str) -> None:
+    import torch.distributed as td
+
+    from cutie.training.plan import StagePlan
+    from cutie.training.step import train_step
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    td.init_process_group(backend, rank=rank, world_size=world)
+    try:
+        dev = torch.device(device)
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1)).to(dev)
+        ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[0] if device == "cuda" else None)
+
+        class Wrap(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.m = ddp
+
+            def forward(self, b: dict) -> dict:
+                return {"y": self.m(b["rgb"])}
+
+            def no_sync(self):
+                return ddp.no_sync()
+
+        g = torch.Generator().manual_seed(rank)
+        batch = {"rgb": torch.randn(4, 8, generator=g).to(dev)}  # different data per rank
+        opt = torch.optim.AdamW(net.parameters(), lr=0.1, fused=True)
+        scaler = torch.amp.GradScaler(dev.type, enabled=False)
+        plan = StagePlan("main_training", 1, 8, 4, 2, 2, None, False, 1e-8, False)
+        res = train_step(Wrap(), batch, lambda b, o: {"total_loss": (o["y"] ** 2).mean()}, opt, scaler, plan, 3.0)
+        flat = torch.cat([p.detach().flatten() for p in net.parameters()]).cpu()
+        torch.save({"params": flat, "finite": bool(res.finite)}, Path(result_dir) / f"rank{rank}.pt")
+    finally:
+        td.destroy_process_group()
+
+
+def part_ddp(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    budget.check(40, "DDP")
+    tried = []
+    for backend in ("nccl", "gloo") if sz.device == "cuda" else ("gloo",):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        rd = tempfile.mkdtemp(dir=tmp)
+        try:
+            mp.start_processes(_ddp_worker, args=(2, port, sz.device, backend, rd), nprocs=2, start_method="spawn")
+        except Exception as e:  # noqa: BLE001 (NCCL may refuse two ranks on one GPU: gloo next)
+            tried.append(f"{backend}: {type(e).__name__}: {str(e)[-300:]}")
+            continue
+        r = [torch.load(Path(rd) / f"rank{i}.pt") for i in range(2)]
+        same = bool(torch.equal(r[0]["params"], r[1]["params"]))
+        return {
+            "status": "ok" if same and r[0]["finite"] else "failed",
+            "backend": backend,
+            "ranks": 2,
+            "weights_equal_across_ranks": same,
+            "tried": tried,
+        }
+    return {"status": "failed", "reason": "no backend worked", "tried": tried}
+
+
+# ------------------------------------------------------------------------------------------------- the run
+
+RUNNERS = {"dali": part_dali, "train_step": part_train_step, "inference": part_inference,
+           "fixtures": part_fixtures, "ddp": part_ddp}  # fmt: skip
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    lines = ["# GPU acceptance", "", f"{report['meta']['device']}, torch {report['meta']['torch']}, "
+             f"{report['meta']['wall_s']} s{' (CPU dry run)' if report['meta']['cpu_dry_run'] else ''}", "",
+             "| part | status | figures |", "| --- | --- | --- |"]  # fmt: skip
+    for part in PARTS:
+        r = report[part]
+        figures = json.dumps({k: v for k, v in r.items() if k != "status"}, sort_keys=True).replace("|", "/")
+        lines.append(f"| {part} | {r['status']} | `{figures}` |")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def run(out_dir: Path, dry: bool, budget_s: float) -> dict:
+    sz = DRY if dry else GPU
+    if not dry and not torch.cuda.is_available():
+        raise SystemExit("error: no CUDA device visible (use --cpu-dry-run to exercise the script on the CPU)")
+    if dry:
+        torch.set_num_threads(1)
+    start = time.monotonic()
+    budget = Budget(budget_s)
+    report: dict = {}
+    with tempfile.TemporaryDirectory(prefix="gpu_acceptance_") as tmp:
+        data = ""
+        try:
+            from benchmark_loader import _generate
+
+            data = _generate(tmp, "main")  # 854x480 textured videos, as the loader benchmark
+        except Exception as e:  # noqa: BLE001 (parts that need data fail on their own)
+            print(f"generating data failed: {e}", file=sys.stderr)
+        for part in PARTS:
+            t0 = time.monotonic()
+            try:
+                if budget.left() <= 5:
+                    raise TimeoutError("time budget spent")
+                r = RUNNERS[part](sz, budget, data, tmp)
+            except TimeoutError as e:
+                r = {"status": "skipped", "reason": str(e)}
+            except Exception as e:  # noqa: BLE001 (recorded; the next part runs)
+                r = {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:500]}
+                r["traceback"] = traceback.format_exc()[-1500:]
+            r["seconds"] = round(time.monotonic() - t0, 1)
+            report[part] = r
+            print(f"{part}: {r['status']} ({r['seconds']} s)", file=sys.stderr, flush=True)
+            if sz.device == "cuda":
+                torch.cuda.empty_cache()
+            _write(report, out_dir, sz, dry, budget_s, start)  # after every part: a kill keeps what ran
+    return report
+
+
+def _write(report: dict, out_dir: Path, sz: Sizes, dry: bool, budget_s: float, start: float) -> None:
+    done = {p: report.get(p, {"status": "skipped", "reason": "not reached (the run was cut short)"}) for p in PARTS}
+    meta = {
+        "device": torch.cuda.get_device_name() if sz.device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "cpu_dry_run": dry,
+        "budget_s": budget_s,
+        "wall_s": round(time.monotonic() - start, 1),
+    }
+    full = {**done, "meta": meta}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "gpu_acceptance.json.tmp"
+    tmp.write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out_dir / "gpu_acceptance.json")
+    write_markdown(full, out_dir / "gpu_acceptance.md")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--cpu-dry-run", action="store_true", help="every part on the CPU at tiny sizes")
+    p.add_argument("--budget-s", type=float, default=420.0, help="global time budget (the run ends within ~8 min)")
+    args = p.parse_args(argv)
+    report = run(args.out_dir, args.cpu_dry_run, args.budget_s)
+    failed = [k for k in PARTS if report[k]["status"] == "failed"]
+    print(f"wrote {args.out_dir / 'gpu_acceptance.json'}; failed: {', '.join(failed) or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
