@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from cutie.config.train import parse_train_config
 from cutie.config.typed import ConfigError
-from cutie.data.index import DataValidationError
+from cutie.data.index.datasets import DataValidationError
 from cutie.model.weights import WeightsError
 from cutie.training.checkpoint import CheckpointError
 from cutie.training.run import run_training

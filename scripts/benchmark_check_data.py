@@ -9,8 +9,8 @@ writes their bytes under every frame name (the check reads each file; identical 
 Reports the full check (index.summarize: listing, pairing, every file, per-video consistency) with no cache file
 ("cold", though the page cache holds the fresh files: a first check on a cold disk adds the read time) and with
 the cache from the previous run ("cached"), median of `repeats`; and, per file on one core, the PNG inflate check
-against PIL's full decode (`load()`) and the JPEG segment walk against PIL's header read (cutie/data/frame_check.py
-documents the choices).
+against PIL's full decode (`load()`) and the JPEG segment walk against PIL's header read
+(cutie/data/index/frame_check.py documents the choices).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from cutie.data import frame_check
-from cutie.data.index import summarize
+from cutie.data.index import frame_check
+from cutie.data.index.datasets import summarize
 from cutie.testing.synthetic import make_video_dataset
 
 DISTINCT = 4  # encoded frames per video

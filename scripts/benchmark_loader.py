@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from cutie.data.loader import build_train_loader
+from cutie.data.loaders.build import build_train_loader
 from cutie.testing.synthetic import make_static_dataset, make_video_dataset
 
 # Official stage settings (cutie/config/train_config.yaml).

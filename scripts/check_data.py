@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from cutie.config.typed import ConfigError
-from cutie.data.index import DataValidationError
+from cutie.data.index.datasets import DataValidationError
 from cutie.dataprep.check import check
 from cutie.dataprep.config import load_train_config
 from cutie.utils.cli import run_reporting_errors

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from cutie.config.typed import ConfigError
-from cutie.data.index import DataValidationError
+from cutie.data.index.datasets import DataValidationError
 from cutie.dataprep.config import load_train_config, resolve_path
 from cutie.dataprep.empty_masks import MaskReadError, scan, write
 from cutie.utils.cli import run_reporting_errors

@@ -97,7 +97,7 @@ def _main_stage(merge: float = 1.0) -> dict:
 def _loader(data: str, tmp: str, backend: str, device: str, threads: int, batch: int, size: int, frames: int):
     from benchmark_loader import _data_cfg
 
-    from cutie.data.loader import build_train_loader
+    from cutie.data.loaders.build import build_train_loader
 
     stage = {**_main_stage(), "crop_size": [size, size], "seq_length": frames}
     return build_train_loader(

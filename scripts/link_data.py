@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from cutie.config.typed import ConfigError
-from cutie.data.index import DataValidationError
+from cutie.data.index.datasets import DataValidationError
 from cutie.dataprep.config import REPO_ROOT, load_train_config, needed_datasets
 from cutie.dataprep.links import TOP_LEVEL, make_links, presence
 from cutie.utils.cli import run_reporting_errors

@@ -31,13 +31,13 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from _pil_reference import hue_offset, luma, mean_abs_laplacian, pil_chain, tps_remap  # noqa: E402
 
-from cutie.data import geometry as geo  # noqa: E402
-from cutie.data.loader import make_recipe_source  # noqa: E402
-from cutie.data.recipe import ImageLayer  # noqa: E402
-from cutie.data.render import render_layer  # noqa: E402
-from cutie.data.static_sampler import TPS_PROBABILITY, TPS_STEP, StaticClipSampler  # noqa: E402
-from cutie.data.tps import random_tps_params, tps_map  # noqa: E402
-from cutie.data.video_sampler import VideoClipSampler  # noqa: E402
+from cutie.data.loaders.build import make_recipe_source  # noqa: E402
+from cutie.data.render.cpu import render_layer  # noqa: E402
+from cutie.data.sampling import geometry as geo  # noqa: E402
+from cutie.data.sampling.recipe import ImageLayer  # noqa: E402
+from cutie.data.sampling.static import TPS_PROBABILITY, TPS_STEP, StaticClipSampler  # noqa: E402
+from cutie.data.sampling.tps import random_tps_params, tps_map  # noqa: E402
+from cutie.data.sampling.video import VideoClipSampler  # noqa: E402
 from cutie.testing.synthetic import make_static_dataset, make_video_dataset  # noqa: E402
 
 STAGES = {  # official stage settings (cutie/config/train_config.yaml)

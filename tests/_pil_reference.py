@@ -3,7 +3,7 @@
 The official Cutie loader (torchvision transforms on PIL images) resamples each frame step by step: a PIL affine
 transform of the full frame (bilinear, no antialiasing, canvas of the input size, fill = ImageNet mean), then a
 resized crop (PIL crop, then PIL resize with bilinear, which widens its triangle filter when shrinking) and in
-pre-training a resize of the short side and a padded crop. `pil_chain` replays a chain of cutie.data.geometry
+pre-training a resize of the short side and a padded crop. `pil_chain` replays a chain of cutie.data.sampling.geometry
 Steps that way, with PIL only, so tests and scripts/measure_data_parity.py compare our one-warp renderer with it.
 """
 
@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from cutie.data.geometry import BILINEAR, EXACT, RESIZE, Step
+from cutie.data.sampling.geometry import BILINEAR, EXACT, RESIZE, Step
 
 FILL = (124, 116, 104)  # official im_mean
 _LUMA = np.array([0.299, 0.587, 0.114])

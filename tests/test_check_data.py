@@ -13,7 +13,7 @@ import pytest
 from _damage import DEFECTS
 from PIL import Image
 
-from cutie.data.index import load_empty_masks
+from cutie.data.index.datasets import load_empty_masks
 from cutie.dataprep.convert import Job, write_marker
 from cutie.testing.synthetic import make_video_dataset
 

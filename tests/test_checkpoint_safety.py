@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from cutie.data.source import SharedInt, remove_dead_segments
+from cutie.data.sampling.source import SharedInt, remove_dead_segments
 from cutie.model.weights import WeightsError, read_weights_file
 from cutie.training import checkpoint as ckpt_io
 from cutie.training.checkpoint import CheckpointError

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from cutie.data.loaders import build as loader_mod
+
 # DALI is a dependency, not an option: a broken import fails here, it is never skipped.
-from cutie.data import dali_loader, render
-from cutie.data import loader as loader_mod
-from cutie.data.dali_loader import DaliClipLoader, DaliSampleSource
-from cutie.data.dali_pipeline import OUTPUT_NAMES, SourceLayout, build_pipeline, jpeg_problem, pack_recipe
-from cutie.data.recipe import ClipRecipe, ImageLayer
+from cutie.data.loaders import dali_loader
+from cutie.data.loaders.dali_loader import DaliClipLoader, DaliSampleSource
+from cutie.data.render import cpu as render
+from cutie.data.render.dali_graph import OUTPUT_NAMES, SourceLayout, build_pipeline, jpeg_problem, pack_recipe
+from cutie.data.sampling.recipe import ClipRecipe, ImageLayer
 
 T, H, W = 3, 48, 64
 SRC_H, SRC_W = 60, 90
@@ -332,7 +334,7 @@ class SkipEchoSource(FakeRecipeSource):
 
     def __init__(self) -> None:
         super().__init__()
-        from cutie.data.source import SharedInt
+        from cutie.data.sampling.source import SharedInt
 
         self.override = SharedInt(1)
 
@@ -365,7 +367,7 @@ def test_gpu_graph_is_defined_with_the_same_code() -> None:
     at least defined and placed: frames on the GPU, the pass-through outputs on the CPU. Not built or run."""
     from nvidia.dali import pipeline_def
 
-    from cutie.data.dali_pipeline import clip_graph
+    from cutie.data.render.dali_graph import clip_graph
 
     devices = []
 

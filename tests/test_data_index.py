@@ -12,7 +12,7 @@ import pytest
 from _damage import DEFECTS
 from PIL import Image
 
-from cutie.data.index import (
+from cutie.data.index.datasets import (
     DataValidationError,
     build_static_index,
     build_video_index,

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from cutie.data.loader import TooManyBadSamplesError, build_train_loader, make_recipe_source
-from cutie.data.render import render_recipe
-from cutie.data.source import max_skip_at
-from cutie.data.tps import tps_map
+from cutie.data.loaders.base import TooManyBadSamplesError
+from cutie.data.loaders.build import build_train_loader, make_recipe_source
+from cutie.data.render.cpu import render_recipe
+from cutie.data.sampling.source import max_skip_at
+from cutie.data.sampling.tps import tps_map
 from cutie.testing.synthetic import OBJECT_COLOURS, make_static_dataset, make_video_dataset
 
 MAIN = {
@@ -394,7 +395,7 @@ def _colour_reference(x: np.ndarray, b: float, c: float, s: float, grey: bool) -
 
 
 def test_colour_steps_follow_the_recipe_contract() -> None:
-    from cutie.data.render import _colour
+    from cutie.data.render.cpu import _colour
 
     rng = np.random.default_rng(0)
     rgb = cv2.GaussianBlur(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8), (5, 5), 2)
@@ -409,7 +410,7 @@ def test_colour_steps_follow_the_recipe_contract() -> None:
 
 
 def test_merged_layers_blend_only_inside_the_pasted_alpha(sources: Path) -> None:
-    from cutie.data.render import render_layer, render_recipe_uint8
+    from cutie.data.render.cpu import render_layer, render_recipe_uint8
 
     source = _source(sources, "main_training", _data_cfg(["two", "one"], []), MAIN)
     try:

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from _pil_reference import hue_offset, mean_abs_laplacian, pil_chain, tps_remap
 
-from cutie.data import geometry as geo
-from cutie.data.loader import make_recipe_source
-from cutie.data.recipe import ImageLayer
-from cutie.data.render import render_layer, render_recipe_uint8
-from cutie.data.static_sampler import TPS_PROBABILITY, TPS_STEP, StaticClipSampler
-from cutie.data.tps import random_tps_params, tps_map
-from cutie.data.video_sampler import VideoClipSampler
+from cutie.data.loaders.build import make_recipe_source
+from cutie.data.render.cpu import render_layer, render_recipe_uint8
+from cutie.data.sampling import geometry as geo
+from cutie.data.sampling.recipe import ImageLayer
+from cutie.data.sampling.static import TPS_PROBABILITY, TPS_STEP, StaticClipSampler
+from cutie.data.sampling.tps import random_tps_params, tps_map
+from cutie.data.sampling.video import VideoClipSampler
 from cutie.testing.synthetic import make_static_dataset, make_video_dataset
 
 MAIN = {"seq_length": 4, "num_objects": 2, "crop_size": [48, 48], "merge_probability": 0.5}
@@ -145,7 +145,7 @@ def test_pre_training_hue_offsets_have_the_official_spread(root: Path) -> None:
 def test_hue_step_is_an_exact_hsv_shift() -> None:
     """hue_shift moves the HSV hue of every colour by 360 * hue degrees (PIL's uint8 HSV: 1.4 degree steps) and
     keeps its saturation and value, unlike a linear YIQ rotation (DALI's hue operators)."""
-    from cutie.data.render import hue_shift
+    from cutie.data.render.cpu import hue_shift
 
     colours = np.array([[[230, 30, 30], [30, 200, 30], [30, 30, 230], [230, 230, 30], [120, 90, 60]]], np.uint8)
     for hue in (0.05, -0.05, 0.02):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from cutie.data.loader import build_train_loader
-from cutie.data.recycle import RecycledArrays
-from cutie.data.slots import BatchSlots, SharedMemoryTooSmallError, check_shared_memory, slots_needed
+from cutie.data.loaders.build import build_train_loader
+from cutie.data.loaders.recycle import RecycledArrays
+from cutie.data.loaders.slots import BatchSlots, SharedMemoryTooSmallError, check_shared_memory, slots_needed
 from cutie.testing.synthetic import make_video_dataset
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cutie.data.loader import build_train_loader
+from cutie.data.loaders.build import build_train_loader
 from cutie.dataprep.config import compose_train_config
 
 

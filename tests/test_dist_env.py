@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 
-from cutie.data.loader import TrainLoader
+from cutie.data.loaders.base import TrainLoader
 from cutie.training.signals import StopSignals
 from cutie.utils import dist
 

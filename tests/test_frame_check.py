@@ -1,5 +1,6 @@
-"""Per-file checks (cutie/data/frame_check.py) on real generated files: each defect found, sound variants accepted,
-the cache used (and proven used), re-checked on change, safe when malformed; the pool path; the sample-path guard."""
+"""Per-file checks (cutie/data/index/frame_check.py) on real generated files: each defect found, sound variants
+accepted, the cache used (and proven used), re-checked on change, safe when malformed; the pool path; the
+sample-path guard."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import pytest
 from _damage import DEFECTS
 from PIL import Image
 
-from cutie.data import frame_check
-from cutie.data.frame_check import FileError, FileInfo, cache_file, check_file, check_files
-from cutie.data.index import build_video_index
-from cutie.data.source import RecipeSource
-from cutie.data.video_sampler import VideoClipSampler
+from cutie.data.index import frame_check
+from cutie.data.index.datasets import build_video_index
+from cutie.data.index.frame_check import FileError, FileInfo, cache_file, check_file, check_files
+from cutie.data.sampling.source import RecipeSource
+from cutie.data.sampling.video import VideoClipSampler
 from cutie.testing.synthetic import make_video_dataset
 
 

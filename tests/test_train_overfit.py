@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from cutie.config.train import parse_train_config
-from cutie.data.loader import build_train_loader
+from cutie.data.loaders.build import build_train_loader
 from cutie.model import build_network
 from cutie.model.losses import LossComputer, LossSettings
 from cutie.training.clip_model import ClipModel

@@ -1,4 +1,4 @@
-"""Check every dataset a training config needs, with the data index's own validation (cutie/data/index.py).
+"""Check every dataset a training config needs, with the data index's own validation (cutie/data/index/datasets.py).
 
 The table rows and their problems (each with its fix) come from the index, i.e. exactly what training would
 reject, every frame's files included (cached under cache_root); this module only picks the stages that are
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cutie.config.train import TrainConfig
-from cutie.data.index import DatasetReport, format_table, summarize
-from cutie.data.scan import render_each
+from cutie.data.index.datasets import DatasetReport, format_table, summarize
+from cutie.data.index.scan import render_each
 from cutie.dataprep.config import resolve_path
 from cutie.dataprep.links import FIXES
 

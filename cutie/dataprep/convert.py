@@ -39,7 +39,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cutie.data.records import META_DIR, marker_path, read_marker
+from cutie.data.index.records import META_DIR, marker_path, read_marker
 from cutie.utils.atomic import atomic_copy, atomic_write_bytes, atomic_write_json, remove_stale_temps
 from cutie.utils.paths import Confiner, PathEscapeError, check_no_symlink_inside, is_inside
 

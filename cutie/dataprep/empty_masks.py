@@ -1,6 +1,6 @@
 """Empty-mask lists: which training frames have an all-zero mask, per video dataset.
 
-File format (what cutie/data/index.py's load_empty_masks reads), one file per dataset named after its key in
+File format (what cutie/data/index/datasets.py's load_empty_masks reads), one file per dataset named after its key in
 datasets.yaml (DAVIS.txt, YouTubeVOS.txt, MOSE.txt, BURST.txt, OVIS.txt), by default where the config's
 `data.vos_datasets.<NAME>.empty_masks` points (${cache_root}/empty_masks/<NAME>.txt):
 

@@ -26,7 +26,7 @@ class StageContext:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    loader: object  # cutie.data.loader.TrainLoader (or the DALI equivalent)
+    loader: object  # cutie.data.loaders.build.TrainLoader (or the DALI equivalent)
     log: logging.Logger
     writer: object | None  # TensorBoard SummaryWriter on the main process, else None
     iteration: int = 0  # completed optimiser steps in this stage

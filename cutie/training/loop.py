@@ -1,7 +1,7 @@
 """The stage loop: fetch a batch, run the pure step, step the schedule, call the hooks.
 
 The loop never waits for the GPU between log intervals: the step returns device tensors, the next batch is
-fetched (and copied to the device, see cutie/data/loader.py) while the GPU still runs the current step, step
+fetched (and copied to the device, see cutie/data/loaders/build.py) while the GPU still runs the current step, step
 times come from CUDA events, and the ranks agree on host-side stop reasons (a signal, unreadable data) with one
 small all-reduce per step over a CPU (gloo) group. Hooks read device values only when `ctx.sync_now` is set.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from cutie.data.loader import TooManyBadSamplesError
+from cutie.data.loaders.base import TooManyBadSamplesError
 from cutie.training.checkpoint import preserved_rng
 from cutie.training.context import StageContext
 from cutie.training.hooks import Hook

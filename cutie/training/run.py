@@ -22,10 +22,10 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from cutie.config.train import STAGES, TrainConfig
-from cutie.data.index import validate as validate_data
-from cutie.data.loader import build_train_loader, shared_memory_needed
-from cutie.data.slots import SharedMemoryTooSmallError, check_shared_memory
-from cutie.data.source import remove_dead_segments
+from cutie.data.index.datasets import validate as validate_data
+from cutie.data.loaders.build import build_train_loader, shared_memory_needed
+from cutie.data.loaders.slots import SharedMemoryTooSmallError, check_shared_memory
+from cutie.data.sampling.source import remove_dead_segments
 from cutie.model import build_network
 from cutie.model.losses import LossComputer, LossSettings
 from cutie.model.weights import (

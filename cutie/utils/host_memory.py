@@ -8,7 +8,7 @@ this policy its CPU time per main-training clip fell from 61 to 45 ms on a 2-cor
 Not for processes whose large blocks are torch tensors: torch allocates with 64-byte alignment (posix_memalign),
 and glibc cannot place an aligned request in a freed block of the same size, so such a process keeps growing
 (measured: a loader's main process went from 0.74 to 2.7 GB peak). The main process allocates its batches through
-numpy instead (cutie/data/loader.py).
+numpy instead (cutie/data/loaders/build.py).
 
 Call it from process setup (worker init), never at import time. A no-op returning False off glibc.
 """

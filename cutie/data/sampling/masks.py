@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from cutie.data.frame_check import FileCheckError, jpeg_header
+from cutie.data.index.frame_check import FileCheckError, jpeg_header
 
 
 class BadSampleError(RuntimeError):

@@ -51,10 +51,10 @@ from functools import cache
 import cv2
 import numpy as np
 
-from cutie.data.geometry import gaussian_for_variance
-from cutie.data.masks import BadSampleError
-from cutie.data.recipe import IMAGENET_MEAN, ClipRecipe, ImageLayer
-from cutie.data.render import blur, hue_shift
+from cutie.data.render.cpu import blur, hue_shift
+from cutie.data.sampling.geometry import gaussian_for_variance
+from cutie.data.sampling.masks import BadSampleError
+from cutie.data.sampling.recipe import IMAGENET_MEAN, ClipRecipe, ImageLayer
 
 _FILL_255 = [255.0 * v for v in IMAGENET_MEAN]  # warp fill in uint8 units
 _LUMA = (0.299, 0.587, 0.114)

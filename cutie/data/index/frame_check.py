@@ -54,7 +54,7 @@ PROGRESS_EVERY_S = 10.0  # progress line interval when stderr is not a terminal 
 
 
 class FileCheckError(Exception):
-    """A file fails its check: `kind` is a problem kind of cutie/data/scan.py, `detail` says what is wrong."""
+    """A file fails its check: `kind` is a problem kind of cutie/data/index/scan.py, `detail` says what is wrong."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")

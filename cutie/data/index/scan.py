@@ -1,7 +1,7 @@
 """Dataset scans: one dataset folder -> its usable videos / image pairs and a list of typed `Problem`s.
 
 A scan runs in three small phases: the folder structure of each video (listing, JPEG/PNG pairing, converter
-completion records), one parallel, cached check of every file the usable videos name (cutie/data/frame_check.py),
+completion records), one parallel, cached check of every file the usable videos name (cutie/data/index/frame_check.py),
 and the per-video consistency of the file headers (sizes, mask modes). Problems are data, not text: they are
 turned into messages in one place, `render` (the summary lines of the table and of DataValidationError) and
 `render_each` (one line per file, for scripts/check_data.py).
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cutie.data import frame_check
-from cutie.data.frame_check import CheckStats, FileError, FileInfo, FileResult
-from cutie.data.masks import ID_MODES
-from cutie.data.records import META_DIR, marker_path, read_marker
+from cutie.data.index import frame_check
+from cutie.data.index.frame_check import CheckStats, FileError, FileInfo, FileResult
+from cutie.data.index.records import META_DIR, marker_path, read_marker
+from cutie.data.sampling.masks import ID_MODES
 
 log = logging.getLogger(__name__)
 

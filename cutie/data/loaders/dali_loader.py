@@ -1,6 +1,6 @@
 """DaliClipLoader: the DALI backend of the training loader (loader=dali), a TrainLoader like the torch backend.
 
-Samples come from the same picklable `recipe_source(global_index) -> ClipRecipe` (cutie/data/source.py) as the
+Samples come from the same picklable `recipe_source(global_index) -> ClipRecipe` (cutie/data/sampling/source.py) as the
 torch backend, so a sample does not depend on the backend, worker count, thread count or resume point. The
 parallel external source maps DALI's sample_info to the global index of the TrainLoader contract: iteration it,
 rank r, slot j -> g = it * batch * world + r * batch + j, with it = start_iteration + sample_info.iteration (the
@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cutie.data.dali_pipeline import (
+from cutie.data.loaders.base import TrainLoader
+from cutie.data.render.dali_graph import (
     OUTPUT_NAMES,
     SourceLayout,
     build_pipeline,
@@ -41,10 +42,9 @@ from cutie.data.dali_pipeline import (
     pack_recipe,
     renders_on_cpu,
 )
-from cutie.data.loader import TrainLoader
-from cutie.data.masks import BadSampleError
-from cutie.data.recipe import ClipRecipe
-from cutie.data.source import MAX_ATTEMPTS
+from cutie.data.sampling.masks import BadSampleError
+from cutie.data.sampling.recipe import ClipRecipe
+from cutie.data.sampling.source import MAX_ATTEMPTS
 
 log = logging.getLogger(__name__)
 

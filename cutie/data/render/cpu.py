@@ -14,9 +14,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cutie.data.geometry import gaussian_for_variance, source_scale
-from cutie.data.masks import BadSampleError, decode_jpeg_size
-from cutie.data.recipe import IMAGENET_MEAN, ClipRecipe, ImageLayer
+from cutie.data.sampling.geometry import gaussian_for_variance, source_scale
+from cutie.data.sampling.masks import BadSampleError, decode_jpeg_size
+from cutie.data.sampling.recipe import IMAGENET_MEAN, ClipRecipe, ImageLayer
 
 FILL = (*(round(255 * c) for c in IMAGENET_MEAN), 255)  # RGBA
 _LUMA = (0.299, 0.587, 0.114)

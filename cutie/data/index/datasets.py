@@ -1,8 +1,8 @@
 """Dataset index: find the training images and videos named by the data config, and validate them up front.
 
 Every check that can fail on a bad dataset runs here, before any worker starts: the folder structure and every
-frame's files (cutie/data/scan.py, cutie/data/frame_check.py; cached under cache_root, so a second check of an
-unchanged dataset reads no image). All problems of a call come back as ONE `DataValidationError` naming the
+frame's files (cutie/data/index/scan.py, cutie/data/index/frame_check.py; cached under cache_root, so a second check
+of an unchanged dataset reads no image). All problems of a call come back as ONE `DataValidationError` naming the
 dataset, the first offending paths, their count and the fix. `scan_*` never raise on data problems: they return
 a `DatasetReport` (the row of scripts/check_data.py's table).
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cutie.config.train import STAGES, DataConfig, to_dict
-from cutie.data.scan import (
+from cutie.data.index.scan import (
     DatasetReport,
     DataValidationError,
     Problem,

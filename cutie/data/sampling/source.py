@@ -18,11 +18,11 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
-from cutie.data.masks import BadSampleError
-from cutie.data.recipe import ClipRecipe
-from cutie.data.rng import EpochPermutation, sample_rng
-from cutie.data.static_sampler import StaticClipSampler
-from cutie.data.video_sampler import VideoClipSampler
+from cutie.data.sampling.masks import BadSampleError
+from cutie.data.sampling.recipe import ClipRecipe
+from cutie.data.sampling.rng import EpochPermutation, sample_rng
+from cutie.data.sampling.static import StaticClipSampler
+from cutie.data.sampling.video import VideoClipSampler
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cutie.data import geometry as geo
-from cutie.data.colour import clip_colours
-from cutie.data.index import VideoIndex, VideoSet
-from cutie.data.masks import (
+from cutie.data.index.datasets import VideoIndex, VideoSet
+from cutie.data.sampling import geometry as geo
+from cutie.data.sampling.colour import clip_colours
+from cutie.data.sampling.masks import (
     blurred_alpha,
     check_same_size,
     labels_of,
@@ -21,7 +21,7 @@ from cutie.data.masks import (
     relabel,
     warp_nearest,
 )
-from cutie.data.recipe import ClipRecipe, ImageLayer
+from cutie.data.sampling.recipe import ClipRecipe, ImageLayer
 
 MAX_CROP_TRIALS = 5  # crops of the first frame tried before a new seed frame
 MAX_SEED_TRIALS = 5  # seed frames tried before a new video

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from cutie.data import geometry as geo
-from cutie.data.colour import clip_colours
-from cutie.data.index import StaticIndex
-from cutie.data.masks import (
+from cutie.data.index.datasets import StaticIndex
+from cutie.data.sampling import geometry as geo
+from cutie.data.sampling.colour import clip_colours
+from cutie.data.sampling.masks import (
     check_same_size,
     labels_of,
     read_binary,
@@ -23,8 +23,8 @@ from cutie.data.masks import (
     remap_nearest,
     warp_nearest,
 )
-from cutie.data.recipe import ClipRecipe, ImageLayer
-from cutie.data.tps import random_tps_params, tps_map
+from cutie.data.sampling.recipe import ClipRecipe, ImageLayer
+from cutie.data.sampling.tps import random_tps_params, tps_map
 
 TPS_PROBABILITY = 0.33
 TPS_SCALE = 0.02

@@ -1,0 +1,1 @@
+"""Training loaders: batches of rendered clips on the device (torch workers or DALI), resumable."""

@@ -1,0 +1,1 @@
+"""Rendering a ClipRecipe into frames and masks: OpenCV on the CPU, or the DALI graph."""
