@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from cutie.config.model import ModelSpec
-from cutie.config.typed import ConfigError, convert, parse
+from cutie.config.typed import ConfigError, parse
 
 STAGES = ("pre_training", "main_training")  # the one list of stage names, in training order
 DATA_GROUPS_HINT = "base, with-mose, mega, tiny, tiny-mega or custom"
@@ -281,7 +281,7 @@ def parse_train_config(cfg: DictConfig | Mapping[str, Any]) -> TrainConfig:
     for key in ("pre_training", "main_training", "data", "model"):
         if key not in rest:
             raise ConfigError(f"`{key}`: missing from the configuration")
-    cfg_obj = TrainConfig(
+    return TrainConfig(
         run=parse(RunConfig, grouped["run"], ""),
         runtime=parse(RuntimeConfig, grouped["runtime"], ""),
         logging=parse(LoggingConfig, grouped["logging"], ""),
@@ -291,7 +291,6 @@ def parse_train_config(cfg: DictConfig | Mapping[str, Any]) -> TrainConfig:
         model=ModelSpec.from_config(rest["model"]),
         resolved_yaml=OmegaConf.to_yaml(OmegaConf.create(plain)),
     )
-    return cfg_obj
 
 
 def _crop_lists_to_pairs(node: Any) -> Any:
@@ -338,7 +337,6 @@ __all__ = [
     "TrainConfig",
     "ValDataset",
     "VideoDataset",
-    "convert",
     "parse_train_config",
     "to_dict",
 ]

@@ -39,14 +39,13 @@ def convert(tp: Any, value: Any, path: str) -> Any:
             if type(None) in options:
                 return None
             _fail(path, f"must be set (a {_type_name(tp)}), got null")
-        errors = []
         for option in options:
             if option is type(None):
                 continue
             try:
                 return convert(option, value, path)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass  # try the next member of the union
         _fail(path, f"expected {_type_name(tp)}, got {value!r}")
     if origin is typing.Literal:
         if value not in get_args(tp):
