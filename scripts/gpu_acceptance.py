@@ -140,6 +140,7 @@ def part_dali(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
     loader = _loader(data, tmp, "torch", sz.device, max(sz.dali_threads), sz.batch, sz.size, sz.frames)
     try:
         out["clips_per_s"][f"torch_{max(sz.dali_threads)}_workers"] = round(_clips_per_s(loader, batches), 2)
+        out["torch_slots_page_locked"] = loader.page_locked  # cutie/data/loaders/pinned.py
     finally:
         loader.close()
     # The same 4 samples from the device graph and from the CPU graph (same seed: same recipes).

@@ -32,7 +32,8 @@ class SharedMemoryTooSmallError(RuntimeError):
 
 
 def slots_needed(num_workers: int, prefetch_factor: int) -> int:
-    """Slots for every batch that can be in flight, plus the one being converted, plus one spare."""
+    """Slots for every batch that can be in flight, plus the one being converted, plus one spare (used on a GPU,
+    where a page-locked slot goes back one batch late, once its copy has finished: cutie/data/loaders/pinned.py)."""
     return max(1, num_workers * prefetch_factor) + 2
 
 

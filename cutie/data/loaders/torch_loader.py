@@ -10,6 +10,7 @@ from typing import Any
 import cv2
 import torch
 
+from cutie.data.loaders import pinned
 from cutie.data.loaders.base import TrainLoader
 from cutie.data.loaders.slots import BatchSlots, slots_needed
 from cutie.data.render.cpu import render_recipe_uint8
@@ -99,8 +100,19 @@ class TorchTrainLoader(TrainLoader):
         self.dataset = ClipDataset(source, self.slots, reduced_decode)
         self._iter = None
         self._copy_stream: torch.cuda.Stream | None = None  # set per iterate() on a GPU
+        self._pinned: list[torch.Tensor] = []  # the slots while page-locked (cutie/data/loaders/pinned.py)
+
+    @property
+    def page_locked(self) -> bool:
+        """Whether the batch slots are page-locked for the GPU now (between iterate() and close())."""
+        return bool(self._pinned)
 
     def _shutdown(self) -> None:
+        if self._copy_stream is not None:
+            self._copy_stream.synchronize()  # no copy may still read a slot once the workers are gone
+        if self._pinned:
+            pinned.unregister(self._pinned)  # before new workers fork (the driver may hide locked pages from them)
+            self._pinned = []
         if self._iter is not None:
             shutdown = getattr(self._iter, "_shutdown_workers", None)
             if shutdown is not None:
@@ -127,26 +139,40 @@ class TorchTrainLoader(TrainLoader):
             self._iter = iter(dl)
         finally:
             cv2.setNumThreads(threads)
+        if self._copy_stream is not None:
+            self._pinned = pinned.register([self.slots.rgb, self.slots.cls])  # after the workers have forked
         return self._batches(self._iter)
 
     def _batches(self, it: Iterator[dict]) -> Iterator[dict]:
+        copied: tuple[int, torch.cuda.Event] | None = None  # a page-locked slot whose copy may still be running
         for raw in it:
             self._account(len(raw["indices"]), raw["bad_paths"])
             s = self.slots.slot(raw["iteration"])
-            # _to_batch copies out of the slot (synchronously: a copy to a GPU from pageable memory returns once
-            # the source has been read), so the slot can go back to the workers right after.
             if self._copy_stream is None:
+                # On the CPU _to_batch copies out of the slot before it returns: the slot is free right after.
                 batch = self._to_batch(self.slots.rgb[s], self.slots.cls[s], raw["num_objects"])
+                self.slots.release(raw["iteration"])
+                yield batch
+                continue
+            # On a side stream, the copy does not queue behind the step the GPU is running. From pageable memory
+            # the host is back once the source has been read; from page-locked slots at once (DMA).
+            with torch.cuda.stream(self._copy_stream):
+                batch = self._to_batch(self.slots.rgb[s], self.slots.cls[s], raw["num_objects"])
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_stream(self._copy_stream)  # the next step's kernels wait for the copy, the host does not
+            for t in batch.values():
+                t.record_stream(compute)  # the allocator must not reuse them before the step has read them
+            if not self._pinned:
+                self.slots.release(raw["iteration"])
             else:
-                # On a side stream, the copy does not queue behind the step the GPU is running: the host is back
-                # as soon as the pageable source has been read, while the GPU still computes.
-                with torch.cuda.stream(self._copy_stream):
-                    batch = self._to_batch(self.slots.rgb[s], self.slots.cls[s], raw["num_objects"])
-                compute = torch.cuda.current_stream(self.device)
-                compute.wait_stream(self._copy_stream)  # the next step's kernels wait for the copy, the host does not
-                for t in batch.values():
-                    t.record_stream(compute)  # the allocator must not reuse them before the step has read them
-            self.slots.release(raw["iteration"])
+                # A page-locked slot is still being read by the DMA: hand back the previous batch's slot instead,
+                # whose copy has long finished (the slot pool keeps one spare for this: slots_needed()).
+                done = torch.cuda.Event()
+                done.record(self._copy_stream)
+                if copied is not None:
+                    copied[1].synchronize()
+                    self.slots.release(copied[0])
+                copied = (raw["iteration"], done)
             yield batch
 
     def close(self) -> None:
