@@ -12,7 +12,7 @@ textured objects; 40 textured static images of 300-800 px), with the real sample
   degrees): median and share beyond 3 degrees (grayscale clips skipped);
 - sharpness, both stages: mean |Laplacian| of the luma of our frames (one warp + the recipe's blur, and without
   the blur) vs the official step-by-step PIL resampling of the same source frames with the same sampled
-  parameters (tests/_pil_reference.py), over pixels both show.
+  parameters (cutie/testing/pil_reference.py), over pixels both show.
 The last line is one JSON object with every number.
 """
 
@@ -28,17 +28,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from _pil_reference import hue_offset, luma, mean_abs_laplacian, pil_chain, tps_remap  # noqa: E402
-
-from cutie.data.loaders.build import make_recipe_source  # noqa: E402
-from cutie.data.render.cpu import render_layer  # noqa: E402
-from cutie.data.sampling import geometry as geo  # noqa: E402
-from cutie.data.sampling.recipe import ImageLayer  # noqa: E402
-from cutie.data.sampling.static import TPS_PROBABILITY, TPS_STEP, StaticClipSampler  # noqa: E402
-from cutie.data.sampling.tps import random_tps_params, tps_map  # noqa: E402
-from cutie.data.sampling.video import VideoClipSampler  # noqa: E402
-from cutie.testing.synthetic import make_static_dataset, make_video_dataset  # noqa: E402
+from cutie.data.loaders.build import make_recipe_source
+from cutie.data.render.cpu import render_layer
+from cutie.data.sampling.recipe import ImageLayer
+from cutie.testing.pil_reference import hue_offset, luma, sharpness
+from cutie.testing.synthetic import make_static_dataset, make_video_dataset
 
 STAGES = {  # official stage settings (cutie/config/train_config.yaml)
     "main_training": {"seq_length": 8, "num_objects": 3, "crop_size": [480, 480], "merge_probability": 0.5},
@@ -129,65 +123,15 @@ def hue_stats(source, clips: int) -> dict:
     }
 
 
-class _Out:
-    def __init__(self, out_hw: tuple[int, int]) -> None:
-        self.out_hw = out_hw
-
-
-def _render_one(data: bytes, m: np.ndarray, blur: float, out_hw: tuple[int, int], dense) -> np.ndarray:
-    one = np.ones(1, np.float32)
-    layer = ImageLayer(
-        jpegs=[data],
-        matrices=m[None],
-        brightness=one,
-        contrast=one,
-        saturation=one,
-        grayscale=np.zeros(1, bool),
-        dense_maps=None if dense is None else dense[None],
-        blur=np.array([blur], np.float32),
-    )
-    return render_layer(layer, out_hw)[0]
-
-
 def sharpness_stats(files: list[str], stage: str, frames: int, seed: int) -> dict:
-    out_hw = tuple(STAGES[stage]["crop_size"])
-    rng = np.random.default_rng(seed)
-    ours, sharp, ref = [], [], []
-    for _ in range(frames):
-        with open(files[int(rng.integers(len(files)))], "rb") as f:
-            data = f.read()
-        rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        h, w = rgb.shape[:2]
-        dense = None
-        if stage == "main_training":
-            steps = VideoClipSampler.geometry(_Out(out_hw), rng, w, h)
-        else:
-            steps = StaticClipSampler.clip_steps(_Out(out_hw), rng, w, h)
-            steps += StaticClipSampler.frame_steps(_Out(out_hw), rng, w, h)
-        m = geo.compose(steps)
-        official = pil_chain(rgb, steps)
-        chain = steps
-        if stage == "pre_training" and rng.random() < TPS_PROBABILITY:
-            px, py = tps_map(*random_tps_params(rng), *out_hw)
-            official = tps_remap(official, px, py)
-            dense = np.stack(geo.apply(m, px, py), -1)
-            chain = [*steps, TPS_STEP]
-        ones = np.ones((h, w), np.uint8)
-        if dense is None:
-            seen = cv2.warpAffine(ones, m[:2], out_hw[::-1], flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
-        else:
-            seen = cv2.remap(ones, dense, None, cv2.INTER_NEAREST)
-        official_seen = ((official != (124, 116, 104)).any(-1) & official.any(-1)).astype(np.uint8)
-        valid = cv2.erode(seen & official_seen, np.ones((5, 5), np.uint8)) > 0
-        ours.append(mean_abs_laplacian(_render_one(data, m, geo.extra_blur(chain), out_hw, dense), valid))
-        sharp.append(mean_abs_laplacian(_render_one(data, m, 0.0, out_hw, dense), valid))
-        ref.append(mean_abs_laplacian(official, valid))
+    jpegs = [Path(f).read_bytes() for f in files]
+    s = sharpness(jpegs, "main" if stage == "main_training" else "pre", tuple(STAGES[stage]["crop_size"]), frames, seed)
     return {
-        "laplacian_ours": float(np.mean(ours)),
-        "laplacian_ours_without_blur": float(np.mean(sharp)),
-        "laplacian_pil_reference": float(np.mean(ref)),
-        "ratio": float(np.mean(ours) / np.mean(ref)),
-        "ratio_without_blur": float(np.mean(sharp) / np.mean(ref)),
+        "laplacian_ours": s.ours,
+        "laplacian_ours_without_blur": s.ours_without_blur,
+        "laplacian_pil_reference": s.reference,
+        "ratio": s.ours / s.reference,
+        "ratio_without_blur": s.ours_without_blur / s.reference,
     }
 
 

@@ -5,7 +5,7 @@
 - pre-training: the frame jitter varies per frame, the hue jitter (ColorJitter hue=0.05) is one per clip and
   moves object hues by the official spread;
 - sharpness: mean |Laplacian| of our one-warp frames is within 5% of the official step-by-step PIL resampling
-  (tests/_pil_reference.py) applied to the same source frames with the same sampled parameters.
+  (cutie/testing/pil_reference.py) applied to the same source frames with the same sampled parameters.
 """
 
 from __future__ import annotations
@@ -15,15 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from _pil_reference import hue_offset, mean_abs_laplacian, pil_chain, tps_remap
 
 from cutie.data.loaders.build import make_recipe_source
 from cutie.data.render.cpu import render_layer, render_recipe_uint8
-from cutie.data.sampling import geometry as geo
 from cutie.data.sampling.recipe import ImageLayer
-from cutie.data.sampling.static import TPS_PROBABILITY, TPS_STEP, StaticClipSampler
-from cutie.data.sampling.tps import random_tps_params, tps_map
-from cutie.data.sampling.video import VideoClipSampler
+from cutie.testing.pil_reference import hue_offset, sharpness
 from cutie.testing.synthetic import make_static_dataset, make_video_dataset
 
 MAIN = {"seq_length": 4, "num_objects": 2, "crop_size": [48, 48], "merge_probability": 0.5}
@@ -169,28 +165,6 @@ def textured(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[bytes], lis
     return videos, statics
 
 
-def _ours(data: bytes, m: np.ndarray, blur: float, out_hw: tuple[int, int], dense: np.ndarray | None) -> np.ndarray:
-    one = np.ones(1, np.float32)
-    layer = ImageLayer(
-        jpegs=[data],
-        matrices=m[None],
-        brightness=one,
-        contrast=one,
-        saturation=one,
-        grayscale=np.zeros(1, bool),
-        dense_maps=None if dense is None else dense[None],
-        blur=np.array([blur], np.float32),
-    )
-    return render_layer(layer, out_hw)[0]
-
-
-class _Crop:
-    """What the samplers' geometry methods read: the output size."""
-
-    def __init__(self, out_hw: tuple[int, int]) -> None:
-        self.out_hw = out_hw
-
-
 @pytest.mark.parametrize("stage", ["main", "pre"])
 def test_sharpness_matches_the_official_two_step_pil_chain(textured, stage: str) -> None:
     """Same frames, same sampled parameters: ours (one bilinear warp + the recipe's blur) vs PIL step by step
@@ -198,40 +172,9 @@ def test_sharpness_matches_the_official_two_step_pil_chain(textured, stage: str)
     side, padded crop, spline). Without the blur ours is visibly sharper, so the check can fail."""
     videos, statics = textured
     files, out_hw = (videos, (240, 240)) if stage == "main" else (statics, (384, 384))
-    rng = np.random.default_rng(5)
-    ours, sharp, ref = [], [], []
-    for _ in range(24):
-        data = files[int(rng.integers(len(files)))]
-        rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        h, w = rgb.shape[:2]
-        dense = None
-        if stage == "main":
-            steps = VideoClipSampler.geometry(_Crop(out_hw), rng, w, h)
-        else:
-            steps = StaticClipSampler.clip_steps(_Crop(out_hw), rng, w, h)
-            steps += StaticClipSampler.frame_steps(_Crop(out_hw), rng, w, h)
-        m = geo.compose(steps)
-        official = pil_chain(rgb, steps)
-        chain = steps
-        if stage == "pre" and rng.random() < TPS_PROBABILITY:
-            px, py = tps_map(*random_tps_params(rng), *out_hw)
-            official = tps_remap(official, px, py)
-            dense = np.stack(geo.apply(m, px, py), -1)
-            chain = [*steps, TPS_STEP]
-        # Compare where both show the source (the official chain fills more in pre-training; see the docs).
-        ones = np.ones((h, w), np.uint8)
-        if dense is None:
-            seen = cv2.warpAffine(ones, m[:2], out_hw[::-1], flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
-        else:
-            seen = cv2.remap(ones, dense, None, cv2.INTER_NEAREST)
-        official_seen = (official != (124, 116, 104)).any(-1) & official.any(-1)
-        valid = cv2.erode(seen & official_seen.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-        ours.append(mean_abs_laplacian(_ours(data, m, geo.extra_blur(chain), out_hw, dense), valid))
-        sharp.append(mean_abs_laplacian(_ours(data, m, 0.0, out_hw, dense), valid))
-        ref.append(mean_abs_laplacian(official, valid))
-    ratio = np.mean(ours) / np.mean(ref)
-    assert abs(ratio - 1) <= 0.05, ratio
-    assert np.mean(sharp) / np.mean(ref) > 1.2  # the one-warp frames without the blur
+    s = sharpness(files, stage, out_hw, frames=24, seed=5)
+    assert abs(s.ours / s.reference - 1) <= 0.05, s
+    assert s.ours_without_blur / s.reference > 1.2  # the one-warp frames without the blur
 
 
 def test_recipes_carry_the_blur_and_both_stages_render(root: Path) -> None:
