@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _damage import wrong_size_mask
 
 from cutie.model import build_network
 from cutie.model.weights import read_weights_file
@@ -136,6 +138,7 @@ def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
     assert (run / "ddp_main_training_last.pth").is_file(), proc.stdout[-3000:]
     assert json.loads((run / "env.json").read_text())["world_size"] == 2
     assert "2 process(es)" in proc.stdout
+    assert "that local rank 0 had not cached" not in proc.stdout  # rank 1 checked the data against rank 0's cache
 
 
 @pytest.mark.parametrize(
@@ -165,6 +168,21 @@ def test_non_divisible_batch_fails_before_training_under_torchrun(tiny_data, tmp
     assert proc.returncode != 0
     assert "pre_training.batch_size=3" in proc.stderr + proc.stdout
     assert not (tmp_path / "output" / "odd" / "metrics.jsonl").exists()
+
+
+def test_data_problem_under_torchrun_stops_every_rank_with_the_file_named(tiny_data, tmp_path):
+    """Local rank 0 checks the data first while the other waits (tests the release on failure: no rank hangs)."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data / "DAVIS", data / "DAVIS")
+    shutil.copytree(tiny_data / "static", data / "static")
+    bad = sorted((data / "DAVIS/2017/trainval/Annotations/480p/crowd").glob("*.png"))[3]
+    wrong_size_mask(bad)
+    args = _common(data, tmp_path, "bad") + ["num_workers=0", "~data.val_dataset"]
+    proc = _run(args, tmp_path, torchrun=2, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert out.count(str(bad)) >= 2, out[-4000:]  # both ranks name it (rank 1 after rank 0's check)
+    assert not (tmp_path / "output" / "bad" / "metrics.jsonl").exists()
 
 
 def test_too_little_shared_memory_fails_before_training(tiny_data, tmp_path):

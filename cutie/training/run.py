@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,11 +294,40 @@ def _check_inputs(cfg: TrainConfig, stages: list[str], plans: dict, state, devic
     problem surfaces before pre-training starts)."""
     if cfg.run.weights and not Path(cfg.run.weights).is_file():
         raise ConfigError(f"weights={cfg.run.weights}: no such file")
-    for s in stages:
-        validate_data(
-            cfg.data, cfg.run.data_root, seq_length=cfg.stage(s).seq_length, stages=[s], cache_root=cfg.run.cache_root
-        )
+    _check_data(cfg, stages, state)
     _check_shared_memory(cfg, stages, plans, state, device)
+
+
+def _check_data(cfg: TrainConfig, stages: list[str], state) -> None:
+    """Every frame of every stage's data. With several processes on a node, local rank 0 checks first and fills
+    the file-check cache; the others wait for it, then check against the cache (seconds), so that a node reads
+    each file once instead of once per GPU. Every rank ends with the same verdict."""
+
+    def check() -> int:
+        read = 0  # files opened (not answered by the cache)
+        for s in stages:
+            seq_length = cfg.stage(s).seq_length
+            reports = validate_data(
+                cfg.data, cfg.run.data_root, seq_length=seq_length, stages=[s], cache_root=cfg.run.cache_root
+            )
+            read += sum(r.checked.read for r in reports if r.checked is not None)
+        return read
+
+    first = state.local_rank == 0
+    error: Exception | None = None
+    if first:
+        try:
+            check()
+        except Exception as e:  # raised after the others have been released, so that none waits for a dead rank
+            error = e
+    dist.any_rank([error is not None])  # the other ranks wait here (identity in a single process)
+    if error is not None:
+        raise error
+    if not first and (read := check()) and cfg.run.cache_root:
+        logging.getLogger("cutie").warning(
+            f"the data check read {read} files that local rank 0 had not cached in {cfg.run.cache_root}; "
+            "if the ranks of a node do not share cache_root, every rank reads every file"
+        )
 
 
 def _plan_resume(cfg: TrainConfig, run_dir: Path, stages: list[str], plans: dict, state, log) -> ResumePlan:
