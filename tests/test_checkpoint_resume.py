@@ -176,6 +176,20 @@ def test_more_iterations_continue_a_finished_stage(tiny_data, finished):
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the two extra steps did train
 
 
+def test_relaunch_with_checkpoint_from_elsewhere_continues_the_runs_own(tiny_data, finished):
+    """checkpoint=PATH outside the run starts it; a relaunch with the same command (a requeued job) continues from
+    the run's own newer checkpoint instead of starting over from PATH."""
+    tmp = finished
+    start = ckpt_io.checkpoint_path(tmp / "output" / "straight", "main_training", 4)
+    run = _copy_run(tmp, "straight", "relaunch")  # as if started from `start`, now at 6 of 6
+    proc = _train(_args(tiny_data, tmp, "relaunch", f"checkpoint={start}"), tmp)
+    own = ckpt_io.checkpoint_path(run, "main_training", 6)
+    assert f"checkpoint={start} not used: the run has its own newer checkpoint {own}" in proc.stdout
+    assert "already complete" in proc.stdout  # nothing retrained from iteration 4
+    iterations = [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert iterations == [1, 2, 3, 4, 5, 6]
+
+
 def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tiny_data, finished):
     tmp = finished
     run = _copy_run(tmp, "straight", "full")

@@ -59,6 +59,7 @@ from cutie.training.resume import check_same_run
 from cutie.training.signals import StopSignals
 from cutie.utils import dist
 from cutie.utils.atomic import atomic_write_text, remove_stale_temps
+from cutie.utils.paths import is_inside
 
 
 @dataclass(frozen=True)
@@ -107,11 +108,24 @@ def _check_shared_memory(cfg: TrainConfig, stages: list[str], plans: dict, state
 
 
 def _find_resume(cfg: TrainConfig, run_dir: Path, log) -> tuple[Path, dict] | None:
-    """checkpoint=PATH (verified, or an error naming it), else the newest verified checkpoint of the run."""
-    if cfg.run.checkpoint:
-        path = Path(cfg.run.checkpoint)
-        return path, ckpt_io.load_checkpoint(path)
-    return ckpt_io.find_resumable(run_dir, log)
+    """The newest verified checkpoint of the run, else checkpoint=PATH (verified, or an error naming it).
+
+    A checkpoint=PATH outside the run is where the run started from: once the run has checkpoints of its own, a
+    relaunch with the same command (a requeued SLURM job, a restarted container) continues from them instead of
+    starting over from PATH. A PATH inside the run folder is a deliberate roll-back and always wins."""
+    if not cfg.run.checkpoint:
+        return ckpt_io.find_resumable(run_dir, log)
+    path = Path(cfg.run.checkpoint)
+    if not is_inside(run_dir, path):
+        try:
+            own = ckpt_io.find_resumable(run_dir, log)
+        except CheckpointError as e:  # none of the run's own is usable: PATH is the way back in
+            log.warning(f"{e}; using checkpoint={path}")
+            own = None
+        if own is not None:
+            log.info(f"checkpoint={path} not used: the run has its own newer checkpoint {own[0]}")
+            return own
+    return path, ckpt_io.load_checkpoint(path)
 
 
 def _check_resume(cfg: TrainConfig, path: Path, ckpt: dict, plans: dict, log) -> None:
