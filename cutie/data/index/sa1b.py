@@ -11,7 +11,7 @@ measured from the RLE runs, not taken from the file's `area`) and whose `predict
 their minimums (0 = no filter). docs/sa1b.md explains the defaults.
 
 Every annotation file is untrusted and checked in full at start-up: types of every value used, the RLE size equal to
-the image size, the runs adding up to height x width (pycocotools would read past a bad string), and the JPEG's
+the image size, the runs adding up to height x width (pycocotools silently pads or cuts them), and the JPEG's
 own header size equal to the JSON's (through the frame check, cutie/data/index/frame_check.py). A bad file is one
 Problem naming the file and the JSON location (`annotations[3].segmentation.size: ...`). Results of good JSON files
 (their kept annotation indices) are cached beside the frame check's, keyed on (path, size, mtime_ns) and the filter,
@@ -48,9 +48,7 @@ JSON_EXT = ".json"
 MAX_JSON_BYTES = 256 << 20  # a bigger annotation file is refused (real ones are a few MB)
 CACHE_VERSION = 1
 INLINE_BELOW = 64  # fewer JSON files than this are parsed in-process
-_FIX_JSON = (
-    "re-download or re-extract the image's tar (the detail names the JSON location), or delete the JSON and JPEG"
-)
+_FIX_JSON = "re-extract the image's tar (the detail names the JSON location), or delete the JSON and its JPEG"
 _FIX_SIZE = "re-extract the image and its JSON from the same SA-1B tar"
 
 
@@ -98,7 +96,9 @@ def _is_int(v: object) -> bool:
 
 
 def _is_number(v: object) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)  # type: ignore[arg-type]
+    if _is_int(v):
+        return abs(v) < 1 << 53  # type: ignore[arg-type]  # JSON allows any size; float() of a huge one raises
+    return isinstance(v, float) and math.isfinite(v)
 
 
 def _show(v: object) -> str:
@@ -342,31 +342,36 @@ def _images(rep: DatasetReport, folders: list[str], masks: Sa1bMasks, cache_root
     rep.notes += notes
     if parsed:
         log.info("%s: %d annotation files parsed (%d from the cache)", rep.name, parsed, len(jsons) - parsed)
-    out, named = [], set()
+    out, named, bad = [], set(), set()  # bad: <folder>/<stem> of reported JSONs (their JPEG is not reported too)
+
+    def refuse(path: str, kind: str, detail: str) -> None:
+        rep.issues.append(problem(kind, path, detail, _FIX_JSON if kind == "bad_annotation_file" else None))
+        bad.add(os.path.splitext(path)[0])
+
     for path in jsons:
         result = results[path]
         if isinstance(result, FileError):
-            fix = _FIX_JSON if result.kind == "bad_annotation_file" else None
-            rep.issues.append(problem(result.kind, path, result.detail, fix))
+            refuse(path, result.kind, result.detail)
             continue
         folder = os.path.dirname(path)
         jpg = os.path.join(folder, result.image)
         try:
             Confiner(folder)(result.image, what="image.file_name")
         except PathEscapeError as e:
-            rep.issues.append(problem("bad_annotation_file", path, str(e), _FIX_JSON))
+            refuse(path, "bad_annotation_file", str(e))
             continue
         if result.image not in listed[folder]:
-            detail = f"image.file_name: {result.image} does not exist in {folder}"
-            rep.issues.append(problem("bad_annotation_file", path, detail, _FIX_JSON))
+            refuse(path, "bad_annotation_file", f"image.file_name: {result.image} does not exist in {folder}")
         elif jpg in named:
-            detail = f"image.file_name: {result.image} is named by another JSON file too"
-            rep.issues.append(problem("bad_annotation_file", path, detail, _FIX_JSON))
+            refuse(path, "bad_annotation_file", f"image.file_name: {result.image} is named by another JSON file too")
         else:
             named.add(jpg)
             out.append(_Image(jpg, path, result))
     for folder, names in listed.items():
-        rep.issues += [problem("unannotated_image", p) for n in names if (p := os.path.join(folder, n)) not in named]
+        paths = (os.path.join(folder, n) for n in names)
+        rep.issues += [
+            problem("unannotated_image", p) for p in paths if p not in named and os.path.splitext(p)[0] not in bad
+        ]
     return out
 
 
