@@ -9,6 +9,7 @@ per frame. Each frame is resampled once, blurred like the official chain's four 
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from cutie.data.index.datasets import Sa1bSet, StaticIndex, StaticSet
@@ -49,8 +50,8 @@ def read_sa1b_mask(path: str, index: int) -> np.ndarray:
         raise BadSampleError(path, f"unreadable ({e})") from e
     except Sa1bError as e:
         raise BadSampleError(path, f"{e} (fix: run scripts/check_data.py)") from None
-    mask = decode(anns[index]["segmentation"], height, width)  # Fortran order, as pycocotools decodes
-    return np.ascontiguousarray(mask, dtype=np.uint8)
+    mask = decode(anns[index]["segmentation"], height, width).view(np.uint8)  # column-major, as RLE runs are
+    return cv2.transpose(mask.T)  # row-major for the warps; OpenCV's transpose is faster than numpy's strided copy
 
 
 def image_and_mask(sset: StaticSet | Sa1bSet, k: int) -> tuple[str, np.ndarray, str]:
