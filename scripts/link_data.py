@@ -5,7 +5,7 @@
     python scripts/link_data.py --data mega --BURST /data/burst --OVIS-VOS-train /data/ovis-vos
     python scripts/link_data.py --data tiny --source_root /tmp/tiny   # the generated tiny dataset
 
-Links: DAVIS, YouTube, BURST, MOSE, static, OVIS-VOS-train (the seed layout's top-level folders), SA-V. A name
+Links: DAVIS, YouTube, BURST, MOSE, static, OVIS-VOS-train (the seed layout's top-level folders), SA-V, SA-1B. A name
 given as --NAME PATH links to PATH; the others to <source_root>/NAME when that folder exists. Real folders in
 data_links/ are never touched. Exit code: 0 if every dataset the chosen config needs is present, else 1.
 """

@@ -137,12 +137,32 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class Sa1bMasks:
+    """Which masks of an SA-1B image become pre-training samples (docs/sa1b.md explains the defaults)."""
+
+    min_area_fraction: float = 0.02  # mask pixels / image pixels, measured on the decoded mask
+    min_predicted_iou: float = 0.0  # 0 keeps every mask (the release's masks already passed SAM's filters)
+    min_stability_score: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if not 0 <= getattr(self, f.name) <= 1:
+                raise ConfigError(f"`sa1b.{f.name}`: must be within [0, 1], got {getattr(self, f.name)}")
+
+
+@dataclass(frozen=True)
 class ImageDataset:
     """A static image set (pre-training)."""
 
     directory: str
-    data_structure: Literal[0, 1]  # 0: FSS-style class/N.jpg + N.png; 1: flat NAME.jpg + NAME.png
+    # 0: FSS-style class/N.jpg + N.png; 1: flat NAME.jpg + NAME.png; sa1b: SA-1B sa_N.jpg + sa_N.json (RLE masks)
+    data_structure: Literal[0, 1, "sa1b"]
     multiplier: int
+    sa1b: Sa1bMasks | None = None  # data_structure sa1b only; None = the defaults of Sa1bMasks
+
+    def __post_init__(self) -> None:
+        if self.sa1b is not None and self.data_structure != "sa1b":
+            raise ConfigError(f"`sa1b`: mask options apply to data_structure sa1b only, not {self.data_structure}")
 
 
 @dataclass(frozen=True)
@@ -332,6 +352,7 @@ __all__ = [
     "LoggingConfig",
     "RunConfig",
     "RuntimeConfig",
+    "Sa1bMasks",
     "StageConfig",
     "StageData",
     "TrainConfig",

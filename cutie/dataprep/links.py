@@ -14,7 +14,7 @@ from pathlib import Path
 from cutie.dataprep.config import DatasetPaths
 
 # Top-level folders under data_root that datasets.yaml refers to.
-TOP_LEVEL = ("DAVIS", "YouTube", "BURST", "MOSE", "static", "OVIS-VOS-train", "SA-V")
+TOP_LEVEL = ("DAVIS", "YouTube", "BURST", "MOSE", "static", "OVIS-VOS-train", "SA-V", "SA-1B")
 
 # What to do when a needed dataset is absent, by the first component of its path.
 FIXES = {
@@ -28,6 +28,8 @@ FIXES = {
     "download the preprocessed OVIS-VOS-train; link it: --OVIS-VOS-train PATH",
     "SA-V": "download the SA-V training release (https://ai.meta.com/datasets/segment-anything-video/) into "
     "SA-V/sav_train, link it (--SA-V PATH), then run scripts/convert_sav_to_vos.py to create SA-V/train-vos",
+    "SA-1B": "download SA-1B (https://ai.meta.com/datasets/segment-anything/), extract its tars into SA-1B "
+    "(flat or one folder per tar) and link it: --SA-1B PATH",
     "static": "download the static image sets (see DEVA's docs/TRAINING.md) and link the folder: --static PATH",
 }
 

@@ -13,6 +13,7 @@ Layout under the output folder (the same relative paths cutie/config/data/datase
     OVIS/train/<video>/img_0000001.jpg ...          +  OVIS/annotations_train.json (YouTube-VIS schema)
     SA-V/sav_train/sav_000/<video>.mp4 + <video>_manual.json [+ _auto.json]  (SA-V schema, 24 fps, every 4th
                                                        frame annotated; convert to SA-V/train-vos)
+    SA-1B/sa_00000{0,1}/sa_<n>.jpg + sa_<n>.json        SA-1B schema (one JSON per image, compressed RLE masks)
     TINY_DATASET.json                                  what was generated (seed, counts); no timestamps
 
 Deterministic: each video draws from its own generator seeded by (seed, crc32 of its path), images are written
@@ -429,6 +430,73 @@ def write_sav(out: Path, seed: int) -> dict[str, int]:
     return {"videos": len(SAV_VIDEOS), "annotated_frames": annotated}
 
 
+@dataclass(frozen=True)
+class Sa1bSpec:
+    folder: str  # the release's tar, extracted into its own folder
+    number: int  # sa_<number>.jpg / .json
+    width: int
+    height: int
+    objects: int  # whole-object masks (visible regions, as SA-1B's); 0: only small masks
+
+
+SA1B_IMAGES = [
+    Sa1bSpec("sa_000000", 1, 180, 120, 3),
+    Sa1bSpec("sa_000000", 2, 120, 180, 2),  # portrait
+    Sa1bSpec("sa_000001", 11, 160, 128, 2),
+    Sa1bSpec("sa_000001", 12, 144, 112, 0),  # only masks below the default area threshold: no samples
+]
+
+
+def _sa1b_annotation(ann_id: int, mask: np.ndarray, iou: float, stability: float) -> dict[str, object]:
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    box = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+    return {
+        "bbox": box,
+        "area": int(mask.sum()),
+        "segmentation": _sav_rle(mask),
+        "predicted_iou": iou,
+        "point_coords": [[float(xs.mean()), float(ys.mean())]],
+        "crop_box": [0.0, 0.0, float(w), float(h)],
+        "id": ann_id,
+        "stability_score": stability,
+    }
+
+
+def write_sa1b(out: Path, seed: int) -> dict[str, int]:
+    """SA-1B layout: per image sa_<n>.jpg + sa_<n>.json. Masks as the release has them: visible regions of whole
+    objects, a part inside a whole (overlapping masks), small things below the default area threshold (2% of the
+    image: a disc of 0.5-1%), and one whole object with a low predicted_iou (for the optional score filter)."""
+    masks_total = 0
+    for spec in SA1B_IMAGES:
+        rng = _rng(seed, f"SA-1B/{spec.folder}/sa_{spec.number}")
+        h, w = spec.height, spec.width
+        blobs = [random_blob(rng, h, w, 1) for _ in range(spec.objects)]
+        frames, ids = render_video(rng, h, w, 1, blobs)
+        masks = [ids[0] == k + 1 for k in range(spec.objects)]
+        masks = [m for m in masks if m.any()]
+        if masks:
+            part = masks[0].copy()
+            rows = np.flatnonzero(part.any(axis=1))
+            part[rows[0] + (rows[-1] - rows[0] + 1) // 2 :] = False  # the top half of the first object
+            masks.append(part)
+        yy, xx = np.mgrid[0:h, 0:w]
+        for _ in range(2):  # small things: discs of 0.5-1% of the image
+            r = np.sqrt(rng.uniform(0.005, 0.01) * h * w / np.pi)
+            cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
+            masks.append((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r)
+        anns = []
+        for k, m in enumerate(masks):
+            iou = 0.5 if k == 1 and spec.objects > 1 else float(np.round(rng.uniform(0.88, 1.0), 6))
+            anns.append(_sa1b_annotation(1000 * spec.number + k, m, iou, float(np.round(rng.uniform(0.95, 1), 6))))
+        name = f"sa_{spec.number}"
+        image = {"image_id": spec.number, "width": w, "height": h, "file_name": f"{name}.jpg"}
+        _write(out / "SA-1B" / spec.folder / f"{name}.jpg", encode_jpeg(frames[0]))
+        _write(out / "SA-1B" / spec.folder / f"{name}.json", json.dumps({"image": image, "annotations": anns}).encode())
+        masks_total += len(anns)
+    return {"images": len(SA1B_IMAGES), "masks": masks_total}
+
+
 def generate(out: Path, seed: int = 0, force: bool = False) -> dict[str, object]:
     """Write the tiny dataset under `out` and return its summary (also written to out/TINY_DATASET.json)."""
     out = Path(out)
@@ -449,6 +517,7 @@ def generate(out: Path, seed: int = 0, force: bool = False) -> dict[str, object]
         "BURST": write_burst(out, seed),
         "OVIS": write_ovis(out, seed),
         "SA-V": write_sav(out, seed),
+        "SA-1B": write_sa1b(out, seed),
     }
     _write(out / MANIFEST, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     return summary

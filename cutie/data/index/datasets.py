@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cutie.config.train import STAGES, DataConfig, to_dict
+from cutie.data.index.sa1b import STRUCTURE as SA1B_STRUCTURE
+from cutie.data.index.sa1b import Sa1bSet, scan_sa1b_dataset
 from cutie.data.index.scan import (
     DatasetReport,
     DataValidationError,
@@ -32,6 +34,7 @@ __all__ = [
     "DataValidationError",
     "DatasetReport",
     "Problem",
+    "Sa1bSet",
     "StaticIndex",
     "StaticSet",
     "VideoIndex",
@@ -64,8 +67,8 @@ class VideoIndex:
 
 @dataclass
 class StaticIndex:
-    sets: list[StaticSet]
-    seed_set: np.ndarray  # multiplied list: (set, pair)
+    sets: list[StaticSet | Sa1bSet]
+    seed_set: np.ndarray  # multiplied list: (set, pair); an SA-1B set's pairs are its (image, mask) samples
     seed_pair: np.ndarray
 
     def __len__(self) -> int:
@@ -145,6 +148,18 @@ def build_video_index(
     return VideoIndex(sets, np.concatenate(seed_set), np.concatenate(seed_video), np.concatenate(seed_frame))
 
 
+def scan_image_dataset(
+    name: str, cfg: Mapping, data_root: str, read_files: bool = True, cache_root: str | None = None
+) -> tuple[StaticSet | Sa1bSet | None, DatasetReport]:
+    """A static set by its data_structure: image/mask pairs (0, 1) or an SA-1B folder ('sa1b')."""
+    scan = scan_sa1b_dataset if cfg.get("data_structure") == SA1B_STRUCTURE else scan_static_dataset
+    return scan(name, cfg, data_root, read_files, cache_root)
+
+
+def _samples(sset: StaticSet | Sa1bSet) -> int:
+    return len(sset) if isinstance(sset, Sa1bSet) else len(sset.pairs)
+
+
 def build_static_index(
     data_cfg: DataConfig | Mapping, data_root: str, cache_root: str | None = None, read_files: bool = True
 ) -> StaticIndex:
@@ -153,15 +168,15 @@ def build_static_index(
     sets, reports = [], []
     for name in _names(data_cfg, "pre_training"):
         cfg = _lookup(data_cfg, "image_datasets", name)
-        sset, rep = scan_static_dataset(name, cfg, data_root, read_files, cache_root)
+        sset, rep = scan_image_dataset(name, cfg, data_root, read_files, cache_root)
         reports.append(rep)
         if sset is not None:
             sets.append(sset)
     _raise_if_problems(reports, "pre-training")
     seed_set, seed_pair = [], []
     for si, sset in enumerate(sets):
-        log.info("%s: %d images, multiplied to %d", sset.name, len(sset.pairs), len(sset.pairs) * sset.multiplier)
-        n = len(sset.pairs)
+        n = _samples(sset)
+        log.info("%s: %d samples, multiplied to %d", sset.name, n, n * sset.multiplier)
         seed_set.append(np.full(n * sset.multiplier, si, np.int32))
         seed_pair.append(np.tile(np.arange(n, dtype=np.int32), sset.multiplier))
     return StaticIndex(sets, np.concatenate(seed_set), np.concatenate(seed_pair))
@@ -183,7 +198,7 @@ def summarize(
         for name in data_cfg[stage]["datasets"]:
             if stage == "pre_training":
                 cfg = _lookup(data_cfg, "image_datasets", name)
-                reports.append(scan_static_dataset(name, cfg, data_root, cache_root=cache_root)[1])
+                reports.append(scan_image_dataset(name, cfg, data_root, cache_root=cache_root)[1])
             else:
                 cfg = _lookup(data_cfg, "vos_datasets", name)
                 reports.append(scan_video_dataset(name, cfg, data_root, seq_length, cache_root=cache_root)[1])

@@ -51,6 +51,12 @@ KINDS: dict[str, tuple[str | None, str]] = {
         "output folder; it redoes only the unfinished videos",
     ),
     "lonely_image": ("images without a mask of the same name", "add NAME.png beside NAME.jpg or remove the image"),
+    # SA-1B folders (cutie/data/index/sa1b.py)
+    "bad_annotation_file": ("unusable SA-1B annotation files", "re-download or re-extract them"),
+    "unannotated_image": (
+        "SA-1B images that no annotation file names",
+        "re-extract sa_N.json beside sa_N.jpg from the tar, or remove the image",
+    ),
     "unreadable": ("unreadable files", "check their permissions, or re-download / delete them"),
     "empty_file": ("empty (0-byte) files", _REFETCH),
     "truncated_jpeg": ("truncated JPEGs", _REFETCH),

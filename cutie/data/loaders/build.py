@@ -109,8 +109,9 @@ def make_recipe_source(
     seq_length, num_objects, crop_hw = clip.seq_length, clip.num_objects, clip.crop_size
     common = dict(seed=seed, global_batch=batch_size * world_size, total_iterations=total_iterations)
     if stage == "pre_training":
-        # Structure only: the start-up check (index.validate) read every file; the samplers re-check sizes.
-        index = build_static_index(data, data_root, read_files=False)
+        # Structure only: the start-up check (index.validate) read every file; the samplers re-check sizes. SA-1B
+        # annotation files decide the samples: they come from the check's cache under cache_root.
+        index = build_static_index(data, data_root, cache_root=cache_root, read_files=False)
         sampler = StaticClipSampler(index, seq_length, num_objects, crop_hw)
         return RecipeSource(sampler, stream=STREAM_PRE, **common)
     sampler = VideoClipSampler(

@@ -9,12 +9,15 @@ per frame. Each frame is resampled once, blurred like the official chain's four 
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
-from cutie.data.index.datasets import StaticIndex
+from cutie.data.index.datasets import Sa1bSet, StaticIndex, StaticSet
+from cutie.data.index.sa1b import Sa1bError, image_size, mask_runs, read_document
 from cutie.data.sampling import geometry as geo
 from cutie.data.sampling.colour import clip_colours
 from cutie.data.sampling.masks import (
+    BadSampleError,
     check_same_size,
     labels_of,
     read_binary,
@@ -25,11 +28,40 @@ from cutie.data.sampling.masks import (
 )
 from cutie.data.sampling.recipe import ClipRecipe, ImageLayer
 from cutie.data.sampling.tps import random_tps_params, tps_map
+from cutie.utils.rle import decode
 
 TPS_PROBABILITY = 0.33
 TPS_SCALE = 0.02
 # The official spline is one more bilinear resampling (cv2.remap) at the output size; ours is folded into the map.
 TPS_STEP = geo.Step(np.eye(3), geo.BILINEAR, (0, 0))
+
+
+def read_sa1b_mask(path: str, index: int) -> np.ndarray:
+    """Mask `index` of an SA-1B annotation file as 0/1 uint8 H*W, checked again as at start-up (the file may
+    have changed since): the RLE size must be the image's and its runs must cover it exactly."""
+    try:
+        doc = read_document(path)
+        width, height = image_size(doc)
+        anns = doc.get("annotations")  # type: ignore[union-attr]
+        if not isinstance(anns, list) or not 0 <= index < len(anns):
+            raise Sa1bError(f"annotations[{index}]: missing (the file changed after the data check)")
+        mask_runs(anns[index], f"annotations[{index}]", width, height)
+    except OSError as e:
+        raise BadSampleError(path, f"unreadable ({e})") from e
+    except Sa1bError as e:
+        raise BadSampleError(path, f"{e} (fix: run scripts/check_data.py)") from None
+    mask = decode(anns[index]["segmentation"], height, width).view(np.uint8)  # column-major, as RLE runs are
+    return cv2.transpose(mask.T)  # row-major for the warps; OpenCV's transpose is faster than numpy's strided copy
+
+
+def image_and_mask(sset: StaticSet | Sa1bSet, k: int) -> tuple[str, np.ndarray, str]:
+    """(JPEG path, its 0/1 uint8 mask, the mask's file) of pair k of a static set: a saliency PNG, or one SA-1B
+    annotation decoded from its RLE (one object per sample either way)."""
+    if isinstance(sset, Sa1bSet):
+        jpg, annotations, index = sset.sample(k)
+        return jpg, read_sa1b_mask(annotations, index), annotations
+    jpg, png = sset.pairs[k]
+    return jpg, read_binary(png), png
 
 
 class StaticClipSampler:
@@ -87,8 +119,7 @@ class StaticClipSampler:
 
     def _layer(self, rng: np.random.Generator, pair: int) -> tuple[ImageLayer, np.ndarray, dict]:
         sset = self.index.sets[self.index.seed_set[pair]]
-        jpg, png = sset.pairs[self.index.seed_pair[pair]]
-        mask = read_binary(png)
+        jpg, mask, png = image_and_mask(sset, int(self.index.seed_pair[pair]))
         data = read_bytes(jpg)
         check_same_size(mask, png, data, jpg)  # a smaller/larger mask would be warped into misaligned labels
         h, w = mask.shape
