@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,7 +21,12 @@ from cutie.config.model import ModelSpec
 from cutie.config.typed import ConfigError, parse
 
 STAGES = ("pre_training", "main_training")  # the one list of stage names, in training order
-DATA_GROUPS_HINT = "base, with-mose, mega, tiny, tiny-mega or custom"
+
+
+def data_groups() -> list[str]:
+    """The data groups (cutie/config/data/*.yaml but the catalogue datasets.yaml), for error messages."""
+    folder = Path(__file__).with_name("data")
+    return sorted(p.stem for p in folder.glob("*.yaml") if p.stem != "datasets")
 
 
 @dataclass(frozen=True)
@@ -282,7 +288,7 @@ def parse_train_config(cfg: DictConfig | Mapping[str, Any]) -> TrainConfig:
     if isinstance(data, Mapping | DictConfig) and "pre_training" not in data and "main_training" not in data:
         raise ConfigError(
             f"`data`: this group has no stage dataset lists (datasets.yaml is the catalogue the data groups "
-            f"include, not a data group); choose data={DATA_GROUPS_HINT}"
+            f"include, not a data group); choose data= one of {', '.join(data_groups())}"
         )
     plain = to_plain(cfg)
     plain.pop("hydra", None)
