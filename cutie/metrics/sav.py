@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from cutie.metrics.davis import (
     Unscored,
@@ -162,8 +163,7 @@ def evaluate_sav_video(gt_dir: Path, pred_dir: Path) -> tuple[list[SavObjectResu
     if not objects:
         return [], [Unscored(video, None, f"no object folder in {gt_dir} (expected <object>/<frame>.png)")]
     results, unscored = [], []
-    size: tuple[int, ...] | None = None
-    first_path: Path | None = None
+    size, first_path = _reference_size(gt_dir, objects)
     for obj in objects:
         frames = sorted(p.stem for p in (gt_dir / obj).glob("*.png"))
         if len(frames) < 3:
@@ -174,9 +174,7 @@ def evaluate_sav_video(gt_dir: Path, pred_dir: Path) -> tuple[list[SavObjectResu
         for f in frames[1:-1]:
             path = gt_dir / obj / f"{f}.png"
             g = read_binary_mask(path)
-            if size is None:
-                size, first_path = g.shape, path
-            elif g.shape != size:
+            if g.shape != size:
                 raise ValueError(
                     f"{path}: ground-truth mask is {g.shape[1]}x{g.shape[0]} but {first_path} is {size[1]}x{size[0]} "
                     "(W x H); fix: every annotation of a video must have the size of its frames"
@@ -193,6 +191,16 @@ def evaluate_sav_video(gt_dir: Path, pred_dir: Path) -> tuple[list[SavObjectResu
         j, f = score_object(gt, pred)
         results.append(SavObjectResult(video, obj, j, f))
     return results, unscored
+
+
+def _reference_size(gt_dir: Path, objects: list[str]) -> tuple[tuple[int, int] | None, Path | None]:
+    """(H, W) of the video's first annotation (its first object's first PNG): every mask must have it."""
+    for obj in objects:
+        pngs = sorted((gt_dir / obj).glob("*.png"))
+        if pngs:
+            with Image.open(pngs[0]) as img:
+                return (img.height, img.width), pngs[0]
+    return None, None
 
 
 def is_sav_layout(gt_root: str | os.PathLike, videos: Iterable[str]) -> bool:
