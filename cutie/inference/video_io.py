@@ -41,6 +41,7 @@ class FrameSource(Protocol):
     """What the runner reads: a named video of frames in order (VideoReader, SavVideoReader)."""
 
     name: str
+    palette: list[int] | None  # of the written index PNGs
 
     def __len__(self) -> int: ...
 
