@@ -1,7 +1,8 @@
-"""Entry point: `python cutie/eval.py weights=PATH dataset=d17-val|y19-val|mose-val|tiny-val|custom
-[model=small|base] [mem_every=N] [data_root=DIR] [exp_id=ID]`. Writes palette PNGs under
-output/<exp_id>/eval/<dataset>/Annotations/, reports frames/s and peak memory and, where every frame has
-ground truth, the DAVIS J&F tables; the last line printed is one JSON object. See cutie/config/eval_config.yaml."""
+"""Entry point: `python cutie/eval.py weights=PATH dataset=d17-val|y19-val|mose-val|tiny-val|custom|sav-val|
+sav-test [model=small|base] [mem_every=N] [data_root=DIR] [exp_id=ID]`. Writes palette PNGs under
+output/<exp_id>/eval/<dataset>/Annotations/ (SA-V: one 0/1 PNG per object and frame), reports frames/s and peak
+memory and, where there is ground truth to score, the J&F tables (DAVIS; SA-V per object) with what could not be
+scored; the last line printed is one JSON object. See cutie/config/eval_config.yaml."""
 
 from __future__ import annotations
 

@@ -1,11 +1,17 @@
-"""Evaluate predicted masks against ground truth with the DAVIS 2017 semi-supervised protocol (J&F).
+"""Evaluate predicted masks against ground truth: the DAVIS 2017 semi-supervised protocol (J&F), or SA-V's
+per-object protocol when the ground truth is in SA-V's layout.
 
     python scripts/evaluate_masks.py --gt_path DAVIS/2017/trainval/Annotations/480p \
         --pred_path output/EXP/eval/d17-val/Annotations [--subset DAVIS/2017/trainval/ImageSets/2017/val.txt]
+    python scripts/evaluate_masks.py --gt_path SA-V/sav_val/Annotations_6fps \
+        --pred_path output/EXP/eval/sav-val/Annotations --subset SA-V/sav_val/sav_val.txt
 
-Both folders are DAVIS-layout (<video>/<frame>.png index PNGs). Prints the global and per-sequence tables,
-writes them as CSV (default: beside the predictions) and, as the last line, one JSON object with the headline
-numbers as fractions.
+DAVIS layout: <video>/<frame>.png index PNGs; by default exactly the DAVIS toolkit's procedure. --use_all_masks
+scores objects that appear after the first frame from the frame after their first mask (as cutie/eval.py does
+with use_all_masks) and ignores predictions on frames without ground truth (sparse annotation). SA-V layout
+(<video>/<object>/<frame>.png, detected from the folders): per-object J&F over the annotated frames, as SA-V's
+evaluator. Prints the tables and what could not be scored, writes them as CSV (default: beside the predictions)
+and, as the last line, one JSON object with the headline numbers as fractions.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from cutie.metrics import evaluate_folders
+from cutie.metrics import evaluate_folders, evaluate_sav_folders, is_sav_layout
+from cutie.metrics.davis import list_sequences
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,18 +32,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", default=None, help="file of sequence names (default: all in gt_path)")
     parser.add_argument("--csv_dir", default=None, help="where to write the CSV tables (default: pred_path)")
     parser.add_argument("--split", default="val", help="name used in the table titles and CSV file names")
+    parser.add_argument(
+        "--use_all_masks",
+        action="store_true",
+        help="DAVIS layout: score objects that appear later after their first mask; sparse ground truth allowed",
+    )
     args = parser.parse_args(argv)
 
     try:
-        report = evaluate_folders(args.gt_path, args.pred_path, args.subset, progress=True)
-    except (FileNotFoundError, ValueError) as err:
+        sequences = list_sequences(_dir(args.gt_path), args.subset)
+        if is_sav_layout(args.gt_path, sequences):
+            report = evaluate_sav_folders(args.gt_path, args.pred_path, args.subset, progress=True)
+        else:
+            report = evaluate_folders(
+                args.gt_path,
+                args.pred_path,
+                args.subset,
+                progress=True,
+                late_objects=args.use_all_masks,
+                extra_frames_ok=args.use_all_masks,
+            )
+        tables = report.format_tables(args.split)
+    except (FileNotFoundError, ValueError) as err:  # ValueError covers a name escaping its folder
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(report.format_tables(args.split))
+    print(tables)
     report.write_csv(args.csv_dir or args.pred_path, args.split)
     summary = report.summary()
     print(json.dumps({k: round(summary[k], 6) for k in ("J&F-Mean", "J-Mean", "F-Mean")}))
     return 0
+
+
+def _dir(path: str) -> Path:
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ground-truth folder {root} not found")
+    return root
 
 
 if __name__ == "__main__":

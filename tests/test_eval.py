@@ -129,10 +129,146 @@ def test_video_reader_masks_and_resize(tiny_data: Path) -> None:
     first_only = list(VideoReader(video, images, masks))
     assert first_only[0].mask is not None and all(f.mask is None for f in first_only[1:])
     every = list(VideoReader(video, images, masks, use_all_masks=True, size=64, to_save={first_only[1].name}))
-    assert all(f.mask is not None for f in every)
     assert every[0].image.shape == (3, 64, 85) and every[0].mask.shape == (64, 85)  # shorter side 150 -> 64
     assert every[0].size == (150, 200)
     assert [f.save for f in every[:3]] == [False, True, False]
-    # later annotations add objects that the first one does not have (the YouTube-VOS protocol)
-    first_ids = set(every[0].mask.unique().tolist())
-    assert any(set(f.mask.unique().tolist()) - first_ids for f in every[1:])
+    # this folder is annotated on every frame: a later mask gives only the objects not seen before (the ground
+    # truth of tracked objects is never fed back), so most frames carry no mask at all
+    given = [set(f.mask.unique().tolist()) - {0} if f.mask is not None else set() for f in every]
+    truth = [set(np.unique(np.array(Image.open(masks / video / f"{f.name}.png"))).tolist()) - {0} for f in every]
+    seen: set[int] = set()
+    for t, ids in enumerate(truth):
+        assert given[t] == ids - seen, t
+        seen |= ids
+    assert any(given[1:]) and sum(1 for g in given if g) < len(given) - 2
+
+
+def test_eval_dataset_entries() -> None:
+    cfg = _compose(["dataset=custom"])
+    assert cfg.datasets["custom"].use_all_masks  # late objects are added by default on custom folders
+    assert not cfg.datasets["d17-val"].use_all_masks and cfg.datasets["d17-val"].layout == "davis"
+    sav = _compose(["dataset=sav-val", "data_root=/data"]).datasets["sav-val"]
+    assert sav.layout == "sav" and sav.use_all_masks and not sav.save_all and sav.evaluate is True
+    assert sav.mask_directory == "/data/SA-V/sav_val/Annotations_6fps"
+    assert sav.subset == "/data/SA-V/sav_val/sav_val.txt"
+
+
+# ---- a sparse custom folder and SA-V val, through run_evaluation ----------------------------------------------
+
+
+def _write_sparse_custom(root: Path, length: int = 13, step: int = 3) -> np.ndarray:
+    """JPEGs on every frame, PNGs every `step`-th; object 1 from frame 0, object 2 appears on frame 6.
+    Returns the T*H*W ids of every frame."""
+    from cutie.dataprep.imageio import encode_jpeg, encode_palette_png
+
+    h, w = 48, 64
+    yy, xx = np.mgrid[0:h, 0:w]
+    ids = np.zeros((length, h, w), dtype=np.uint8)
+    for t in range(length):
+        ids[t][(yy - 20) ** 2 + (xx - 12 - 2 * t) ** 2 < 64] = 1
+        if t >= 6:
+            ids[t][(yy > 30) & (yy < 42) & (xx > 40) & (xx < 56)] = 2
+        rgb = np.zeros((h, w, 3), dtype=np.uint8)
+        rgb[..., 2] = 40 + (xx * 2).astype(np.uint8)
+        rgb[ids[t] == 1] = (230, 40, 40)
+        rgb[ids[t] == 2] = (40, 220, 60)
+        (root / "JPEGImages" / "vid").mkdir(parents=True, exist_ok=True)
+        (root / "JPEGImages" / "vid" / f"{t:05d}.jpg").write_bytes(encode_jpeg(rgb))
+        if t % step == 0:
+            (root / "Annotations" / "vid").mkdir(parents=True, exist_ok=True)
+            (root / "Annotations" / "vid" / f"{t:05d}.png").write_bytes(encode_palette_png(ids[t]))
+    return ids
+
+
+def _run(overrides: list[str], small_net: torch.nn.Module, tmp_path: Path) -> dict[str, float]:
+    from cutie.inference.dataset_eval import run_evaluation
+
+    weights = tmp_path / "small.pth"
+    if not weights.exists():
+        torch.save(small_net.state_dict(), weights)
+    base = [f"weights={weights}", "model=small", "device=cpu", f"output_root={tmp_path / 'out'}", "exp_id=t"]
+    return run_evaluation(_compose(base + overrides))
+
+
+def test_sparse_custom_folder_adds_late_objects(
+    small_net: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = _write_sparse_custom(tmp_path / "data")
+    folders = [f"image_directory={tmp_path / 'data/JPEGImages'}", f"mask_directory={tmp_path / 'data/Annotations'}"]
+    result = _run(["dataset=custom", *folders], small_net, tmp_path)
+    run_dir = tmp_path / "out/t/eval/custom"
+    pred = np.stack([np.array(Image.open(run_dir / "Annotations/vid" / f"{t:05d}.png")) for t in range(13)])
+    assert pred.shape == ids.shape  # a mask for every frame (save_all), at the frames' size
+    # object 2 is unknown before its first mask (frame 6) and given exactly there
+    assert not (pred[:6] == 2).any()
+    np.testing.assert_array_equal(pred[6] == 2, ids[6] == 2)
+    # J&F on the annotated frames 0, 3, 6, 9, 12 (evaluate=auto sees sparse ground truth to score): object 1 on
+    # frames 3, 6, 9; object 2, given on frame 6, on frame 9
+    assert 0.0 <= result["J&F-Mean"] <= 1.0 and result["unscored"] == 0.0
+    rows = (run_dir / "per-sequence_results-custom.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["Sequence", "vid_1", "vid_2"]
+    assert (run_dir / "notes-custom.csv").read_text().splitlines() == ["Sequence,Scored,Note"]
+    # with use_all_masks=false only the first mask's objects are tracked, and object 2 is listed as not scored
+    result = _run(["dataset=custom", *folders, "use_all_masks=false", "exp_id=first"], small_net, tmp_path)
+    first = np.stack([np.array(Image.open(tmp_path / f"out/first/eval/custom/Annotations/vid/{t:05d}.png"))
+                      for t in range(13)])  # fmt: skip
+    assert not (first == 2).any() and result["unscored"] == 1.0
+    assert "not scored: vid_2: first annotated after the first frame" in capsys.readouterr().out
+
+
+def test_sav_reader_inputs_and_overlaps(tiny_data: Path) -> None:
+    from cutie.inference.sav_io import SavVideoReader
+
+    root = tiny_data / "SA-V/sav_val"
+    video = "sav_val_000011"
+    reader = SavVideoReader(video, root / "JPEGImages_24fps", root / "Annotations_6fps")
+    assert reader.object_names == ["000", "001", "002"] and len(reader) == 17
+
+    def gt(obj: str, t: int) -> np.ndarray:
+        return np.array(Image.open(root / "Annotations_6fps" / video / obj / f"{t:05d}.png")) > 0
+
+    frames = list(reader)
+    given = {f.name: f.mask for f in frames if f.mask is not None}
+    assert sorted(given) == ["00000", "00008"]  # the first frame, and the late object's first non-empty mask
+    first = given["00000"].numpy()
+    assert (gt("000", 0) & gt("002", 0)).any()  # 002 (a part) lies inside 000 (the whole)
+    np.testing.assert_array_equal(first == 3, gt("002", 0))  # the smaller one wins the overlap
+    np.testing.assert_array_equal(first == 1, gt("000", 0) & ~gt("002", 0))
+    assert set(np.unique(given["00008"].numpy())) == {0, 2}  # only the new object: known ones are not fed back
+    np.testing.assert_array_equal(given["00008"].numpy() == 2, gt("001", 8))
+    assert [f.save for f in frames] == [t % 4 == 0 for t in range(17)]
+    only_first = [f for f in SavVideoReader(video, root / "JPEGImages_24fps", root / "Annotations_6fps",
+                                             use_all_masks=False) if f.mask is not None]  # fmt: skip
+    assert [f.name for f in only_first] == ["00000"]
+
+
+def test_sav_val_evaluates_per_object(
+    tiny_data: Path, small_net: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = _run(["dataset=sav-val", f"data_root={tiny_data}"], small_net, tmp_path)
+    root = tiny_data / "SA-V/sav_val/Annotations_6fps"
+    out = tmp_path / "out/t/eval/sav-val"
+    # SA-V's layout: every object of every video on the annotated frames only, 0/1 masks
+    gt_files = sorted(p.relative_to(root) for p in root.rglob("*.png"))
+    assert sorted(p.relative_to(out / "Annotations") for p in (out / "Annotations").rglob("*.png")) == gt_files
+    late = out / "Annotations/sav_val_000011/001"
+    assert not np.array(Image.open(late / "00004.png")).any()  # not given yet
+    np.testing.assert_array_equal(
+        np.array(Image.open(late / "00008.png")), np.array(Image.open(root / "sav_val_000011/001/00008.png")) > 0
+    )
+    assert {"J&F-Mean", "J-Mean", "F-Mean", "fps", "unscored"} <= set(result)
+    assert result["frames"] == 17 + 13  # inference ran on every 24 fps frame
+    rows = (out / "per-object_results-sav-val.csv").read_text().splitlines()
+    assert len(rows) == 1 + 5  # five objects, each scored
+    assert "Per object results for sav-val" in capsys.readouterr().out
+
+
+def test_reader_names_a_mask_of_another_size(tmp_path: Path) -> None:
+    from cutie.inference.video_io import VideoReader
+
+    _write_sparse_custom(tmp_path)
+    bad = tmp_path / "Annotations/vid/00003.png"
+    Image.open(bad).crop((0, 0, 60, 48)).save(bad)
+    with pytest.raises(ValueError) as err:
+        list(VideoReader("vid", tmp_path / "JPEGImages", tmp_path / "Annotations", use_all_masks=True))
+    assert str(bad) in str(err.value) and "60x48" in str(err.value) and "64x48" in str(err.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import shutil
@@ -123,12 +124,12 @@ def test_sequence_protocol_first_last_frames_and_objects() -> None:
     pred = gt.copy()
     pred[0] = 0  # first and last frames are not scored
     pred[-1] = 0
-    results = evaluate_sequence("seq", gt, pred)
-    assert [r.object_id for r in results] == [1, 2]
+    results, unscored = evaluate_sequence("seq", gt, pred)
+    assert [r.object_id for r in results] == [1, 2] and unscored == []
     for r in results:
         assert r.j.shape == (4,) and np.all(r.j == 1.0) and np.all(r.f == 1.0)
     pred[2][pred[2] == 1] = 0  # object 1 lost in one scored frame
-    r1 = evaluate_sequence("seq", gt, pred)[0]
+    r1 = evaluate_sequence("seq", gt, pred)[0][0]
     assert r1.j.tolist() == [1.0, 0.0, 1.0, 1.0]
 
 
@@ -235,3 +236,105 @@ def test_cli_prints_tables_and_json_last(tmp_path: Path, capsys: pytest.CaptureF
     (tmp_path / "pred" / "v" / "00002.png").unlink()
     assert module.main(["--gt_path", str(tmp_path / "gt"), "--pred_path", str(tmp_path / "pred")]) == 2
     assert "00002.png" in capsys.readouterr().err
+
+
+# ---- late objects, unscored sequences and objects, empty ground truth -----------------------------------------
+
+
+def _late_object_masks() -> np.ndarray:
+    """8 frames 48x48: objects 1 and 3 from frame 0, object 2 from frame 3 on."""
+    gt = np.zeros((8, 48, 48), dtype=np.int64)
+    for t in range(8):
+        gt[t, 2 + t : 14 + t, 2:12] = 1
+        gt[t, 30:40, 30 + t : 38 + t] = 3
+        if t >= 3:
+            gt[t, 20:28, 2 + 2 * t : 10 + 2 * t] = 2
+    return gt
+
+
+def test_late_objects_are_scored_after_their_first_mask() -> None:
+    gt = _late_object_masks()
+    pred = gt.copy()
+    pred[4][pred[4] == 2] = 0  # object 2 lost on frame 4 only
+    scored, unscored = evaluate_sequence("seq", gt, pred, late_objects=True)
+    assert unscored == []
+    by_id = {r.object_id: r for r in scored}
+    assert sorted(by_id) == [1, 2, 3]
+    # objects of frame 0: frames 1..6, exactly as the DAVIS protocol
+    assert by_id[1].j.tolist() == [1.0] * 6 and by_id[3].j.shape == (6,)
+    # object 2, given on frame 3: frames 4, 5, 6
+    assert by_id[2].j.tolist() == [0.0, 1.0, 1.0]
+    # the DAVIS protocol on the same data: ids 1..max(gt[0]) = 1..3 over frames 1..6 (the toolkit counts object 2,
+    # absent from frame 0, on every frame: J = 1 where both are empty); objects 1 and 3 score the same
+    davis, davis_unscored = evaluate_sequence("seq", gt, pred)
+    assert davis_unscored == [] and [r.object_id for r in davis] == [1, 2, 3]
+    assert davis[1].j.tolist() == [1.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    np.testing.assert_array_equal(davis[0].j, by_id[1].j)
+    np.testing.assert_array_equal(davis[2].f, by_id[3].f)
+    # an id above the first frame's objects appears later: the DAVIS protocol lists it as not scored
+    gt4 = gt.copy()
+    gt4[gt4 == 2] = 4
+    scored4, unscored4 = evaluate_sequence("seq", gt4, np.where(gt4 == 4, 0, gt4))
+    assert [r.object_id for r in scored4] == [1, 2, 3]
+    assert [(u.object_id, "after the first frame" in u.reason) for u in unscored4] == [(4, True)]
+    # a prediction of an id no ground-truth frame has is an error
+    bad = pred.copy()
+    bad[2, 0, 0] = 7
+    with pytest.raises(ValueError, match="object id 7"):
+        evaluate_sequence("seq", gt, bad, late_objects=True)
+
+
+def test_unscored_sequences_and_objects_are_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gt = _late_object_masks()
+    gt[-1, 44:, 44:] = 5  # object 5 first annotated on the last frame: no frame left to score it
+    _write_sequence(tmp_path / "gt", "v", gt)
+    _write_sequence(tmp_path / "gt", "one", gt[:1])  # 1 frame
+    _write_sequence(tmp_path / "gt", "two", gt[:2])  # 2 frames: nothing between the first and the last
+    _write_sequence(tmp_path / "gt", "empty", np.zeros_like(gt))  # no object at all
+    report = evaluate_folders(tmp_path / "gt", tmp_path / "gt", late_objects=True)
+    assert sorted(u.name for u in report.unscored) == ["empty", "one", "two", "v_5"]
+    assert {o.sequence for o in report.objects} == {"v"}
+    assert report.summary()["J&F-Mean"] == 1.0  # the means hold the scored objects only, and no NaN
+    text = report.format_tables("custom")
+    assert "Not scored: 4" in text and "not scored: one: 1 annotated frame(s)" in text
+    assert "not scored: v_5: first annotated on frame 00007" in text
+    paths = report.write_csv(tmp_path / "out", "custom")
+    notes = paths[2].read_text().splitlines()
+    assert notes[0] == "Sequence,Scored,Note" and len(notes) == 5 and any(n.startswith("two,no,") for n in notes)
+    # a set with nothing to score says why, naming the sequences
+    only_short = evaluate_folders(tmp_path / "gt", tmp_path / "gt", ["one", "two"])
+    with pytest.raises(ValueError, match="no object could be scored.*one: 1 annotated frame"):
+        only_short.summary()
+
+
+def test_empty_ground_truth_of_the_scored_frames_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    gt = _moving_squares()
+    gt[1:][gt[1:] == 2] = 0  # object 2 only on frame 0: its scored frames are all empty
+    _write_sequence(tmp_path / "gt", "v", gt)
+    with caplog.at_level("WARNING"):
+        report = evaluate_folders(tmp_path / "gt", tmp_path / "gt")
+    (empty,) = [o for o in report.objects if o.gt_empty]
+    assert empty.object_id == 2 and np.all(empty.j == 1.0)  # J = 1 by convention, as the toolkit
+    assert report.unscored == [] and report.summary()["J-Mean"] == 1.0
+    assert "v_2" in caplog.text and "empty on every scored frame" in caplog.text
+    assert "scored: v_2: warning: the ground truth is empty" in report.format_tables()
+    with report.write_csv(tmp_path / "out")[2].open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["Sequence", "Scored", "Note"] and rows[1][:2] == ["v_2", "yes"]
+    assert rows[1][2].startswith("warning: the ground truth is empty")
+
+
+def test_sparse_ground_truth_scores_its_frames_only(tmp_path: Path) -> None:
+    dense = _late_object_masks()
+    for t in range(0, 8, 3):  # ground truth every 3rd frame: 0, 3, 6
+        _save_png(tmp_path / "gt" / "v" / f"{t:05d}.png", dense[t])
+    pred = dense.copy()
+    pred[1] = 0  # a frame without ground truth: never scored
+    _write_sequence(tmp_path / "pred", "v", pred)
+    with pytest.raises(FileNotFoundError, match="extra prediction"):  # the toolkit's strictness by default
+        evaluate_folders(tmp_path / "gt", tmp_path / "pred")
+    report = evaluate_folders(tmp_path / "gt", tmp_path / "pred", late_objects=True, extra_frames_ok=True)
+    # frames 0, 3, 6: only frame 3 lies between the first and the last; object 2 is given on frame 3
+    assert sorted((o.object_id, o.j.shape[0]) for o in report.objects) == [(1, 1), (3, 1)]
+    assert [u.name for u in report.unscored] == ["v_2"]
+    assert report.summary()["J&F-Mean"] == 1.0

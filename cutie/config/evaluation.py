@@ -17,7 +17,7 @@ from cutie.config.typed import ConfigError, parse
 
 @dataclass(frozen=True)
 class EvalDataset:
-    """One entry of `datasets` (a DAVIS-layout folder and how to run on it)."""
+    """One entry of `datasets` (a DAVIS- or SA-V-layout folder and how to run on it)."""
 
     image_directory: str | None
     mask_directory: str | None
@@ -28,7 +28,8 @@ class EvalDataset:
     use_all_masks: bool = False  # objects first annotated after frame 0 are added when they appear
     mem_every: int = 5
     use_long_term: bool = False
-    evaluate: bool | Literal["auto"] = "auto"  # J&F after inference (auto: when every frame has ground truth)
+    evaluate: bool | Literal["auto"] = "auto"  # J&F after inference (auto: when the ground truth can be scored)
+    layout: Literal["davis", "sav"] = "davis"  # <video>/<frame>.png index masks, or SA-V's <video>/<object>/
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class EvalConfig:
     mem_every: int | None = None
     use_long_term: bool | None = None
     evaluate: bool | Literal["auto"] | None = None
+    layout: Literal["davis", "sav"] | None = None
 
     def chosen_dataset(self) -> EvalDataset:
         """The `dataset=` entry with the non-null top-level overrides applied."""

@@ -14,6 +14,8 @@ Layout under the output folder (the same relative paths cutie/config/data/datase
     SA-V/sav_train/sav_000/<video>.mp4 + <video>_manual.json [+ _auto.json]  (SA-V schema, 24 fps, every 4th
                                                        frame annotated; convert to SA-V/train-vos)
     SA-1B/sa_00000{0,1}/sa_<n>.jpg + sa_<n>.json        SA-1B schema (one JSON per image, compressed RLE masks)
+    SA-V/sav_val/{sav_val.txt, JPEGImages_24fps/<video>/00000.jpg ..., Annotations_6fps/<video>/<obj>/00000.png ...}
+                                                       SA-V val layout: every frame, a 0/1 PNG per object every 4th
     TINY_DATASET.json                                  what was generated (seed, counts); no timestamps
 
 Deterministic: each video draws from its own generator seeded by (seed, crc32 of its path), images are written
@@ -497,6 +499,37 @@ def write_sa1b(out: Path, seed: int) -> dict[str, int]:
     return {"images": len(SA1B_IMAGES), "masks": masks_total}
 
 
+SAV_VAL_VIDEOS = [
+    # 17 frames -> annotated 0, 4, 8, 12, 16; the second blob enters half-way (empty masks before it shows).
+    VideoSpec("sav_val_000011", 72, 56, 17, 2, late=1),
+    VideoSpec("sav_val_000042", 64, 48, 13, 1),
+]
+
+
+def write_sav_val(out: Path, seed: int) -> dict[str, int]:
+    """SA-V val layout (as sav_val/ of the release): JPEGImages_24fps/<video>/<frame>.jpg on every frame,
+    Annotations_6fps/<video>/<obj>/<frame>.png (a 0/1 palette PNG per object, every 4th frame, empty before the
+    object shows) and sav_val.txt. Objects overlap on purpose: the blobs are amodal, and object 000's top half is
+    an object of its own (a part inside a whole)."""
+    root = out / "SA-V" / "sav_val"
+    objects = 0
+    for spec in SAV_VAL_VIDEOS:
+        frames, _, blobs = _render(seed, f"SA-V/sav_val/{spec.name}", spec)
+        for t in range(spec.length):
+            _write(root / "JPEGImages_24fps" / spec.name / f"{t:05d}.jpg", encode_jpeg(frames[t]))
+        for t in range(0, spec.length, SAV_STEP):
+            wholes = _blob_masks(blobs, spec, t)
+            part = wholes[0].copy()
+            rows = np.flatnonzero(part.any(axis=1))
+            if rows.size:
+                part[rows[0] + (rows[-1] - rows[0] + 1) // 2 :] = False  # keep the top half
+            for k, m in enumerate([*wholes, part]):
+                _write(root / "Annotations_6fps" / spec.name / f"{k:03d}" / f"{t:05d}.png", encode_palette_png(m))
+        objects += spec.objects + 1
+    _write(root / "sav_val.txt", "".join(f"{s.name}\n" for s in SAV_VAL_VIDEOS).encode())
+    return {"videos": len(SAV_VAL_VIDEOS), "objects": objects}
+
+
 def generate(out: Path, seed: int = 0, force: bool = False) -> dict[str, object]:
     """Write the tiny dataset under `out` and return its summary (also written to out/TINY_DATASET.json)."""
     out = Path(out)
@@ -518,6 +551,7 @@ def generate(out: Path, seed: int = 0, force: bool = False) -> dict[str, object]
         "OVIS": write_ovis(out, seed),
         "SA-V": write_sav(out, seed),
         "SA-1B": write_sa1b(out, seed),
+        "SA-V val": write_sav_val(out, seed),
     }
     _write(out / MANIFEST, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     return summary

@@ -1,5 +1,6 @@
-"""Evaluation of a dataset from the eval config: masks written in the DAVIS layout, speed and memory reported,
-J&F computed where every frame has ground truth. `cutie/eval.py` is the command line over `run_evaluation`."""
+"""Evaluation of a dataset from the eval config: masks written in the DAVIS layout (SA-V's per-object layout for
+layout=sav), speed and memory reported, J&F computed on the annotated frames where there is ground truth to
+score; what cannot be scored is listed. `cutie/eval.py` is the command line over `run_evaluation`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -16,8 +18,11 @@ from cutie.config.evaluation import EvalConfig
 from cutie.config.typed import ConfigError
 from cutie.inference.long_term import LongTermSettings
 from cutie.inference.runner import Timer, peak_memory_mb, run_video
+from cutie.inference.sav_io import SavVideoReader, save_object_pngs
 from cutie.inference.settings import InferenceSettings
-from cutie.inference.video_io import VideoReader, list_videos, required_frames, save_index_png
+from cutie.inference.video_io import FrameSource, VideoReader, list_videos, required_frames, save_index_png
+from cutie.metrics import DavisReport, SavReport, evaluate_folders, evaluate_sav_folders
+from cutie.metrics.davis import read_index_mask
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,7 @@ class DatasetSpec:
     mem_every: int
     use_long_term: bool
     evaluate: str  # "true" | "false" | "auto"
+    layout: str = "davis"  # "davis" | "sav"
 
 
 def resolve_dataset(cfg: EvalConfig) -> DatasetSpec:
@@ -50,7 +56,7 @@ def resolve_dataset(cfg: EvalConfig) -> DatasetSpec:
     for key in ("image_directory", "mask_directory"):
         value = getattr(entry, key)
         if value is None:
-            raise EvalConfigError(f"dataset={name} needs {key}=DIR (a DAVIS-layout folder of <video>/ folders)")
+            raise EvalConfigError(f"dataset={name} needs {key}=DIR (a folder of <video>/ folders)")
         if not Path(value).is_dir():
             raise EvalConfigError(
                 f"{key} {value} (dataset={name}) not found: set data_root=DIR (or link the data, see "
@@ -76,6 +82,7 @@ def resolve_dataset(cfg: EvalConfig) -> DatasetSpec:
         mem_every=entry.mem_every,
         use_long_term=entry.use_long_term,
         evaluate=str(entry.evaluate).lower(),
+        layout=entry.layout,
     )
 
 
@@ -113,12 +120,28 @@ def build_eval_network(cfg: EvalConfig, device: torch.device) -> torch.nn.Module
     return net.to(device).eval()
 
 
-def has_full_ground_truth(spec: DatasetSpec, videos: list[str]) -> bool:
-    """Every video has a mask for every frame (so J&F can be computed)."""
+def has_scorable_ground_truth(spec: DatasetSpec, videos: list[str]) -> bool:
+    """evaluate=auto: every video has ground truth to score, i.e. a mask on every frame, or (sparse annotation) at
+    least 3 annotated frames with an object annotated on more than one of them. Folders of first-appearance
+    masks only (YouTube-VOS, MOSE valid) have nothing to score. SA-V's layout is annotated throughout."""
+    if spec.layout == "sav":
+        return True
     for v in videos:
         frames = {p.stem for p in (spec.image_directory / v).iterdir()}
-        masks = {p.stem for p in (spec.mask_directory / v).glob("*.png")}
-        if not frames or not frames <= masks:
+        masks = sorted(p for p in (spec.mask_directory / v).glob("*.png"))
+        if not frames:
+            return False
+        if frames <= {p.stem for p in masks}:
+            continue
+        if len(masks) < 3:
+            return False
+        seen: set[int] = set()
+        for path in masks:
+            ids = set(np.unique(read_index_mask(path)).tolist()) - {0, 255}
+            if ids & seen:
+                break  # an object annotated twice: there is a frame to score
+            seen |= ids
+        else:
             return False
     return True
 
@@ -130,6 +153,37 @@ def make_zip(spec: DatasetSpec, run_dir: Path, exp_id: str) -> Path | None:
     if spec.name == "mose-val":
         return Path(shutil.make_archive(str(run_dir / f"{exp_id}_{spec.name}"), "zip", run_dir / "Annotations"))
     return None
+
+
+def open_video(spec: DatasetSpec, name: str, to_save: set[str] | None) -> FrameSource:
+    """The reader of one video in the dataset's layout."""
+    if spec.layout == "sav":
+        return SavVideoReader(
+            name,
+            spec.image_directory,
+            spec.mask_directory,
+            size=spec.size,
+            use_all_masks=spec.use_all_masks,
+            save_all=spec.save_all,
+        )
+    return VideoReader(
+        name,
+        spec.image_directory,
+        spec.mask_directory,
+        size=spec.size,
+        use_all_masks=spec.use_all_masks,
+        to_save=to_save,
+    )
+
+
+def score_predictions(spec: DatasetSpec, out_root: Path, videos: list[str]) -> DavisReport | SavReport:
+    """J&F of the written masks: SA-V's per-object protocol for layout=sav, else DAVIS (objects that appear
+    later scored after their first mask when use_all_masks); frames without ground truth are not scored."""
+    if spec.layout == "sav":
+        return evaluate_sav_folders(spec.mask_directory, out_root, videos)
+    return evaluate_folders(
+        spec.mask_directory, out_root, videos, late_objects=spec.use_all_masks, extra_frames_ok=True
+    )
 
 
 def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
@@ -154,17 +208,13 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
 
     timer = Timer()
     for i, name in enumerate(videos):
-        reader = VideoReader(
-            name,
-            spec.image_directory,
-            spec.mask_directory,
-            size=spec.size,
-            use_all_masks=spec.use_all_masks,
-            to_save=to_save.get(name),
-        )
+        reader = open_video(spec, name, to_save.get(name))
         bar = tqdm(total=len(reader), desc=f"[{i + 1}/{len(videos)}] {name}", unit="frame", leave=False)
         for frame, ids in run_video(net, reader, settings, device, timer):
-            if spec.save_all or frame.save:
+            if isinstance(reader, SavVideoReader):
+                if frame.save:  # save_all or an annotated frame
+                    save_object_pngs(out_root / name, frame.name, ids, reader.object_names)
+            elif spec.save_all or frame.save:
                 save_index_png(out_root / name / f"{frame.name}.png", ids, reader.palette)
             bar.update(1)
         bar.close()
@@ -179,15 +229,13 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     if archive is not None:
         print(f"archive for the benchmark server: {archive}")
 
-    evaluate = spec.evaluate == "true" or (spec.evaluate == "auto" and has_full_ground_truth(spec, videos))
+    evaluate = spec.evaluate == "true" or (spec.evaluate == "auto" and has_scorable_ground_truth(spec, videos))
     if evaluate:
-        from cutie.metrics import evaluate_folders
-
-        report = evaluate_folders(spec.mask_directory, out_root, videos)
+        report = score_predictions(spec, out_root, videos)
         print(report.format_tables(spec.name))
         report.write_csv(run_dir, spec.name)
-        result = {**{k: v for k, v in report.summary().items()}, **result}
+        result = {**report.summary(), "unscored": float(len(report.unscored)), **result}
     else:
-        print(f"no full ground truth for {spec.name}: masks written to {out_root}, J&F not computed")
+        print(f"no ground truth to score for {spec.name}: masks written to {out_root}, J&F not computed")
     print(json.dumps({k: round(v, 6) for k, v in result.items()}))
     return result

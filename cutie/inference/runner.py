@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from cutie.inference.processor import VideoProcessor
 from cutie.inference.settings import InferenceSettings
-from cutie.inference.video_io import Frame, VideoReader
+from cutie.inference.video_io import Frame, FrameSource
 
 
 @dataclass
@@ -36,7 +36,7 @@ def _sync(device: torch.device) -> None:
 
 def run_video(
     network: torch.nn.Module,
-    reader: VideoReader,
+    reader: FrameSource,
     settings: InferenceSettings,
     device: torch.device,
     timer: Timer | None = None,

@@ -11,23 +11,24 @@ import torch
 from cutie.inference.runner import Timer, run_video
 from cutie.inference.settings import InferenceSettings
 from cutie.inference.video_io import VideoReader, list_videos, save_index_png
-from cutie.metrics.davis import DavisReport, ObjectResult, evaluate_sequence, read_index_mask
+from cutie.metrics.davis import DavisReport, check_prediction_size, evaluate_sequence, read_ground_truth
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_video_masks(
-    name: str, mask_dir: Path, predictions: dict[str, np.ndarray], void_label: int = 255
-) -> list[ObjectResult]:
-    """Scores one video's predicted index masks (frame stem -> H*W) against its ground-truth folder."""
-    stems = sorted(p.stem for p in mask_dir.glob("*.png"))
+def evaluate_video_masks(name: str, mask_dir: Path, predictions: dict[str, np.ndarray], report: DavisReport) -> None:
+    """Scores one video's predicted index masks (frame stem -> H*W) against its ground-truth folder (DAVIS
+    protocol) into `report`; every ground-truth frame is checked against the first one and its prediction."""
+    stems, gt = read_ground_truth(mask_dir)
     missing = [s for s in stems if s not in predictions]
     if missing:
         raise ValueError(f"{name}: no prediction for ground-truth frames {missing[:5]} (no such image frame?)")
-    gt = np.stack([read_index_mask(mask_dir / f"{s}.png") for s in stems])
-    gt[gt == void_label] = 0
+    for s in stems:
+        check_prediction_size(f"{name}/{s} (prediction)", predictions[s].shape, gt.shape[1:])
     pred = np.stack([predictions[s].astype(np.int64) for s in stems])
-    return evaluate_sequence(name, gt, pred)
+    scored, unscored = evaluate_sequence(name, gt, pred, frames=stems)
+    report.objects += scored
+    report.unscored += unscored
 
 
 def validate(
@@ -56,7 +57,7 @@ def validate(
     if max_videos is not None:
         videos = videos[:max_videos]
     timer = Timer()
-    objects: list[ObjectResult] = []
+    report = DavisReport([])
     network.eval()
     try:
         for name in videos:
@@ -66,10 +67,12 @@ def validate(
                 predictions[frame.name] = ids
                 if out_dir is not None:
                     save_index_png(Path(out_dir) / name / f"{frame.name}.png", ids, reader.palette)
-            objects += evaluate_video_masks(name, Path(mask_dir) / name, predictions)
+            evaluate_video_masks(name, Path(mask_dir) / name, predictions, report)
     finally:
         network.train(was_training)
-    metrics = DavisReport(objects).summary()
+    for note in report.notes():
+        log.warning("validation: %s: %s%s", note[0], "" if note[1] == "yes" else "not scored: ", note[2])
+    metrics = report.summary()
     metrics["fps"] = timer.fps
     log.info("validation on %d videos: J&F %.4f (%.1f frames/s)", len(videos), metrics["J&F-Mean"], timer.fps)
     return metrics

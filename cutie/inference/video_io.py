@@ -1,8 +1,11 @@
 """Reading evaluation videos in the DAVIS layout and writing index-mask PNGs.
 
 <image_dir>/<video>/<frame>.jpg and <mask_dir>/<video>/<frame>.png (palette PNGs of object ids). The first
-mask file of a video gives its first annotated frame; with `use_all_masks` (YouTube-VOS, MOSE style) every
-mask file present is read, so objects can first appear on later frames.
+mask file of a video gives its first annotated frame. With `use_all_masks` (the official procedure for
+YouTube-VOS, and the default for custom folders) every mask file present is read and an object first
+annotated on a later frame is given to the network on that frame: a mask gives only the objects not seen on an
+earlier mask, so on a folder annotated throughout (or every k-th frame) the ground truth of objects already
+tracked is never fed back (YouTube-VOS's later masks hold only new objects, so nothing changes there).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -31,6 +35,17 @@ class Frame:
     mask: torch.Tensor | None  # H*W object ids (resized with nearest), or None
     size: tuple[int, int]  # original H, W: outputs are restored to it
     save: bool  # whether this frame's result is required
+
+
+class FrameSource(Protocol):
+    """What the runner reads: a named video of frames in order (VideoReader, SavVideoReader)."""
+
+    name: str
+    palette: list[int] | None  # of the written index PNGs
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Frame]: ...
 
 
 def list_videos(mask_dir: str | os.PathLike, subset: str | os.PathLike | None = None) -> list[str]:
@@ -90,32 +105,73 @@ class VideoReader:
         return len(self.frames)
 
     def __iter__(self) -> Iterator[Frame]:
+        seen: set[int] = set()  # objects already given to the network
         for file in self.frames:
-            yield self._read(file)
+            frame = self._read(file)
+            if frame.mask is not None and self.use_all_masks:
+                frame.mask = only_new_objects(frame.mask, seen)
+            yield frame
 
     def _read(self, file: str) -> Frame:
         stem = Path(file).stem
-        with Image.open(self.image_dir / file) as img:
-            rgb = np.asarray(img.convert("RGB"))
-        h, w = rgb.shape[:2]
-        image = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255  # 3*H*W
-        new_size = None
-        if self.size > 0 and min(h, w) > self.size:  # shorter side down to `size`, as the official reader
-            # torchvision's Resize(size): the shorter side becomes `size`, the longer one is truncated
-            long = int(self.size * max(h, w) / min(h, w))
-            new_size = (self.size, long) if h <= w else (long, self.size)
-            image = F.interpolate(image[None], size=new_size, mode="bilinear", antialias=True, align_corners=False)[0]
+        image, size, new_size = read_frame(self.image_dir / file, self.size)
         mask = None
         if (self.use_all_masks or stem == self.first_mask) and stem in self.mask_stems:
-            with Image.open(self.mask_dir / f"{stem}.png") as m:
+            path = self.mask_dir / f"{stem}.png"
+            with Image.open(path) as m:
                 ids = np.asarray(m)
             if ids.ndim != 2:
-                raise ValueError(f"{self.mask_dir / stem}.png: expected an index (palette) PNG, got {ids.shape}")
-            mask = torch.from_numpy(ids.astype(np.int64))
-            if new_size is not None:
-                mask = F.interpolate(mask[None, None].float(), size=new_size, mode="nearest")[0, 0].long()
+                raise ValueError(f"{path}: expected an index (palette) PNG, got {ids.shape}")
+            check_mask_size(path, ids.shape, size, self.image_dir / file)
+            mask = resize_mask(torch.from_numpy(ids.astype(np.int64)), new_size)
         save = self.to_save is None or stem in self.to_save
-        return Frame(stem, image, mask, (h, w), save)
+        return Frame(stem, image, mask, size, save)
+
+
+def read_frame(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int] | None]:
+    """(3*h*w image in [0, 1], original (H, W), the resized (h, w) or None): the shorter side is brought down to
+    `size` when it is longer (size <= 0: as stored), as the official reader does."""
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    h, w = rgb.shape[:2]
+    image = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255  # 3*H*W
+    new_size = None
+    if size > 0 and min(h, w) > size:
+        # torchvision's Resize(size): the shorter side becomes `size`, the longer one is truncated
+        long = int(size * max(h, w) / min(h, w))
+        new_size = (size, long) if h <= w else (long, size)
+        image = F.interpolate(image[None], size=new_size, mode="bilinear", antialias=True, align_corners=False)[0]
+    return image, (h, w), new_size
+
+
+def resize_mask(mask: torch.Tensor, new_size: tuple[int, int] | None) -> torch.Tensor:
+    """H*W object ids to the network's size (nearest), or unchanged."""
+    if new_size is None:
+        return mask
+    return F.interpolate(mask[None, None].float(), size=new_size, mode="nearest")[0, 0].long()
+
+
+def check_mask_size(path: Path, mask_shape: tuple[int, ...], frame_size: tuple[int, int], frame: Path) -> None:
+    """An annotation must have the size of its frame (the error names both files)."""
+    if tuple(mask_shape[:2]) != tuple(frame_size):
+        raise ValueError(
+            f"{path}: mask is {mask_shape[1]}x{mask_shape[0]} but its frame {frame} is {frame_size[1]}x{frame_size[0]}"
+            " (W x H); fix: annotations must have the size of their frames"
+        )
+
+
+def only_new_objects(mask: torch.Tensor, seen: set[int]) -> torch.Tensor | None:
+    """The H*W ids of `mask` with the objects in `seen` set to background (None when nothing new is left);
+    adds the new ids to `seen`."""
+    ids = {int(v) for v in torch.unique(mask)} - {0}
+    new = ids - seen
+    if not new:
+        return None
+    seen |= new
+    if new == ids:
+        return mask
+    keep = torch.isin(mask, torch.tensor(sorted(new), dtype=mask.dtype))
+    return torch.where(keep, mask, torch.zeros_like(mask))
 
 
 def save_index_png(path: Path, mask: np.ndarray, palette: list[int] | None) -> None:
