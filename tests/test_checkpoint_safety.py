@@ -255,3 +255,23 @@ def test_same_run_rules():
     assert "exp_id=<new id> weights=ck.pth" in str(e.value)
     with pytest.raises(ConfigError, match="below the 6 iterations"):
         check_same_run(_cfg(), _cfg(num_iterations=4), ckpt, "ck.pth", 4)
+
+
+def test_catalogue_entries_no_started_stage_reads_may_differ():
+    """A newer catalogue (an added entry) does not block a resume; a changed entry that a started stage reads does."""
+
+    def cfg(extra: dict, davis_interval: int = 2) -> dict:
+        data = {
+            "pre_training": {"datasets": ["FSS"]},
+            "main_training": {"datasets": ["DAVIS"]},
+            "image_datasets": {"FSS": {"multiplier": 1}, **extra},
+            "vos_datasets": {"DAVIS": {"frame_interval": davis_interval}},
+        }
+        return {**_cfg(), "data": data}
+
+    old, new = cfg({}), cfg({"SA1B": {"multiplier": 1}})
+    assert compare(old, new, "main_training") == ([], ["data.image_datasets.SA1B.multiplier: '<absent>' -> 1"])
+    assert compare(old, cfg({}, davis_interval=5), "main_training")[0] == [
+        "data.vos_datasets.DAVIS.frame_interval: 2 -> 5"
+    ]
+    assert compare(old, cfg({}, davis_interval=5), "pre_training")[0] == []  # main training has not started

@@ -3,6 +3,8 @@
 Rules (checked before the first step; a violation is a ConfigError, exit code 2):
 - `ALLOWED` keys may differ: they change where and how fast the run goes, not what a step computes.
 - Settings of a stage that has not started yet (after the checkpoint's stage) may differ: nothing of it ran.
+- Catalogue entries (`data.image_datasets.<NAME>`, `data.vos_datasets.<NAME>`) that no stage up to the
+  checkpoint's reads, in either config, may differ: e.g. an entry that a newer version of the catalogue added.
 - `<stage>.enabled` may differ for the checkpoint's stage and later ones (e.g. pre-training alone first, then
   main training), not for earlier ones (they would claim a stage that did or did not run).
 - `<stage>.num_iterations` of the checkpoint's stage may change to any total not below the completed steps:
@@ -76,11 +78,31 @@ def _is_iterations(key: str, stage: str) -> bool:
     return key in (f"{stage}.num_iterations", f"data.{stage}.num_iterations")
 
 
+_CATALOGUES = ("image_datasets", "vos_datasets")
+
+
+def _datasets_used(cfg: Mapping, stages: tuple[str, ...]) -> set[str]:
+    data = cfg.get("data")
+    if not isinstance(data, Mapping):
+        return set()
+    out: set[str] = set()
+    for s in stages:
+        names = data.get(s, {}).get("datasets", []) if isinstance(data.get(s), Mapping) else []
+        out.update(str(n) for n in names or [])
+    return out
+
+
+def _unused_catalogue_entry(key: str, used: set[str]) -> bool:
+    parts = key.split(".")
+    return len(parts) >= 3 and parts[0] == "data" and parts[1] in _CATALOGUES and parts[2] not in used
+
+
 def compare(old: Mapping, new: Mapping, ckpt_stage: str) -> tuple[list[str], list[str]]:
     """(blocking differences, tolerated differences), each as 'key: old -> new' lines."""
     a, b = flatten(old), flatten(new)
     blocking, tolerated = [], []
     ckpt_index = STAGES.index(ckpt_stage)
+    used = _datasets_used(old, STAGES[: ckpt_index + 1]) | _datasets_used(new, STAGES[: ckpt_index + 1])
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key, _MISSING), b.get(key, _MISSING)
         if va == vb:
@@ -92,6 +114,7 @@ def compare(old: Mapping, new: Mapping, ckpt_stage: str) -> tuple[list[str], lis
         if (
             _allowed(key)
             or later
+            or _unused_catalogue_entry(key, used)
             or (own and _is_iterations(key, stage))
             or (stage is not None and key.endswith(".enabled") and not STAGES.index(stage) < ckpt_index)
         ):
