@@ -38,6 +38,7 @@ __all__ = [
     "VideoSet",
     "build_static_index",
     "build_video_index",
+    "annotation_lines",
     "format_table",
     "load_empty_masks",
     "load_subset",
@@ -222,3 +223,32 @@ def format_table(reports: list[DatasetReport]) -> str:
     widths[-1] = 0  # the problems column is not padded
     fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
     return "\n".join([fmt(head), fmt(tuple("-" * w for w in widths[:-1]) + ("--------",))] + [fmt(r) for r in rows])
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def annotation_lines(r: DatasetReport, listed: int = 20) -> list[str]:
+    """How a video dataset is annotated (dense / sparse videos, annotation steps, partial labels, exclusions)."""
+    if r.kind != "video" or not r.found:
+        return []
+    steps = ", ".join(f"step {k}: {n}" for k, n in sorted(r.sparse_steps.items()))
+    line = f"{r.name}: {r.dense} dense, {r.sparse} sparse videos" + (f" (annotation {steps})" if steps else "")
+    excluded = []
+    if r.excluded_short:
+        excluded.append(f"{r.excluded_short} with fewer annotated frames than seq_length")
+    if r.excluded_untracked:
+        excluded.append(f"{r.excluded_untracked} with no object labelled in two annotated frames")
+    if excluded:
+        line += "; excluded: " + ", ".join(excluded)
+    lines = [line]
+    if r.partial:
+        shown = [f"{v} (objects {', '.join(map(str, objs))})" for v, objs in sorted(r.partial.items())[:listed]]
+        more = f", ... ({len(r.partial)} in all)" if len(r.partial) > listed else ""
+        lines.append(
+            f"{r.name}: partial labels (an object labelled in one annotated frame only) in "
+            f"{_plural(len(r.partial), 'video')}: {', '.join(shown)}{more}; clips start only on an object that is "
+            f"labelled again later (fix: label every object in every annotated frame where it is visible)"
+        )
+    return lines
