@@ -128,6 +128,8 @@ def build_video_index(
         if vset is not None:
             sets.append(vset)
     _raise_if_problems(reports, "main-training")
+    for rep in reports:
+        _log_annotation(rep)
     seed_set, seed_video, seed_frame = [], [], []
     for si, vset in enumerate(sets):
         frames = sum(len(j) for j in vset.jpgs)
@@ -144,6 +146,30 @@ def build_video_index(
             seed_video.append(np.full(n, vi, np.int32))
             seed_frame.append(np.tile(np.arange(len(names), dtype=np.int32), vset.multiplier))
     return VideoIndex(sets, np.concatenate(seed_set), np.concatenate(seed_video), np.concatenate(seed_frame))
+
+
+def _log_annotation(rep: DatasetReport) -> None:
+    """What training does with a sparse or partially labelled dataset, said once at start-up (not problems)."""
+    if rep.sparse:
+        steps = ", ".join(f"{n} with step {k}" for k, n in sorted(rep.sparse_steps.items()))
+        log.info("%s: %d sparse videos (%s): clips use their annotated frames only", rep.name, rep.sparse, steps)
+    if rep.partial:
+        names = ", ".join(sorted(rep.partial)[:3]) + (", ..." if len(rep.partial) > 3 else "")
+        log.warning(
+            "%s: partial labels in %d videos (%s); clips start on objects labelled again later; %d videos without "
+            "such an object are excluded",
+            rep.name,
+            len(rep.partial),
+            names,
+            rep.excluded_untracked,
+        )
+    if rep.skipped:
+        log.warning(
+            "%s: %d wrong-size masks left out (their frames count as unannotated), e.g. %s",
+            rep.name,
+            len(rep.skipped),
+            rep.skipped[0].where,
+        )
 
 
 def build_static_index(

@@ -444,13 +444,28 @@ def _long_enough(rep: DatasetReport, videos: list[_Video], seq_length: int) -> l
 
 
 def _sound_videos(
-    rep: DatasetReport, videos: list[_Video], cache_root: str | None, key: str, *, ids: bool, skip_wrong_size: bool
+    rep: DatasetReport,
+    videos: list[_Video],
+    cache_root: str | None,
+    key: str,
+    *,
+    ids: bool,
+    skip_wrong_size: bool,
+    short: list[_Video],
 ) -> list[_Video]:
     """Check every file of the videos at once (parallel, cached; with ids: the object ids of every mask); the
-    videos without a problem."""
+    videos without a problem. With ids, the masks of the short (unused) videos are read too, for the
+    partial-label report only (their defects are not problems: training does not read them)."""
     png_kind = "png_ids" if ids else "png"
     tasks = [t for v in videos for jp, pp in v.paths() for t in ((jp, "jpeg"), (pp, png_kind))]
-    results = _check(rep, tasks, cache_root, key)
+    extra = [pp for v in short for _, pp in v.paths()] if ids else []
+    results = _check(rep, tasks + [(pp, "png_ids") for pp in extra], cache_root, key)
+    for v in short if ids else []:
+        infos = [results[pp] for _, pp in v.paths()]
+        if all(isinstance(i, FileInfo) and i.ids is not None for i in infos):
+            partial = partial_objects([i.ids for i in infos])
+            if partial:
+                rep.partial[v.name] = partial
     sound = []
     for v in videos:
         if ids:
@@ -572,10 +587,14 @@ def scan_video_dataset(
     skip_wrong_size = cfg.get("wrong_size_masks", "error") == "skip"
     empty_lists = _empty_lists(rep, name, cfg.get("empty_masks"), f"{key}.empty_masks")
     rep.issues += _conversion_problems(image_dir, names)
-    videos = _long_enough(rep, _structures(rep, image_dir, mask_dir, names), seq_length)
+    structured = _structures(rep, image_dir, mask_dir, names)
+    videos = _long_enough(rep, structured, seq_length)
     if read_files or partial_labels or skip_wrong_size:
         check_key = f"video|{image_dir}|{mask_dir}"
-        videos = _sound_videos(rep, videos, cache_root, check_key, ids=partial_labels, skip_wrong_size=skip_wrong_size)
+        short = [v for v in structured if len(v.stems) < seq_length]
+        videos = _sound_videos(
+            rep, videos, cache_root, check_key, ids=partial_labels, skip_wrong_size=skip_wrong_size, short=short
+        )
         videos = _long_enough(rep, videos, seq_length)  # skipped masks may leave a video short
     if partial_labels:
         videos = _trackable(rep, videos)
