@@ -212,20 +212,19 @@ class VideoClipSampler:
         """One recipe from seed entry `seed` of the multiplied list with max skip `skip` (in dataset frames)."""
         clip = self._clip(rng, seed, skip)
         masks = clip.masks.copy()
-        labels = labels_of(masks[0])
+        present = labels_of(masks[0])
         # Partial labels: the output ids that may be targets (None: every first-frame object, as officially).
         allowed = None if clip.keep is None else set(clip.keep)
-        if allowed is not None:
-            labels = [lab for lab in labels if lab in allowed]
+        labels = present if allowed is None else [lab for lab in present if lab in allowed]
         layers, alpha = [clip.layer], None
         info = {"layers": [clip.info]}
-        origin = {lab: (0, lab) for lab in labels_of(masks[0])}  # output id source: (layer, source id)
+        origin = {lab: (0, lab) for lab in present}  # output id source: (layer, source id)
         if len(labels) < self.num_objects and rng.random() < self.merge_probability:
             second = self._clip(rng, int(rng.integers(len(self.index))), skip)
             layers.append(second.layer)
             info["layers"].append(second.info)
             new_ids = {}
-            taken = set(labels_of(masks[0]))
+            taken = set(present)
             if allowed is None and second.keep is not None:
                 allowed = taken.copy()
             for lab2 in labels_of(second.masks[0]):  # objects of the second clip's first frame get fresh ids
