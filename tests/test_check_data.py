@@ -42,14 +42,37 @@ def test_check_data_passes_on_tiny(tiny_data: Path, tmp_path: Path) -> None:
 
 
 def test_check_data_names_unpaired_frame(broken: Path, tmp_path: Path) -> None:
-    video_dir = sorted((broken / "YouTube/train/Annotations").iterdir())[1]
+    video_dir = sorted((broken / "YouTube/train/JPEGImages").iterdir())[1]
     victim = sorted(video_dir.iterdir())[3]
-    victim.unlink()
+    victim.unlink()  # its PNG has no frame now
     r = _run("check_data.py", "data=tiny", f"data_root={broken}", f"cache_root={tmp_path}")
     assert r.returncode == 1
     row = next(ln for ln in r.stdout.splitlines() if ln.startswith("YouTubeVOS"))
-    assert victim.stem in row and "fix:" in row
+    assert f"{victim.parent.name}/{victim.stem}.png" in row and "fix:" in row
     assert "NOT READY: YouTubeVOS" in r.stdout
+
+
+def test_check_data_reports_a_sparse_custom_folder(tiny_data: Path, tmp_path: Path) -> None:
+    """The tiny custom-sparse folder: masks every 3rd / 2nd frame, late objects, a judo-like video with
+    partial labels, one mask 1 px narrower than its frame (left out, named)."""
+    root = tiny_data / "custom-sparse"
+    overrides = ("data=custom", f"data.custom_root={root}", f"cache_root={tmp_path}", "pre_training.enabled=false")
+    r = _run("check_data.py", *overrides, "main_training.seq_length=4")
+    assert r.returncode == 0 and "OK:" in r.stdout, r.stdout + r.stderr
+    row = next(ln for ln in r.stdout.splitlines() if ln.startswith("CUSTOM")).split()
+    assert row[2:7] == ["yes", "2", "54", "19", "-"]  # 2 usable videos, every JPEG and PNG counted, no problem
+    assert "CUSTOM: 0 dense, 2 sparse videos (annotation step 2: 1, step 3: 1); excluded: 1 with no object" in r.stdout
+    assert (
+        "partial labels (an object labelled in one annotated frame only) in 1 video: judo-like (objects 1, 2, 3)"
+        in (r.stdout)
+    )
+    narrow = root / "Annotations/walk-sparse/00009.png"
+    assert f"{narrow}: size mismatch: mask 159x120, its frame 00009.jpg is 160x120" in r.stdout
+    # The default clip of 8 annotated frames fits no video: the reason and the numbers, not "check the path".
+    r = _run("check_data.py", *overrides)
+    assert r.returncode == 1 and "NOT READY: CUSTOM" in r.stdout
+    assert "3 videos; 3 have fewer annotated frames than seq_length=8 (annotated frames per video: 4-7" in r.stdout
+    assert "in 1 video: judo-like (objects 1, 2, 3)" in r.stdout  # partial labels are named for short videos too
 
 
 def test_check_data_missing_dataset_and_disabled_stage(broken: Path, tmp_path: Path) -> None:

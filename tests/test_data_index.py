@@ -63,9 +63,9 @@ def test_video_index_counts_multiplier_and_short_videos(tmp_path: Path, caplog) 
 
 def test_validation_names_dataset_paths_count_and_fix(tmp_path: Path) -> None:
     make_video_dataset(str(tmp_path / "vid"), videos=3, frames=5)
-    # Two unpaired videos (a PNG removed), one size mismatch.
-    os.remove(tmp_path / "vid/Annotations/video000/00002.png")
-    os.remove(tmp_path / "vid/Annotations/video001/00004.png")
+    # Two unpaired videos (a JPEG removed: its PNG has no frame), one size mismatch.
+    os.remove(tmp_path / "vid/JPEGImages/video000/00002.jpg")
+    os.remove(tmp_path / "vid/JPEGImages/video001/00004.jpg")
     Image.fromarray(np.zeros((10, 10), np.uint8), mode="P").save(tmp_path / "vid/Annotations/video002/00000.png")
     cfg = _cfg(
         {"DAVISX": _vos("vid"), "GONE": _vos("nowhere")}, {"STAT": {"directory": "missing", "data_structure": 1}}
@@ -73,8 +73,8 @@ def test_validation_names_dataset_paths_count_and_fix(tmp_path: Path) -> None:
     with pytest.raises(DataValidationError) as e:
         build_video_index(cfg, str(tmp_path), seq_length=3)
     msg = str(e.value)
-    assert "[DAVISX] 2 videos whose JPEGs and PNGs do not pair up" in msg
-    assert str(tmp_path / "vid/JPEGImages/video000/00002.jpg") in msg
+    assert "[DAVISX] 2 videos with masks (PNGs) that have no frame (JPEG) of the same name" in msg
+    assert str(tmp_path / "vid/Annotations/video000/00002.png") in msg
     assert "[DAVISX] 1 frames whose image and mask sizes differ" in msg and "video002/00000.png (mask 10x10" in msg
     assert "[GONE] image directory" in msg and str(tmp_path / "nowhere/JPEGImages") in msg
     assert msg.count("fix:") >= 3

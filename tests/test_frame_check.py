@@ -171,9 +171,11 @@ def test_malformed_cache_entries_are_checked_again(video: Path, tmp_path: Path) 
     doc["files"][names[0]] = "a string"
     doc["files"][names[1]][2] = -5  # a negative width
     doc["files"][names[2]][4] = ["P"]
+    doc["files"][names[3]][6] = [0, 300]  # object ids: background and an id above 255
+    doc["files"][names[4]] = doc["files"][names[4]][:6]  # a version-1 entry (no ids field)
     path.write_text(json.dumps(doc))
     results, stats = check_files(tasks, tmp_path, "k")
-    assert stats.read == 3 and "3 malformed entries ignored" in stats.notes[0]
+    assert stats.read == 5 and "5 malformed entries ignored" in stats.notes[0]
     assert results[names[1]] == FileInfo(64, 48, "RGB" if names[1].endswith(".jpg") else "P")
 
 

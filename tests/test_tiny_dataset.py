@@ -189,3 +189,27 @@ def test_ovis_schema_and_encodings(tiny_data: Path) -> None:
                 rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
             assert mask_utils.decode(rle).shape == (h, w) and mask_utils.area(rle) > 0
     assert kinds == {"null", "polygon", "uncompressed", "compressed"}
+
+
+def test_custom_sparse_folder(tiny_data: Path) -> None:
+    root = tiny_data / "custom-sparse"
+    annotated = {}
+    for video_dir in sorted((root / "JPEGImages").iterdir()):
+        jpgs = sorted(p.stem for p in video_dir.glob("*.jpg"))
+        pngs = sorted(p.stem for p in (root / "Annotations" / video_dir.name).glob("*.png"))
+        assert jpgs == [f"{t:05d}" for t in range(len(jpgs))] and set(pngs) < set(jpgs)  # a JPEG on every frame
+        annotated[video_dir.name] = [int(s) for s in pngs]
+    assert annotated == {
+        "hop-sparse": list(range(0, 14, 2)),
+        "judo-like": [0, 5, 8, 13],
+        "walk-sparse": list(range(0, 24, 3)),
+    }
+    judo = _video_masks(root / "Annotations/judo-like")
+    assert [sorted(set(np.unique(m).tolist()) - {0}) for m in judo] == [[1], [2], [3], [4]]  # one object each
+    sizes = {p.name: Image.open(p).size for p in sorted((root / "Annotations/walk-sparse").glob("*.png"))}
+    assert {n for n, s in sizes.items() if s != (160, 120)} == {"00009.png"} and sizes["00009.png"] == (159, 120)
+    walk = [
+        set(np.unique(np.array(Image.open(p))).tolist()) - {0}
+        for p in sorted((root / "Annotations/walk-sparse").glob("*.png"))
+    ]
+    assert walk[0] == {1, 2} and walk[-1] == {1, 2, 3}  # an object entering late

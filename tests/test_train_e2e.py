@@ -125,6 +125,28 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_sparse_custom_folder_trains(tiny_data, tmp_path):
+    """data=custom on the tiny sparse folder (masks on some frames, partial labels, a wrong-size mask): the
+    annotated frames make the clips, the wrong-size mask is left out, training runs end to end."""
+    args = [a for a in _common(tiny_data, tmp_path, "sparse") if not a.startswith(("data=", "data_root="))] + [
+        "data=custom",
+        f"data.custom_root={tiny_data / 'custom-sparse'}",
+        f"data_root={tmp_path}",
+        "pre_training.enabled=False",
+        "main_training.num_iterations=3",
+        "main_training.lr_schedule_steps=[2]",
+        "main_training.batch_size=2",
+        "main_training.seq_length=4",
+        "main_training.crop_size=[64,64]",
+        "~data.val_dataset",
+    ]
+    _run(args, tmp_path)
+    run = tmp_path / "output" / "sparse"
+    losses = _losses(run)
+    assert sorted(k[1] for k in losses) == [1, 2, 3] and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert (run / "sparse_main_training_last.pth").is_file()
+
+
 def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
     args = _common(tiny_data, tmp_path, "ddp") + [
         "pre_training.num_iterations=2",

@@ -181,6 +181,13 @@ class VideoDataset:
     frame_interval: int  # original video frames between consecutive JPEGs (YouTube-VOS: 5)
     subset: str | None = None  # text file of the videos to use
     empty_masks: str | None = None  # list written by scripts/find_empty_masks.py (used if present)
+    # Masks may label an object in some annotated frames and not in others where it is visible (custom folders):
+    # the object ids of every mask are read; a clip is drawn only when a first-frame object is labelled again
+    # later in it, and only such objects are targets (cutie/data/index/annotation.py, sampling/video.py).
+    partial_labels: bool = False
+    # A mask of another size than its frame: 'error' fails the dataset; 'skip' reports it and uses the frame as
+    # unannotated.
+    wrong_size_masks: Literal["error", "skip"] = "error"
 
 
 @dataclass(frozen=True)

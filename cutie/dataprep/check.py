@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cutie.config.train import TrainConfig
-from cutie.data.index.datasets import DatasetReport, format_table, summarize
+from cutie.data.index.datasets import DatasetReport, annotation_lines, format_table, summarize
 from cutie.data.index.scan import render_each
 from cutie.dataprep.config import resolve_path
 from cutie.dataprep.links import FIXES
@@ -32,9 +32,15 @@ class CheckResult:
 
     def render(self) -> str:
         parts = [format_table(self.reports)]
+        annotation = [ln for r in self.reports for ln in annotation_lines(r, LISTED_PER_KIND)]
+        if annotation:
+            parts.append("\n".join(["annotation:", *("  " + ln for ln in annotation)]))
         for r in self.reports:
             if r.issues:
                 parts.append("\n".join([f"{r.name}:", *("  " + ln for ln in render_each(r.issues, LISTED_PER_KIND))]))
+            if r.skipped:
+                head = f"{r.name}: masks left out of training (not blocking: wrong_size_masks=skip):"
+                parts.append("\n".join([head, *("  " + ln for ln in render_each(r.skipped, LISTED_PER_KIND))]))
         checked = [f"{r.name} {r.checked.files} ({r.checked.read} read)" for r in self.reports if r.checked]
         if checked:
             seconds = sum(r.checked.seconds for r in self.reports if r.checked)
@@ -62,6 +68,13 @@ def check(cfg: TrainConfig) -> CheckResult:
             top = rel.parts[0] if rel.parts else ""
             result.hints.append(f"{r.name}: {FIXES.get(top, f'put the dataset at {r.path}')}")
     if "main_training" in stages:
+        for r in reports:
+            entry = cfg.data.vos_datasets.get(r.name) if r.kind == "video" else None
+            if r.skipped and entry is not None and entry.wrong_size_masks == "skip":
+                result.notes.append(
+                    f"{r.name}: {len(r.skipped)} wrong-size masks are left out (their frames count as unannotated); "
+                    f"data.vos_datasets.{r.name}.wrong_size_masks=error makes them fail the check"
+                )
         for name in cfg.data.main_training.datasets:
             path = cfg.data.vos_datasets[name].empty_masks
             if path and not resolve_path(path).is_file():

@@ -16,6 +16,9 @@ Layout under the output folder (the same relative paths cutie/config/data/datase
     SA-1B/sa_00000{0,1}/sa_<n>.jpg + sa_<n>.json        SA-1B schema (one JSON per image, compressed RLE masks)
     SA-V/sav_val/{sav_val.txt, JPEGImages_24fps/<video>/00000.jpg ..., Annotations_6fps/<video>/<obj>/00000.png ...}
                                                        SA-V val layout: every frame, a 0/1 PNG per object every 4th
+    custom-sparse/{JPEGImages,Annotations}/<video>/    a sparsely annotated custom folder (data=custom
+                                                       data.custom_root=<out>/custom-sparse): a JPEG on every
+                                                       frame, a PNG on some
     TINY_DATASET.json                                  what was generated (seed, counts); no timestamps
 
 Deterministic: each video draws from its own generator seeded by (seed, crc32 of its path), images are written
@@ -27,7 +30,10 @@ Edge cases on purpose: 1-5 objects that occlude each other and leave the frame, 
 whose first frames have empty masks), trailing empty frames, videos shorter than 8 frames, several frame sizes;
 BURST: a track id > 255, overlapping tracks, an annotated frame with no tracks, sparse annotation over all frames;
 OVIS: compressed RLE, uncompressed RLE, null (absent) and polygon segmentations; SA-V: overlapping masklets (a
-part inside a whole), a masklet appearing late, a video with manual and auto masklets and one with manual only.
+part inside a whole), a masklet appearing late, a video with manual and auto masklets and one with manual only;
+custom-sparse: masks on every 3rd / every 2nd frame, an object entering late, one mask 1 px narrower than its
+frame, and a video like the Cutie judo example (masks on frames 0, 5, 8, 13, each labelling only the object it
+introduces: partial labels).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from cutie.dataprep.imageio import encode_gray_png, encode_jpeg, encode_palette_
 from cutie.dataprep.scenes import Blob, blob_pixels, random_blob, render_salient_image, render_video
 
 MANIFEST = "TINY_DATASET.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: SA-1B, SA-V val and a sparse custom folder added
 
 
 @dataclass(frozen=True)
@@ -530,6 +536,38 @@ def write_sav_val(out: Path, seed: int) -> dict[str, int]:
     return {"videos": len(SAV_VAL_VIDEOS), "objects": objects}
 
 
+class SparseSpec:
+    video: VideoSpec
+    annotated: tuple[int, ...]  # frames with a PNG
+    one_object_each: bool = False  # the k-th annotated frame labels object k+1 only (partial labels)
+    narrow_mask_at: int | None = None  # this annotated frame's mask is 1 px narrower than its frame
+
+
+CUSTOM_SPARSE = [
+    SparseSpec(VideoSpec("walk-sparse", 160, 120, 24, 3, late=1), tuple(range(0, 24, 3)), narrow_mask_at=9),
+    SparseSpec(VideoSpec("hop-sparse", 144, 112, 14, 2, late=1), tuple(range(0, 14, 2))),
+    SparseSpec(VideoSpec("judo-like", 128, 96, 16, 4), (0, 5, 8, 13), one_object_each=True),
+]
+
+
+def write_custom_sparse(out: Path, seed: int) -> dict[str, int]:
+    """A custom folder in the DAVIS layout annotated sparsely, as users bring them (see the module docstring)."""
+    root = out / "custom-sparse"
+    masks = 0
+    for ss in CUSTOM_SPARSE:
+        spec = ss.video
+        frames, ids, _ = _render(seed, f"custom-sparse/{spec.name}", spec)
+        for t in range(spec.length):
+            _write(root / "JPEGImages" / spec.name / f"{t:05d}.jpg", encode_jpeg(frames[t]))
+        for k, t in enumerate(ss.annotated):
+            mask = np.where(ids[t] == k + 1, ids[t], 0).astype(np.uint8) if ss.one_object_each else ids[t]
+            if t == ss.narrow_mask_at:
+                mask = mask[:, :-1]
+            _write(root / "Annotations" / spec.name / f"{t:05d}.png", encode_palette_png(mask))
+        masks += len(ss.annotated)
+    return {"videos": len(CUSTOM_SPARSE), "frames": sum(s.video.length for s in CUSTOM_SPARSE), "masks": masks}
+
+
 def generate(out: Path, seed: int = 0, force: bool = False) -> dict[str, object]:
     """Write the tiny dataset under `out` and return its summary (also written to out/TINY_DATASET.json)."""
     out = Path(out)
@@ -552,6 +590,7 @@ def generate(out: Path, seed: int = 0, force: bool = False) -> dict[str, object]
         "SA-V": write_sav(out, seed),
         "SA-1B": write_sa1b(out, seed),
         "SA-V val": write_sav_val(out, seed),
+        "custom-sparse": write_custom_sparse(out, seed),
     }
     _write(out / MANIFEST, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     return summary

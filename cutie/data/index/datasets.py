@@ -41,6 +41,7 @@ __all__ = [
     "VideoSet",
     "build_static_index",
     "build_video_index",
+    "annotation_lines",
     "format_table",
     "load_empty_masks",
     "load_subset",
@@ -130,6 +131,8 @@ def build_video_index(
         if vset is not None:
             sets.append(vset)
     _raise_if_problems(reports, "main-training")
+    for rep in reports:
+        _log_annotation(rep)
     seed_set, seed_video, seed_frame = [], [], []
     for si, vset in enumerate(sets):
         frames = sum(len(j) for j in vset.jpgs)
@@ -158,6 +161,30 @@ def scan_image_dataset(
 
 def _samples(sset: StaticSet | Sa1bSet) -> int:
     return len(sset) if isinstance(sset, Sa1bSet) else len(sset.pairs)
+
+
+def _log_annotation(rep: DatasetReport) -> None:
+    """What training does with a sparse or partially labelled dataset, said once at start-up (not problems)."""
+    if rep.sparse:
+        steps = ", ".join(f"{n} with step {k}" for k, n in sorted(rep.sparse_steps.items()))
+        log.info("%s: %d sparse videos (%s): clips use their annotated frames only", rep.name, rep.sparse, steps)
+    if rep.partial:
+        names = ", ".join(sorted(rep.partial)[:3]) + (", ..." if len(rep.partial) > 3 else "")
+        log.warning(
+            "%s: partial labels in %d videos (%s); clips start on objects labelled again later; %d videos without "
+            "such an object are excluded",
+            rep.name,
+            len(rep.partial),
+            names,
+            rep.excluded_untracked,
+        )
+    if rep.skipped:
+        log.warning(
+            "%s: %d wrong-size masks left out (their frames count as unannotated), e.g. %s",
+            rep.name,
+            len(rep.skipped),
+            rep.skipped[0].where,
+        )
 
 
 def build_static_index(
@@ -237,3 +264,32 @@ def format_table(reports: list[DatasetReport]) -> str:
     widths[-1] = 0  # the problems column is not padded
     fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
     return "\n".join([fmt(head), fmt(tuple("-" * w for w in widths[:-1]) + ("--------",))] + [fmt(r) for r in rows])
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def annotation_lines(r: DatasetReport, listed: int = 20) -> list[str]:
+    """How a video dataset is annotated (dense / sparse videos, annotation steps, partial labels, exclusions)."""
+    if r.kind != "video" or not r.found:
+        return []
+    steps = ", ".join(f"step {k}: {n}" for k, n in sorted(r.sparse_steps.items()))
+    line = f"{r.name}: {r.dense} dense, {r.sparse} sparse videos" + (f" (annotation {steps})" if steps else "")
+    excluded = []
+    if r.excluded_short:
+        excluded.append(f"{r.excluded_short} with fewer annotated frames than seq_length")
+    if r.excluded_untracked:
+        excluded.append(f"{r.excluded_untracked} with no object labelled in two annotated frames")
+    if excluded:
+        line += "; excluded: " + ", ".join(excluded)
+    lines = [line]
+    if r.partial:
+        shown = [f"{v} (objects {', '.join(map(str, objs))})" for v, objs in sorted(r.partial.items())[:listed]]
+        more = f", ... ({len(r.partial)} in all)" if len(r.partial) > listed else ""
+        lines.append(
+            f"{r.name}: partial labels (an object labelled in one annotated frame only) in "
+            f"{_plural(len(r.partial), 'video')}: {', '.join(shown)}{more}; clips start only on an object that is "
+            f"labelled again later (fix: label every object in every annotated frame where it is visible)"
+        )
+    return lines

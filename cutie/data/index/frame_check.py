@@ -9,6 +9,8 @@ What is checked (enough to catch what would break or silently corrupt training):
   Inflating is cheaper than PIL's full `load()`, which also unfilters and expands rows (854x480 masks: 1.6x for
   8-bit palette, 6x for 1-bit; docs/benchmarks.md), and finds the same truncation and corruption. 16-bit grey
   masks are decoded in full to check that their ids fit 0..255.
+- PNG with ids (kind 'png_ids', asked for datasets that need the objects of each mask: partial-label detection,
+  cutie/data/index/scan.py): the same checks, then the mask decoded in full for the set of object ids it holds.
 
 Results of good files are cached per dataset in a JSON file keyed on (path, size, mtime_ns); a file whose size
 or mtime changed is checked again. The cache is untrusted input: it is parsed defensively and ignored (with a
@@ -45,9 +47,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # colour type -> (allowed bit depths, channels)
 _PNG_TYPES = {0: ((1, 2, 4, 8, 16), 1), 2: ((8, 16), 3), 3: ((1, 2, 4, 8), 1), 4: ((8, 16), 2), 6: ((8, 16), 4)}
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+ID_MODES = ("P", "L", "1", "I;16", "I")  # PNG modes that carry object ids (RGB masks carry colours)
 MAX_PIXELS = 1 << 28  # a header claiming more is treated as corrupt (decompression bomb guard)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries carry the object ids of a mask (or null)
 INLINE_BELOW = 256  # fewer files than this are checked in-process (a pool costs more than it saves)
 PROGRESS_FROM = 2000  # files to read before a progress bar / progress lines are shown
 PROGRESS_EVERY_S = 10.0  # progress line interval when stderr is not a terminal (logs)
@@ -64,12 +67,14 @@ class FileCheckError(Exception):
 
 @dataclass(frozen=True)
 class FileInfo:
-    """A file that passed: its size in pixels, a PIL-style mode, and whether its ids exceed 255 (16-bit grey)."""
+    """A file that passed: its size in pixels, a PIL-style mode, whether its ids exceed 255 (16-bit grey), and
+    (kind 'png_ids' only) the object ids it holds, background 0 excluded, sorted."""
 
     width: int
     height: int
     mode: str
     wide_ids: bool = False
+    ids: tuple[int, ...] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -238,6 +243,23 @@ def check_png(path: str) -> FileInfo:
     return FileInfo(width, height, mode, wide)
 
 
+def check_png_ids(path: str) -> FileInfo:
+    """check_png, then the object ids of an id mask (palette indices or grey values; none for a colour mask,
+    which the scan rejects anyway)."""
+    info = check_png(path)
+    if info.mode not in ID_MODES or info.wide_ids:
+        return info
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            values = np.unique(np.asarray(im))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise FileCheckError("corrupt_png", f"does not decode ({e})") from e
+    ids = tuple(int(v) for v in values if v != 0)
+    return FileInfo(info.width, info.height, info.mode, info.wide_ids, ids)
+
+
 def _max_grey16(data: bytes) -> int:
     import io
 
@@ -250,7 +272,7 @@ def _max_grey16(data: bytes) -> int:
 # ----------------------------------------------------------------------------------------------- one file
 
 
-CHECKS: dict[str, Callable[[str], FileInfo]] = {"jpeg": check_jpeg, "png": check_png}
+CHECKS: dict[str, Callable[[str], FileInfo]] = {"jpeg": check_jpeg, "png": check_png, "png_ids": check_png_ids}
 
 
 def check_file(path: str, kind: str) -> FileResult:
@@ -273,14 +295,28 @@ def cache_file(cache_root: str | os.PathLike, key: str) -> Path:
     return Path(cache_root) / "data_check" / f"{digest}.json"
 
 
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _parse_ids(value: object) -> tuple[int, ...] | None | bool:
+    """A cached id list as a tuple, None for null, False when malformed."""
+    if value is None:
+        return None
+    if not (isinstance(value, list) and all(_is_count(v) and 0 < v <= 255 for v in value)):
+        return False
+    return tuple(value)
+
+
 def _parse_entry(value: object) -> tuple[int, int, FileInfo] | None:
-    if not (isinstance(value, list) and len(value) == 6):
+    if not (isinstance(value, list) and len(value) == 7):
         return None
-    size, mtime, w, h, mode, wide = value
-    ints = all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (size, mtime, w, h))
-    if not ints or not isinstance(mode, str) or not isinstance(wide, bool) or len(mode) > 8:
+    size, mtime, w, h, mode, wide, raw_ids = value
+    ids = _parse_ids(raw_ids)
+    ints = all(_is_count(x) for x in (size, mtime, w, h))
+    if not ints or not isinstance(mode, str) or not isinstance(wide, bool) or len(mode) > 8 or ids is False:
         return None
-    return size, mtime, FileInfo(w, h, mode, wide)
+    return size, mtime, FileInfo(w, h, mode, wide, ids)
 
 
 def load_cache(path: Path, key: str) -> tuple[dict[str, tuple[int, int, FileInfo]], str | None]:
@@ -312,7 +348,10 @@ def load_cache(path: Path, key: str) -> tuple[dict[str, tuple[int, int, FileInfo
 
 
 def save_cache(path: Path, key: str, entries: dict[str, tuple[int, int, FileInfo]]) -> None:
-    files = {p: [s, m, i.width, i.height, i.mode, i.wide_ids] for p, (s, m, i) in sorted(entries.items())}
+    files = {
+        p: [s, m, i.width, i.height, i.mode, i.wide_ids, None if i.ids is None else list(i.ids)]
+        for p, (s, m, i) in sorted(entries.items())
+    }
     atomic_write_json(path, {"version": CACHE_VERSION, "key": key, "files": files})
 
 
@@ -404,7 +443,8 @@ def check_files(
             continue
         stamps[file_path] = (st.st_size, st.st_mtime_ns)
         hit = cached.get(file_path)
-        if hit is not None and hit[:2] == stamps[file_path]:
+        # An entry without ids does not answer a 'png_ids' task (checked under 'png' before).
+        if hit is not None and hit[:2] == stamps[file_path] and (kind != "png_ids" or hit[2].ids is not None):
             results[file_path] = hit[2]
             keep[file_path] = hit
         else:

@@ -5,6 +5,13 @@ completion records), one parallel, cached check of every file the usable videos 
 and the per-video consistency of the file headers (sizes, mask modes). Problems are data, not text: they are
 turned into messages in one place, `render` (the summary lines of the table and of DataValidationError) and
 `render_each` (one line per file, for scripts/check_data.py).
+
+Sparse annotation (cutie/data/index/annotation.py): a video may hold more JPEGs than PNGs. The annotated frames
+(a JPEG with its PNG) are the video's training frames; a JPEG without a PNG is an unannotated frame (kept for
+evaluation and visualisation), a PNG without its JPEG is a problem. A dataset entry may opt in to
+`partial_labels` (the object ids of every mask are read, videos with partial labels are reported and a video
+without an object labelled in two annotated frames is excluded) and to `wrong_size_masks: skip` (a mask of
+another size than its frame is reported and its frame counts as unannotated, instead of failing the dataset).
 """
 
 from __future__ import annotations
@@ -19,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from cutie.data.index import frame_check
-from cutie.data.index.frame_check import CheckStats, FileError, FileInfo, FileResult
+from cutie.data.index.annotation import annotation_step, partial_objects, tracked_somewhere
+from cutie.data.index.frame_check import ID_MODES, CheckStats, FileError, FileInfo, FileResult
 from cutie.data.index.records import META_DIR, marker_path, read_marker
-from cutie.data.sampling.masks import ID_MODES
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +49,9 @@ KINDS: dict[str, tuple[str | None, str]] = {
     ),
     "no_mask_folder": ("videos have no mask folder", "add the annotations, or remove those videos"),
     "unpaired": (
-        "videos whose JPEGs and PNGs do not pair up by name",
-        "every <video>/<frame>.jpg needs <video>/<frame>.png; re-extract or remove the frames",
+        "videos with masks (PNGs) that have no frame (JPEG) of the same name",
+        "every <video>/<frame>.png needs <video>/<frame>.jpg (a frame without a mask is fine: it is unannotated); "
+        "re-extract the frames or remove the stray masks",
     ),
     "incomplete_conversion": (
         "videos of an unfinished conversion",
@@ -143,7 +151,13 @@ class DatasetReport:
     videos: int = 0  # usable videos (static: 0)
     frames: int = 0  # JPEGs found
     masks: int = 0  # PNGs found
-    excluded_short: int = 0  # videos shorter than the clip length
+    excluded_short: int = 0  # videos with fewer annotated frames than the clip length
+    excluded_untracked: int = 0  # partial_labels: videos with no object labelled in two annotated frames
+    annotated: dict[str, int] = field(default_factory=dict)  # annotated frames per video (structure passed)
+    dense: int = 0  # usable videos with a mask on every frame
+    sparse_steps: dict[int, int] = field(default_factory=dict)  # usable sparse videos per annotation step
+    partial: dict[str, tuple[int, ...]] = field(default_factory=dict)  # video -> partially labelled objects
+    skipped: list[Problem] = field(default_factory=list)  # masks left out (wrong_size_masks: skip); not fatal
     issues: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # not problems (e.g. an ignored malformed cache)
     checked: CheckStats | None = None  # the file check, when it ran
@@ -153,13 +167,18 @@ class DatasetReport:
         return render(self.issues)
 
     @property
+    def sparse(self) -> int:
+        return sum(self.sparse_steps.values())
+
+    @property
     def ok(self) -> bool:
         return self.found and not self.issues
 
 
 @dataclass
 class VideoSet:
-    """One video dataset: per video the frame file names, paired JPEG/PNG by stem, sorted."""
+    """One video dataset: per video the annotated frames' file names (JPEG/PNG paired by stem, sorted): the
+    clip frames. Unannotated JPEGs of sparse videos are not listed."""
 
     name: str
     image_dir: str
@@ -170,6 +189,16 @@ class VideoSet:
     jpgs: list[list[str]]  # file names inside image_dir/<video>
     pngs: list[list[str]]  # file names inside mask_dir/<video>, same order
     empty: list[np.ndarray | None]  # per video: bool per frame, True = mask known empty (None: no list)
+    # Per video: JPEGs between consecutive annotated frames (1: dense); max_skip is divided by
+    # frame_interval * step, so a skip means the same time span in every video.
+    steps: list[int] = field(default_factory=list)
+    # partial_labels datasets: per video, per annotated frame, the object ids of its mask (else None); the
+    # sampler draws a clip only when a first-frame object is labelled again later in it.
+    ids: list[list[tuple[int, ...]]] | None = None
+
+    @property
+    def partial_labels(self) -> bool:
+        return self.ids is not None
 
 
 @dataclass
@@ -247,22 +276,35 @@ def _check(rep: DatasetReport, tasks: list[tuple[str, str]], cache_root: str | N
 
 @dataclass
 class _Video:
-    """One video that passed the structure phase."""
+    """One video that passed the structure phase: its annotated frames (the ones with a mask)."""
 
     name: str
     image_dir: str  # image_dir/<video>
     mask_dir: str
+    frames: int  # JPEGs, annotated or not
+    positions: list[int]  # each annotated frame's index in the sorted JPEG list
     stems: list[str]
     jpgs: list[str]
     pngs: list[str]
+    ids: list[tuple[int, ...]] | None = None  # partial_labels: the object ids of each mask
 
     def paths(self) -> list[tuple[str, str]]:
         pairs = zip(self.jpgs, self.pngs, strict=True)
         return [(os.path.join(self.image_dir, j), os.path.join(self.mask_dir, p)) for j, p in pairs]
 
+    def drop(self, frames: set[int]) -> None:
+        """Treat these annotated frames (indices into the lists) as unannotated."""
+        keep = [i for i in range(len(self.stems)) if i not in frames]
+        self.positions = [self.positions[i] for i in keep]
+        self.stems = [self.stems[i] for i in keep]
+        self.jpgs = [self.jpgs[i] for i in keep]
+        self.pngs = [self.pngs[i] for i in keep]
+        if self.ids is not None:
+            self.ids = [self.ids[i] for i in keep]
+
 
 def _video_structure(rep: DatasetReport, image_dir: str, mask_dir: str, video: str) -> _Video | Problem:
-    """List one video's folders and pair its JPEGs with its PNGs by stem."""
+    """List one video's folders and pair its PNGs with its JPEGs by stem (JPEGs without a PNG: unannotated)."""
     vdir, mdir = os.path.join(image_dir, video), os.path.join(mask_dir, video)
     images = _split_by_ext(os.listdir(vdir), IMAGE_EXTS)
     rep.frames += len(images)
@@ -270,13 +312,16 @@ def _video_structure(rep: DatasetReport, image_dir: str, mask_dir: str, video: s
         return problem("no_mask_folder", mdir)
     masks = _split_by_ext(os.listdir(mdir), (MASK_EXT,))
     rep.masks += len(masks)
-    lonely = sorted(set(images) ^ set(masks))
-    if lonely:
-        first = lonely[0]
-        where = os.path.join(vdir, images[first]) if first in images else os.path.join(mdir, masks[first])
-        return problem("unpaired", where, f"{len(lonely)} unpaired in {video}")
-    stems = sorted(images)
-    return _Video(video, vdir, mdir, stems, [images[s] for s in stems], [masks[s] for s in stems])
+    orphans = sorted(set(masks) - set(images))
+    if orphans:
+        where = os.path.join(mdir, masks[orphans[0]])
+        return problem("unpaired", where, f"{len(orphans)} masks without a frame in {video}")
+    every = sorted(images)
+    positions = [i for i, s in enumerate(every) if s in masks]
+    stems = [every[i] for i in positions]
+    return _Video(
+        video, vdir, mdir, len(every), positions, stems, [images[s] for s in stems], [masks[s] for s in stems]
+    )
 
 
 def _conversion_problems(image_dir: str, videos: list[str]) -> list[Problem]:
@@ -298,11 +343,16 @@ def _conversion_problems(image_dir: str, videos: list[str]) -> list[Problem]:
     return out
 
 
-def _video_file_problems(video: _Video, results: Mapping[str, FileResult]) -> list[Problem]:
-    """Every frame: its files readable and sound, its mask an id map of its JPEG's size, the first frame's size."""
+def _video_file_problems(
+    video: _Video, results: Mapping[str, FileResult], skip_wrong_size: bool = False
+) -> tuple[list[Problem], list[Problem]]:
+    """Every annotated frame: its files readable and sound, its mask an id map of its JPEG's size, the first
+    frame's size. (problems, masks skipped): with skip_wrong_size a mask of another size than its frame is
+    skipped (its frame dropped from the video's annotated frames) instead of being a problem."""
     out: list[Problem] = []
+    skipped: dict[int, Problem] = {}
     first: tuple[str, tuple[int, int]] | None = None
-    for jp, pp in video.paths():
+    for k, (jp, pp) in enumerate(video.paths()):
         ji, pi = results[jp], results[pp]
         out += [_file_problem(p, r) for p, r in ((jp, ji), (pp, pi)) if isinstance(r, FileError)]
         if not (isinstance(ji, FileInfo) and isinstance(pi, FileInfo)):
@@ -312,14 +362,25 @@ def _video_file_problems(video: _Video, results: Mapping[str, FileResult]) -> li
         elif pi.wide_ids:
             out.append(problem("wide_ids", pp, f"mode {pi.mode}"))
         if pi.size != ji.size:
-            out.append(
-                problem("size_mismatch", pp, f"mask {_wh(pi.size)}, its frame {os.path.basename(jp)} is {_wh(ji.size)}")
+            found = problem(
+                "size_mismatch", pp, f"mask {_wh(pi.size)}, its frame {os.path.basename(jp)} is {_wh(ji.size)}"
             )
+            if skip_wrong_size:
+                skipped[k] = problem(
+                    "size_mismatch",
+                    pp,
+                    found.detail + "; its frame is used as unannotated",
+                    KINDS["size_mismatch"][1] + " to use the frame in training",
+                )
+            else:
+                out.append(found)
         if first is None:
             first = (os.path.basename(jp), ji.size)
         elif ji.size != first[1]:
             out.append(problem("frame_size", jp, f"{_wh(ji.size)}, the first frame {first[0]} is {_wh(first[1])}"))
-    return out
+    if skipped and not out:
+        video.drop(set(skipped))
+    return out, list(skipped.values())
 
 
 def _wh(size: tuple[int, int]) -> str:
@@ -368,39 +429,98 @@ def _video_folders(
     return [v for v in all_videos if v in subset]
 
 
-def _videos_long_enough(
-    rep: DatasetReport, image_dir: str, mask_dir: str, names: list[str], seq_length: int
-) -> list[_Video]:
-    """The videos whose folders pair up and that hold a whole clip (shorter ones are excluded, not problems)."""
+def _structures(rep: DatasetReport, image_dir: str, mask_dir: str, names: list[str]) -> list[_Video]:
+    """The videos whose folders pair up (the others are problems)."""
     videos = []
     for video in names:
         found = _video_structure(rep, image_dir, mask_dir, video)
         if isinstance(found, Problem):
             rep.issues.append(found)
-        elif len(found.stems) < seq_length:
-            rep.excluded_short += 1
         else:
+            rep.annotated[video] = len(found.stems)
             videos.append(found)
-    if rep.excluded_short:
-        log.info("%s: %d videos shorter than the clip length %d are excluded", rep.name, rep.excluded_short, seq_length)
     return videos
 
 
-def _sound_videos(rep: DatasetReport, videos: list[_Video], cache_root: str | None, key: str) -> list[_Video]:
-    """Check every file of the videos at once (parallel, cached); the videos without a problem."""
-    tasks = [t for v in videos for jp, pp in v.paths() for t in ((jp, "jpeg"), (pp, "png"))]
-    results = _check(rep, tasks, cache_root, key)
+def _long_enough(rep: DatasetReport, videos: list[_Video], seq_length: int) -> list[_Video]:
+    """The videos that hold a whole clip of annotated frames (shorter ones are excluded, not problems)."""
+    keep = [v for v in videos if len(v.stems) >= seq_length]
+    rep.excluded_short += len(videos) - len(keep)
+    return keep
+
+
+def _sound_videos(
+    rep: DatasetReport,
+    videos: list[_Video],
+    cache_root: str | None,
+    key: str,
+    *,
+    ids: bool,
+    skip_wrong_size: bool,
+    short: list[_Video],
+) -> list[_Video]:
+    """Check every file of the videos at once (parallel, cached; with ids: the object ids of every mask); the
+    videos without a problem. With ids, the masks of the short (unused) videos are read too, for the
+    partial-label report only (their defects are not problems: training does not read them)."""
+    png_kind = "png_ids" if ids else "png"
+    tasks = [t for v in videos for jp, pp in v.paths() for t in ((jp, "jpeg"), (pp, png_kind))]
+    extra = [pp for v in short for _, pp in v.paths()] if ids else []
+    results = _check(rep, tasks + [(pp, "png_ids") for pp in extra], cache_root, key)
+    for v in short if ids else []:
+        infos = [results[pp] for _, pp in v.paths()]
+        if all(isinstance(i, FileInfo) and i.ids is not None for i in infos):
+            partial = partial_objects([i.ids for i in infos])
+            if partial:
+                rep.partial[v.name] = partial
     sound = []
     for v in videos:
-        found = _video_file_problems(v, results)
+        if ids:
+            infos = [results[pp] for _, pp in v.paths()]
+            v.ids = [i.ids or () if isinstance(i, FileInfo) else () for i in infos]
+        found, skipped = _video_file_problems(v, results, skip_wrong_size)
         rep.issues += found
+        rep.skipped += skipped
+        rep.annotated[v.name] = len(v.stems)  # skipped masks are no longer annotated frames
         if not found:
             sound.append(v)
     return sound
 
 
+def _trackable(rep: DatasetReport, videos: list[_Video]) -> list[_Video]:
+    """partial_labels: note the videos with partial labels; keep those with an object labelled in two annotated
+    frames (only they can give a clip whose first-frame object is labelled again)."""
+    keep = []
+    for v in videos:
+        partial = partial_objects(v.ids)
+        if partial:
+            rep.partial[v.name] = partial
+        if tracked_somewhere(v.ids):
+            keep.append(v)
+        else:
+            rep.excluded_untracked += 1
+    return keep
+
+
+def _count_annotation(rep: DatasetReport, videos: list[_Video]) -> list[int]:
+    """Dense / sparse counts and each video's annotation step."""
+    steps = []
+    for v in videos:
+        step = annotation_step(v.positions)
+        steps.append(step)
+        if len(v.positions) == v.frames:
+            rep.dense += 1
+        else:
+            rep.sparse_steps[step] = rep.sparse_steps.get(step, 0) + 1
+    return steps
+
+
 def _video_set(
-    name: str, cfg: Mapping, dirs: tuple[str, str], videos: list[_Video], empty_lists: dict[str, set[str]] | None
+    name: str,
+    cfg: Mapping,
+    dirs: tuple[str, str],
+    videos: list[_Video],
+    empty_lists: dict[str, set[str]] | None,
+    steps: list[int],
 ) -> VideoSet:
     empties = [
         None if empty_lists is None else np.array([s in empty_lists.get(v.name, set()) for s in v.stems], bool)
@@ -416,7 +536,37 @@ def _video_set(
         jpgs=[v.jpgs for v in videos],
         pngs=[v.pngs for v in videos],
         empty=empties,
+        steps=steps,
+        ids=[v.ids or [] for v in videos] if cfg.get("partial_labels", False) else None,
     )
+
+
+def _unusable(rep: DatasetReport, image_dir: str, seq_length: int) -> Problem:
+    """Why no video of the dataset can give a clip, with the numbers."""
+    counts = rep.annotated
+    if not counts:
+        detail = f"no usable video in {image_dir}: no video folder (<video>/<frame>.jpg) found"
+        return problem("unusable", image_dir, detail, "check the path (image_directory/<video>/<frame>.jpg)")
+    low, high = min(counts.values()), max(counts.values())
+    shown = ", ".join(f"{v} {n}" for v, n in sorted(counts.items(), key=lambda kv: kv[1])[:MAX_LISTED])
+    parts, fixes = [], []
+    if rep.excluded_short:
+        parts.append(
+            f"{rep.excluded_short} have fewer annotated frames than seq_length={seq_length} (annotated frames per "
+            f"video: {low}-{high}; {shown})"
+        )
+        fixes.append(
+            "annotate more frames per video (a training clip is seq_length annotated frames; frames without a "
+            "mask are not trained on) or lower main_training.seq_length"
+        )
+    if rep.excluded_untracked:
+        named = ", ".join(sorted(rep.partial)[:MAX_LISTED]) or "-"
+        parts.append(
+            f"{rep.excluded_untracked} have no object labelled in two annotated frames (partial labels in: {named})"
+        )
+        fixes.append("label every object in every annotated frame where it is visible")
+    detail = f"no usable video in {image_dir}: {len(counts)} videos; " + "; ".join(parts)
+    return problem("unusable", image_dir, detail, "; or ".join(fixes) or "check the path")
 
 
 def scan_video_dataset(
@@ -429,7 +579,9 @@ def scan_video_dataset(
 ) -> tuple[VideoSet | None, DatasetReport]:
     """Index one video dataset (DAVIS layout: image_directory/<video>/*.jpg, mask_directory/<video>/*.png).
 
-    read_files=False skips the file check (structure only); cache_root holds the file check's cache."""
+    read_files=False skips the file check (structure only), except for a dataset with partial_labels or
+    wrong_size_masks=skip, whose frames depend on the files (checked through the cache); cache_root holds the
+    file check's cache."""
     image_dir = resolve(data_root, cfg["image_directory"])
     mask_dir = resolve(data_root, cfg["mask_directory"])
     rep = DatasetReport(name=name, kind="video", path=image_dir, found=os.path.isdir(image_dir))
@@ -437,16 +589,28 @@ def scan_video_dataset(
     names = _video_folders(rep, image_dir, mask_dir, cfg, data_root, key)
     if names is None:
         return None, rep
+    partial_labels = bool(cfg.get("partial_labels", False))
+    skip_wrong_size = cfg.get("wrong_size_masks", "error") == "skip"
     empty_lists = _empty_lists(rep, name, cfg.get("empty_masks"), f"{key}.empty_masks")
     rep.issues += _conversion_problems(image_dir, names)
-    videos = _videos_long_enough(rep, image_dir, mask_dir, names, seq_length)
-    if read_files:
-        videos = _sound_videos(rep, videos, cache_root, f"video|{image_dir}|{mask_dir}")
+    structured = _structures(rep, image_dir, mask_dir, names)
+    videos = _long_enough(rep, structured, seq_length)
+    if read_files or partial_labels or skip_wrong_size:
+        check_key = f"video|{image_dir}|{mask_dir}"
+        short = [v for v in structured if len(v.stems) < seq_length]
+        videos = _sound_videos(
+            rep, videos, cache_root, check_key, ids=partial_labels, skip_wrong_size=skip_wrong_size, short=short
+        )
+        videos = _long_enough(rep, videos, seq_length)  # skipped masks may leave a video short
+    if partial_labels:
+        videos = _trackable(rep, videos)
+    if rep.excluded_short:
+        log.info("%s: %d videos shorter than the clip length %d are excluded", rep.name, rep.excluded_short, seq_length)
     rep.videos = len(videos)
+    steps = _count_annotation(rep, videos)
     if not videos and not rep.issues:
-        fix = f"check the path; videos need >= {seq_length} paired frames"
-        rep.issues.append(problem("unusable", image_dir, f"no usable video in {image_dir}", fix))
-    return _video_set(name, cfg, (image_dir, mask_dir), videos, empty_lists), rep
+        rep.issues.append(_unusable(rep, image_dir, seq_length))
+    return _video_set(name, cfg, (image_dir, mask_dir), videos, empty_lists, steps), rep
 
 
 # ----------------------------------------------------------------------------------------------- static sets

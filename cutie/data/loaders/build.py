@@ -115,7 +115,9 @@ def make_recipe_source(
         sampler = StaticClipSampler(index, seq_length, num_objects, crop_hw)
         return RecipeSource(sampler, stream=STREAM_PRE, **common)
     sampler = VideoClipSampler(
-        build_video_index(data, data_root, seq_length, read_files=False),
+        # Structure only, but through the start-up check's cache: datasets with partial_labels or
+        # wrong_size_masks=skip take their frames from the file check.
+        build_video_index(data, data_root, seq_length, cache_root=cache_root, read_files=False),
         seq_length,
         num_objects,
         crop_hw,

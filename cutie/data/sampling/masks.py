@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from cutie.data.index.frame_check import FileCheckError, jpeg_header
+from cutie.data.index.frame_check import ID_MODES, FileCheckError, jpeg_header
 
 
 class BadSampleError(RuntimeError):
@@ -30,9 +30,6 @@ def read_bytes(path: str) -> bytes:
     if data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) < 0:  # decoders would silently grey-fill the rest
         raise BadSampleError(path, "truncated JPEG (no end-of-image marker)")
     return data
-
-
-ID_MODES = ("P", "L", "1", "I;16", "I")  # PNG modes that carry object ids (RGB masks carry colours)
 
 
 def read_ids(path: str) -> np.ndarray:

@@ -1,6 +1,11 @@
 """Main-training clips (official VOSMergeTrainDataset semantics), as recipes: frames, one geometric transform per
 clip (resampled once, blurred like the official affine + resized crop), colours (one draw per clip, as the official
-code ends up doing), merge with a second clip, object selection. All randomness comes from the generator passed in."""
+code ends up doing), merge with a second clip, object selection. All randomness comes from the generator passed in.
+
+Sparse videos: the clip frames are a video's annotated frames, and max_skip (in original video frames) is divided
+by frame_interval * the video's annotation step (cutie/data/index/annotation.py). Datasets with partial labels
+(VideoSet.ids): a frame set is drawn only when an object of its first frame is labelled again in a later frame
+of it, and only such objects are targets; for every other dataset the draws are the official ones."""
 
 from __future__ import annotations
 
@@ -38,6 +43,18 @@ class _Clip:
     layer: ImageLayer
     masks: np.ndarray  # T*H*W uint8 source ids, warped to the output
     info: dict
+    keep: tuple[int, ...] | None = None  # partial labels: the source ids that may be targets (None: any)
+
+
+def relabelled(ids: list[tuple[int, ...]], frames: list[int]) -> tuple[int, ...]:
+    """The objects of the first of these frames that are labelled again in a later one (ids: per frame)."""
+    later = set().union(*(ids[f] for f in frames[1:]))
+    return tuple(sorted(set(ids[frames[0]]) & later))
+
+
+def _shows(mask: np.ndarray, keep: tuple[int, ...] | None) -> bool:
+    """Whether the mask shows an object that may be a target."""
+    return bool(mask.any()) if keep is None else bool(np.isin(mask, keep).any())
 
 
 def grow_frames(rng: np.random.Generator, length: int, seed_frame: int, num_frames: int, skip: int) -> list[int]:
@@ -108,35 +125,46 @@ class VideoClipSampler:
             video = int(idx.seed_video[seed])
             frame0 = int(idx.seed_frame[seed])
             jpgs, pngs, empty = vset.jpgs[video], vset.pngs[video], vset.empty[video]
+            ids = vset.ids[video] if vset.partial_labels else None
             length = len(jpgs)
-            vskip = max(1, skip // vset.frame_interval)
+            # max_skip counts original video frames; one step between annotated frames spans frame_interval *
+            # step of them (dense videos: step 1, the official conversion).
+            step = vset.steps[video] if vset.steps else 1
+            vskip = max(1, skip // (vset.frame_interval * step))
             mask_dir = os.path.join(vset.mask_dir, vset.videos[video])
             for _seed_trial in range(MAX_SEED_TRIALS):
-                frames = None
-                for _ in range(MAX_SEQ_TRIALS if empty is not None else 1):
+                frames, keep = None, None
+                for _ in range(MAX_SEQ_TRIALS if empty is not None or ids is not None else 1):
                     cand = grow_frames(rng, length, frame0, self.seq_length, vskip)
-                    if empty is None or not empty[cand[0]]:
-                        frames = cand
-                        break
+                    if empty is not None and empty[cand[0]]:
+                        continue
+                    if ids is not None:
+                        keep = relabelled(ids, cand)
+                        if not keep:  # no first-frame object labelled again: it would teach dropping objects
+                            continue
+                    frames = cand
+                    break
                 if frames is None:
                     frame0 = int(rng.integers(length))
                     continue
                 first = read_ids(os.path.join(mask_dir, pngs[frames[0]]))
                 m = None
-                if first.any():  # an empty first mask fails every crop: skip the crop trials
+                if _shows(first, keep):  # an empty first mask fails every crop: skip the crop trials
                     h, w = first.shape
                     for _crop_trial in range(MAX_CROP_TRIALS):
                         steps = self.geometry(rng, w, h)
                         cand_m = geo.compose(steps)
                         warped0 = warp_nearest(first, cand_m, self.out_hw)
-                        if warped0.any():
+                        if _shows(warped0, keep):
                             m = cand_m
                             break
                 if m is None:
                     frame0 = int(rng.integers(length))
                     continue
                 blur = geo.extra_blur(steps) if self.match_resampling else 0.0
-                return self._finish_clip(rng, vset, video, frames, m, first, blur, warped0, mask_dir)
+                clip = self._finish_clip(rng, vset, video, frames, m, first, blur, warped0, mask_dir)
+                clip.keep = keep
+                return clip
             seed = int(rng.integers(len(idx)))
         raise NoObjectError(
             f"no clip with a visible object in its first frame after {MAX_VIDEO_TRIALS} videos; are the masks of "
@@ -184,22 +212,30 @@ class VideoClipSampler:
         """One recipe from seed entry `seed` of the multiplied list with max skip `skip` (in dataset frames)."""
         clip = self._clip(rng, seed, skip)
         masks = clip.masks.copy()
-        labels = labels_of(masks[0])
+        present = labels_of(masks[0])
+        # Partial labels: the output ids that may be targets (None: every first-frame object, as officially).
+        allowed = None if clip.keep is None else set(clip.keep)
+        labels = present if allowed is None else [lab for lab in present if lab in allowed]
         layers, alpha = [clip.layer], None
         info = {"layers": [clip.info]}
-        origin = {lab: (0, lab) for lab in labels}  # output id source: (layer, source id)
+        origin = {lab: (0, lab) for lab in present}  # output id source: (layer, source id)
         if len(labels) < self.num_objects and rng.random() < self.merge_probability:
             second = self._clip(rng, int(rng.integers(len(self.index))), skip)
             layers.append(second.layer)
             info["layers"].append(second.info)
             new_ids = {}
+            taken = set(present)
+            if allowed is None and second.keep is not None:
+                allowed = taken.copy()
             for lab2 in labels_of(second.masks[0]):  # objects of the second clip's first frame get fresh ids
                 new = (lab2 + 10) % 255
-                while new in labels or new == 0:
+                while new in labels or new in taken or new == 0:
                     new = (new + 1) % 255
                 new_ids[lab2] = new
                 labels.append(new)
                 origin[new] = (1, lab2)
+                if allowed is not None and (second.keep is None or lab2 in second.keep):
+                    allowed.add(new)
             moved = relabel(second.masks, new_ids)  # T*H*W: pasted objects with their new ids, 0 elsewhere
             pasted = moved > 0
             np.copyto(masks, moved, where=pasted)
@@ -207,6 +243,8 @@ class VideoClipSampler:
             # where two pasted objects touch, where the union keeps the first clip from showing through).
             alpha = blurred_alpha(pasted)[None]
         labels = labels_of(masks[0])  # some first-clip objects may now be covered
+        if allowed is not None:
+            labels = [lab for lab in labels if lab in allowed]
         if len(labels) > self.num_objects:
             labels = [int(x) for x in rng.choice(labels, size=self.num_objects, replace=False)]
         info["objects"] = [origin[lab] for lab in labels]  # output id k+1 = layer's source id
