@@ -536,6 +536,7 @@ def write_sav_val(out: Path, seed: int) -> dict[str, int]:
     return {"videos": len(SAV_VAL_VIDEOS), "objects": objects}
 
 
+@dataclass(frozen=True)
 class SparseSpec:
     video: VideoSpec
     annotated: tuple[int, ...]  # frames with a PNG
