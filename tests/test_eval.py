@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -272,3 +274,16 @@ def test_reader_names_a_mask_of_another_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as err:
         list(VideoReader("vid", tmp_path / "JPEGImages", tmp_path / "Annotations", use_all_masks=True))
     assert str(bad) in str(err.value) and "60x48" in str(err.value) and "64x48" in str(err.value)
+
+
+def test_a_wrong_size_mask_stops_evaluation_before_any_inference(small_net: torch.nn.Module, tmp_path: Path) -> None:
+    """A later video's wrong-size mask is found up front: no video has been run (nothing written) when it stops."""
+    _write_sparse_custom(tmp_path / "data")
+    shutil.copytree(tmp_path / "data/JPEGImages/vid", tmp_path / "data/JPEGImages/zz-late")
+    shutil.copytree(tmp_path / "data/Annotations/vid", tmp_path / "data/Annotations/zz-late")
+    bad = tmp_path / "data/Annotations/zz-late/00009.png"
+    Image.open(bad).crop((0, 0, 63, 48)).save(bad)
+    folders = [f"image_directory={tmp_path / 'data/JPEGImages'}", f"mask_directory={tmp_path / 'data/Annotations'}"]
+    with pytest.raises(ValueError, match=re.escape(str(bad))):
+        _run(["dataset=custom", *folders], small_net, tmp_path)
+    assert not (tmp_path / "out/t/eval/custom/Annotations").exists()  # the first video was not run either

@@ -20,7 +20,14 @@ from cutie.inference.long_term import LongTermSettings
 from cutie.inference.runner import Timer, peak_memory_mb, run_video
 from cutie.inference.sav_io import SavVideoReader, save_object_pngs
 from cutie.inference.settings import InferenceSettings
-from cutie.inference.video_io import FrameSource, VideoReader, list_videos, required_frames, save_index_png
+from cutie.inference.video_io import (
+    FrameSource,
+    VideoReader,
+    check_annotation_sizes,
+    list_videos,
+    required_frames,
+    save_index_png,
+)
 from cutie.metrics import DavisReport, SavReport, evaluate_folders, evaluate_sav_folders
 from cutie.metrics.davis import read_index_mask
 
@@ -201,6 +208,8 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     if not videos:
         raise EvalConfigError(f"dataset={spec.name}: no videos found in {spec.mask_directory}")
     to_save = required_frames(spec.json_directory)
+    for name in videos:  # every mask against its frame first: a wrong-size mask stops the run before any inference
+        check_annotation_sizes(spec.image_directory, spec.mask_directory, name)
     net = build_eval_network(cfg, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -151,6 +151,22 @@ def resize_mask(mask: torch.Tensor, new_size: tuple[int, int] | None) -> torch.T
     return F.interpolate(mask[None, None].float(), size=new_size, mode="nearest")[0, 0].long()
 
 
+def check_annotation_sizes(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, name: str) -> None:
+    """Before any inference: every mask of a video (DAVIS layout <video>/<frame>.png, or SA-V's
+    <video>/<object>/<frame>.png) has the size of its frame, read from the file headers (the error names both)."""
+    frames = {p.stem: p for p in (Path(image_dir) / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    sizes: dict[str, tuple[int, int]] = {}
+    for path in sorted((Path(mask_dir) / name).rglob("*.png")):
+        frame = frames.get(path.stem)
+        if frame is None:
+            continue  # a mask without its frame is reported by the scorer (no prediction for it)
+        if path.stem not in sizes:
+            with Image.open(frame) as im:
+                sizes[path.stem] = (im.height, im.width)
+        with Image.open(path) as m:
+            check_mask_size(path, (m.height, m.width), sizes[path.stem], frame)
+
+
 def check_mask_size(path: Path, mask_shape: tuple[int, ...], frame_size: tuple[int, int], frame: Path) -> None:
     """An annotation must have the size of its frame (the error names both files)."""
     if tuple(mask_shape[:2]) != tuple(frame_size):
