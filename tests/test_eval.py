@@ -285,5 +285,30 @@ def test_a_wrong_size_mask_stops_evaluation_before_any_inference(small_net: torc
     Image.open(bad).crop((0, 0, 63, 48)).save(bad)
     folders = [f"image_directory={tmp_path / 'data/JPEGImages'}", f"mask_directory={tmp_path / 'data/Annotations'}"]
     with pytest.raises(ValueError, match=re.escape(str(bad))):
-        _run(["dataset=custom", *folders], small_net, tmp_path)
+        _run(["dataset=custom", "wrong_size_masks=error", *folders], small_net, tmp_path)
     assert not (tmp_path / "out/t/eval/custom/Annotations").exists()  # the first video was not run either
+
+
+def test_custom_folder_with_a_wrong_size_mask_evaluates_with_it_left_out(
+    small_net: torch.nn.Module, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """dataset=custom (wrong_size_masks=skip): the mask is named and its frame treated as unannotated: neither
+    given to the network nor scored; the late object is still added and scored."""
+    from cutie.inference.dataset_eval import DatasetSpec, score_predictions
+
+    _write_sparse_custom(tmp_path / "data")
+    bad = tmp_path / "data/Annotations/vid/00009.png"
+    Image.open(bad).crop((0, 0, 63, 48)).save(bad)
+    folders = [f"image_directory={tmp_path / 'data/JPEGImages'}", f"mask_directory={tmp_path / 'data/Annotations'}"]
+    with caplog.at_level("WARNING"):
+        result = _run(["dataset=custom", *folders], small_net, tmp_path)
+    assert any(str(bad) in r.getMessage() and "left out" in r.getMessage() for r in caplog.records)
+    # Annotated frames left: 0, 3, 6, 12. Object 1 is scored on 3 and 6 (12 is the last); object 2, first annotated
+    # on 6, would be scored on 9 alone, which is left out: it is listed as not scored.
+    assert result["unscored"] == 1.0 and 0.0 <= result["J&F-Mean"] <= 1.0
+    notes = (tmp_path / "out/t/eval/custom/notes-custom.csv").read_text()
+    assert "vid" in notes
+    spec = DatasetSpec("custom", tmp_path / "data/JPEGImages", tmp_path / "data/Annotations", None, None, -1, True,
+                       True, 5, False, "auto")  # fmt: skip
+    with pytest.raises(ValueError, match="00009"):  # without the skip, the scorer refuses the wrong-size frame
+        score_predictions(spec, tmp_path / "out/t/eval/custom/Annotations", ["vid"])

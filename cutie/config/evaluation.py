@@ -30,6 +30,7 @@ class EvalDataset:
     use_long_term: bool = False
     evaluate: bool | Literal["auto"] = "auto"  # J&F after inference (auto: when the ground truth can be scored)
     layout: Literal["davis", "sav"] = "davis"  # <video>/<frame>.png index masks, or SA-V's <video>/<object>/
+    wrong_size_masks: Literal["error", "skip"] = "error"  # skip: such a mask is left out, its frame unannotated
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class EvalConfig:
     use_long_term: bool | None = None
     evaluate: bool | Literal["auto"] | None = None
     layout: Literal["davis", "sav"] | None = None
+    wrong_size_masks: Literal["error", "skip"] | None = None
 
     def chosen_dataset(self) -> EvalDataset:
         """The `dataset=` entry with the non-null top-level overrides applied."""

@@ -52,6 +52,7 @@ class DatasetSpec:
     use_long_term: bool
     evaluate: str  # "true" | "false" | "auto"
     layout: str = "davis"  # "davis" | "sav"
+    wrong_size_masks: str = "error"  # "error" | "skip": a mask of another size than its frame
 
 
 def resolve_dataset(cfg: EvalConfig) -> DatasetSpec:
@@ -73,6 +74,8 @@ def resolve_dataset(cfg: EvalConfig) -> DatasetSpec:
         value = getattr(entry, key)
         if value is not None and not Path(value).is_file():
             raise EvalConfigError(f"{key} {value} (dataset={name}) not found")
+    if entry.layout == "sav" and entry.wrong_size_masks == "skip":
+        raise EvalConfigError(f"dataset={name}: wrong_size_masks=skip is for the DAVIS layout only; use error")
 
     def opt_path(value: str | None) -> Path | None:
         return None if value is None else Path(value)
@@ -90,6 +93,7 @@ def resolve_dataset(cfg: EvalConfig) -> DatasetSpec:
         use_long_term=entry.use_long_term,
         evaluate=str(entry.evaluate).lower(),
         layout=entry.layout,
+        wrong_size_masks=entry.wrong_size_masks,
     )
 
 
@@ -162,7 +166,9 @@ def make_zip(spec: DatasetSpec, run_dir: Path, exp_id: str) -> Path | None:
     return None
 
 
-def open_video(spec: DatasetSpec, name: str, to_save: set[str] | None) -> FrameSource:
+def open_video(
+    spec: DatasetSpec, name: str, to_save: set[str] | None, skip_masks: frozenset[str] = frozenset()
+) -> FrameSource:
     """The reader of one video in the dataset's layout."""
     if spec.layout == "sav":
         return SavVideoReader(
@@ -180,17 +186,36 @@ def open_video(spec: DatasetSpec, name: str, to_save: set[str] | None) -> FrameS
         size=spec.size,
         use_all_masks=spec.use_all_masks,
         to_save=to_save,
+        skip_masks=skip_masks,
     )
 
 
-def score_predictions(spec: DatasetSpec, out_root: Path, videos: list[str]) -> DavisReport | SavReport:
+def score_predictions(
+    spec: DatasetSpec, out_root: Path, videos: list[str], skip: dict[str, frozenset[str]] | None = None
+) -> DavisReport | SavReport:
     """J&F of the written masks: SA-V's per-object protocol for layout=sav, else DAVIS (objects that appear
-    later scored after their first mask when use_all_masks); frames without ground truth are not scored."""
+    later scored after their first mask when use_all_masks); frames without ground truth, or whose mask was left
+    out (`skip`: video -> stems), are not scored."""
     if spec.layout == "sav":
         return evaluate_sav_folders(spec.mask_directory, out_root, videos)
     return evaluate_folders(
-        spec.mask_directory, out_root, videos, late_objects=spec.use_all_masks, extra_frames_ok=True
+        spec.mask_directory, out_root, videos, late_objects=spec.use_all_masks, extra_frames_ok=True, skip=skip
     )
+
+
+def _check_masks(spec: DatasetSpec, videos: list[str]) -> dict[str, frozenset[str]]:
+    """Every mask against its frame before any inference: a wrong size stops the run at once (naming both files),
+    or with wrong_size_masks=skip is left out, its frame used as unannotated (video -> stems left out)."""
+    skipped: dict[str, frozenset[str]] = {}
+    for name in videos:
+        bad = check_annotation_sizes(
+            spec.image_directory, spec.mask_directory, name, skip=spec.wrong_size_masks == "skip"
+        )
+        for _, why in bad:
+            log.warning("%s; left out: its frame is used as unannotated (wrong_size_masks=skip)", why.split("; fix")[0])
+        if bad:
+            skipped[name] = frozenset(path.stem for path, _ in bad)
+    return skipped
 
 
 def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
@@ -208,8 +233,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     if not videos:
         raise EvalConfigError(f"dataset={spec.name}: no videos found in {spec.mask_directory}")
     to_save = required_frames(spec.json_directory)
-    for name in videos:  # every mask against its frame first: a wrong-size mask stops the run before any inference
-        check_annotation_sizes(spec.image_directory, spec.mask_directory, name)
+    skipped = _check_masks(spec, videos)
     net = build_eval_network(cfg, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -217,7 +241,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
 
     timer = Timer()
     for i, name in enumerate(videos):
-        reader = open_video(spec, name, to_save.get(name))
+        reader = open_video(spec, name, to_save.get(name), skipped.get(name, frozenset()))
         bar = tqdm(total=len(reader), desc=f"[{i + 1}/{len(videos)}] {name}", unit="frame", leave=False)
         for frame, ids in run_video(net, reader, settings, device, timer):
             if isinstance(reader, SavVideoReader):
@@ -240,7 +264,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
 
     evaluate = spec.evaluate == "true" or (spec.evaluate == "auto" and has_scorable_ground_truth(spec, videos))
     if evaluate:
-        report = score_predictions(spec, out_root, videos)
+        report = score_predictions(spec, out_root, videos, skipped)
         print(report.format_tables(spec.name))
         report.write_csv(run_dir, spec.name)
         result = {**report.summary(), "unscored": float(len(report.unscored)), **result}

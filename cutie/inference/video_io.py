@@ -81,6 +81,7 @@ class VideoReader:
         size: int = -1,
         use_all_masks: bool = False,
         to_save: set[str] | None = None,
+        skip_masks: frozenset[str] = frozenset(),
     ):
         self.name = name
         self.image_dir = Path(image_dir) / name
@@ -90,7 +91,7 @@ class VideoReader:
         if not self.mask_dir.is_dir():
             raise FileNotFoundError(f"masks of video {name} not found: {self.mask_dir}")
         self.frames = sorted(p.name for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        masks = sorted(p.stem for p in self.mask_dir.glob("*.png"))
+        masks = sorted(p.stem for p in self.mask_dir.glob("*.png") if p.stem not in skip_masks)  # skip: unannotated
         if not self.frames or not masks:
             raise FileNotFoundError(f"video {name}: no frames in {self.image_dir} or no masks in {self.mask_dir}")
         self.mask_stems = set(masks)
@@ -151,9 +152,13 @@ def resize_mask(mask: torch.Tensor, new_size: tuple[int, int] | None) -> torch.T
     return F.interpolate(mask[None, None].float(), size=new_size, mode="nearest")[0, 0].long()
 
 
-def check_annotation_sizes(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, name: str) -> None:
+def check_annotation_sizes(
+    image_dir: str | os.PathLike, mask_dir: str | os.PathLike, name: str, *, skip: bool = False
+) -> list[tuple[Path, str]]:
     """Before any inference: every mask of a video (DAVIS layout <video>/<frame>.png, or SA-V's
-    <video>/<object>/<frame>.png) has the size of its frame, read from the file headers (the error names both)."""
+    <video>/<object>/<frame>.png) has the size of its frame, read from the file headers. A wrong size raises
+    (naming both files), or with `skip` is returned as (mask, why) to be left out (its frame as unannotated)."""
+    bad: list[tuple[Path, str]] = []
     frames = {p.stem: p for p in (Path(image_dir) / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     sizes: dict[str, tuple[int, int]] = {}
     for path in sorted((Path(mask_dir) / name).rglob("*.png")):
@@ -164,7 +169,13 @@ def check_annotation_sizes(image_dir: str | os.PathLike, mask_dir: str | os.Path
             with Image.open(frame) as im:
                 sizes[path.stem] = (im.height, im.width)
         with Image.open(path) as m:
-            check_mask_size(path, (m.height, m.width), sizes[path.stem], frame)
+            try:
+                check_mask_size(path, (m.height, m.width), sizes[path.stem], frame)
+            except ValueError as e:
+                if not skip:
+                    raise
+                bad.append((path, str(e)))
+    return bad
 
 
 def check_mask_size(path: Path, mask_shape: tuple[int, ...], frame_size: tuple[int, int], frame: Path) -> None:

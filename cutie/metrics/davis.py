@@ -23,7 +23,7 @@ import csv
 import io
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,12 +251,17 @@ def list_sequences(gt_root: Path, subset: str | os.PathLike | Iterable[str] | No
     return list(subset)
 
 
-def _pngs(folder: Path) -> list[str]:
-    return sorted(p.stem for p in folder.glob("*.png"))
+def _pngs(folder: Path, skip: frozenset[str] = frozenset()) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.png") if p.stem not in skip)
 
 
 def check_prediction_files(
-    gt_root: Path, pred_root: Path, sequences: list[str], strict_sequences: bool, extra_frames_ok: bool = False
+    gt_root: Path,
+    pred_root: Path,
+    sequences: list[str],
+    strict_sequences: bool,
+    extra_frames_ok: bool = False,
+    skip: Mapping[str, frozenset[str]] | None = None,
 ) -> None:
     """Raises one error naming every missing or extra prediction file (and sequence folder). `extra_frames_ok`:
     predictions of frames without ground truth are allowed (sparse annotation; they are not scored)."""
@@ -269,7 +274,7 @@ def check_prediction_files(
         if not pred_dir.is_dir():
             problems.append(f"prediction sequence folder missing: {pred_dir}")
             continue
-        gt_frames, pred_frames = _pngs(gt_dir), set(_pngs(pred_dir))
+        gt_frames, pred_frames = _pngs(gt_dir, (skip or {}).get(seq, frozenset())), set(_pngs(pred_dir))
         # the first and last frames are not scored, so only the frames in between are required
         missing = [f for f in gt_frames[1:-1] if f not in pred_frames]
         extra = [] if extra_frames_ok else sorted(pred_frames - set(gt_frames))
@@ -287,10 +292,10 @@ def check_prediction_files(
         )
 
 
-def read_ground_truth(gt_dir: Path) -> tuple[list[str], np.ndarray]:
+def read_ground_truth(gt_dir: Path, skip: frozenset[str] = frozenset()) -> tuple[list[str], np.ndarray]:
     """(frame stems, T*H*W int64 ids) of one ground-truth folder, void as background. Every frame is checked
     against the first one (np.stack's own error names no file)."""
-    frames = _pngs(gt_dir)
+    frames = _pngs(gt_dir, skip)
     masks = []
     for f in frames:
         m = read_index_mask(gt_dir / f"{f}.png")
@@ -318,10 +323,12 @@ def check_prediction_size(path: Path | str, pred_shape: tuple[int, ...], gt_shap
         )
 
 
-def load_sequence(gt_dir: Path, pred_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(frame stems, gt, pred) index masks T*H*W over the ground-truth frames; unscored first/last
+def load_sequence(
+    gt_dir: Path, pred_dir: Path, skip: frozenset[str] = frozenset()
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(frame stems, gt, pred) index masks T*H*W over the ground-truth frames but `skip`; unscored first/last
     predictions may be absent (read as background)."""
-    frames, gt = read_ground_truth(gt_dir)
+    frames, gt = read_ground_truth(gt_dir, skip)
     pred = np.zeros_like(gt)
     for t, f in enumerate(frames):
         path = pred_dir / f"{f}.png"
@@ -341,17 +348,20 @@ def evaluate_folders(
     progress: bool = False,
     late_objects: bool = False,
     extra_frames_ok: bool = False,
+    skip: Mapping[str, frozenset[str]] | None = None,
 ) -> DavisReport:
     """Evaluates DAVIS-layout folders (<root>/<sequence>/<frame>.png). `subset`: ImageSets file or names; None
     evaluates every ground-truth sequence and then also rejects prediction folders without ground truth.
     `late_objects`: the late-object protocol (module docstring); `extra_frames_ok`: predictions on frames without
-    ground truth are ignored instead of rejected. The defaults are the DAVIS 2017 toolkit's procedure."""
+    ground truth are ignored instead of rejected; `skip`: ground-truth frames (sequence -> stems) left out, as if
+    unannotated. The defaults are the DAVIS 2017 toolkit's procedure."""
     gt_root, pred_root = Path(gt_root), Path(pred_root)
     for what, root in (("ground-truth", gt_root), ("prediction", pred_root)):
         if not root.is_dir():
             raise FileNotFoundError(f"{what} folder {root} not found")
     sequences = list_sequences(gt_root, subset)
-    check_prediction_files(gt_root, pred_root, sequences, subset is None, extra_frames_ok)
+    skip = skip or {}
+    check_prediction_files(gt_root, pred_root, sequences, subset is None, extra_frames_ok, skip)
     iterator: Iterable[str] = sequences
     if progress:
         from tqdm import tqdm
@@ -359,7 +369,7 @@ def evaluate_folders(
         iterator = tqdm(sequences, desc="J&F")
     report = DavisReport([])
     for seq in iterator:
-        frames, gt, pred = load_sequence(gt_root / seq, pred_root / seq)
+        frames, gt, pred = load_sequence(gt_root / seq, pred_root / seq, skip.get(seq, frozenset()))
         scored, unscored = evaluate_sequence(seq, gt, pred, late_objects=late_objects, frames=frames)
         report.objects += scored
         report.unscored += unscored
