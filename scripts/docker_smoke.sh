@@ -124,10 +124,11 @@ for key in index-url extra-index-url find-links cert; do
 done
 dockerfile="$repo/docker/Dockerfile"
 grep -q '^FROM env AS image' "$dockerfile" || die "$dockerfile: no 'FROM env AS image' stage (the source stage this script builds)"
-# The environment image is named by what it is built from: the stages before the source stage, the lock file,
-# the skipped-weights note and the pip sources.  Another lock file -> another name -> a rebuild.
+# The environment image is named by what it is built from: the instructions before the source stage (comments
+# aside), the lock file, the skipped-weights note and the pip sources.  Another lock file -> another name -> a
+# rebuild.
 env_key="$({
-    sed '/^FROM env AS image/,$d' "$dockerfile"
+    sed '/^FROM env AS image/,$d; /^[[:space:]]*#/d; /^[[:space:]]*$/d' "$dockerfile"
     cat "$repo/requirements/lock.txt" "$repo/docker/weights-skipped.txt"
     printf '%s\n' "${pip_args[@]}"
 } | sha256sum | cut -c1-16)"
