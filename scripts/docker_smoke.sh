@@ -123,7 +123,8 @@ for key in index-url extra-index-url find-links cert; do
     done
 done
 dockerfile="$repo/docker/Dockerfile"
-grep -q '^FROM env AS image' "$dockerfile" || die "$dockerfile: no 'FROM env AS image' stage (the source stage this script builds)"
+grep -q '^FROM env AS image' "$dockerfile" ||
+    die "$dockerfile: no 'FROM env AS image' stage (the source stage this script builds)"
 # The environment image is named by what it is built from: the instructions before the source stage (comments
 # aside), the lock file, the skipped-weights note and the pip sources.  Another lock file -> another name -> a
 # rebuild.
@@ -138,12 +139,14 @@ env_stamp="$state/dockerd/.cutie-env"  # the environment image the daemon holds 
 # Peak extra disk, from measured sizes (7 GB image; docs/docker.md): a cold overlay2 build holds the buildah
 # image, its archive, dockerd's unpacked copy of the archive and the loaded layers at once; vfs adds a full copy
 # of the image per layer and per running container (two at once in the multi-node run).
-if [[ " $steps " == *" build "* ]] && [ "$(cat "$env_stamp" 2>/dev/null)" != "$env_key" ]; then kind=cold; else kind=warm; fi
+kind=warm
+if [[ " $steps " == *" build "* ]] && [ "$(cat "$env_stamp" 2>/dev/null)" != "$env_key" ]; then kind=cold; fi
 declare -A need_gb=([overlay2-cold]=26 [overlay2-warm]=3 [vfs-cold]=38 [vfs-warm]=24)
 need="${need_gb[$driver-$kind]}"
 free_gb="$(df -P -BG "$cache" | awk 'NR==2 {sub("G", "", $4); print $4}')"
 [ "$free_gb" -ge "$need" ] ||
-    die "needs ${need} GB free on the disk of $cache for a $kind run with $driver storage, has ${free_gb} GB: free space there or point CUTIE_DOCKER_CACHE at a larger disk"
+    die "needs ${need} GB free on the disk of $cache for a $kind run with $driver storage, has ${free_gb} GB:" \
+        "free space there or point CUTIE_DOCKER_CACHE at a larger disk"
 log "disk: ${free_gb} GB free on the disk of $cache; a $kind $driver run needs about ${need} GB"
 
 # ---------------------------------------------------------------- private daemon and cleanup
@@ -214,6 +217,7 @@ build_env() {  # the environment stage (apt, venv from the lock file: 7 GB) into
     if docker image inspect "$env_image" >/dev/null 2>&1; then
         log "dockerd already has $env_image (environment stage and lock file unchanged)"
         echo "$env_key" >"$env_stamp"
+        drop_other_envs
         return
     fi
     rm -f "$env_stamp"
@@ -233,16 +237,23 @@ build_env() {  # the environment stage (apt, venv from the lock file: 7 GB) into
     rm -rf "$state/buildah"
     docker load -q -i "$cache/env.tar" >/dev/null
     rm -f "$cache/env.tar"
-    # Environments of other lock files go (their layers once no image uses them: the prune after the build).
-    docker images --format '{{.Repository}}:{{.Tag}}' cutie-env | { grep -vxF "$env_image" || true; } | xargs -r docker rmi >/dev/null
     echo "$env_key" >"$env_stamp"
+    drop_other_envs
+}
+
+drop_other_envs() {  # untag environments of other lock files (their layers go with the prune after the build)
+    # docker load also applies buildah's own name (localhost/cutie-env:...): only the plain name is kept.
+    docker images --format '{{.Repository}}:{{.Tag}}' |
+        { grep -E '^(localhost/)?cutie-env:' || true; } | { grep -vxF "$env_image" || true; } |
+        xargs -r docker rmi >/dev/null
 }
 
 build_image() {  # the Dockerfile's source stage (COPY of the allowlisted context) on the environment image
     local df="$run_dir/Dockerfile.source"
     sed -n '/^FROM env AS image/,$p' "$dockerfile" | sed "1s|^FROM env AS image|FROM $env_image AS image|" >"$df"
     log "docker build (engine's classic builder): the source stage of docker/Dockerfile on $env_image"
-    DOCKER_BUILDKIT=0 docker build -q -f "$df" -t "$image" "$repo" >/dev/null || die "docker build of the source stage failed"
+    DOCKER_BUILDKIT=0 docker build -q -f "$df" -t "$image" "$repo" >/dev/null ||
+        die "docker build of the source stage failed"
     docker image prune -f >/dev/null  # the previous source layer (and environments no image uses)
     log "built $image ($(docker image inspect --format '{{.Id}}' "$image" | cut -c8-19))"
 }
@@ -266,7 +277,8 @@ export OUTPUT_DIR="$out_dir"
 
 t_start=$(date +%s)
 start_dockerd
-log "dockerd $(docker version --format '{{.Server.Version}}') ($driver, started in $(($(date +%s) - t_start))s), compose: ${compose[*]} ($("${compose[@]}" version --short))"
+log "dockerd $(docker version --format '{{.Server.Version}}') ($driver, started in $(($(date +%s) - t_start))s)," \
+    "compose: ${compose[*]} ($("${compose[@]}" version --short))"
 if [[ " $steps " == *" build "* ]]; then
     t_build=$(date +%s)
     build_env
@@ -341,7 +353,9 @@ two_nodes() {
             tail -n 30 "$work/node$node.log" >&2
         fi
     done
-    [ "$rc" -ne 0 ] || grep -h '^\[cutie\] exec:\| I \[rank 0\] \[main_training\] it ' "$work"/node{0,1}.log | cut -c1-160 || true
+    if [ "$rc" -eq 0 ]; then  # the two launch lines and node 0's main-training steps
+        grep -h '^\[cutie\] exec:\| I \[rank 0\] \[main_training\] it ' "$work"/node{0,1}.log | cut -c1-160 || true
+    fi
     return "$rc"
 }
 timed "compose run train x2: NNODES=2 NODE_RANK=0|1, one process per container" two_nodes
@@ -360,7 +374,8 @@ timed "compose run eval (CPU override)" "${cpu[@]}" run --rm eval exp_id=docker-
 ls "$out_dir"/docker-eval/eval/tiny-val/Annotations/*/*.png >/dev/null 2>&1 ||
     die "eval wrote no masks under $out_dir/docker-eval/eval/tiny-val/Annotations"
 
-for f in "$out_dir/smoke/tiny_demo/tiny_demo_main_training_last.pth" "$out_dir/docker-1node/docker-1node_pre_training_last.pth"; do
+for f in "$out_dir/smoke/tiny_demo/tiny_demo_main_training_last.pth" \
+    "$out_dir/docker-1node/docker-1node_pre_training_last.pth"; do
     [ -s "$f" ] || die "expected output missing: $f"
 done
 foreign="$(find "$out_dir" "$BURST_DIR/train-vos" \( ! -uid "$RUN_UID" -o ! -gid "$RUN_GID" \) -print | head -n 5)"
