@@ -6,9 +6,10 @@
 Takes the same Hydra overrides as cutie/train.py. Prints one row per dataset (dataset, path, found, videos,
 frames, masks, problems with their fixes), then how each video dataset is annotated (dense and sparse videos,
 their annotation steps, excluded videos, videos with partial labels), each bad file with its fix and each mask
-left out of training (wrong_size_masks=skip), and exits 1 if training would stop on the data, else 0. Every frame's JPEG and PNG is checked (header, size, mask mode, JPEG end marker, complete PNG
-data), in parallel; results of good files are cached in <cache_root>/data_check/, so a second check of an
-unchanged dataset reads no image.
+left out of training (wrong_size_masks=skip), and exits 1 if training would stop on the data, else 0. Every
+frame's JPEG and PNG is checked (header, size, mask mode, JPEG end marker, complete PNG data), in parallel;
+results of good files are cached in <cache_root>/data_check/, so a second check of an unchanged dataset reads no
+image.
 """
 
 from __future__ import annotations
