@@ -32,15 +32,20 @@ MAIN_ONLY = [
 ]
 
 
-def _train(args: list[str], cwd: Path, *, expect: int = 0, fsize: int | None = None) -> subprocess.CompletedProcess:
+def _train(
+    args: list[str], cwd: Path, *, expect: int = 0, fsize: int | None = None, torchrun: int = 0
+) -> subprocess.CompletedProcess:
+    """cutie/train.py in one process, or under torchrun with `torchrun` processes (torchrun exits 1 when a process
+    fails, and prints its own traceback then)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     env.pop("HYDRA_FULL_ERROR", None)
 
     def limit() -> None:  # a file-size limit: writes past it fail with EFBIG, as on a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else []
     proc = subprocess.run(
-        [sys.executable, TRAIN, *args],
+        [sys.executable, *launcher, TRAIN, *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -52,7 +57,8 @@ def _train(args: list[str], cwd: Path, *, expect: int = 0, fsize: int | None = N
         raise AssertionError(
             f"exit {proc.returncode}, expected {expect}\nSTDOUT\n{proc.stdout[-5000:]}\nSTDERR\n{proc.stderr[-5000:]}"
         )
-    assert "Traceback" not in proc.stderr + proc.stdout
+    if not torchrun:
+        assert "Traceback" not in proc.stderr + proc.stdout
     return proc
 
 
@@ -203,7 +209,10 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tiny_data, fini
     assert not list(run.rglob("*.cutie-tmp"))
 
 
-def test_too_many_bad_samples_mid_run_save_a_checkpoint_and_exit_4(tiny_data, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_too_many_bad_samples_mid_run_save_a_checkpoint_and_exit_4(tiny_data, tmp_path, processes):
+    """Also under torchrun: the ranks agree on the stop in the step's one host all-reduce, so none waits for the
+    other, every rank exits 4 and rank 0 saves the checkpoint."""
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     # The start-up check reads every frame, so the damage must come after it: a first check fills the cache,
@@ -225,8 +234,14 @@ def test_too_many_bad_samples_mid_run_save_a_checkpoint_and_exit_4(tiny_data, tm
         "max_bad_sample_fraction=0.01",
         "~data.val_dataset",
     ]
-    proc = _train(args, tmp_path, expect=4)
+    if processes > 1:
+        args.append("num_workers=0")
+    proc = _train(args, tmp_path, expect=4 if processes == 1 else 1, torchrun=processes if processes > 1 else 0)
     assert "max_bad_sample_fraction=0.01" in proc.stdout and "a checkpoint of the" in proc.stdout
+    if processes > 1:
+        out = proc.stdout + proc.stderr
+        assert "exitcode  : 4" in out, out[-3000:]  # torchrun's report: a rank stopped on the bad data
+        assert "exitcode  : 1 " not in out  # and none of an internal error (a hang would hit the timeout)
     run = tmp_path / "output" / "bad"
     ck_path = ckpt_io.latest_checkpoint(run)
     ck = ckpt_io.load_checkpoint(ck_path)

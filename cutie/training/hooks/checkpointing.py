@@ -57,7 +57,16 @@ class CheckpointHook(Hook):
         the path."""
         rng_all = dist.all_gather_object(ckpt_io.rng_state())
         if not ctx.dist.is_main:
+            # Back only once the main process has written it: a rank that exits right after a stop would make
+            # torchrun terminate the main process in the middle of writing the checkpoint of that stop.
+            dist.barrier()
             return None
+        try:
+            return self._write(ctx, complete, rng_all)
+        finally:
+            dist.barrier()  # also after a failed write (e.g. a full disk), so that no rank waits for a dead one
+
+    def _write(self, ctx: StageContext, complete: bool, rng_all: list) -> Path:
         state = {
             "format": ckpt_io.FORMAT,
             "weights": {k: v.detach().cpu() for k, v in ctx.net.state_dict().items()},
