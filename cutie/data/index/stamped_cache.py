@@ -1,0 +1,137 @@
+"""The one cache of per-file results of the start-up data checks, keyed on (path, size, mtime_ns).
+
+Used by the frame check (cutie/data/index/frame_check.py: an image's header facts) and by SA-1B
+(cutie/data/index/sa1b.py: an annotation file's kept masks); what a cached value is belongs to the caller, given as
+a parser and an encoder. One cache is one JSON file under `cache_root/data_check/`:
+`{"version": V, "key": K, "files": {path: [size, mtime_ns, *payload]}}`.
+
+- The file is untrusted input: an unreadable file, invalid JSON, another version or key, or no file table makes
+  the whole cache ignored with a note; a malformed entry is dropped (counted in a note) and its file redone.
+- `split` stats every file once: an unchanged (size, mtime_ns) takes the cached value, anything else is to do.
+- Saves are atomic (cutie/utils/atomic.py) and hold only what the caller keeps (its good results), so a bad file
+  is never cached and is re-read (and re-reported) every time. A save that fails is a note, not an error: a
+  read-only cache folder costs speed, not correctness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from cutie.utils.atomic import atomic_write_json
+
+T = TypeVar("T")  # a cached value
+K = TypeVar("K", bound=tuple)  # a caller's task: (path, whatever else the check of that file needs)
+Stamp = tuple[int, int]  # (st_size, st_mtime_ns)
+FOLDER = "data_check"
+
+
+def cache_path(cache_root: str | os.PathLike, prefix: str, key: str) -> Path:
+    """The cache file of `key` (e.g. a dataset's folders), named `<prefix><hash of key>.json`."""
+    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
+    return Path(cache_root) / FOLDER / f"{prefix}{digest}.json"
+
+
+def is_count(x: object) -> bool:
+    """A JSON integer >= 0 (JSON true/false are not numbers here)."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+@dataclass(frozen=True)
+class StampedCache(Generic[T]):
+    """One cache file; `parse` turns an untrusted payload (the entry after size and mtime_ns) into a value or
+    None when malformed, `encode` turns a value back into a JSON list."""
+
+    path: Path
+    key: str
+    version: int
+    parse: Callable[[list], T | None]
+    encode: Callable[[T], list]
+
+    def _ignored(self, why: str) -> tuple[dict[str, tuple[Stamp, T]], str]:
+        return {}, f"cache file {self.path} {why}; ignored, every file is checked again"
+
+    def load(self) -> tuple[dict[str, tuple[Stamp, T]], str | None]:
+        """(entries {file path: ((size, mtime_ns), value)}, a note when the cache or some entries were unusable)."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}, None
+        except (OSError, UnicodeDecodeError) as e:
+            return self._ignored(f"is unreadable ({e})")
+        try:
+            doc = json.loads(text)
+        except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
+            return self._ignored(f"is not valid JSON ({e})")
+        if not (isinstance(doc, dict) and doc.get("version") == self.version and doc.get("key") == self.key):
+            return self._ignored("is of another version or dataset")
+        files = doc.get("files")
+        if not isinstance(files, dict):
+            return self._ignored("has no file table")
+        entries, bad = {}, 0
+        for name, value in files.items():
+            parsed = self._entry(value)
+            if parsed is None:
+                bad += 1
+            else:
+                entries[name] = parsed
+        note = f"cache file {self.path}: {bad} malformed entries ignored (those files are checked again)"
+        return entries, note if bad else None
+
+    def _entry(self, value: object) -> tuple[Stamp, T] | None:
+        if not (isinstance(value, list) and len(value) >= 2 and is_count(value[0]) and is_count(value[1])):
+            return None
+        parsed = self.parse(value[2:])
+        return None if parsed is None else ((value[0], value[1]), parsed)
+
+    def save(self, entries: Mapping[str, tuple[Stamp, T]]) -> str | None:
+        """Write `entries` atomically (sorted by path); a note when that fails (the next check redoes every file)."""
+        files = {p: [size, mtime, *self.encode(v)] for p, ((size, mtime), v) in sorted(entries.items())}
+        try:
+            atomic_write_json(self.path, {"version": self.version, "key": self.key, "files": files})
+        except OSError as e:
+            return f"could not write the check cache {self.path} ({e}); the next check reads every file"
+        return None
+
+
+@dataclass
+class Split(Generic[K, T]):
+    """The tasks of a check divided by the cache."""
+
+    hits: dict[str, tuple[Stamp, T]] = field(default_factory=dict)  # unchanged files the cache answers
+    todo: list[K] = field(default_factory=list)  # tasks of new or changed files (or not answered by the cache)
+    stamps: dict[str, Stamp] = field(default_factory=dict)  # every file that could be stat'ed
+    unreadable: dict[str, OSError] = field(default_factory=dict)  # files that could not be stat'ed
+
+    def entry(self, path: str, value: T) -> tuple[Stamp, T]:
+        """A freshly checked value as a cache entry, stamped as the file was before it was read."""
+        return self.stamps[path], value
+
+
+def split(
+    tasks: Iterable[K],
+    cached: Mapping[str, tuple[Stamp, T]],
+    answers: Callable[[K, T], bool] | None = None,
+) -> Split[K, T]:
+    """One stat per task's file (`task[0]`): a cached value whose (size, mtime_ns) still match, and which
+    `answers(task, value)` accepts (default: any), is a hit; every other task is to do."""
+    out: Split[K, T] = Split()
+    for task in tasks:
+        path = task[0]
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            out.unreadable[path] = e
+            continue
+        out.stamps[path] = stamp = (st.st_size, st.st_mtime_ns)
+        hit = cached.get(path)
+        if hit is not None and hit[0] == stamp and (answers is None or answers(task, hit[1])):
+            out.hits[path] = hit
+        else:
+            out.todo.append(task)
+    return out
