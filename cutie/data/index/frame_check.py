@@ -12,15 +12,14 @@ What is checked (enough to catch what would break or silently corrupt training):
 - PNG with ids (kind 'png_ids', asked for datasets that need the objects of each mask: partial-label detection,
   cutie/data/index/scan.py): the same checks, then the mask decoded in full for the set of object ids it holds.
 
-Results of good files are cached per dataset in a JSON file keyed on (path, size, mtime_ns); a file whose size
-or mtime changed is checked again. The cache is untrusted input: it is parsed defensively and ignored (with a
-note) when malformed. Bad files are never cached, so they are re-read (and re-reported) every time.
+Results of good files are cached per dataset in a JSON file keyed on (path, size, mtime_ns)
+(cutie/data/index/stamped_cache.py); a file whose size or mtime changed is checked again. The cache is untrusted
+input: it is parsed defensively and ignored (with a note) when malformed. Bad files are never cached, so they are
+re-read (and re-reported) every time.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import multiprocessing as mp
 import os
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cutie.utils.atomic import atomic_write_json
+from cutie.data.index.stamped_cache import Stamp, StampedCache, cache_path, is_count, split
 
 JPEG_TAIL = 4096  # the end-of-image marker must sit within the last 4 KB (as in masks.read_bytes)
 _JPEG_HEAD = 1 << 16  # first read; headers with big EXIF/ICC segments read on
@@ -88,6 +87,11 @@ class FileError:
 
 
 FileResult = FileInfo | FileError
+
+
+def unreadable(e: OSError) -> FileError:
+    """The problem of a file that cannot be opened or stat'ed."""
+    return FileError("unreadable", str(e.strerror or e))
 
 
 # ----------------------------------------------------------------------------------------------- JPEG
@@ -291,68 +295,42 @@ def _check_task(task: tuple[str, str]) -> tuple[str, FileResult]:
 
 def cache_file(cache_root: str | os.PathLike, key: str) -> Path:
     """The cache of one dataset (key: its folders), under cache_root/data_check/."""
-    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
-    return Path(cache_root) / "data_check" / f"{digest}.json"
-
-
-def _is_count(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    return cache_path(cache_root, "", key)
 
 
 def _parse_ids(value: object) -> tuple[int, ...] | None | bool:
     """A cached id list as a tuple, None for null, False when malformed."""
     if value is None:
         return None
-    if not (isinstance(value, list) and all(_is_count(v) and 0 < v <= 255 for v in value)):
+    if not (isinstance(value, list) and all(is_count(v) and 0 < v <= 255 for v in value)):
         return False
     return tuple(value)
 
 
-def _parse_entry(value: object) -> tuple[int, int, FileInfo] | None:
-    if not (isinstance(value, list) and len(value) == 7):
+def _parse_info(payload: list) -> FileInfo | None:
+    """A cached FileInfo from its untrusted JSON form [width, height, mode, wide_ids, ids or null]."""
+    if len(payload) != 5:
         return None
-    size, mtime, w, h, mode, wide, raw_ids = value
+    w, h, mode, wide, raw_ids = payload
     ids = _parse_ids(raw_ids)
-    ints = all(_is_count(x) for x in (size, mtime, w, h))
+    ints = is_count(w) and is_count(h)
     if not ints or not isinstance(mode, str) or not isinstance(wide, bool) or len(mode) > 8 or ids is False:
         return None
-    return size, mtime, FileInfo(w, h, mode, wide, ids)
+    return FileInfo(w, h, mode, wide, ids)
 
 
-def load_cache(path: Path, key: str) -> tuple[dict[str, tuple[int, int, FileInfo]], str | None]:
-    """(entries {file path: (size, mtime_ns, info)}, a note if the cache was unusable)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}, None
-    except (OSError, UnicodeDecodeError) as e:
-        return {}, f"cache file {path} is unreadable ({e}); ignored, every file is checked again"
-    try:
-        doc = json.loads(text)
-    except ValueError as e:
-        return {}, f"cache file {path} is not valid JSON ({e}); ignored, every file is checked again"
-    if not (isinstance(doc, dict) and doc.get("version") == CACHE_VERSION and doc.get("key") == key):
-        return {}, f"cache file {path} is of another version or dataset; ignored, every file is checked again"
-    files = doc.get("files")
-    if not isinstance(files, dict):
-        return {}, f"cache file {path} has no file table; ignored, every file is checked again"
-    entries, bad = {}, 0
-    for name, value in files.items():
-        parsed = _parse_entry(value)
-        if parsed is None:
-            bad += 1
-        else:
-            entries[name] = parsed
-    note = f"cache file {path}: {bad} malformed entries ignored (those files are checked again)" if bad else None
-    return entries, note
+def _encode_info(i: FileInfo) -> list:
+    return [i.width, i.height, i.mode, i.wide_ids, None if i.ids is None else list(i.ids)]
 
 
-def save_cache(path: Path, key: str, entries: dict[str, tuple[int, int, FileInfo]]) -> None:
-    files = {
-        p: [s, m, i.width, i.height, i.mode, i.wide_ids, None if i.ids is None else list(i.ids)]
-        for p, (s, m, i) in sorted(entries.items())
-    }
-    atomic_write_json(path, {"version": CACHE_VERSION, "key": key, "files": files})
+def _cache(cache_root: str | os.PathLike, key: str) -> StampedCache[FileInfo]:
+    """The check cache of `key` (see cutie/data/index/stamped_cache.py for its format and rules)."""
+    return StampedCache(cache_file(cache_root, key), key, CACHE_VERSION, _parse_info, _encode_info)
+
+
+def _answers(task: tuple[str, str], info: FileInfo) -> bool:
+    # An entry without ids does not answer a 'png_ids' task (checked under 'png' before).
+    return task[1] != "png_ids" or info.ids is not None
 
 
 # ----------------------------------------------------------------------------------------------- many files
@@ -425,44 +403,29 @@ def check_files(
     under cache_root (None: no cache)."""
     start = time.perf_counter()
     stats = CheckStats(files=len(tasks))
-    path = None if cache_root is None else cache_file(cache_root, key)
-    cached: dict[str, tuple[int, int, FileInfo]] = {}
-    if path is not None:
-        cached, note = load_cache(path, key)
+    cache = None if cache_root is None else _cache(cache_root, key)
+    cached: dict[str, tuple[Stamp, FileInfo]] = {}
+    if cache is not None:
+        cached, note = cache.load()
         if note:
             stats.notes.append(note)
-    results: dict[str, FileResult] = {}
-    keep: dict[str, tuple[int, int, FileInfo]] = {}
-    todo: list[tuple[str, str]] = []
-    stamps: dict[str, tuple[int, int]] = {}
-    for file_path, kind in tasks:
-        try:
-            st = os.stat(file_path)
-        except OSError as e:
-            results[file_path] = FileError("unreadable", str(e.strerror or e))
-            continue
-        stamps[file_path] = (st.st_size, st.st_mtime_ns)
-        hit = cached.get(file_path)
-        # An entry without ids does not answer a 'png_ids' task (checked under 'png' before).
-        if hit is not None and hit[:2] == stamps[file_path] and (kind != "png_ids" or hit[2].ids is not None):
-            results[file_path] = hit[2]
-            keep[file_path] = hit
-        else:
-            todo.append((file_path, kind))
-    stats.read = len(todo)
-    progress = _Progress(len(todo), desc)
+    plan = split(tasks, cached, _answers)
+    results: dict[str, FileResult] = {p: unreadable(e) for p, e in plan.unreadable.items()}
+    results.update((p, info) for p, (_, info) in plan.hits.items())
+    keep = dict(plan.hits)
+    stats.read = len(plan.todo)
+    progress = _Progress(len(plan.todo), desc)
     try:
-        for file_path, result in _run_checks(todo, desc):
+        for file_path, result in _run_checks(plan.todo, desc):
             results[file_path] = result
             if isinstance(result, FileInfo):
-                keep[file_path] = (*stamps[file_path], result)
+                keep[file_path] = plan.entry(file_path, result)
             progress.update()
     finally:
         progress.close()
-    if path is not None and (todo or len(keep) != len(cached)):
-        try:
-            save_cache(path, key, keep)
-        except OSError as e:  # a read-only cache folder costs speed, not correctness
-            stats.notes.append(f"could not write the check cache {path} ({e}); the next check reads every file")
+    if cache is not None and (plan.todo or len(keep) != len(cached)):
+        note = cache.save(keep)
+        if note:
+            stats.notes.append(note)
     stats.seconds = time.perf_counter() - start
     return results, stats

@@ -14,13 +14,12 @@ Every annotation file is untrusted and checked in full at start-up: types of eve
 the image size, the runs adding up to height x width (pycocotools silently pads or cuts them), and the JPEG's
 own header size equal to the JSON's (through the frame check, cutie/data/index/frame_check.py). A bad file is one
 Problem naming the file and the JSON location (`annotations[3].segmentation.size: ...`). Results of good JSON files
-(their kept annotation indices) are cached beside the frame check's, keyed on (path, size, mtime_ns) and the filter,
-so a second scan of an unchanged release parses no JSON.
+(their kept annotation indices) are cached beside the frame check's (cutie/data/index/stamped_cache.py), keyed on
+(path, size, mtime_ns) and the filter, so a second scan of an unchanged release parses no JSON.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -28,16 +27,15 @@ import multiprocessing as mp
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from cutie.config.train import Sa1bMasks
 from cutie.config.typed import ConfigError, parse
 from cutie.data.index import frame_check
-from cutie.data.index.frame_check import MAX_PIXELS, FileError, FileInfo
+from cutie.data.index.frame_check import MAX_PIXELS, FileError, FileInfo, unreadable
 from cutie.data.index.scan import IMAGE_EXTS, DatasetReport, problem, resolve
-from cutie.utils.atomic import atomic_write_json
+from cutie.data.index.stamped_cache import StampedCache, cache_path, split
 from cutie.utils.paths import Confiner, PathEscapeError
 from cutie.utils.rle import RLEError, compressed_counts
 
@@ -208,7 +206,7 @@ def parse_file(path: str, masks: Sa1bMasks) -> Sa1bFile | FileError:
     try:
         return select(read_document(path), masks)
     except OSError as e:
-        return FileError("unreadable", str(e.strerror or e))
+        return unreadable(e)
     except Sa1bError as e:
         return FileError("bad_annotation_file", str(e))
 
@@ -224,70 +222,40 @@ def _cache_key(directory: str, masks: Sa1bMasks) -> str:
     return f"sa1b|{directory}|{masks.min_area_fraction!r}|{masks.min_predicted_iou!r}|{masks.min_stability_score!r}"
 
 
-def _cache_path(cache_root: str, key: str) -> Path:
-    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
-    return Path(cache_root) / "data_check" / f"sa1b-{digest}.json"
-
-
-def _parse_entry(value: object) -> tuple[int, int, Sa1bFile] | None:
-    if not (isinstance(value, list) and len(value) == 7):
+def _parse_file(payload: list) -> Sa1bFile | None:
+    """A cached Sa1bFile from its untrusted JSON form [image name, width, height, masks, kept indices]."""
+    if len(payload) != 5:
         return None
-    size, mtime, name, w, h, n, kept = value
-    ints = all(_is_int(x) and x >= 0 for x in (size, mtime, w, h, n))
+    name, w, h, n, kept = payload
+    ints = all(_is_int(x) and x >= 0 for x in (w, h, n))
     if not ints or not isinstance(name, str) or not isinstance(kept, list):
         return None
     if not all(_is_int(k) and 0 <= k < n for k in kept):
         return None
-    return size, mtime, Sa1bFile(name, w, h, n, tuple(kept))
+    return Sa1bFile(name, w, h, n, tuple(kept))
 
 
-def _load_cache(path: Path, key: str) -> tuple[dict[str, tuple[int, int, Sa1bFile]], str | None]:
-    """Cached results {json path: (size, mtime_ns, file)}, and a note when the cache was unusable (untrusted)."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}, None
-    except (OSError, ValueError) as e:
-        return {}, f"cache file {path} is unreadable ({str(e)[:80]}); ignored, every JSON is parsed again"
-    if not (isinstance(doc, dict) and doc.get("version") == CACHE_VERSION and doc.get("key") == key):
-        return {}, None  # another version or filter: rebuilt silently
-    files = doc.get("files")
-    entries = {}
-    for name, value in (files if isinstance(files, dict) else {}).items():
-        parsed = _parse_entry(value)
-        if parsed is not None:
-            entries[name] = parsed
-    return entries, None
+def _encode_file(f: Sa1bFile) -> list:
+    return [f.image, f.width, f.height, f.masks, list(f.kept)]
 
 
-def _save_cache(path: Path, key: str, entries: dict[str, tuple[int, int, Sa1bFile]]) -> None:
-    files = {p: [s, m, f.image, f.width, f.height, f.masks, list(f.kept)] for p, (s, m, f) in sorted(entries.items())}
-    atomic_write_json(path, {"version": CACHE_VERSION, "key": key, "files": files})
+def _cache(cache_root: str, key: str) -> StampedCache[Sa1bFile]:
+    """The annotation cache of `key`: `sa1b-<hash>.json` beside the frame check's caches (index/stamped_cache.py)."""
+    return StampedCache(cache_path(cache_root, "sa1b-", key), key, CACHE_VERSION, _parse_file, _encode_file)
 
 
 def parse_files(
     paths: Sequence[str], masks: Sa1bMasks, cache_root: str | None, key: str
 ) -> tuple[dict[str, Sa1bFile | FileError], int, list[str]]:
     """Every annotation file checked (in parallel, from the cache where unchanged): (results, files parsed, notes)."""
-    cache = None if cache_root is None else _cache_path(cache_root, key)
-    cached, note = _load_cache(cache, key) if cache is not None else ({}, None)
+    cache = None if cache_root is None else _cache(cache_root, key)
+    cached, note = cache.load() if cache is not None else ({}, None)
     notes = [note] if note else []
-    results: dict[str, Sa1bFile | FileError] = {}
-    keep: dict[str, tuple[int, int, Sa1bFile]] = {}
-    stamps: dict[str, tuple[int, int]] = {}
-    todo = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-        except OSError as e:
-            results[p] = FileError("unreadable", str(e.strerror or e))
-            continue
-        stamps[p] = (st.st_size, st.st_mtime_ns)
-        hit = cached.get(p)
-        if hit is not None and hit[:2] == stamps[p]:
-            results[p], keep[p] = hit[2], hit
-        else:
-            todo.append((p, masks))
+    plan = split(((p, masks) for p in paths), cached)
+    results: dict[str, Sa1bFile | FileError] = {p: unreadable(e) for p, e in plan.unreadable.items()}
+    results.update((p, f) for p, (_, f) in plan.hits.items())
+    keep = dict(plan.hits)
+    todo = plan.todo
     if len(todo) >= INLINE_BELOW:
         log.info("parsing %d SA-1B annotation files", len(todo))
         workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, len(todo) // 16)
@@ -299,12 +267,10 @@ def parse_files(
     for p, result in done:
         results[p] = result
         if isinstance(result, Sa1bFile):
-            keep[p] = (*stamps[p], result)
+            keep[p] = plan.entry(p, result)
     if cache is not None and (todo or len(keep) != len(cached)):
-        try:
-            _save_cache(cache, key, keep)
-        except OSError as e:  # a read-only cache costs speed, not correctness
-            notes.append(f"could not write the SA-1B cache {cache} ({e}); the next check parses every JSON")
+        note = cache.save(keep)
+        notes += [note] if note else []
     return results, len(todo), notes
 
 
