@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from cutie.testing.reference_files import load_reference
 from cutie.testing.reference_inference import FIXTURE_FORMAT as INFERENCE_FORMAT
 from cutie.testing.reference_inference import check_inference_fixture
 from cutie.testing.reference_model import TOLERANCE, TRAINING_FORMAT, check_training_fixture
@@ -53,8 +54,7 @@ def check_one(path: Path, reference_dir: Path | None) -> float | None:
         print(f"{path}: no such file", file=sys.stderr)
         return None
     try:
-        # The shared fixtures are trusted reference data (they hold module call records, not only tensors).
-        fixture = torch.load(path, weights_only=False, map_location="cpu")
+        fixture = load_reference(path)
     except Exception as e:  # noqa: BLE001 (any unreadable file is reported the same way)
         print(f"{path}: cannot be read ({type(e).__name__}: {e})", file=sys.stderr)
         return None

@@ -13,6 +13,7 @@ from cutie.inference.processor import VideoProcessor
 from cutie.inference.settings import InferenceSettings
 from cutie.inference.tensor_ops import pad_to_multiple, stagger_steps, unpad
 from cutie.model import build_network, load_model_config
+from cutie.testing.reference_files import load_reference
 from cutie.testing.reference_inference import check_inference_fixture
 from cutie.testing.weights_rule import load_weights_rule
 
@@ -22,7 +23,7 @@ FIXTURES = sorted(REFERENCE.glob("inference_*.pt"))
 
 @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
 def test_matches_official_inference_fixture(path: Path) -> None:
-    fixture = torch.load(path, weights_only=False)
+    fixture = load_reference(path)
     assert check_inference_fixture(fixture, REFERENCE) < 1e-4
 
 

@@ -9,6 +9,7 @@ import torch
 
 from cutie.model.losses import LossComputer, LossSettings, one_hot_labels, point_ce, point_dice
 from cutie.model.point_sampling import point_uncertainty, sample_at, uncertain_point_coords
+from cutie.testing.reference_files import load_reference
 
 SETTINGS = LossSettings(
     num_points=256, oversample_ratio=3.0, importance_sample_ratio=0.75, sensory_weight=0.01, query_weight=0.01
@@ -226,7 +227,7 @@ def test_settings_come_from_the_typed_stage_and_model(repo_root) -> None:
 )
 def test_on_reference_fixture_outputs(reference_dir, name: str) -> None:
     """The official network's recorded outputs have the layout the loss expects (batch/output contract)."""
-    fixture = torch.load(reference_dir / name, weights_only=False)  # shared reference data, not user input
+    fixture = load_reference(reference_dir / name)
     torch.manual_seed(0)
     losses = LossComputer(SETTINGS).compute(fixture["inputs"], fixture["outputs"])
     levels = fixture["outputs"]["aux_1"]["q_logits"].shape[2]

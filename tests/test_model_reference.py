@@ -3,11 +3,14 @@ and every recorded submodule call within 1e-4 relative error."""
 
 from __future__ import annotations
 
+import os
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
 
+from cutie.testing.reference_files import load_reference
 from cutie.testing.reference_model import TOLERANCE, check_training_fixture
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
@@ -15,13 +18,13 @@ FIXTURES = sorted(REFERENCE.glob("fixture_*.pt"))
 
 
 def test_fixtures_present() -> None:
-    models = {torch.load(p, weights_only=False)["model"] for p in FIXTURES}
+    models = {load_reference(p)["model"] for p in FIXTURES}
     assert {"small", "base"} <= models, f"expected small and base fixtures in {REFERENCE}, found {models}"
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
 def test_forward_matches_fixture(path: Path, reference_dir: Path) -> None:
-    fixture = torch.load(path, weights_only=False)
+    fixture = load_reference(path)
     report = check_training_fixture(fixture, reference_dir)
 
     expected = {"attn_mask", "sensory_logits", "q_logits"}
@@ -44,3 +47,12 @@ def test_forward_matches_fixture(path: Path, reference_dir: Path) -> None:
     }
     bad = {k: v for k, v in report.modules.items() if not v <= TOLERANCE}
     assert not bad, f"module calls beyond {TOLERANCE} relative error: {bad}"
+
+
+def test_reference_loader_refuses_code(tmp_path: Path) -> None:
+    """Fixtures load weights-only: a pickled callable (what a hostile file would carry) is refused, not called."""
+    path = tmp_path / "fixture_evil.pt"
+    torch.save({"format": "cutie-reference-v1", "hook": os.getcwd}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        load_reference(path)
+    assert load_reference(FIXTURES[0])["model"] in {"small", "base"}  # the real ones load
