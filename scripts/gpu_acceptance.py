@@ -123,8 +123,8 @@ def _clips_per_s(loader, batches: int, warmup: int = 2) -> float:
 def part_dali(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
     try:
         import nvidia.dali  # noqa: F401
-    except ImportError:
-        return {"status": "skipped", "reason": "nvidia.dali is not importable"}
+    except ImportError as e:
+        return {"status": "skipped", "reason": f"nvidia.dali is not importable ({e})"}
     out: dict = {"status": "ok", "clip": f"{sz.frames}x{sz.size}x{sz.size}, merges on", "clips_per_s": {}}
     batches = max(1, sz.loader_clips // sz.batch)
     for n in sz.dali_threads:
@@ -357,9 +357,11 @@ def part_inference(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
 
 def part_fixtures(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
     from cutie.model.clip_forward import forward_clip
+    from cutie.testing.reference_files import load_reference
     from cutie.testing.reference_model import TOLERANCE, TRAINING_FORMAT, _leaves, fixture_network, relative_error
 
-    ref_dir = REPO.parent / "shared" / "reference"
+    # the shared folder beside the checkout; on a lent machine the copy gpu_carry.py unpacked
+    ref_dir = Path(os.environ.get("CUTIE_REFERENCE") or REPO.parent / "shared" / "reference")
     files = sorted(ref_dir.glob("fixture_*.pt"))
     if not files:
         return {"status": "skipped", "reason": f"no training fixtures in {ref_dir}"}
@@ -368,7 +370,7 @@ def part_fixtures(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
     # the dry run: the small model's fixture only (the code path, not the coverage)
     for path in files if sz.device == "cuda" else [f for f in files if "_small_" in f.name][:1]:
         budget.check(20, path.name)
-        fixture = torch.load(path, map_location="cpu", weights_only=False)
+        fixture = load_reference(path)
         if fixture.get("format") != TRAINING_FORMAT:
             continue
         net = fixture_network(fixture, ref_dir).to(device)
@@ -454,7 +456,7 @@ def part_ddp(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
         except Exception as e:  # noqa: BLE001 (NCCL may refuse two ranks on one GPU: gloo next)
             tried.append(f"{backend}: {type(e).__name__}: {str(e)[-300:]}")
             continue
-        r = [torch.load(Path(rd) / f"rank{i}.pt") for i in range(2)]
+        r = [torch.load(Path(rd) / f"rank{i}.pt", weights_only=True) for i in range(2)]
         same = bool(torch.equal(r[0]["params"], r[1]["params"]))
         return {
             "status": "ok" if same and r[0]["finite"] else "failed",
@@ -520,11 +522,24 @@ def run(out_dir: Path, dry: bool, budget_s: float) -> dict:
     return report
 
 
+def _versions() -> dict[str, str | None]:
+    """What the run used (the lent machine's own packages and the carried ones), None where not importable."""
+    out: dict[str, str | None] = {}
+    for name in ("nvidia.dali", "hydra", "omegaconf", "numpy", "cv2", "torchvision"):
+        try:
+            out[name] = __import__(name, fromlist=["__version__"]).__version__
+        except Exception:  # noqa: BLE001 (missing or broken: recorded as such)
+            out[name] = None
+    return out
+
+
 def _write(report: dict, out_dir: Path, sz: Sizes, dry: bool, budget_s: float, start: float) -> None:
     done = {p: report.get(p, {"status": "skipped", "reason": "not reached (the run was cut short)"}) for p in PARTS}
     meta = {
         "device": torch.cuda.get_device_name() if sz.device == "cuda" else "cpu",
         "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "packages": _versions(),
         "cpu_dry_run": dry,
         "budget_s": budget_s,
         "wall_s": round(time.monotonic() - start, 1),
