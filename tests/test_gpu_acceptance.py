@@ -33,6 +33,10 @@ def test_cpu_dry_run_writes_every_part(repo_root, tmp_path):
     runs = report["train_step"]["runs"]
     assert {"small_fp16_torch", "small_bf16_torch", "small_fp16_synthetic"} <= set(runs)
     assert all(r["s_per_iter_median"] > 0 for r in runs.values())
+    # The memory_format decision (issue 15): both layouts timed, and a verdict.
+    assert {"small_bf16_synthetic_contiguous", "small_bf16_synthetic_channels_last"} <= set(runs)
+    verdict = report["train_step"]["memory_format"]["small"]
+    assert verdict["channels_last_speedup"] > 0 and verdict["default_should_be"] in ("contiguous", "channels_last")
     assert report["inference"]["fps"]["small"] > 0
     # DALI is a dependency and the fixtures sit beside the checkout: here neither part may be skipped.
     assert report["fixtures"]["status"] == "ok", report["fixtures"]

@@ -53,6 +53,8 @@ class RuntimeConfig:
     max_batch_per_gpu: int | None  # gradient accumulation keeps the global batch
     cudnn_benchmark: bool
     compile: bool
+    # Layout of the network's 4-D weights and of the frames (cutie/training/memory_format.py); same values.
+    memory_format: Literal["contiguous", "channels_last"]
     max_nonfinite_steps: int  # consecutive non-finite losses before the run stops
     max_bad_sample_fraction: float  # corrupt samples tolerated before the run stops
 

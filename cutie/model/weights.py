@@ -119,7 +119,9 @@ def save_weights(state_dict: Mapping[str, torch.Tensor] | nn.Module, path: str |
     for key, value in strip_wrapper_prefixes(state_dict).items():
         if not isinstance(value, torch.Tensor):
             raise WeightsError(f"cannot save {key!r} to {path}: a state dict holds tensors, got {type(value)}")
-        plain[key] = value.detach().to("cpu", copy=True)  # a copy: no shared storage with live parameters
+        # A copy (no shared storage with live parameters) in the default layout, whatever memory format the
+        # network trains in: the file is the same bytes either way.
+        plain[key] = value.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
     atomic_torch_save(plain, Path(path))
 
 

@@ -35,6 +35,7 @@ ALLOWED = (
     "max_batch_per_gpu",  # a memory knob: the global batch is kept (micro-batch sums round differently)
     "cudnn_benchmark",
     "compile",
+    "memory_format",  # a layout: kernels round differently, the saved files do not differ
     "log_text_interval",
     "log_image_interval",
     "save_weights_interval",

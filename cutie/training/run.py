@@ -53,6 +53,7 @@ from cutie.training.hooks import (
 )
 from cutie.training.logs import setup_logging
 from cutie.training.loop import BadDataStop, StopTraining, run_stage
+from cutie.training.memory_format import contiguous_copy, load_optimizer_state, to_memory_format
 from cutie.training.optim import build_optimizer, build_scheduler
 from cutie.training.plan import ConfigError, StagePlan, enabled_stages, plan_stage
 from cutie.training.resume import check_same_run
@@ -225,7 +226,13 @@ def _build_stage(
     ckpt_io.seed_everything(cfg.run.seed + state.rank)
     net = build_network(cfg.model, single_object=plan.single_object).to(device)
     _initial_weights(net, stage, cfg, previous, resume, start, log)
-    model: torch.nn.Module = ClipModel(net, stage_cfg.num_ref_frames, stage_cfg.deep_update_prob)
+    # Before DDP and the optimiser: both take the parameters' layout (gradient buckets, Adam's moments).
+    to_memory_format(net, cfg.runtime.memory_format)
+    if cfg.runtime.memory_format != "contiguous":
+        log.info(f"[{stage}] memory format: {cfg.runtime.memory_format} (weights and frames)")
+    model: torch.nn.Module = ClipModel(
+        net, stage_cfg.num_ref_frames, stage_cfg.deep_update_prob, cfg.runtime.memory_format
+    )
     if state.distributed:
         # Some parameters (e.g. the deep update) are unused in some iterations.
         model = DistributedDataParallel(
@@ -446,7 +453,7 @@ def _train_stages(cfg, stages, plans, resume_plan: ResumePlan, state, device, ru
             ) from None
         finally:
             ctx.loader.close()
-        previous = {k: v.detach().cpu() for k, v in ctx.net.state_dict().items()}
+        previous = contiguous_copy(ctx.net.state_dict())
         log.info(
             f"[{stage}] done in {time.perf_counter() - t0:.0f}s: weights "
             f"{run_dir / f'{cfg.run.exp_id}_{stage}_last.pth'}"
@@ -454,7 +461,7 @@ def _train_stages(cfg, stages, plans, resume_plan: ResumePlan, state, device, ru
 
 
 def _restore(ctx: StageContext, hooks: list[Hook], ckpt: dict, state) -> None:
-    ctx.optimizer.load_state_dict(ckpt["optimizer"])
+    load_optimizer_state(ctx.optimizer, ckpt["optimizer"])  # Adam's moments take their parameters' layout
     ctx.scheduler.load_state_dict(ckpt["scheduler"])
     ctx.scaler.load_state_dict(ckpt["scaler"])
     ctx.iteration = int(ckpt["iteration"])

@@ -15,6 +15,7 @@ from cutie.model.weights import save_weights
 from cutie.training import checkpoint as ckpt_io
 from cutie.training.context import StageContext
 from cutie.training.hooks.base import Hook, every
+from cutie.training.memory_format import contiguous_copy
 from cutie.training.step import StepResult
 from cutie.utils import dist
 from cutie.utils.atomic import check_free_space
@@ -69,8 +70,9 @@ class CheckpointHook(Hook):
     def _write(self, ctx: StageContext, complete: bool, rng_all: list) -> Path:
         state = {
             "format": ckpt_io.FORMAT,
-            "weights": {k: v.detach().cpu() for k, v in ctx.net.state_dict().items()},
-            "optimizer": ctx.optimizer.state_dict(),
+            # In the default layout whatever memory_format trained them (cutie/training/memory_format.py).
+            "weights": contiguous_copy(ctx.net.state_dict()),
+            "optimizer": contiguous_copy(ctx.optimizer.state_dict()),
             "scheduler": ctx.scheduler.state_dict(),
             "scaler": ctx.scaler.state_dict(),
             "stage": ctx.stage,
