@@ -200,6 +200,8 @@ class ValDataset:
     image_directory: str
     mask_directory: str
     subset: str | None = None
+    # objects first annotated after frame 0 are given (and scored) from their first mask, as eval's use_all_masks
+    use_all_masks: bool = False
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class ValidationHook(Hook):
                 device=ctx.device,
                 out_dir=str(ctx.run_dir / "val" / f"{ctx.stage}_{ctx.iteration:07d}"),
                 max_videos=self.max_videos,
+                use_all_masks=ctx.cfg.data.val_dataset.use_all_masks,
             )
             score = float(metrics["J&F-Mean"])
             text = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
