@@ -18,9 +18,11 @@ from PIL import Image
 from cutie.config.evaluation import parse_eval_config
 from cutie.inference import validate
 from cutie.inference.dataset_eval import EvalConfigError, resolve_dataset
+from cutie.inference.video_io import list_videos
 from cutie.metrics import evaluate_folders
 from cutie.model import build_network, load_model_config
 from cutie.testing.weights_rule import load_weights_rule
+from cutie.utils.paths import PathEscapeError
 
 REPO = Path(__file__).resolve().parents[1]
 DAVIS_VAL = Path("DAVIS/2017/trainval")
@@ -312,3 +314,60 @@ def test_custom_folder_with_a_wrong_size_mask_evaluates_with_it_left_out(
                        True, 5, False, "auto")  # fmt: skip
     with pytest.raises(ValueError, match="00009"):  # without the skip, the scorer refuses the wrong-size frame
         score_predictions(spec, tmp_path / "out/t/eval/custom/Annotations", ["vid"])
+
+
+@pytest.mark.parametrize("use_all_masks", [False, True])
+def test_validate_gives_and_scores_late_objects_with_use_all_masks(
+    tiny_data: Path, small_net: torch.nn.Module, tmp_path: Path, use_all_masks: bool
+) -> None:
+    """A custom val set whose object enters late (hop-sparse: a mask every 2nd frame): with use_all_masks the
+    network is given the late object at its first mask and it is scored after it, as the folder evaluation of
+    eval.py scores it; without, it is neither given nor scored (the DAVIS protocol)."""
+    root = tiny_data / "custom-sparse"
+    subset = tmp_path / "val.txt"
+    subset.write_text("hop-sparse\n")
+    masks = sorted((root / "Annotations" / "hop-sparse").glob("*.png"))
+    first_ids = set(np.unique(np.array(Image.open(masks[0])))) - {0}
+    all_ids = set().union(*(set(np.unique(np.array(Image.open(m)))) for m in masks)) - {0}
+    assert all_ids > first_ids  # the tiny video has a late object
+    out = tmp_path / "val"
+    metrics = validate(
+        small_net, image_dir=str(root / "JPEGImages"), mask_dir=str(root / "Annotations"), subset=str(subset),
+        device="cpu", out_dir=str(out), use_all_masks=use_all_masks,
+    )  # fmt: skip
+    predicted = set().union(*(set(np.unique(np.array(Image.open(p)))) for p in (out / "hop-sparse").glob("*.png")))
+    late = all_ids - first_ids
+    assert (late <= predicted) == use_all_masks  # the late object was given to the network only with the flag
+    report = evaluate_folders(root / "Annotations", out, ["hop-sparse"], late_objects=use_all_masks,
+                              extra_frames_ok=True)  # fmt: skip
+    assert {o.object_id for o in report.objects} == (all_ids if use_all_masks else first_ids)
+    for key in ("J&F-Mean", "J-Mean", "F-Mean"):
+        assert metrics[key] == pytest.approx(report.summary()[key])
+
+
+@pytest.mark.parametrize("line", ["../../outside", "/abs/video", "a/b", "..\\up"])
+def test_subset_names_stay_folder_names(tmp_path: Path, line: str) -> None:
+    """A subset file is untrusted: each line becomes a folder read under the masks and written under the output."""
+    masks = tmp_path / "Annotations"
+    (masks / "ok-video").mkdir(parents=True)
+    subset = tmp_path / "val.txt"
+    subset.write_text(f"ok-video\n{line}\n")
+    with pytest.raises(PathEscapeError, match=re.escape(str(subset))):
+        list_videos(masks, subset)
+    subset.write_text("ok-video\n\n")
+    assert list_videos(masks, subset) == ["ok-video"]
+
+
+def test_eval_refuses_a_subset_climbing_out(tiny_data: Path, small_net: torch.nn.Module, tmp_path: Path) -> None:
+    weights = tmp_path / "small.pth"
+    torch.save(small_net.state_dict(), weights)
+    root = tiny_data / DAVIS_VAL
+    subset = tmp_path / "evil.txt"
+    subset.write_text("../../../../escaped\n")
+    out = tmp_path / "output"
+    cmd = [sys.executable, str(REPO / "cutie" / "eval.py"), f"weights={weights}", "dataset=custom", "model=small",
+           f"image_directory={root / 'JPEGImages/480p'}", f"mask_directory={root / 'Annotations/480p'}",
+           f"subset={subset}", f"output_root={out}", "exp_id=evil"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and "contains '..'" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not list(tmp_path.rglob("escaped"))

@@ -24,6 +24,7 @@ from PIL import Image
 
 from cutie.utils.atomic import atomic_write
 from cutie.utils.palette import davis_palette
+from cutie.utils.paths import PathEscapeError, confined
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -54,7 +55,12 @@ def list_videos(mask_dir: str | os.PathLike, subset: str | os.PathLike | None = 
         path = Path(subset)
         if not path.is_file():
             raise FileNotFoundError(f"subset file {path} not found (one video name per line)")
-        return sorted(line.strip() for line in path.read_text().splitlines() if line.strip())
+        names = sorted(line.strip() for line in path.read_text().splitlines() if line.strip())
+        for name in names:  # untrusted: a name becomes a folder read under mask_dir and written under the output
+            confined(mask_dir, name, what=f"video {name!r} of {path}")
+            if "/" in name or "\\" in name:
+                raise PathEscapeError(f"video {name!r} of {path} is not a folder name (fix: one video per line)")
+        return names
     mask_dir = Path(mask_dir)
     if not mask_dir.is_dir():
         raise FileNotFoundError(f"mask directory {mask_dir} not found (set the dataset's mask_directory)")
