@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _damage import truncated_jpeg, wrong_size_mask
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -22,6 +23,7 @@ from cutie.inference.video_io import list_videos
 from cutie.metrics import evaluate_folders
 from cutie.model import build_network, load_model_config
 from cutie.testing.weights_rule import load_weights_rule
+from cutie.training.hooks.validation import check_val_set
 from cutie.utils.paths import PathEscapeError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -371,3 +373,23 @@ def test_eval_refuses_a_subset_climbing_out(tiny_data: Path, small_net: torch.nn
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2 and "contains '..'" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not list(tmp_path.rglob("escaped"))
+
+
+def test_check_val_set_names_a_bad_file_before_training(tiny_data: Path, tmp_path: Path) -> None:
+    """Every frame and mask of the validation videos is checked up front (cached), and masks against frames."""
+    root = tmp_path / "val"
+    shutil.copytree(tiny_data / DAVIS_VAL, root)
+    images, masks, subset = root / "JPEGImages/480p", root / "Annotations/480p", root / "ImageSets/2017/val.txt"
+    cache = str(tmp_path / "cache")
+    first = check_val_set(images, masks, subset, cache)
+    assert first > 0 and check_val_set(images, masks, subset, cache) == 0  # the second check reads nothing
+    video = list_videos(masks, subset)[-1]
+    frame = sorted((images / video).glob("*.jpg"))[4]
+    truncated_jpeg(frame)
+    with pytest.raises(ValueError, match=re.escape(str(frame)) + ".*data.val_dataset=null"):
+        check_val_set(images, masks, subset, cache)
+    shutil.copyfile(tiny_data / DAVIS_VAL / "JPEGImages/480p" / video / frame.name, frame)
+    mask = sorted((masks / video).glob("*.png"))[2]
+    wrong_size_mask(mask)
+    with pytest.raises(ValueError, match=re.escape(str(mask)) + ".*its frame"):
+        check_val_set(images, masks, subset, cache)

@@ -230,3 +230,18 @@ def test_errors_are_one_line_unless_hydra_full_error(tmp_path):
         args, cwd=tmp_path, env={**env, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True, timeout=300
     )
     assert full.returncode != 0 and "Traceback" in full.stderr and "pick_device" in full.stderr
+
+
+def test_a_bad_validation_file_stops_before_training(tiny_data, tmp_path):
+    """The validation set is checked with the training data: a truncated frame of a val video is named at start
+    (exit 2), not at the first validation hours in."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)  # 4 MB
+    val = data / "DAVIS/2017/trainval"
+    video = (val / "ImageSets/2017/val.txt").read_text().split()[0]
+    bad = sorted((val / "JPEGImages/480p" / video).glob("*.jpg"))[2]
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    proc = _run(_common(data, tmp_path, "badval") + ["num_workers=0"], tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "validation set" in proc.stderr and str(bad) in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "output" / "badval" / "metrics.jsonl").exists()
