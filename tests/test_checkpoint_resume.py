@@ -209,6 +209,25 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tiny_data, fini
     assert not list(run.rglob("*.cutie-tmp"))
 
 
+def test_full_disk_under_torchrun_stops_every_rank_and_keeps_the_previous_checkpoint(tiny_data, tmp_path):
+    """Two processes: rank 0's checkpoint write fails (EFBIG past the file-size limit, as on a full disk); it says
+    so in one line and exits 5, rank 1 is released from the checkpoint barrier and stops too (no hang), and the
+    previous checkpoint stays the latest, with no temporary left."""
+    base = _args(tiny_data, tmp_path, "fulldist", "num_workers=0")
+    _train(base, tmp_path, torchrun=2)  # checkpoints at 4 and 6, without a limit
+    run = tmp_path / "output" / "fulldist"
+    previous = ckpt_io.latest_checkpoint(run)
+    more = [*base, "main_training.num_iterations=8", "save_checkpoint_interval=1"]
+    proc = _train(more, tmp_path, expect=1, fsize=8 << 20, torchrun=2)  # torchrun: 1 when a process failed
+    out = proc.stdout + proc.stderr
+    assert "out of disk space" in out and "main_training_0000007.pth" in out, out[-4000:]
+    assert "exitcode  : 5" in out, out[-3000:]  # the rank that could not write exits 5 (out of disk space)
+    assert "exitcode  : 1 " not in out  # no rank failed on an internal error (a hang would hit the timeout)
+    assert ckpt_io.latest_checkpoint(run) == previous
+    assert ckpt_io.load_checkpoint(previous)["iteration"] == 6
+    assert not list(run.rglob("*.cutie-tmp"))
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_too_many_bad_samples_mid_run_save_a_checkpoint_and_exit_4(tiny_data, tmp_path, processes):
     """Also under torchrun: the ranks agree on the stop in the step's one host all-reduce, so none waits for the
