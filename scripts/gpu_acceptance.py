@@ -410,7 +410,8 @@ def part_fixtures(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
     if not files:
         return {"status": "skipped", "reason": f"no training fixtures in {ref_dir}"}
     device = torch.device(sz.device)
-    out: dict = {"status": "ok", "tolerance": TOLERANCE, "float32_rel_error": {}, "amp_rel_error_vs_float32": {}}
+    out: dict = {"status": "ok", "tolerance": TOLERANCE, "float32_rel_error": {}, "amp_rel_error_vs_float32": {},
+                 "amp_label_agreement_vs_float32": {}}  # fmt: skip
     # the dry run: the small model's fixture only (the code path, not the coverage)
     for path in files if sz.device == "cuda" else [f for f in files if "_small_" in f.name][:1]:
         budget.check(20, path.name)
@@ -438,8 +439,12 @@ def part_fixtures(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
         amps = [("bf16", torch.bfloat16)] + ([("fp16", torch.float16)] if sz.device == "cuda" else [])  # see above
         for name, dtype in amps:
             low = run(dtype)
-            err = max(relative_error(low[p], f32[p]) for p in f32 if p.startswith("logits"))
+            logits = [p for p in f32 if p.startswith("logits")]  # each B*(O+1)*H*W
+            err = max(relative_error(low[p], f32[p]) for p in logits)
             out["amp_rel_error_vs_float32"][f"{path.name}:{name}"] = round(err, 5)
+            # What segmentation sees: the share of pixels whose label (argmax over background + objects) agrees.
+            agree = min(float((low[p].argmax(1) == f32[p].argmax(1)).float().mean()) for p in logits)
+            out["amp_label_agreement_vs_float32"][f"{path.name}:{name}"] = round(agree, 5)
     return out
 
 

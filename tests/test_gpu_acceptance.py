@@ -42,6 +42,9 @@ def test_cpu_dry_run_writes_every_part(repo_root, tmp_path):
     assert report["fixtures"]["status"] == "ok", report["fixtures"]
     assert report["dali"]["status"] == "ok", report["dali"]
     assert all(e < report["fixtures"]["tolerance"] for e in report["fixtures"]["float32_rel_error"].values())
+    agreement = report["fixtures"]["amp_label_agreement_vs_float32"]
+    assert agreement.keys() == report["fixtures"]["amp_rel_error_vs_float32"].keys()
+    assert all(0.0 <= v <= 1.0 for v in agreement.values())
     assert report["dali"]["frames_vs_cpu_graph"]["max_abs"] == 0.0  # the CPU graph against itself: identical
     assert report["meta"]["packages"]["nvidia.dali"] and report["meta"]["packages"]["hydra"]
     table = (tmp_path / "out" / "gpu_acceptance.md").read_text()
