@@ -17,13 +17,14 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from cutie.config.evaluation import parse_eval_config
+from cutie.data.index.datasets import summarize
+from cutie.data.index.scan import scan_val_dataset
 from cutie.inference import validate
 from cutie.inference.dataset_eval import EvalConfigError, resolve_dataset
 from cutie.inference.video_io import list_videos
 from cutie.metrics import evaluate_folders
 from cutie.model import build_network, load_model_config
 from cutie.testing.weights_rule import load_weights_rule
-from cutie.training.hooks.validation import check_val_set
 from cutie.utils.paths import PathEscapeError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -375,21 +376,27 @@ def test_eval_refuses_a_subset_climbing_out(tiny_data: Path, small_net: torch.nn
     assert not list(tmp_path.rglob("escaped"))
 
 
-def test_check_val_set_names_a_bad_file_before_training(tiny_data: Path, tmp_path: Path) -> None:
-    """Every frame and mask of the validation videos is checked up front (cached), and masks against frames."""
-    root = tmp_path / "val"
-    shutil.copytree(tiny_data / DAVIS_VAL, root)
-    images, masks, subset = root / "JPEGImages/480p", root / "Annotations/480p", root / "ImageSets/2017/val.txt"
+def test_the_validation_set_is_checked_like_training_data(tiny_data: Path, tmp_path: Path) -> None:
+    """Every frame (unannotated ones too: inference reads them) and mask of the validation videos, cached, and
+    masks against their frames; summarize() adds the set to the main-training reports (check_data, training)."""
+    shutil.copytree(tiny_data / "DAVIS", tmp_path / "DAVIS")
+    val = tmp_path / DAVIS_VAL
+    cfg = {"name": "my-val", "image_directory": str(val / "JPEGImages/480p"),
+           "mask_directory": str(val / "Annotations/480p"), "subset": str(val / "ImageSets/2017/val.txt")}  # fmt: skip
     cache = str(tmp_path / "cache")
-    first = check_val_set(images, masks, subset, cache)
-    assert first > 0 and check_val_set(images, masks, subset, cache) == 0  # the second check reads nothing
-    video = list_videos(masks, subset)[-1]
-    frame = sorted((images / video).glob("*.jpg"))[4]
-    truncated_jpeg(frame)
-    with pytest.raises(ValueError, match=re.escape(str(frame)) + ".*data.val_dataset=null"):
-        check_val_set(images, masks, subset, cache)
-    shutil.copyfile(tiny_data / DAVIS_VAL / "JPEGImages/480p" / video / frame.name, frame)
-    mask = sorted((masks / video).glob("*.png"))[2]
+    rep = scan_val_dataset(cfg, str(tmp_path), cache)
+    videos = list_videos(cfg["mask_directory"], cfg["subset"])
+    assert rep.ok and rep.videos == len(videos) and rep.checked.read > 0
+    assert scan_val_dataset(cfg, str(tmp_path), cache).checked.read == 0  # the second check reads nothing
+    frames = sorted((val / "JPEGImages/480p" / videos[-1]).glob("*.jpg"))
+    (val / "Annotations/480p" / videos[-1] / f"{frames[4].stem}.png").unlink()  # frame 4 is now unannotated
+    truncated_jpeg(frames[4])
+    mask = sorted((val / "Annotations/480p" / videos[0]).glob("*.png"))[2]
     wrong_size_mask(mask)
-    with pytest.raises(ValueError, match=re.escape(str(mask)) + ".*its frame"):
-        check_val_set(images, masks, subset, cache)
+    rep = scan_val_dataset(cfg, str(tmp_path), cache)
+    assert {(p.kind, p.path) for p in rep.issues} == {("truncated_jpeg", str(frames[4])), ("size_mismatch", str(mask))}
+    data = {"pre_training": {"datasets": []}, "main_training": {"datasets": []}, "val_dataset": cfg}
+    assert [r.name for r in summarize(data, str(tmp_path), stages=["main_training"], cache_root=cache)] == ["my-val"]
+    assert summarize(data, str(tmp_path), stages=["pre_training"], cache_root=cache) == []
+    cfg["subset"] = str(val / "absent.txt")  # an absent set is skipped by training (a log line), not a problem
+    assert summarize(data, str(tmp_path), stages=["main_training"], cache_root=cache) == []

@@ -243,5 +243,5 @@ def test_a_bad_validation_file_stops_before_training(tiny_data, tmp_path):
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     proc = _run(_common(data, tmp_path, "badval") + ["num_workers=0"], tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "validation set" in proc.stderr and str(bad) in proc.stderr and "Traceback" not in proc.stderr
+    assert "[d17-val]" in proc.stderr and str(bad) in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "output" / "badval" / "metrics.jsonl").exists()

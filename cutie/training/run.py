@@ -23,7 +23,6 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from cutie.config.train import STAGES, TrainConfig
-from cutie.data.index.datasets import DataValidationError
 from cutie.data.index.datasets import validate as validate_data
 from cutie.data.loaders.build import build_train_loader, shared_memory_needed
 from cutie.data.loaders.slots import SharedMemoryTooSmallError, check_shared_memory
@@ -52,7 +51,6 @@ from cutie.training.hooks import (
     ProgressHook,
     ValidationHook,
 )
-from cutie.training.hooks.validation import check_val_set, val_paths
 from cutie.training.logs import setup_logging
 from cutie.training.loop import BadDataStop, StopTraining, run_stage
 from cutie.training.memory_format import contiguous_copy, load_optimizer_state, to_memory_format
@@ -322,10 +320,10 @@ def _check_inputs(cfg: TrainConfig, stages: list[str], plans: dict, state, devic
 
 
 def _check_data(cfg: TrainConfig, stages: list[str], state) -> None:
-    """Every frame of every stage's data, and of the validation set with main training. With several processes on
-    a node, local rank 0 checks first and fills the file-check cache; the others wait for it, then check against
-    the cache (seconds), so that a node reads each file once instead of once per GPU. Every rank ends with the
-    same verdict."""
+    """Every frame of every stage's data, and of the validation set with main training (validate_data checks it
+    with the main-training data). With several processes on a node, local rank 0 checks first and fills the
+    file-check cache; the others wait for it, then check against the cache (seconds), so that a node reads each
+    file once instead of once per GPU. Every rank ends with the same verdict."""
 
     def check() -> int:
         read = 0  # files opened (not answered by the cache)
@@ -335,11 +333,6 @@ def _check_data(cfg: TrainConfig, stages: list[str], state) -> None:
                 cfg.data, cfg.run.data_root, seq_length=seq_length, stages=[s], cache_root=cfg.run.cache_root
             )
             read += sum(r.checked.read for r in reports if r.checked is not None)
-        if "main_training" in stages and (paths := val_paths(cfg)) is not None:
-            try:
-                read += check_val_set(*paths, cfg.run.cache_root)
-            except ValueError as e:  # a bad file would otherwise stop the run at the first validation
-                raise DataValidationError(f"validation set {cfg.data.val_dataset.name}: {e}") from None
         return read
 
     first = state.local_rank == 0

@@ -27,7 +27,9 @@ from cutie.data.index.scan import (
     load_empty_masks,
     load_subset,
     scan_static_dataset,
+    scan_val_dataset,
     scan_video_dataset,
+    val_paths_present,
 )
 
 __all__ = [
@@ -216,11 +218,13 @@ def summarize(
     stages: Iterable[str] = STAGES,
     cache_root: str | None = None,
 ) -> list[DatasetReport]:
-    """One report per dataset used by the given stages (for scripts/check_data.py); never raises on data.
+    """One report per dataset used by the given stages, and the validation set's with main training when its
+    folders exist (for scripts/check_data.py); never raises on data.
 
     Every frame's files are checked; cache_root (None: no cache) keeps the results of good files."""
     data_cfg = as_mapping(data_cfg)
     reports = []
+    stages = list(stages)
     for stage in stages:
         for name in data_cfg[stage]["datasets"]:
             if stage == "pre_training":
@@ -229,6 +233,9 @@ def summarize(
             else:
                 cfg = _lookup(data_cfg, "vos_datasets", name)
                 reports.append(scan_video_dataset(name, cfg, data_root, seq_length, cache_root=cache_root)[1])
+    val = data_cfg.get("val_dataset")
+    if "main_training" in stages and val and val_paths_present(val, data_root):  # validated during main training
+        reports.append(scan_val_dataset(val, data_root, cache_root))
     return reports
 
 

@@ -613,6 +613,47 @@ def scan_video_dataset(
     return _video_set(name, cfg, (image_dir, mask_dir), videos, empty_lists, steps), rep
 
 
+def val_paths_present(cfg: Mapping, data_root: str) -> bool:
+    """Whether the validation set's folders (and subset file, if named) exist: an absent set is skipped by
+    training with a log line, not a problem."""
+    paths = [cfg["image_directory"], cfg["mask_directory"], *([cfg["subset"]] if cfg.get("subset") else [])]
+    return all(os.path.exists(resolve(data_root, p)) for p in paths)
+
+
+def scan_val_dataset(cfg: Mapping, data_root: str, cache_root: str | None = None) -> DatasetReport:
+    """The validation set (data.val_dataset) checked as a training video set is (folders, pairing, every file,
+    masks against their frames), and its unannotated frames too, which inference reads; no clip-length rule.
+    Checked when training starts, so that a bad file cannot stop the run at its first validation."""
+    key = "data.val_dataset"
+    image_dir, mask_dir = resolve(data_root, cfg["image_directory"]), resolve(data_root, cfg["mask_directory"])
+    rep = DatasetReport(name=cfg["name"], kind="video", path=image_dir, found=os.path.isdir(image_dir))
+    names = _video_folders(rep, image_dir, mask_dir, cfg, data_root, key)
+    if names is None:
+        return rep
+    videos = _structures(rep, image_dir, mask_dir, names)
+    tasks = [t for v in videos for jp, pp in v.paths() for t in ((jp, "jpeg"), (pp, "png"))]
+    unannotated = [
+        os.path.join(v.image_dir, f)
+        for v in videos
+        for f in sorted(set(_split_by_ext(os.listdir(v.image_dir), IMAGE_EXTS).values()) - set(v.jpgs))
+    ]
+    # Its own cache key: a cache is rewritten with the entries of one check, and training's check of the same
+    # folders (DAVIS train and val share them) would otherwise evict these and the other way round.
+    results = _check(rep, tasks + [(p, "jpeg") for p in unannotated], cache_root, f"val|{image_dir}|{mask_dir}")
+    sound = []
+    for v in videos:
+        found, _ = _video_file_problems(v, results)
+        rep.issues += found
+        sound += [] if found else [v]
+    rep.videos = len(sound)
+    _count_annotation(rep, sound)  # dense / sparse, for check_data's annotation lines
+    rep.issues += [_file_problem(p, r) for p in unannotated if isinstance(r := results[p], FileError)]
+    if not videos and not rep.issues:
+        detail = f"no video with frames and masks in {image_dir} / {mask_dir}"
+        rep.issues.append(problem("unusable", image_dir, detail, f"fix {key} or set {key}=null"))
+    return rep
+
+
 # ----------------------------------------------------------------------------------------------- static sets
 
 

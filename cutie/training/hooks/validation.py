@@ -1,14 +1,15 @@
 """Validation during main training: every eval_interval and at the end of the stage, on a held-out set
 (DAVIS 2017 val when present; the tiny dataset's val split for data=tiny*). Keeps `best.pth` beside the latest.
-`check_val_set` checks the set's files when training starts (cutie/training/run.py), so that a bad file cannot
-stop the run at its first validation."""
+The set's files are checked with the training data when training starts (cutie/data/index/scan.py,
+`scan_val_dataset`), so that a bad file cannot stop the run at its first validation."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from cutie.config.train import TrainConfig
-from cutie.data.index.frame_check import FileError, check_files
+from cutie.data.index.scan import val_paths_present
 from cutie.model.weights import save_weights
 from cutie.training.context import StageContext
 from cutie.training.hooks.base import Hook, every
@@ -20,54 +21,10 @@ def val_paths(cfg: TrainConfig) -> tuple[Path, Path, Path | None] | None:
     """The validation set's frame folder, mask folder and subset file (None: no subset) under data_root; None when
     no set is configured or one of them is absent (then validation is skipped, with a log line)."""
     val = cfg.data.val_dataset
-    if val is None:
+    if val is None or not val_paths_present(asdict(val), cfg.run.data_root):
         return None
     root = Path(cfg.run.data_root)
-    image_dir, mask_dir = root / val.image_directory, root / val.mask_directory
-    subset = root / val.subset if val.subset else None
-    return (
-        None
-        if any(p is not None and not p.exists() for p in (image_dir, mask_dir, subset))
-        else (image_dir, mask_dir, subset)
-    )
-
-
-def check_val_set(
-    image_dir: str | Path, mask_dir: str | Path, subset: str | Path | None, cache_root: str | None
-) -> int:
-    """Before training, so that validation cannot fail hours in: every frame and mask of the validation videos
-    passes the training data's file check (cached under cache_root) and every mask has its frame's size. Raises
-    ValueError naming the file and the fix; returns the number of files read (not answered by the cache)."""
-    from cutie.inference.video_io import IMAGE_SUFFIXES, check_mask_size, list_videos  # as validate(): lazily
-
-    fix = "fix: repair or remove the file, or train without validation: data.val_dataset=null"
-    tasks: list[tuple[str, str]] = []
-    pairs: list[tuple[Path, Path]] = []  # (mask, its frame)
-    for name in list_videos(mask_dir, subset):
-        frame_dir, video_masks = Path(image_dir) / name, Path(mask_dir) / name
-        missing = next((d for d in (frame_dir, video_masks) if not d.is_dir()), None)
-        if missing is not None:
-            raise ValueError(
-                f"validation video {name}: {missing} does not exist; fix: list only videos with frames and masks "
-                "(data.val_dataset.subset), or train without validation: data.val_dataset=null"
-            )
-        frames = {p.stem: p for p in frame_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        masks = sorted(video_masks.glob("*.png"))
-        if not masks:
-            raise ValueError(f"validation video {name}: no mask in {video_masks} (the first one gives the objects)")
-        tasks += [(str(p), "png" if p.suffix.lower() == ".png" else "jpeg") for p in frames.values()]
-        tasks += [(str(m), "png") for m in masks]
-        pairs += [(m, frames[m.stem]) for m in masks if m.stem in frames]
-    results, stats = check_files(tasks, cache_root, f"val|{image_dir}|{mask_dir}", desc="check validation set")
-    bad = sorted((p, r) for p, r in results.items() if isinstance(r, FileError))
-    if bad:
-        path, err = bad[0]
-        more = f" ({len(bad)} bad files in the validation set)" if len(bad) > 1 else ""
-        raise ValueError(f"{path}: {err.kind}: {err.detail}{more}; {fix}")
-    for mask, frame in pairs:
-        m, f = results[str(mask)], results[str(frame)]
-        check_mask_size(mask, (m.height, m.width), (f.height, f.width), frame)
-    return stats.read
+    return root / val.image_directory, root / val.mask_directory, root / val.subset if val.subset else None
 
 
 class ValidationHook(Hook):
