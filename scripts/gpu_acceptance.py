@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """GPU acceptance run: one command, every check a lent GPU machine should make, one JSON and one table.
 
-    python scripts/gpu_acceptance.py OUT_DIR [--budget-s 450] [--cpu-dry-run]
+    python scripts/gpu_acceptance.py OUT_DIR [--budget-s 420] [--cpu-dry-run]
 
 Parts (each guarded: a failure is recorded and the next part runs; a global time budget skips what would not
 fit): `dali` (mixed-graph main-clip throughput at 1/2/4 CPU threads vs the torch backend, frames vs the CPU
 graph), `train_step` (s/iter and peak memory of the real train_step, small/base, fp16+GradScaler and bf16, DALI
 and torch batches, GPU busy fraction), `inference` (scripts/benchmark_inference.py), `fixtures` (the reference
-fixtures on CUDA in float32, bf16/fp16 clip forward vs float32), `ddp` (a 2-process DDP step on one GPU).
+fixtures on CUDA in float32, bf16/fp16 clip forward vs float32), `ddp` (a 2-process DDP step on one GPU),
+`train_py` (cutie/train.py on the tiny dataset, both stages, stopped and relaunched).
 Writes OUT_DIR/gpu_acceptance.json and OUT_DIR/gpu_acceptance.md. Installs nothing; needs torch with CUDA, DALI
 for the `dali` part (else skipped), nvidia-ml-py or nvidia-smi for the busy fraction (else not measured).
 `--cpu-dry-run` runs every code path on the CPU at tiny sizes (CI keeps the script working).
@@ -20,6 +21,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -36,7 +38,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))  # the benchmark scripts' functions are reused, not copied
-PARTS = ("dali", "train_step", "inference", "fixtures", "ddp")
+PARTS = ("dali", "train_step", "inference", "fixtures", "ddp", "train_py")
 STATUSES = ("ok", "failed", "skipped")
 
 
@@ -517,10 +519,53 @@ def part_ddp(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
     return {"status": "failed", "reason": "no backend worked", "tried": tried}
 
 
+# -------------------------------------------------------------------------------------------------- train_py
+
+
+def part_train_py(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
+    """The product itself on the device: `cutie/train.py` on the tiny dataset, both stages (fp16 AMP + GradScaler
+    in main training, the loader `auto` picks: DALI's mixed graph on a GPU), stopped at iteration 3 like a
+    preemption (exit 3, a checkpoint) and relaunched to the end, with validation at the end of main training."""
+    budget.check(90, "train.py end to end")
+    tiny = Path(tmp) / "tiny"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_dataset.py"), "--out", str(tiny), "--seed",
+                    "0"], check=True, capture_output=True, timeout=120)  # fmt: skip
+    iters = 6 if sz.device == "cuda" else 4
+    args = [sys.executable, str(REPO / "cutie" / "train.py"), "exp_id=gpu", "model=small", "data=tiny",
+            f"data_root={tiny}", f"cache_root={tmp}/cache", f"output_root={tmp}/out", f"device={sz.device}",
+            f"num_workers={min(sz.loader_workers, 2)}", "eval_interval=0", "log_text_interval=2",
+            "log_image_interval=1000", "model.imagenet_dir=null", f"pre_training.num_iterations={iters}",
+            f"main_training.num_iterations={iters}", f"main_training.lr_schedule_steps=[{iters - 1}]",
+            "save_checkpoint_interval=2"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    out: dict = {"status": "ok", "iterations_per_stage": iters, "runs": []}
+    for extra, want in ((["stop_at_iteration=3"], 3), ([], 0)):
+        t0 = time.monotonic()
+        limit = max(10.0, min(budget.left() - 5, 300.0))
+        proc = subprocess.run(args + extra, env=env, capture_output=True, text=True, timeout=limit, cwd=tmp)
+        out["runs"].append({"extra": extra, "exit": proc.returncode, "seconds": round(time.monotonic() - t0, 1)})
+        if proc.returncode != want:
+            out["status"] = "failed"
+            out["reason"] = f"train.py {' '.join(extra)} exited {proc.returncode}, expected {want}"
+            out["stderr_tail"] = (proc.stdout + proc.stderr)[-1500:]
+            return out
+    run = Path(tmp) / "out" / "gpu"
+    losses = [json.loads(line)["total_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    found = re.search(r"process\(es\), loader (\w+)", (run / "train.log").read_text())  # run.py's start line
+    out["loader"] = found.group(1) if found else None
+    out["weights"] = sorted(p.name for p in run.glob("*.pth"))
+    out["losses_finite"] = bool(torch.isfinite(torch.tensor(losses)).all())
+    missing = {"gpu_pre_training_last.pth", "gpu_main_training_last.pth", "best.pth"} - set(out["weights"])
+    if missing or not out["losses_finite"]:
+        out["status"] = "failed"
+        out["reason"] = f"missing {sorted(missing)}" if missing else "non-finite losses"
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- the run
 
 RUNNERS = {"dali": part_dali, "train_step": part_train_step, "inference": part_inference,
-           "fixtures": part_fixtures, "ddp": part_ddp}  # fmt: skip
+           "fixtures": part_fixtures, "ddp": part_ddp, "train_py": part_train_py}  # fmt: skip
 
 
 def write_markdown(report: dict, path: Path) -> None:

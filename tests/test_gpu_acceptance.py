@@ -10,7 +10,7 @@ import sys
 import pytest
 
 pytestmark = pytest.mark.slow
-PARTS = ("dali", "train_step", "inference", "fixtures", "ddp")
+PARTS = ("dali", "train_step", "inference", "fixtures", "ddp", "train_py")
 
 
 def test_cpu_dry_run_writes_every_part(repo_root, tmp_path):
@@ -47,5 +47,8 @@ def test_cpu_dry_run_writes_every_part(repo_root, tmp_path):
     assert all(0.0 <= v <= 1.0 for v in agreement.values())
     assert report["dali"]["frames_vs_cpu_graph"]["max_abs"] == 0.0  # the CPU graph against itself: identical
     assert report["meta"]["packages"]["nvidia.dali"] and report["meta"]["packages"]["hydra"]
+    # the product's own entry point: stopped at iteration 3 (exit 3), relaunched to the end (exit 0)
+    assert [r["exit"] for r in report["train_py"]["runs"]] == [3, 0] and report["train_py"]["losses_finite"]
+    assert {"gpu_pre_training_last.pth", "gpu_main_training_last.pth", "best.pth"} <= set(report["train_py"]["weights"])
     table = (tmp_path / "out" / "gpu_acceptance.md").read_text()
     assert all(f"| {p} | {report[p]['status']} |" in table for p in PARTS)
