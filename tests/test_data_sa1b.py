@@ -300,3 +300,18 @@ def test_tiny_pre_training_on_sa1b(tiny_data: Path, tmp_path: Path) -> None:
     losses = [r["total_loss"] for r in records if r["stage"] == "pre_training"]
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert (tmp_path / "out/sa1b/sa1b_pre_training_last.pth").is_file()
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_max_masks_per_image_keeps_the_largest_passing_masks(tiny_data: Path, tmp_path: Path, k: int) -> None:
+    index = build_static_index(_cfg(max_masks_per_image=k), str(tiny_data), cache_root=str(tmp_path))
+    (sset,) = index.sets
+    got = sorted(sset.sample(i) for i in range(len(sset)))
+    passing: dict[str, list[tuple[int, int, str, int]]] = {}  # image -> (-area, index, json, index)
+    for jpg, jp, i, m, _ in _decoded(tiny_data):
+        if m.mean() >= 0.02:
+            passing.setdefault(str(jpg), []).append((-int(m.sum()), i, str(jp), i))
+    want = sorted((jpg, jp, i) for jpg, rows in passing.items() for _, _, jp, i in sorted(rows)[:k])
+    assert got == want and any(len(rows) > k for rows in passing.values())  # the cap bites on the tiny folder
+    with pytest.raises(ConfigError, match="max_masks_per_image`: must be >= 1 or null"):
+        Sa1bMasks(max_masks_per_image=0)

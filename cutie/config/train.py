@@ -151,11 +151,16 @@ class Sa1bMasks:
     min_area_fraction: float = 0.02  # mask pixels / image pixels, measured on the decoded mask
     min_predicted_iou: float = 0.0  # 0 keeps every mask (the release's masks already passed SAM's filters)
     min_stability_score: float = 0.0
+    # the largest masks that passed, at most this many per image (null: all): SA-1B has ~100 masks an image, and
+    # this balances it against the other static sets while keeping every image (docs/sa1b.md, Balance)
+    max_masks_per_image: int | None = None
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            if not 0 <= getattr(self, f.name) <= 1:
-                raise ConfigError(f"`sa1b.{f.name}`: must be within [0, 1], got {getattr(self, f.name)}")
+        for name in ("min_area_fraction", "min_predicted_iou", "min_stability_score"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"`sa1b.{name}`: must be within [0, 1], got {getattr(self, name)}")
+        if self.max_masks_per_image is not None and self.max_masks_per_image < 1:
+            raise ConfigError(f"`sa1b.max_masks_per_image`: must be >= 1 or null, got {self.max_masks_per_image}")
 
 
 @dataclass(frozen=True)

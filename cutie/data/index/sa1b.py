@@ -8,7 +8,8 @@ Its `image.file_name` must be a plain file name in the JSON's own folder (confin
 
 A sample is one (image, annotation) whose decoded mask covers at least `min_area_fraction` of the image (the area is
 measured from the RLE runs, not taken from the file's `area`) and whose `predicted_iou` / `stability_score` reach
-their minimums (0 = no filter). docs/sa1b.md explains the defaults.
+their minimums (0 = no filter); `max_masks_per_image` then keeps the largest of an image's masks that passed.
+docs/sa1b.md explains the defaults.
 
 Every annotation file is untrusted and checked in full at start-up: types of every value used, the RLE size equal to
 the image size, the runs adding up to height x width (pycocotools silently pads or cuts them), and the JPEG's
@@ -178,15 +179,17 @@ def select(doc: object, masks: Sa1bMasks) -> Sa1bFile:
     if not isinstance(anns, list):
         raise Sa1bError(f"annotations: expected a list, got {_show(anns)}")
     need = masks.min_area_fraction * width * height
-    kept = []
+    kept: list[tuple[int, int]] = []  # (area, index) of the annotations that pass
     for i, ann in enumerate(anns):
         where = f"annotations[{i}]"
         area = int(mask_runs(ann, where, width, height)[1::2].sum())  # odd runs are the mask's pixels
         iou = _score(ann, "predicted_iou", where, masks.min_predicted_iou)
         stability = _score(ann, "stability_score", where, masks.min_stability_score)
         if area > 0 and area >= need and iou >= masks.min_predicted_iou and stability >= masks.min_stability_score:
-            kept.append(i)
-    return Sa1bFile(name, width, height, len(anns), tuple(kept))
+            kept.append((area, i))
+    if masks.max_masks_per_image is not None:  # the largest ones; equal areas: the earlier annotation
+        kept = sorted(kept, key=lambda a: (-a[0], a[1]))[: masks.max_masks_per_image]
+    return Sa1bFile(name, width, height, len(anns), tuple(sorted(i for _, i in kept)))
 
 
 def read_document(path: str) -> object:
@@ -219,7 +222,8 @@ def _parse_task(task: tuple[str, Sa1bMasks]) -> tuple[str, Sa1bFile | FileError]
 
 
 def _cache_key(directory: str, masks: Sa1bMasks) -> str:
-    return f"sa1b|{directory}|{masks.min_area_fraction!r}|{masks.min_predicted_iou!r}|{masks.min_stability_score!r}"
+    filters = (masks.min_area_fraction, masks.min_predicted_iou, masks.min_stability_score, masks.max_masks_per_image)
+    return f"sa1b|{directory}|" + "|".join(map(repr, filters))
 
 
 def _parse_file(payload: list) -> Sa1bFile | None:
@@ -397,7 +401,8 @@ def scan_sa1b_dataset(
     without = sum(1 for im in images if not im.file.kept)
     rep.notes.append(
         f"{len(sset)} of {total} masks kept as samples (area >= {masks.min_area_fraction:g} of the image, "
-        f"predicted_iou >= {masks.min_predicted_iou:g}, stability_score >= {masks.min_stability_score:g}); "
+        f"predicted_iou >= {masks.min_predicted_iou:g}, stability_score >= {masks.min_stability_score:g}"
+        f"{'' if masks.max_masks_per_image is None else f', the {masks.max_masks_per_image} largest per image'}); "
         f"{without} of {len(images)} images have none"
     )
     if not len(sset) and not rep.issues:
