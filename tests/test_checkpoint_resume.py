@@ -211,7 +211,8 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tiny_data, fini
 
 def test_full_disk_under_torchrun_stops_every_rank_and_keeps_the_previous_checkpoint(tiny_data, tmp_path):
     """Two processes: rank 0's checkpoint write fails (EFBIG past the file-size limit, as on a full disk); it says
-    so in one line and exits 5, rank 1 is released from the checkpoint barrier and stops too (no hang), and the
+    so in one line and exits 5; rank 1 gets that verdict with the checkpoint's all-reduce and stops with it (before,
+    it trained on and died on the next collective, exit 1, whenever torchrun had not terminated it first); the
     previous checkpoint stays the latest, with no temporary left."""
     base = _args(tiny_data, tmp_path, "fulldist", "num_workers=0")
     _train(base, tmp_path, torchrun=2)  # checkpoints at 4 and 6, without a limit
