@@ -18,7 +18,7 @@ from PIL import Image
 
 from cutie.config.evaluation import parse_eval_config
 from cutie.data.index.datasets import summarize
-from cutie.data.index.scan import scan_val_dataset
+from cutie.data.index.scan import scan_val_dataset, val_paths
 from cutie.inference import validate
 from cutie.inference.dataset_eval import EvalConfigError, resolve_dataset
 from cutie.inference.video_io import list_videos
@@ -400,3 +400,14 @@ def test_the_validation_set_is_checked_like_training_data(tiny_data: Path, tmp_p
     assert summarize(data, str(tmp_path), stages=["pre_training"], cache_root=cache) == []
     cfg["subset"] = str(val / "absent.txt")  # an absent set is skipped by training (a log line), not a problem
     assert summarize(data, str(tmp_path), stages=["main_training"], cache_root=cache) == []
+
+
+def test_validation_uses_the_paths_the_start_up_check_resolved(tmp_path: Path, monkeypatch) -> None:
+    """One resolver for the check and the hook: `~` and `..` are resolved the same way for both."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for d in ("val/JPEGImages", "val/Annotations"):
+        (tmp_path / d).mkdir(parents=True)
+    cfg = {"image_directory": "~/val/JPEGImages", "mask_directory": "sub/../../val/Annotations", "subset": None}
+    root = str(tmp_path / "data")
+    assert val_paths(cfg, root) == (str(tmp_path / "val/JPEGImages"), str(tmp_path / "val/Annotations"), None)
+    assert val_paths({**cfg, "subset": "absent.txt"}, root) is None

@@ -29,7 +29,7 @@ from cutie.data.index.scan import (
     scan_static_dataset,
     scan_val_dataset,
     scan_video_dataset,
-    val_paths_present,
+    val_paths,
 )
 
 __all__ = [
@@ -234,7 +234,7 @@ def summarize(
                 cfg = _lookup(data_cfg, "vos_datasets", name)
                 reports.append(scan_video_dataset(name, cfg, data_root, seq_length, cache_root=cache_root)[1])
     val = data_cfg.get("val_dataset")
-    if "main_training" in stages and val and val_paths_present(val, data_root):  # validated during main training
+    if "main_training" in stages and val and val_paths(val, data_root):  # validated during main training
         reports.append(scan_val_dataset(val, data_root, cache_root))
     return reports
 

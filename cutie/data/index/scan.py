@@ -281,12 +281,16 @@ class _Video:
     name: str
     image_dir: str  # image_dir/<video>
     mask_dir: str
-    frames: int  # JPEGs, annotated or not
-    positions: list[int]  # each annotated frame's index in the sorted JPEG list
+    images: list[str]  # every JPEG, annotated or not, sorted by stem
+    positions: list[int]  # each annotated frame's index in `images`
     stems: list[str]
     jpgs: list[str]
     pngs: list[str]
     ids: list[tuple[int, ...]] | None = None  # partial_labels: the object ids of each mask
+
+    @property
+    def frames(self) -> int:
+        return len(self.images)
 
     def paths(self) -> list[tuple[str, str]]:
         pairs = zip(self.jpgs, self.pngs, strict=True)
@@ -320,8 +324,9 @@ def _video_structure(rep: DatasetReport, image_dir: str, mask_dir: str, video: s
     positions = [i for i, s in enumerate(every) if s in masks]
     stems = [every[i] for i in positions]
     return _Video(
-        video, vdir, mdir, len(every), positions, stems, [images[s] for s in stems], [masks[s] for s in stems]
-    )
+        video, vdir, mdir, [images[s] for s in every], positions, stems, [images[s] for s in stems],
+        [masks[s] for s in stems],
+    )  # fmt: skip
 
 
 def _conversion_problems(image_dir: str, videos: list[str]) -> list[Problem]:
@@ -613,11 +618,12 @@ def scan_video_dataset(
     return _video_set(name, cfg, (image_dir, mask_dir), videos, empty_lists, steps), rep
 
 
-def val_paths_present(cfg: Mapping, data_root: str) -> bool:
-    """Whether the validation set's folders (and subset file, if named) exist: an absent set is skipped by
-    training with a log line, not a problem."""
-    paths = [cfg["image_directory"], cfg["mask_directory"], *([cfg["subset"]] if cfg.get("subset") else [])]
-    return all(os.path.exists(resolve(data_root, p)) for p in paths)
+def val_paths(cfg: Mapping, data_root: str) -> tuple[str, str, str | None] | None:
+    """The validation set's frame folder, mask folder and subset file (None: no subset) under data_root, or None
+    when one of them is absent: an absent set is skipped by training with a log line, not a problem."""
+    subset = resolve(data_root, cfg["subset"]) if cfg.get("subset") else None
+    paths = (resolve(data_root, cfg["image_directory"]), resolve(data_root, cfg["mask_directory"]), subset)
+    return paths if all(os.path.exists(p) for p in paths if p is not None) else None
 
 
 def scan_val_dataset(cfg: Mapping, data_root: str, cache_root: str | None = None) -> DatasetReport:
@@ -632,11 +638,10 @@ def scan_val_dataset(cfg: Mapping, data_root: str, cache_root: str | None = None
         return rep
     videos = _structures(rep, image_dir, mask_dir, names)
     tasks = [t for v in videos for jp, pp in v.paths() for t in ((jp, "jpeg"), (pp, "png"))]
-    unannotated = [
-        os.path.join(v.image_dir, f)
-        for v in videos
-        for f in sorted(set(_split_by_ext(os.listdir(v.image_dir), IMAGE_EXTS).values()) - set(v.jpgs))
-    ]
+    unannotated = []  # the JPEGs without a mask: not in the pairs, but inference reads them
+    for v in videos:
+        annotated = set(v.jpgs)
+        unannotated += [os.path.join(v.image_dir, f) for f in v.images if f not in annotated]
     # Its own cache key: a cache is rewritten with the entries of one check, and training's check of the same
     # folders (DAVIS train and val share them) would otherwise evict these and the other way round.
     results = _check(rep, tasks + [(p, "jpeg") for p in unannotated], cache_root, f"val|{image_dir}|{mask_dir}")

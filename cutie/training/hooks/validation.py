@@ -6,25 +6,13 @@ The set's files are checked with the training data when training starts (cutie/d
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
-from cutie.config.train import TrainConfig
-from cutie.data.index.scan import val_paths_present
+from cutie.data.index.scan import val_paths
 from cutie.model.weights import save_weights
 from cutie.training.context import StageContext
 from cutie.training.hooks.base import Hook, every
 from cutie.training.step import StepResult
 from cutie.utils import dist
-
-
-def val_paths(cfg: TrainConfig) -> tuple[Path, Path, Path | None] | None:
-    """The validation set's frame folder, mask folder and subset file (None: no subset) under data_root; None when
-    no set is configured or one of them is absent (then validation is skipped, with a log line)."""
-    val = cfg.data.val_dataset
-    if val is None or not val_paths_present(asdict(val), cfg.run.data_root):
-        return None
-    root = Path(cfg.run.data_root)
-    return root / val.image_directory, root / val.mask_directory, root / val.subset if val.subset else None
 
 
 class ValidationHook(Hook):
@@ -33,10 +21,13 @@ class ValidationHook(Hook):
         self.max_videos = max_videos
         self.warned = False
 
-    def _dirs(self, ctx: StageContext) -> tuple[Path, Path, Path | None] | None:
+    def _dirs(self, ctx: StageContext) -> tuple[str, str, str | None] | None:
+        """The set's paths as the start-up check resolved them (cutie/data/index/scan.py), None when absent."""
         val = ctx.cfg.data.val_dataset
-        paths = val_paths(ctx.cfg)
-        if paths is None and val is not None:
+        if val is None:
+            return None
+        paths = val_paths(asdict(val), ctx.cfg.run.data_root)
+        if paths is None:
             if not self.warned and ctx.dist.is_main:
                 ctx.log.info(f"validation skipped: {val.image_directory}, {val.mask_directory} or {val.subset} "
                              f"not found under {ctx.cfg.run.data_root} (data.val_dataset)")  # fmt: skip
@@ -62,9 +53,9 @@ class ValidationHook(Hook):
             image_dir, mask_dir, subset = dirs
             metrics = validate(
                 ctx.net,
-                image_dir=str(image_dir),
-                mask_dir=str(mask_dir),
-                subset=None if subset is None else str(subset),
+                image_dir=image_dir,
+                mask_dir=mask_dir,
+                subset=subset,
                 device=ctx.device,
                 out_dir=str(ctx.run_dir / "val" / f"{ctx.stage}_{ctx.iteration:07d}"),
                 max_videos=self.max_videos,
