@@ -537,7 +537,7 @@ def part_train_py(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
             "log_image_interval=1000", "model.imagenet_dir=null", f"pre_training.num_iterations={iters}",
             f"main_training.num_iterations={iters}", f"main_training.lr_schedule_steps=[{iters - 1}]",
             "save_checkpoint_interval=2"]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     out: dict = {"status": "ok", "iterations_per_stage": iters, "runs": []}
     for extra, want in ((["stop_at_iteration=3"], 3), ([], 0)):
         t0 = time.monotonic()
