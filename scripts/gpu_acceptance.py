@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """GPU acceptance run: one command, every check a lent GPU machine should make, one JSON and one table.
 
-    python scripts/gpu_acceptance.py OUT_DIR [--budget-s 420] [--cpu-dry-run]
+    python scripts/gpu_acceptance.py OUT_DIR [--budget-s 420] [--cpu-dry-run] [--parts dali,compile,...]
 
 Parts (each guarded: a failure is recorded and the next part runs; a global time budget skips what would not
 fit): `dali` (mixed-graph main-clip throughput at 1/2/4 CPU threads vs the torch backend, frames vs the CPU
 graph), `train_step` (s/iter and peak memory of the real train_step, small/base, fp16+GradScaler and bf16, DALI
 and torch batches, GPU busy fraction), `inference` (scripts/benchmark_inference.py), `fixtures` (the reference
 fixtures on CUDA in float32, bf16/fp16 clip forward vs float32), `ddp` (a 2-process DDP step on one GPU),
-`train_py` (cutie/train.py on the tiny dataset, both stages, stopped and relaunched).
+`train_py` (cutie/train.py on the tiny dataset, both stages, stopped and relaunched), `compile` (`compile: true`:
+compile time and s/iter against eager; last, in what the budget leaves; `--parts compile` runs it alone).
 Writes OUT_DIR/gpu_acceptance.json and OUT_DIR/gpu_acceptance.md. Installs nothing; needs torch with CUDA, DALI
 for the `dali` part (else skipped), nvidia-ml-py or nvidia-smi for the busy fraction (else not measured).
 `--cpu-dry-run` runs every code path on the CPU at tiny sizes (CI keeps the script working).
@@ -38,7 +39,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))  # the benchmark scripts' functions are reused, not copied
-PARTS = ("dali", "train_step", "inference", "fixtures", "ddp", "train_py")
+PARTS = ("dali", "train_step", "inference", "fixtures", "ddp", "train_py", "compile")
 STATUSES = ("ok", "failed", "skipped")
 
 
@@ -250,10 +251,19 @@ def _train_setup(model: str, amp: str, sz: Sizes, memory_format: str = "contiguo
     return net, ClipModel(net, 3, 0.2, memory_format), losses, optimizer, scaler, plan
 
 
-def _time_steps(model: str, amp: str, batches, sz: Sizes, memory_format: str = "contiguous") -> dict:
+def _time_steps(
+    model: str, amp: str, batches, sz: Sizes, memory_format: str = "contiguous", compile_backend: str | None = None
+) -> dict:
+    """Times the real train_step; `compile_backend`: compile the network's steps first, as `compile: true` does
+    (cutie/training/compiling.py; compiled in the first step, whose time and loss are reported)."""
     from cutie.training.step import train_step
 
+    torch.manual_seed(0)  # the same weights and random draws in every run (compiled vs eager losses compare)
     net, clip_model, losses, optimizer, scaler, plan = _train_setup(model, amp, sz, memory_format)
+    if compile_backend is not None:
+        from cutie.training.compiling import compile_network
+
+        compile_network(net, compile_backend)
     cuda = sz.device == "cuda"
     times = []
     for i in range(sz.warmup + sz.steps):
@@ -266,9 +276,11 @@ def _time_steps(model: str, amp: str, batches, sz: Sizes, memory_format: str = "
             window = time.perf_counter()
         batch = next(batches)
         t0 = time.perf_counter()
-        train_step(clip_model, batch, losses.compute, optimizer, scaler, plan, 3.0)
+        result = train_step(clip_model, batch, losses.compute, optimizer, scaler, plan, 3.0)
         sync()  # per step here on purpose: the benchmark wants each step's time, training does not
         times.append(time.perf_counter() - t0)
+        if i == 0:
+            first_loss = float(result.losses["total_loss"])
     wall = time.perf_counter() - window
     sampler.__exit__()
     timed = times[sz.warmup :]
@@ -278,6 +290,8 @@ def _time_steps(model: str, amp: str, batches, sz: Sizes, memory_format: str = "
         "peak_gpu_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,
         "gpu_busy_fraction": sampler.fraction,
         "busy_source": sampler.source,
+        "first_step_s": round(times[0], 2),  # cuDNN autotuning, allocator warm-up, compilation
+        "first_step_total_loss": first_loss,
     }
 
 
@@ -562,10 +576,44 @@ def part_train_py(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
     return out
 
 
+# -------------------------------------------------------------------------------------------------- compile
+
+
+def part_compile(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
+    """`compile: true` (the network's steps compiled, cutie/training/compiling.py): the compile time (the first
+    compiled step less an eager step), s/iter compiled vs eager and the first step's total loss against eager's
+    (the same weights and draws), for the first model, bf16, the data-free clip. Last, so that it takes only
+    what the other parts left of the budget. Inductor on a GPU; the dry run captures the graphs with dynamo's
+    `eager` backend (inductor's code generation takes ~9 min on the 2-core CI machine: docs/model.md)."""
+    from benchmark_step import synthetic_batch
+
+    cuda = sz.device == "cuda"
+    backend = "inductor" if cuda else "eager"
+    budget.check(180 if cuda else 30, f"torch.compile ({backend})")
+    model = sz.models[0]
+    batch = synthetic_batch(sz.batch, sz.frames, 3, sz.size, torch.device(sz.device), torch.Generator().manual_seed(0))
+    eager = _time_steps(model, "bf16", iter(lambda: batch, None), sz)
+    try:
+        compiled = _time_steps(model, "bf16", iter(lambda: batch, None), sz, compile_backend=backend)
+    finally:
+        torch._dynamo.reset()  # no compiled graphs kept for what runs after
+    a, b = eager["first_step_total_loss"], compiled["first_step_total_loss"]
+    return {
+        "status": "ok",
+        "backend": backend,
+        "model": model,
+        "compile_s": round(compiled["first_step_s"] - eager["s_per_iter_median"], 1),
+        "speedup": round(eager["s_per_iter_median"] / compiled["s_per_iter_median"], 3),
+        "first_loss_rel_diff": abs(a - b) / max(abs(a), 1e-12),
+        "eager": eager,
+        "compiled": compiled,
+    }
+
+
 # ------------------------------------------------------------------------------------------------- the run
 
 RUNNERS = {"dali": part_dali, "train_step": part_train_step, "inference": part_inference,
-           "fixtures": part_fixtures, "ddp": part_ddp, "train_py": part_train_py}  # fmt: skip
+           "fixtures": part_fixtures, "ddp": part_ddp, "train_py": part_train_py, "compile": part_compile}  # fmt: skip
 
 
 def write_markdown(report: dict, path: Path) -> None:
@@ -576,10 +624,12 @@ def write_markdown(report: dict, path: Path) -> None:
         r = report[part]
         figures = json.dumps({k: v for k, v in r.items() if k != "status"}, sort_keys=True).replace("|", "/")
         lines.append(f"| {part} | {r['status']} | `{figures}` |")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    from cutie.utils.atomic import atomic_write_text
+
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def run(out_dir: Path, dry: bool, budget_s: float) -> dict:
+def run(out_dir: Path, dry: bool, budget_s: float, parts: tuple[str, ...] = PARTS) -> dict:
     sz = DRY if dry else GPU
     if not dry and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device visible (use --cpu-dry-run to exercise the script on the CPU)")
@@ -597,6 +647,9 @@ def run(out_dir: Path, dry: bool, budget_s: float) -> dict:
         except Exception as e:  # noqa: BLE001 (parts that need data fail on their own)
             print(f"generating data failed: {e}", file=sys.stderr)
         for part in PARTS:
+            if part not in parts:
+                report[part] = {"status": "skipped", "reason": "not selected (--parts)"}
+                continue
             t0 = time.monotonic()
             try:
                 if budget.left() <= 5:
@@ -613,6 +666,7 @@ def run(out_dir: Path, dry: bool, budget_s: float) -> dict:
             if sz.device == "cuda":
                 torch.cuda.empty_cache()
             _write(report, out_dir, sz, dry, budget_s, start)  # after every part: a kill keeps what ran
+        _write(report, out_dir, sz, dry, budget_s, start)  # with the parts not selected after the last one
     return report
 
 
@@ -639,10 +693,10 @@ def _write(report: dict, out_dir: Path, sz: Sizes, dry: bool, budget_s: float, s
         "wall_s": round(time.monotonic() - start, 1),
     }
     full = {**done, "meta": meta}
+    from cutie.utils.atomic import atomic_write_text
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "gpu_acceptance.json.tmp"
-    tmp.write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out_dir / "gpu_acceptance.json")
+    atomic_write_text(out_dir / "gpu_acceptance.json", json.dumps(full, indent=2) + "\n")
     write_markdown(full, out_dir / "gpu_acceptance.md")
 
 
@@ -651,8 +705,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--cpu-dry-run", action="store_true", help="every part on the CPU at tiny sizes")
     p.add_argument("--budget-s", type=float, default=420.0, help="global time budget (the run ends within ~8 min)")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)} (default: all)")
     args = p.parse_args(argv)
-    report = run(args.out_dir, args.cpu_dry_run, args.budget_s)
+    parts = tuple(x.strip() for x in args.parts.split(",") if x.strip())
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        p.error(f"--parts: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(PARTS)}")
+    report = run(args.out_dir, args.cpu_dry_run, args.budget_s, parts)
     failed = [k for k in PARTS if report[k]["status"] == "failed"]
     print(f"wrote {args.out_dir / 'gpu_acceptance.json'}; failed: {', '.join(failed) or 'none'}")
     return 1 if failed else 0

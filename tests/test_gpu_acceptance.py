@@ -10,7 +10,7 @@ import sys
 import pytest
 
 pytestmark = pytest.mark.slow
-PARTS = ("dali", "train_step", "inference", "fixtures", "ddp", "train_py")
+PARTS = ("dali", "train_step", "inference", "fixtures", "ddp", "train_py", "compile")
 
 
 def test_cpu_dry_run_writes_every_part(repo_root, tmp_path):
@@ -50,5 +50,23 @@ def test_cpu_dry_run_writes_every_part(repo_root, tmp_path):
     # the product's own entry point: stopped at iteration 3 (exit 3), relaunched to the end (exit 0)
     assert [r["exit"] for r in report["train_py"]["runs"]] == [3, 0] and report["train_py"]["losses_finite"]
     assert {"gpu_pre_training_last.pth", "gpu_main_training_last.pth", "best.pth"} <= set(report["train_py"]["weights"])
+    # `compile: true`'s steps, captured by dynamo's eager backend here: the same first loss as eager, to the bit
+    assert report["compile"]["backend"] == "eager" and report["compile"]["first_loss_rel_diff"] == 0.0
+    assert report["compile"]["compiled"]["s_per_iter_median"] > 0
     table = (tmp_path / "out" / "gpu_acceptance.md").read_text()
     assert all(f"| {p} | {report[p]['status']} |" in table for p in PARTS)
+
+
+def test_parts_selects_what_runs(repo_root, tmp_path):
+    script = str(repo_root / "scripts" / "gpu_acceptance.py")
+    env = dict(os.environ, PYTHONPATH=str(repo_root), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    bad = subprocess.run([sys.executable, script, str(tmp_path / "x"), "--cpu-dry-run", "--parts", "ddp,nccl"],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "--parts: unknown nccl; choose from dali, train_step" in bad.stderr
+    assert not (tmp_path / "x").exists()
+    proc = subprocess.run([sys.executable, script, str(tmp_path / "out"), "--cpu-dry-run", "--parts", "ddp"],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "gpu_acceptance.json").read_text())
+    assert report["ddp"]["status"] == "ok"
+    assert all(report[p] == {"status": "skipped", "reason": "not selected (--parts)"} for p in PARTS if p != "ddp")

@@ -41,6 +41,7 @@ from cutie.training import checkpoint as ckpt_io
 from cutie.training import env_info
 from cutie.training.checkpoint import CheckpointError
 from cutie.training.clip_model import ClipModel
+from cutie.training.compiling import compile_network
 from cutie.training.context import StageContext
 from cutie.training.hooks import (
     CheckpointHook,
@@ -228,6 +229,10 @@ def _build_stage(
     _initial_weights(net, stage, cfg, previous, resume, start, log)
     # Before DDP and the optimiser: both take the parameters' layout (gradient buckets, Adam's moments).
     to_memory_format(net, cfg.runtime.memory_format)
+    if cfg.runtime.compile:
+        compile_network(net)
+        # Compiled on their first calls: the first iterations' log lines show the compile time.
+        log.info(f"[{stage}] torch.compile: the network's per-frame steps compile in the first iterations")
     if cfg.runtime.memory_format != "contiguous":
         log.info(f"[{stage}] memory format: {cfg.runtime.memory_format} (weights and frames)")
     model: torch.nn.Module = ClipModel(
@@ -241,9 +246,6 @@ def _build_stage(
             find_unused_parameters=True,
             broadcast_buffers=False,
         )
-    if cfg.runtime.compile:
-        model = torch.compile(model)  # compiled on the first step (its time shows in the first step's log line)
-        log.info(f"[{stage}] torch.compile: the clip forward is compiled on the first step")
     optimizer = build_optimizer(net, stage_cfg, plan.adam_eps)
     scheduler = build_scheduler(optimizer, stage_cfg)
     scaler = torch.amp.GradScaler(device.type, init_scale=8192.0, enabled=plan.use_grad_scaler)

@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 from cutie.data.index.scan import val_paths
 from cutie.model.weights import save_weights
+from cutie.training.compiling import eager_only
 from cutie.training.context import StageContext
 from cutie.training.hooks.base import Hook, every
 from cutie.training.step import StepResult
@@ -51,16 +52,17 @@ class ValidationHook(Hook):
             from cutie.inference import validate  # imported here: inference is only needed when validating
 
             image_dir, mask_dir, subset = dirs
-            metrics = validate(
-                ctx.net,
-                image_dir=image_dir,
-                mask_dir=mask_dir,
-                subset=subset,
-                device=ctx.device,
-                out_dir=str(ctx.run_dir / "val" / f"{ctx.stage}_{ctx.iteration:07d}"),
-                max_videos=self.max_videos,
-                use_all_masks=ctx.cfg.data.val_dataset.use_all_masks,
-            )
+            with eager_only():  # `compile: true` compiles for training clips, not for inference's frames
+                metrics = validate(
+                    ctx.net,
+                    image_dir=image_dir,
+                    mask_dir=mask_dir,
+                    subset=subset,
+                    device=ctx.device,
+                    out_dir=str(ctx.run_dir / "val" / f"{ctx.stage}_{ctx.iteration:07d}"),
+                    max_videos=self.max_videos,
+                    use_all_masks=ctx.cfg.data.val_dataset.use_all_masks,
+                )
             score = float(metrics["J&F-Mean"])
             text = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
             ctx.log.info(f"[{ctx.stage}] validation at iteration {ctx.iteration}: {text}")
