@@ -4,6 +4,7 @@ table of one process bit for bit, cope with a rank without a video and end every
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from _damage import wrong_size_mask
 from _helpers import file_tree
 from test_train_e2e import _common, _run
@@ -20,6 +22,7 @@ from test_train_e2e import _common, _run
 from cutie.inference.shards import DistributedValidationError, RankShare, VideoScores, balanced_shards, merge
 from cutie.metrics.davis import GLOBAL_COLUMNS, DavisReport, ObjectResult, Unscored
 from cutie.utils.atomic import DiskFullError
+from cutie.utils.dist import DistState
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = str(REPO / "tests" / "_dist_validate.py")
@@ -83,6 +86,26 @@ def test_merge_raises_one_error_for_every_rank() -> None:
         merge([ok, RankShare(1, names, [])])
     with pytest.raises(DistributedValidationError, match="scored twice"):
         merge([ok, RankShare(1, names, [VideoScores(0, [], []), VideoScores(1, [], [])])])
+
+
+def test_a_rank_that_cannot_list_the_videos_still_meets_the_others(tmp_path: Path, monkeypatch) -> None:
+    """A missing subset file on this rank: it sends its error with the (empty) scores instead of raising before
+    the collective (the others would wait there); the collective here stands in for 2 ranks."""
+    validate_module = importlib.import_module("cutie.inference.validate")  # the package exports the function
+
+    sent: list[RankShare] = []
+
+    def gather(share: RankShare, *, host: bool = False) -> list[RankShare]:
+        sent.append(share)
+        assert host  # over the host group, off the GPU
+        return [share, RankShare(1, share.videos)]
+
+    monkeypatch.setattr(validate_module.dist, "all_gather_object", gather)
+    net = torch.nn.Linear(1, 1).train()
+    with pytest.raises(DistributedValidationError, match=r"on rank 0: \(listing the videos\): FileNotFoundError"):
+        validate_module.validate(net, image_dir=str(tmp_path), mask_dir=str(tmp_path), subset=str(tmp_path / "no.txt"),
+                                 device="cpu", dist_state=DistState(rank=0, world_size=2))  # fmt: skip
+    assert len(sent) == 1 and sent[0].scores == [] and net.training
 
 
 def _launch(data: Path, out: Path, jobs: list[str], processes: int) -> subprocess.CompletedProcess:

@@ -81,19 +81,19 @@ def _sharded(
     share = RankShare(state.rank, tuple(videos or ()))
     timer = Timer()
     cause, name = listing, "(listing the videos)"
-    try:
-        if listing is not None:
-            raise listing
-        counts = [count_frames(kw["image_dir"], v) for v in share.videos]
-        for i in balanced_shards(counts, state.world_size)[state.rank]:
-            name = share.videos[i]
-            part = DavisReport([])
-            segment_and_score(network, name, timer=timer, report=part, **kw)
-            share.scores.append(VideoScores(i, part.objects, part.unscored))
-    except Exception as e:  # sent to the others below and raised on every rank by merge()
-        cause = e
-        share.error = f"{name}: {type(e).__name__}: {e}"
-        share.disk_full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if listing is None:
+        try:
+            counts = [count_frames(kw["image_dir"], v) for v in share.videos]
+            for i in balanced_shards(counts, state.world_size)[state.rank]:
+                name = share.videos[i]
+                part = DavisReport([])
+                segment_and_score(network, name, timer=timer, report=part, **kw)
+                share.scores.append(VideoScores(i, part.objects, part.unscored))
+        except Exception as e:  # sent to the others below and raised on every rank by merge()
+            cause = e
+    if cause is not None:
+        share.error = f"{name}: {type(cause).__name__}: {cause}"
+        share.disk_full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
     share.frames, share.seconds = timer.frames, timer.seconds
     shares = dist.all_gather_object(share, host=True)
     if len(shares) != state.world_size:
