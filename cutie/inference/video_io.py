@@ -67,6 +67,15 @@ def list_videos(mask_dir: str | os.PathLike, subset: str | os.PathLike | None = 
     return sorted(p.name for p in mask_dir.iterdir() if p.is_dir())
 
 
+def count_frames(image_dir: str | os.PathLike, name: str) -> int:
+    """The frames of video `name` (a name from list_videos), 0 when its folder is missing (VideoReader then
+    says so where the video is read)."""
+    folder = Path(image_dir) / name
+    if not folder.is_dir():
+        return 0
+    return sum(1 for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def required_frames(meta_json: str | os.PathLike | None) -> dict[str, set[str]]:
     """YouTube-VOS meta.json: the frames to save per video (all objects' frames); {} when not given."""
     if meta_json is None:

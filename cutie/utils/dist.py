@@ -198,11 +198,14 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t / torch_dist.get_world_size()
 
 
-def all_gather_object(obj: object) -> list[object]:
+def all_gather_object(obj: object, *, host: bool = False) -> list[object]:
+    """Every rank's `obj` (pickled between our own processes), in rank order; [obj] in a single process.
+    `host`: over the host (gloo) group, for results of host-side work that some ranks may wait on for long
+    (validation), so that the wait and the pickles stay off the GPU."""
     if not (torch_dist.is_available() and torch_dist.is_initialized()):
         return [obj]
     out: list[object] = [None] * torch_dist.get_world_size()
-    torch_dist.all_gather_object(out, obj)
+    torch_dist.all_gather_object(out, obj, group=_host_group if host else None)
     return out
 
 

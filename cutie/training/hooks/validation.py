@@ -1,10 +1,12 @@
 """Validation during main training: every eval_interval and at the end of the stage, on a held-out set
-(DAVIS 2017 val when present; the tiny dataset's val split for data=tiny*). Keeps `best.pth` beside the latest.
+(DAVIS 2017 val when present; the tiny dataset's val split for data=tiny*), over every rank (each segments its
+share of the videos). Keeps `best.pth` beside the latest.
 The set's files are checked with the training data when training starts (cutie/data/index/scan.py,
 `scan_val_dataset`), so that a bad file cannot stop the run at its first validation."""
 
 from __future__ import annotations
 
+import errno
 from dataclasses import asdict
 
 from cutie.data.index.scan import val_paths
@@ -14,6 +16,7 @@ from cutie.training.context import StageContext
 from cutie.training.hooks.base import Hook, every
 from cutie.training.step import StepResult
 from cutie.utils import dist
+from cutie.utils.atomic import DiskFullError
 
 
 class ValidationHook(Hook):
@@ -23,17 +26,23 @@ class ValidationHook(Hook):
         self.warned = False
 
     def _dirs(self, ctx: StageContext) -> tuple[str, str, str | None] | None:
-        """The set's paths as the start-up check resolved them (cutie/data/index/scan.py), None when absent."""
+        """The set's paths as the start-up check resolved them (cutie/data/index/scan.py), None when absent (on
+        any rank: the ranks validate together or not at all)."""
         val = ctx.cfg.data.val_dataset
         if val is None:
             return None
         paths = val_paths(asdict(val), ctx.cfg.run.data_root)
-        if paths is None:
-            if not self.warned and ctx.dist.is_main:
-                ctx.log.info(f"validation skipped: {val.image_directory}, {val.mask_directory} or {val.subset} "
-                             f"not found under {ctx.cfg.run.data_root} (data.val_dataset)")  # fmt: skip
+        absent = dist.any_rank([paths is None])[0] if ctx.dist.distributed else paths is None
+        if absent and not self.warned:
+            where = "" if paths is None else " on another rank"
+            message = (f"validation skipped: {val.image_directory}, {val.mask_directory} or {val.subset} "
+                       f"not found under {ctx.cfg.run.data_root}{where} (data.val_dataset)")  # fmt: skip
+            if ctx.dist.is_main:
+                ctx.log.info(message)
+            else:  # the other ranks log warnings only
+                ctx.log.warning(message)
             self.warned = True
-        return paths
+        return None if absent else paths
 
     def after_step(self, ctx: StageContext, result: StepResult) -> None:
         if every(ctx.cfg.logging.eval_interval, ctx.iteration) and ctx.iteration < ctx.plan.num_iterations:
@@ -43,38 +52,57 @@ class ValidationHook(Hook):
         self.run(ctx)
 
     def run(self, ctx: StageContext) -> None:
+        """Every rank segments its share of the videos and gets the same scores (cutie/inference/validate.py);
+        the main process logs them and writes best.pth, and every rank gets its verdict."""
         if ctx.plan.single_object:
             return  # the single-object pre-training network cannot segment several objects jointly
         dirs = self._dirs(ctx)
         if dirs is None:
             return
-        if ctx.dist.is_main:
-            from cutie.inference import validate  # imported here: inference is only needed when validating
+        from cutie.inference import validate  # imported here: inference is only needed when validating
 
-            image_dir, mask_dir, subset = dirs
-            with eager_only():  # `compile: true` compiles for training clips, not for inference's frames
-                metrics = validate(
-                    ctx.net,
-                    image_dir=image_dir,
-                    mask_dir=mask_dir,
-                    subset=subset,
-                    device=ctx.device,
-                    out_dir=str(ctx.run_dir / "val" / f"{ctx.stage}_{ctx.iteration:07d}"),
-                    max_videos=self.max_videos,
-                    use_all_masks=ctx.cfg.data.val_dataset.use_all_masks,
-                )
-            score = float(metrics["J&F-Mean"])
-            text = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-            ctx.log.info(f"[{ctx.stage}] validation at iteration {ctx.iteration}: {text}")
-            if ctx.writer is not None:
-                for k, v in metrics.items():
-                    if isinstance(v, float):
-                        ctx.writer.add_scalar(f"{ctx.stage}/val/{k}", v, ctx.iteration)
-            if self.best is None or score > self.best:
-                self.best = score
-                save_weights(ctx.net.state_dict(), ctx.run_dir / "best.pth")
-                ctx.log.info(f"[{ctx.stage}] new best J&F {score:.4f}: {ctx.run_dir / 'best.pth'}")
-        dist.barrier()
+        image_dir, mask_dir, subset = dirs
+        with eager_only():  # `compile: true` compiles for training clips, not for inference's frames
+            metrics = validate(
+                ctx.net,
+                image_dir=image_dir,
+                mask_dir=mask_dir,
+                subset=subset,
+                device=ctx.device,
+                out_dir=str(ctx.run_dir / "val" / f"{ctx.stage}_{ctx.iteration:07d}"),
+                max_videos=self.max_videos,
+                use_all_masks=ctx.cfg.data.val_dataset.use_all_masks,
+                dist_state=ctx.dist,
+            )
+        score = float(metrics["J&F-Mean"])
+        improved = self.best is None or score > self.best
+        if improved:
+            self.best = score  # on every rank alike: the scores are the same everywhere
+        error: Exception | None = None
+        if ctx.dist.is_main:
+            try:
+                self._report(ctx, metrics, score, improved)
+            except Exception as e:  # raised after the others have its verdict, so that none trains on alone
+                error = e
+        failed, disk_full = dist.any_rank([error is not None, isinstance(error, DiskFullError)])
+        if error is not None:
+            raise error
+        if disk_full:
+            raise DiskFullError(errno.ENOSPC, "the main process could not write best.pth (out of disk space); "
+                                "this rank stops with it")  # fmt: skip
+        if failed:
+            raise RuntimeError("the main process could not log the validation or write best.pth")
+
+    def _report(self, ctx: StageContext, metrics: dict[str, float], score: float, improved: bool) -> None:
+        text = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        ctx.log.info(f"[{ctx.stage}] validation at iteration {ctx.iteration}: {text}")
+        if ctx.writer is not None:
+            for k, v in metrics.items():
+                if isinstance(v, float):
+                    ctx.writer.add_scalar(f"{ctx.stage}/val/{k}", v, ctx.iteration)
+        if improved:
+            save_weights(ctx.net.state_dict(), ctx.run_dir / "best.pth")
+            ctx.log.info(f"[{ctx.stage}] new best J&F {score:.4f}: {ctx.run_dir / 'best.pth'}")
 
     def state_dict(self) -> dict:
         return {"best": self.best}
