@@ -23,6 +23,7 @@ from cutie.training.checkpoint import CheckpointError
 from cutie.training.run import run_training
 from cutie.utils.cli import run_reporting_errors
 from cutie.utils.dist import DeviceError
+from cutie.utils.paths import PathEscapeError
 
 _INPUT_ERRORS = {
     ConfigError: "configuration error",
@@ -30,6 +31,7 @@ _INPUT_ERRORS = {
     CheckpointError: "checkpoint error",
     WeightsError: "weights error",
     DeviceError: "device error",
+    PathEscapeError: "path error",
 }
 
 

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from cutie.data.index.records import META_DIR, marker_path, read_marker
 from cutie.utils.atomic import atomic_copy, atomic_write_bytes, atomic_write_json, remove_stale_temps
-from cutie.utils.paths import Confiner, PathEscapeError, check_no_symlink_inside, is_inside
+from cutie.utils.paths import Confiner, PathEscapeError, check_no_symlink_inside, is_inside, symlinks_below
 
 OUTPUT_DIRS = ("JPEGImages", "Annotations", "JPEGImages_all_frames")
 
@@ -223,22 +223,6 @@ def video_paths(output: Path, video: str) -> list[Path]:
     return [marker_path(output, video)] + [output / d / video for d in OUTPUT_DIRS]
 
 
-def _links_below(folder: Path) -> list[Path]:
-    """Symlinks anywhere below `folder` (not followed). scandir's d_type makes this about free per entry."""
-    found, todo = [], [folder]
-    while todo:
-        try:
-            entries = list(os.scandir(todo.pop()))
-        except NotADirectoryError:
-            continue
-        for e in entries:
-            if e.is_symlink():
-                found.append(Path(e.path))
-            elif e.is_dir(follow_symlinks=False):
-                todo.append(Path(e.path))
-    return found
-
-
 def check_output(output: Path, videos: Sequence[str]) -> None:
     """Before anything is written: refuse symlinks where this run would write or delete (the output's own folders,
     each video's folders, what they hold, and markers). Raises InputError listing every link found."""
@@ -247,7 +231,7 @@ def check_output(output: Path, videos: Sequence[str]) -> None:
         if p.is_symlink():
             links.append(p)
         elif p.is_dir() and p.parent != output:
-            links += _links_below(p)
+            links += symlinks_below(p)
     if links:
         problems = [f"{p} is a symlink (to {os.readlink(p)}); refusing to write or delete through it" for p in links]
         raise InputError(problems, f"--output_path {output}", (FIX_OUTPUT,))
