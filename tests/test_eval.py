@@ -117,6 +117,7 @@ def test_eval_cli_on_tiny_val(tiny_data: Path, small_net: torch.nn.Module, tmp_p
     assert [p.stem for p in pngs] == [f.stem for f in frames]
     assert Image.open(pngs[1]).mode == "P"
     assert (run_dir / "global_results-tiny-val.csv").is_file()
+    assert "evaluating tiny-val" in (run_dir / "eval.log").read_text()  # opened late (delay), still written
     # a missing weights argument is a clear configuration error
     bad = subprocess.run(cmd[:2] + cmd[3:], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert bad.returncode == 2 and "weights=PATH is required" in bad.stderr
@@ -411,3 +412,28 @@ def test_validation_uses_the_paths_the_start_up_check_resolved(tmp_path: Path, m
     root = str(tmp_path / "data")
     assert val_paths(cfg, root) == (str(tmp_path / "val/JPEGImages"), str(tmp_path / "val/Annotations"), None)
     assert val_paths({**cfg, "subset": "absent.txt"}, root) is None
+
+
+def test_eval_refuses_symlinks_in_its_output_folder(
+    tiny_data: Path, small_net: torch.nn.Module, tmp_path: Path
+) -> None:
+    """A link planted at eval.log (opened by Hydra's log handler) or in Annotations/ is named before anything is
+    written: exit 2, one line, nothing created behind it. The exp_id folder itself may be a link."""
+    weights = tmp_path / "small.pth"
+    torch.save(small_net.state_dict(), weights)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (tmp_path / "disk" / "e" / "eval" / "tiny-val" / "Annotations").mkdir(parents=True)
+    (tmp_path / "output").mkdir()
+    (tmp_path / "output" / "e").symlink_to(tmp_path / "disk" / "e", target_is_directory=True)
+    run_dir = tmp_path / "output" / "e" / "eval" / "tiny-val"
+    (run_dir / "eval.log").symlink_to(victim / "eval.log")
+    (run_dir / "Annotations" / "juggle").symlink_to(victim, target_is_directory=True)
+    cmd = [sys.executable, str(REPO / "cutie" / "eval.py"), f"weights={weights}", "dataset=tiny-val", "model=small",
+           f"data_root={tiny_data}", f"output_root={tmp_path / 'output'}", "exp_id=e", "device=cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = proc.stderr.strip()
+    assert err.startswith("path error: ") and len(err.splitlines()) == 1, err
+    assert "2 symlink(s)" in err and str(run_dir / "eval.log") in err and "Traceback" not in err
+    assert list(victim.iterdir()) == []

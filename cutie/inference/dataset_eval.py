@@ -30,6 +30,7 @@ from cutie.inference.video_io import (
 )
 from cutie.metrics import DavisReport, SavReport, evaluate_folders, evaluate_sav_folders
 from cutie.metrics.davis import read_index_mask
+from cutie.utils.paths import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     spec = resolve_dataset(cfg)
     settings = inference_settings(cfg, spec, device)
     run_dir = Path(cfg.output_root) / cfg.exp_id / "eval" / spec.name
+    check_output_folder(Path(cfg.output_root) / cfg.exp_id, run_dir)  # before anything is written into it
     out_root = run_dir / "Annotations"
     videos = list_videos(spec.mask_directory, spec.subset)
     if cfg.max_videos is not None:
