@@ -437,3 +437,83 @@ def test_eval_refuses_symlinks_in_its_output_folder(
     assert err.startswith("path error: ") and len(err.splitlines()) == 1, err
     assert "2 symlink(s)" in err and str(run_dir / "eval.log") in err and "Traceback" not in err
     assert list(victim.iterdir()) == []
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A palette PNG header declaring width x height (a decompression bomb), with a little data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 4096)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"PLTE", b"\0\0\0\x80\0\0") + chunk(b"IDAT", idat)
+
+
+def _damage_mask(how: str, path: Path) -> None:
+    ids = np.array(Image.open(path))
+    if how == "bomb":
+        path.write_bytes(_png_declaring(100_000, 100_000))
+    elif how == "16bit":
+        Image.fromarray(ids.astype(np.uint16) * 300).save(path)
+    elif how == "rgba":
+        Image.open(path).convert("RGBA").save(path)
+    elif how == "jpeg_named_png":
+        Image.fromarray(ids * 100).save(path, format="JPEG")
+    elif how == "folder":
+        path.unlink()
+        path.mkdir()
+
+
+def _damage_frame(how: str, path: Path) -> None:
+    if how == "zero_byte":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        truncated_jpeg(path)
+    elif how == "cut_tail":
+        path.write_bytes(path.read_bytes()[:-20])  # the header and most of the data are still there
+    elif how == "folder":
+        path.unlink()
+        path.mkdir()
+    elif how == "bomb":
+        path.write_bytes(_png_declaring(100_000, 100_000))
+
+
+@pytest.mark.parametrize(
+    ("kind", "how", "phrase"),
+    [
+        ("mask", "bomb", "decompression bomb"),
+        ("mask", "16bit", "mode I;16"),
+        ("mask", "rgba", "mode RGBA"),
+        ("mask", "jpeg_named_png", "not a PNG (its content is JPEG)"),
+        ("mask", "folder", "not a readable mask PNG"),
+        ("frame", "zero_byte", "not a readable frame"),
+        ("frame", "truncated", "not a readable frame"),
+        ("frame", "cut_tail", "no end-of-image marker"),
+        ("frame", "folder", "not a readable frame (Is a directory)"),
+        ("frame", "bomb", "decompression bomb"),
+    ],
+)
+def test_an_unusable_eval_file_stops_before_any_inference(
+    small_net: torch.nn.Module, tmp_path: Path, kind: str, how: str, phrase: str
+) -> None:
+    """Every frame and mask of every video is checked up front: a bad file of the last video is named (with the
+    fix) before the first video runs, instead of failing mid-evaluation or as an internal error."""
+    _write_sparse_custom(tmp_path / "data")
+    shutil.copytree(tmp_path / "data/JPEGImages/vid", tmp_path / "data/JPEGImages/zz-late")
+    shutil.copytree(tmp_path / "data/Annotations/vid", tmp_path / "data/Annotations/zz-late")
+    if kind == "mask":
+        bad = tmp_path / "data/Annotations/zz-late/00006.png"
+        _damage_mask(how, bad)
+    else:
+        bad = tmp_path / "data/JPEGImages/zz-late/00004.jpg"
+        _damage_frame(how, bad)
+    folders = [f"image_directory={tmp_path / 'data/JPEGImages'}", f"mask_directory={tmp_path / 'data/Annotations'}"]
+    with pytest.raises(ValueError) as info:
+        _run(["dataset=custom", *folders], small_net, tmp_path)
+    message = str(info.value)
+    assert message.startswith(str(bad)) and phrase in message and "fix:" in message, message
+    assert len(message.splitlines()) == 1
+    assert not (tmp_path / "out/t/eval/custom/Annotations").exists()  # the first video was not run either

@@ -229,6 +229,8 @@ def evaluate_sequence(
 def read_index_mask(path: Path) -> np.ndarray:
     """An index PNG (palette 'P' or grayscale 'L') as H*W int64 object ids."""
     with Image.open(path) as img:
+        if img.format != "PNG":
+            raise ValueError(f"{path}: not a PNG (its content is {img.format or 'unknown'})")
         if img.mode not in ("P", "L", "I", "1"):
             raise ValueError(
                 f"{path}: expected an indexed (palette) or grayscale PNG of object ids, got mode {img.mode}"
