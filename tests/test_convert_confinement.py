@@ -334,6 +334,8 @@ OVIS_BAD_VALUES: dict[str, tuple[Callable[[dict], object], str]] = {
     "rle_bad_chars": (lambda d: _ovis_seg(d, "\u00e9\u00e9", "counts"), "RLE counts string is not ASCII"),
     "polygon_strings": (lambda d: _ovis_seg(d, [["1", "2", "3", "4", "5", "6"]]), "coordinates must be finite"),
     "segmentation_number": (lambda d: _ovis_seg(d, 3), "unsupported segmentation type int"),
+    # pycocotools casts coordinates to C ints unchecked: ~1e9 crashed the converter (SIGSEGV)
+    "polygon_far": (lambda d: _ovis_seg(d, [[0, 0, 1e12, 0, 1e12, 1e12]]), "polygon coordinates must lie within"),
 }
 
 
