@@ -192,10 +192,8 @@ def mask_ids(path: Path, *, binary: bool = False) -> np.ndarray:
     the file when it is not a PNG of ids 0..255 (a JPEG named .png, RGB(A), 16-bit ids, truncated, a bomb)."""
     try:
         ids = read_binary_mask(path) if binary else read_index_mask(path)
-    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: not a readable mask PNG ({_why(e)}); {FIX_MASK}") from None
     except ValueError as e:
-        raise ValueError(f"{e}; {FIX_MASK}" if "fix:" not in str(e) else str(e)) from None
+        raise ValueError(str(e) if "fix:" in str(e) else f"{e}; {FIX_MASK}") from None
     if ids.size and int(ids.max()) > 255:
         raise ValueError(f"{path}: object id {int(ids.max())} does not fit an 8-bit index mask; {FIX_MASK}")
     return ids
