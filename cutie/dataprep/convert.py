@@ -39,6 +39,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cutie.data.index.frame_check import FileError, check_file
 from cutie.data.index.records import META_DIR, marker_path, read_marker
 from cutie.utils.atomic import atomic_copy, atomic_write_bytes, atomic_write_json, remove_stale_temps
 from cutie.utils.paths import Confiner, PathEscapeError, check_no_symlink_inside, is_inside, symlinks_below
@@ -221,6 +222,22 @@ def is_done(output: Path, job: Job) -> bool:
 def video_paths(output: Path, video: str) -> list[Path]:
     """Every path of the output that belongs to `video`: its marker and its folders."""
     return [marker_path(output, video)] + [output / d / video for d in OUTPUT_DIRS]
+
+
+def check_source_frame(path: Path, size: tuple[int, int]) -> None:
+    """A frame a conversion will copy, checked as training will check it (cutie/data/index/frame_check.py) and
+    against the JSON's (height, width) its masks are drawn at; raises naming the source file, so a damaged frame
+    fails its video here instead of being copied and reported under the output at training time."""
+    if not path.is_file():
+        raise FileNotFoundError(f"frame file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    result = check_file(str(path), "png" if path.suffix.lower() == ".png" else "jpeg")
+    if isinstance(result, FileError):
+        raise ValueError(f"frame file {path}: {result.detail} (fix: re-download or re-extract it)")
+    if (result.height, result.width) != tuple(size):
+        raise ValueError(
+            f"frame file {path} is {result.width}x{result.height} but the JSON gives {size[1]}x{size[0]} (W x H) "
+            "(fix: use the frames the annotation file was made for)"
+        )
 
 
 def check_output(output: Path, videos: Sequence[str]) -> None:
