@@ -246,3 +246,23 @@ def test_a_jpeg_header_declaring_too_many_pixels_is_corrupt(video: Path, tmp_pat
     struct.pack_into(">HH", data, sof + 5, 8192, 8192)  # 67M pixels: large but plausible, and PIL opens it
     (tmp_path / "large.jpg").write_bytes(bytes(data))
     assert check_file(str(tmp_path / "large.jpg"), "jpeg") == FileInfo(8192, 8192, "RGB")
+
+
+def test_a_file_swapped_for_a_decompression_bomb_after_the_check_is_a_bad_sample(tmp_path: Path) -> None:
+    """The sample path's readers turn PIL's DecompressionBombError (a file replaced after the start-up check)
+    into a BadSampleError naming it, which the loader skips and counts, instead of an error that ends the run."""
+    import struct
+
+    from cutie.data.sampling.masks import BadSampleError, decode_jpeg_size, read_binary, read_ids
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 3, 0, 0, 0)
+    bomb = tmp_path / "bomb.png"
+    body = chunk(b"IHDR", header) + chunk(b"PLTE", b"\0" * 6) + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    for read in (read_ids, read_binary, lambda p: decode_jpeg_size(Path(p).read_bytes(), p)):
+        with pytest.raises(BadSampleError, match="decompression bomb") as info:
+            read(str(bomb))
+        assert str(bomb) in str(info.value)
