@@ -517,3 +517,23 @@ def test_an_unusable_eval_file_stops_before_any_inference(
     assert message.startswith(str(bad)) and phrase in message and "fix:" in message, message
     assert len(message.splitlines()) == 1
     assert not (tmp_path / "out/t/eval/custom/Annotations").exists()  # the first video was not run either
+
+
+@pytest.mark.parametrize(
+    "doc",
+    ['[1, 2]', '{"videos": []}', '{"videos": {"v": {"objects": [1]}}}', '{"videos": {"v": {"objects": '
+     '{"1": {"frames": [[0]]}}}}}', '{"videos": {"v": {"objects": {"1": {"frames": [7]}}}}}', "{not json"],
+)  # fmt: skip
+def test_a_malformed_meta_json_is_named(tmp_path: Path, doc: str) -> None:
+    """json_directory (YouTube-VOS meta.json) is untrusted: any other shape is a ValueError naming the file (the
+    entry point's one-line data error), not a KeyError or TypeError ending as an internal error."""
+    from cutie.inference.video_io import required_frames
+
+    good = tmp_path / "good.json"
+    good.write_text('{"videos": {"v": {"objects": {"1": {"frames": ["00000", "00005"]}, "2": {"frames": ["00005"]}}}}}')
+    assert required_frames(good) == {"v": {"00000", "00005"}}
+    bad = tmp_path / "meta.json"
+    bad.write_text(doc)
+    with pytest.raises(ValueError, match=re.escape(str(bad))) as info:
+        required_frames(bad)
+    assert "fix:" in str(info.value) and len(str(info.value).splitlines()) == 1

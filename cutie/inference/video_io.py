@@ -73,8 +73,18 @@ def required_frames(meta_json: str | os.PathLike | None) -> dict[str, set[str]]:
     """YouTube-VOS meta.json: the frames to save per video (all objects' frames); {} when not given."""
     if meta_json is None:
         return {}
-    videos = json.loads(Path(meta_json).read_text())["videos"]
-    return {v: {f for obj in info["objects"].values() for f in obj["frames"]} for v, info in videos.items()}
+    path = Path(meta_json)
+    try:
+        videos = json.loads(path.read_text(encoding="utf-8"))["videos"]
+        out = {v: {f for obj in info["objects"].values() for f in obj["frames"]} for v, info in videos.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # untrusted: any shape
+        raise ValueError(
+            f"{path}: not a YouTube-VOS meta.json ({type(e).__name__}: {str(e)[:80]}); fix: give the release's "
+            '{"videos": {video: {"objects": {id: {"frames": [...]}}}}} file, or json_directory=null'
+        ) from None
+    if not all(isinstance(f, str) for frames in out.values() for f in frames):
+        raise ValueError(f"{path}: frame names must be strings; fix: give the release's meta.json")
+    return out
 
 
 class VideoReader:
