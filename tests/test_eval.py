@@ -537,3 +537,22 @@ def test_a_malformed_meta_json_is_named(tmp_path: Path, doc: str) -> None:
     with pytest.raises(ValueError, match=re.escape(str(bad))) as info:
         required_frames(bad)
     assert "fix:" in str(info.value) and len(str(info.value).splitlines()) == 1
+
+
+def test_a_fifo_named_like_a_frame_or_mask_is_refused_without_opening_it(tmp_path: Path) -> None:
+    """Opening a FIFO would block evaluation forever: the up-front check names it instead."""
+    import os
+
+    from cutie.inference.video_io import check_video_files
+
+    _write_sparse_custom(tmp_path / "data")
+    for kind, name in (("JPEGImages", "00004.jpg"), ("Annotations", "00003.png")):
+        bad = tmp_path / "data" / kind / "vid" / name
+        saved = bad.read_bytes()
+        bad.unlink()
+        os.mkfifo(bad)
+        with pytest.raises(ValueError, match=re.escape(f"{bad}: not a regular file")):
+            check_video_files(tmp_path / "data/JPEGImages", tmp_path / "data/Annotations", "vid")
+        bad.unlink()
+        bad.write_bytes(saved)
+    assert check_video_files(tmp_path / "data/JPEGImages", tmp_path / "data/Annotations", "vid") == []

@@ -153,3 +153,16 @@ def test_a_save_never_writes_through_a_symlink_but_cache_root_may_be_one(tmp_pat
     assert _cache(tmp_path / "linked").save(entries) is None
     assert _cache(tmp_path / "linked").load() == (entries, None)
     assert [p.name for p in (victim / "data_check").iterdir()] == [_cache(root).path.name]
+
+
+def test_what_is_not_a_regular_file_is_unreadable_without_being_opened(tmp_path: Path) -> None:
+    """A FIFO named like a frame would block the check that opens it forever, a folder fails to open: split
+    marks both unreadable (never to do), next to a regular file that is to do."""
+    (files := tmp_path / "v").mkdir()
+    (files / "ok.jpg").write_bytes(b"x")
+    os.mkfifo(files / "fifo.jpg")
+    (files / "dir.jpg").mkdir()
+    plan = split([(str(files / n), "jpeg") for n in ("ok.jpg", "fifo.jpg", "dir.jpg")], {})
+    assert plan.todo == [(str(files / "ok.jpg"), "jpeg")]
+    assert "not a regular file" in str(plan.unreadable[str(files / "fifo.jpg")])
+    assert isinstance(plan.unreadable[str(files / "dir.jpg")], IsADirectoryError)

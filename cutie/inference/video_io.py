@@ -181,9 +181,16 @@ def _why(e: Exception) -> str:
     return (e.strerror if isinstance(e, OSError) else None) or str(e)
 
 
+def _regular(path: Path, fix: str) -> None:
+    """Opening a FIFO named like a frame would block the evaluation forever: refuse what is not a file first."""
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise ValueError(f"{path}: not a regular file (a FIFO, socket or device); {fix}")
+
+
 def frame_size(path: Path) -> tuple[int, int]:
     """(H, W) of a frame from its header, after checking that it is a whole image (a JPEG ends with its end
     marker); ValueError naming the file otherwise (empty, a folder, not an image, a decompression bomb)."""
+    _regular(path, FIX_FRAME)
     try:
         with Image.open(path) as im:
             size, fmt = (im.height, im.width), im.format
@@ -200,6 +207,7 @@ def frame_size(path: Path) -> tuple[int, int]:
 def mask_ids(path: Path, *, binary: bool = False) -> np.ndarray:
     """The H*W object ids of a mask PNG, decoded in full (SA-V `binary`: one object per PNG); ValueError naming
     the file when it is not a PNG of ids 0..255 (a JPEG named .png, RGB(A), 16-bit ids, truncated, a bomb)."""
+    _regular(path, FIX_MASK)
     try:
         ids = read_binary_mask(path) if binary else read_index_mask(path)
     except ValueError as e:

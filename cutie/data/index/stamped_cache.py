@@ -16,9 +16,11 @@ a parser and an encoder. One cache is one JSON file under `cache_root/data_check
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +124,8 @@ def split(
     answers: Callable[[K, T], bool] | None = None,
 ) -> Split[K, T]:
     """One stat per task's file (`task[0]`): a cached value whose (size, mtime_ns) still match, and which
-    `answers(task, value)` accepts (default: any), is a hit; every other task is to do."""
+    `answers(task, value)` accepts (default: any), is a hit; every other task is to do. What is not a regular
+    file (a folder, a FIFO, a device) is unreadable without being opened."""
     out: Split[K, T] = Split()
     for task in tasks:
         path = task[0]
@@ -130,6 +133,12 @@ def split(
             st = os.stat(path)
         except OSError as e:
             out.unreadable[path] = e
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            out.unreadable[path] = IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            continue
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the check forever, a device never end
+            out.unreadable[path] = OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)")
             continue
         out.stamps[path] = stamp = (st.st_size, st.st_mtime_ns)
         hit = cached.get(path)
