@@ -229,7 +229,8 @@ def check_source_frame(path: Path, size: tuple[int, int]) -> None:
     against the JSON's (height, width) its masks are drawn at; raises naming the source file, so a damaged frame
     fails its video here instead of being copied and reported under the output at training time."""
     if not path.is_file():
-        raise FileNotFoundError(f"frame file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+        what = " (it is a folder)" if path.is_dir() else " as a regular file" if path.exists() else ""
+        raise FileNotFoundError(f"frame file {path} does not exist{what}")
     result = check_file(str(path), "png" if path.suffix.lower() == ".png" else "jpeg")
     if isinstance(result, FileError):
         raise ValueError(f"frame file {path}: {result.detail} (fix: re-download or re-extract it)")
