@@ -234,6 +234,9 @@ def _damage_frame(path: Path, how: str) -> None:
     elif how == "folder":
         path.unlink()
         path.mkdir()
+    elif how == "fifo":
+        path.unlink()
+        os.mkfifo(path)
     else:  # "bomb": the frame header claims 20000x20000
         data = bytearray(path.read_bytes())
         sof = min(i for i in (data.find(b"\xff\xc0"), data.find(b"\xff\xc2")) if i > 0)
@@ -249,6 +252,7 @@ def _damage_frame(path: Path, how: str) -> None:
         ("png_named_jpg", "not a JPEG"),
         ("other_size", "is 40x30 but the JSON gives 160x120"),
         ("folder", "(it is a folder)"),
+        ("fifo", "does not exist as a regular file"),
         ("bomb", "20000x20000"),
     ],
 )
