@@ -225,8 +225,10 @@ def check_video_files(
     and of its frame's size. An unusable file raises ValueError naming it; a wrong size raises too (naming both
     files), or with `skip` is returned as (mask, why) to be left out (its frame as unannotated)."""
     bad: list[tuple[Path, str]] = []
-    frames = {p.stem: p for p in (Path(image_dir) / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    sizes = {stem: frame_size(p) for stem, p in sorted(frames.items())}
+    frames: dict[str, Path] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    for p in sorted(p for p in (Path(image_dir) / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        sizes[p.stem], frames[p.stem] = frame_size(p), p  # every file the reader will read is checked
     for path in sorted((Path(mask_dir) / name).rglob("*.png")):
         shape = mask_ids(path, binary=binary).shape
         frame = frames.get(path.stem)
