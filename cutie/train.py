@@ -4,7 +4,8 @@ See README.md for every option.
 
 The configuration is parsed once, here, into the typed TrainConfig; everything below takes the typed objects.
 Errors reach the user as one line (or a short list) with the fix, and an exit code:
-  0 done; 1 unexpected error; 2 a configuration, data, weights or checkpoint problem found before the first step;
+  0 done; 1 unexpected error; 2 a configuration, data, weights, checkpoint or run-folder (a symlink inside)
+  problem found before the first step;
   3 stopped on request (SIGTERM/SIGINT/SIGUSR1, non-finite losses, stop_at_iteration) after saving a checkpoint;
   4 too many unreadable samples (a checkpoint was saved); 5 out of disk space (the previous checkpoint is intact);
   130 interrupted. HYDRA_FULL_ERROR=1 (or CUTIE_DEBUG=1) shows the full traceback instead.
@@ -23,6 +24,7 @@ from cutie.training.checkpoint import CheckpointError
 from cutie.training.run import run_training
 from cutie.utils.cli import run_reporting_errors
 from cutie.utils.dist import DeviceError
+from cutie.utils.paths import PathEscapeError
 
 _INPUT_ERRORS = {
     ConfigError: "configuration error",
@@ -30,6 +32,7 @@ _INPUT_ERRORS = {
     CheckpointError: "checkpoint error",
     WeightsError: "weights error",
     DeviceError: "device error",
+    PathEscapeError: "path error",
 }
 
 

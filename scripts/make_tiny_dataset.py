@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # not writable, disk full, ...: one line, no traceback
+        print(f"error: cannot write the tiny dataset under {args.out}: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     print(f"tiny dataset written to {args.out} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     return 0

@@ -220,6 +220,60 @@ def test_missing_frame_deletes_nothing_of_the_old_output(tiny_data: Path, tmp_pa
     assert folder_state(out) == before
 
 
+def _damage_frame(path: Path, how: str) -> None:
+    from PIL import Image
+
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "cut":
+        path.write_bytes(path.read_bytes()[:-40])
+    elif how == "png_named_jpg":
+        Image.open(path).save(path, format="PNG")
+    elif how == "other_size":
+        Image.open(path).resize((40, 30)).save(path, format="JPEG")
+    elif how == "folder":
+        path.unlink()
+        path.mkdir()
+    elif how == "fifo":
+        path.unlink()
+        os.mkfifo(path)
+    else:  # "bomb": the frame header claims 20000x20000
+        data = bytearray(path.read_bytes())
+        sof = min(i for i in (data.find(b"\xff\xc0"), data.find(b"\xff\xc2")) if i > 0)
+        data[sof + 5 : sof + 9] = (20000).to_bytes(2, "big") * 2
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("how", "words"),
+    [
+        ("empty", "0 bytes"),
+        ("cut", "no end-of-image marker"),
+        ("png_named_jpg", "not a JPEG"),
+        ("other_size", "is 40x30 but the JSON gives 160x120"),
+        ("folder", "(it is a folder)"),
+        ("fifo", "does not exist as a regular file"),
+        ("bomb", "20000x20000"),
+    ],
+)
+def test_a_damaged_source_frame_fails_its_video_without_being_copied(
+    tiny_data: Path, tmp_path: Path, how: str, words: str
+) -> None:
+    """Each frame is checked as training will check it, and against the JSON's size, before its video is
+    written: the video fails naming the source file (the others convert), instead of the damaged copy being
+    reported under the output at the start of training."""
+    frames = tmp_path / "frames"
+    shutil.copytree(tiny_data / "OVIS/train", frames)
+    doc = json.loads((tiny_data / "OVIS/annotations_train.json").read_text())
+    video, names = _video0(doc)
+    bad = frames / video / names[2]
+    _damage_frame(bad, how)
+    summary = ovis.convert(doc, frames, tmp_path / "out", workers=1)
+    assert (summary.converted, [r.video for r in summary.failed]) == (2, [video])
+    assert str(bad) in summary.failed[0].error and words in summary.failed[0].error, summary.failed[0].error
+    assert not (tmp_path / "out" / "JPEGImages" / video).exists()
+
+
 def test_writes_and_deletions_refuse_links_met_at_run_time(tmp_path: Path) -> None:
     """The second line of defence: a link planted after the up-front check is refused when met."""
     out, victim = tmp_path / "out", tmp_path / "victim"
@@ -334,6 +388,8 @@ OVIS_BAD_VALUES: dict[str, tuple[Callable[[dict], object], str]] = {
     "rle_bad_chars": (lambda d: _ovis_seg(d, "\u00e9\u00e9", "counts"), "RLE counts string is not ASCII"),
     "polygon_strings": (lambda d: _ovis_seg(d, [["1", "2", "3", "4", "5", "6"]]), "coordinates must be finite"),
     "segmentation_number": (lambda d: _ovis_seg(d, 3), "unsupported segmentation type int"),
+    # pycocotools casts coordinates to C ints unchecked: ~1e9 crashed the converter (SIGSEGV)
+    "polygon_far": (lambda d: _ovis_seg(d, [[0, 0, 1e12, 0, 1e12, 1e12]]), "polygon coordinates must lie within"),
 }
 
 

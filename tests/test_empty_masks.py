@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -26,12 +28,18 @@ def test_corrupt_masks_are_named_and_their_list_not_written(tiny_data: Path, tmp
     truncated.write_bytes(truncated.read_bytes()[:60])  # header intact, pixel data cut short
     garbage = sorted(videos[2].iterdir())[0]
     garbage.write_bytes(b"not a png at all")
+    bomb = sorted(videos[3].iterdir())[2]  # its header claims 100000x100000 pixels (PIL: a decompression bomb)
+    chunks = [(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 3, 0, 0, 0)), (b"PLTE", b"\0" * 6)]
+    chunks.append((b"IDAT", zlib.compress(b"\0" * 4096)))
+    body = b"".join(struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d)) for k, d in chunks)
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
     out = tmp_path / "lists"
     r = _run("--data", "tiny", "--data_root", str(data), "--out", str(out), "--workers", workers)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
     assert str(truncated) in r.stderr and str(garbage) in r.stderr and "fix: re-extract or re-convert" in r.stderr
-    assert "YouTubeVOS: 2 mask file(s)" in r.stderr
+    assert str(bomb) in r.stderr and "decompression bomb" in r.stderr
+    assert "YouTubeVOS: 3 mask file(s)" in r.stderr
     assert not (out / "YouTubeVOS.txt").exists()  # an incomplete list would be worse than none
     assert (out / "DAVIS.txt").is_file() and (out / "MOSE.txt").is_file()  # the intact datasets are still listed
 

@@ -117,6 +117,7 @@ def test_eval_cli_on_tiny_val(tiny_data: Path, small_net: torch.nn.Module, tmp_p
     assert [p.stem for p in pngs] == [f.stem for f in frames]
     assert Image.open(pngs[1]).mode == "P"
     assert (run_dir / "global_results-tiny-val.csv").is_file()
+    assert "evaluating tiny-val" in (run_dir / "eval.log").read_text()  # opened late (delay), still written
     # a missing weights argument is a clear configuration error
     bad = subprocess.run(cmd[:2] + cmd[3:], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert bad.returncode == 2 and "weights=PATH is required" in bad.stderr
@@ -411,3 +412,147 @@ def test_validation_uses_the_paths_the_start_up_check_resolved(tmp_path: Path, m
     root = str(tmp_path / "data")
     assert val_paths(cfg, root) == (str(tmp_path / "val/JPEGImages"), str(tmp_path / "val/Annotations"), None)
     assert val_paths({**cfg, "subset": "absent.txt"}, root) is None
+
+
+def test_eval_refuses_symlinks_in_its_output_folder(
+    tiny_data: Path, small_net: torch.nn.Module, tmp_path: Path
+) -> None:
+    """A link planted at eval.log (opened by Hydra's log handler) or in Annotations/ is named before anything is
+    written: exit 2, one line, nothing created behind it. The exp_id folder itself may be a link."""
+    weights = tmp_path / "small.pth"
+    torch.save(small_net.state_dict(), weights)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (tmp_path / "disk" / "e" / "eval" / "tiny-val" / "Annotations").mkdir(parents=True)
+    (tmp_path / "output").mkdir()
+    (tmp_path / "output" / "e").symlink_to(tmp_path / "disk" / "e", target_is_directory=True)
+    run_dir = tmp_path / "output" / "e" / "eval" / "tiny-val"
+    (run_dir / "eval.log").symlink_to(victim / "eval.log")
+    (run_dir / "Annotations" / "juggle").symlink_to(victim, target_is_directory=True)
+    cmd = [sys.executable, str(REPO / "cutie" / "eval.py"), f"weights={weights}", "dataset=tiny-val", "model=small",
+           f"data_root={tiny_data}", f"output_root={tmp_path / 'output'}", "exp_id=e", "device=cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = proc.stderr.strip()
+    assert err.startswith("path error: ") and len(err.splitlines()) == 1, err
+    assert "2 symlink(s)" in err and str(run_dir / "eval.log") in err and "Traceback" not in err
+    assert list(victim.iterdir()) == []
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A palette PNG header declaring width x height (a decompression bomb), with a little data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 4096)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"PLTE", b"\0\0\0\x80\0\0") + chunk(b"IDAT", idat)
+
+
+def _damage_mask(how: str, path: Path) -> None:
+    ids = np.array(Image.open(path))
+    if how == "bomb":
+        path.write_bytes(_png_declaring(100_000, 100_000))
+    elif how == "16bit":
+        Image.fromarray(ids.astype(np.uint16) * 300).save(path)
+    elif how == "rgba":
+        Image.open(path).convert("RGBA").save(path)
+    elif how == "jpeg_named_png":
+        Image.fromarray(ids * 100).save(path, format="JPEG")
+    elif how == "folder":
+        path.unlink()
+        path.mkdir()
+
+
+def _damage_frame(how: str, path: Path) -> None:
+    if how == "zero_byte":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        truncated_jpeg(path)
+    elif how == "cut_tail":
+        path.write_bytes(path.read_bytes()[:-20])  # the header and most of the data are still there
+    elif how == "folder":
+        path.unlink()
+        path.mkdir()
+    elif how == "bomb":
+        path.write_bytes(_png_declaring(100_000, 100_000))
+
+
+@pytest.mark.parametrize(
+    ("kind", "how", "phrase"),
+    [
+        ("mask", "bomb", "decompression bomb"),
+        ("mask", "16bit", "mode I;16"),
+        ("mask", "rgba", "mode RGBA"),
+        ("mask", "jpeg_named_png", "not a PNG (its content is JPEG)"),
+        ("mask", "folder", "not a readable mask PNG"),
+        ("frame", "zero_byte", "not a readable frame"),
+        ("frame", "truncated", "not a readable frame"),
+        ("frame", "cut_tail", "no end-of-image marker"),
+        ("frame", "folder", "not a readable frame (Is a directory)"),
+        ("frame", "bomb", "decompression bomb"),
+    ],
+)
+def test_an_unusable_eval_file_stops_before_any_inference(
+    small_net: torch.nn.Module, tmp_path: Path, kind: str, how: str, phrase: str
+) -> None:
+    """Every frame and mask of every video is checked up front: a bad file of the last video is named (with the
+    fix) before the first video runs, instead of failing mid-evaluation or as an internal error."""
+    _write_sparse_custom(tmp_path / "data")
+    shutil.copytree(tmp_path / "data/JPEGImages/vid", tmp_path / "data/JPEGImages/zz-late")
+    shutil.copytree(tmp_path / "data/Annotations/vid", tmp_path / "data/Annotations/zz-late")
+    if kind == "mask":
+        bad = tmp_path / "data/Annotations/zz-late/00006.png"
+        _damage_mask(how, bad)
+    else:
+        bad = tmp_path / "data/JPEGImages/zz-late/00004.jpg"
+        _damage_frame(how, bad)
+    folders = [f"image_directory={tmp_path / 'data/JPEGImages'}", f"mask_directory={tmp_path / 'data/Annotations'}"]
+    with pytest.raises(ValueError) as info:
+        _run(["dataset=custom", *folders], small_net, tmp_path)
+    message = str(info.value)
+    assert message.startswith(str(bad)) and phrase in message and "fix:" in message, message
+    assert len(message.splitlines()) == 1
+    assert not (tmp_path / "out/t/eval/custom/Annotations").exists()  # the first video was not run either
+
+
+@pytest.mark.parametrize(
+    "doc",
+    ['[1, 2]', '{"videos": []}', '{"videos": {"v": {"objects": [1]}}}', '{"videos": {"v": {"objects": '
+     '{"1": {"frames": [[0]]}}}}}', '{"videos": {"v": {"objects": {"1": {"frames": [7]}}}}}', "{not json"],
+)  # fmt: skip
+def test_a_malformed_meta_json_is_named(tmp_path: Path, doc: str) -> None:
+    """json_directory (YouTube-VOS meta.json) is untrusted: any other shape is a ValueError naming the file (the
+    entry point's one-line data error), not a KeyError or TypeError ending as an internal error."""
+    from cutie.inference.video_io import required_frames
+
+    good = tmp_path / "good.json"
+    good.write_text('{"videos": {"v": {"objects": {"1": {"frames": ["00000", "00005"]}, "2": {"frames": ["00005"]}}}}}')
+    assert required_frames(good) == {"v": {"00000", "00005"}}
+    bad = tmp_path / "meta.json"
+    bad.write_text(doc)
+    with pytest.raises(ValueError, match=re.escape(str(bad))) as info:
+        required_frames(bad)
+    assert "fix:" in str(info.value) and len(str(info.value).splitlines()) == 1
+
+
+def test_a_fifo_named_like_a_frame_or_mask_is_refused_without_opening_it(tmp_path: Path) -> None:
+    """Opening a FIFO would block evaluation forever: the up-front check names it instead."""
+    import os
+
+    from cutie.inference.video_io import check_video_files
+
+    _write_sparse_custom(tmp_path / "data")
+    for kind, name in (("JPEGImages", "00004.jpg"), ("Annotations", "00003.png")):
+        bad = tmp_path / "data" / kind / "vid" / name
+        saved = bad.read_bytes()
+        bad.unlink()
+        os.mkfifo(bad)
+        with pytest.raises(ValueError, match=re.escape(f"{bad}: not a regular file")):
+            check_video_files(tmp_path / "data/JPEGImages", tmp_path / "data/Annotations", "vid")
+        bad.unlink()
+        bad.write_bytes(saved)
+    assert check_video_files(tmp_path / "data/JPEGImages", tmp_path / "data/Annotations", "vid") == []

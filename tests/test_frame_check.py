@@ -173,9 +173,10 @@ def test_malformed_cache_entries_are_checked_again(video: Path, tmp_path: Path) 
     doc["files"][names[2]][4] = ["P"]
     doc["files"][names[3]][6] = [0, 300]  # object ids: background and an id above 255
     doc["files"][names[4]] = doc["files"][names[4]][:6]  # a version-1 entry (no ids field)
+    doc["files"][names[5]][2:4] = [60000, 60000]  # a size no file check lets through
     path.write_text(json.dumps(doc))
     results, stats = check_files(tasks, tmp_path, "k")
-    assert stats.read == 5 and "5 malformed entries ignored" in stats.notes[0]
+    assert stats.read == 6 and "6 malformed entries ignored" in stats.notes[0]
     assert results[names[1]] == FileInfo(64, 48, "RGB" if names[1].endswith(".jpg") else "P")
 
 
@@ -227,3 +228,41 @@ def test_pil_and_the_inflater_agree_on_the_tiny_dataset(tiny_data: Path) -> None
     for p in sorted(tiny_data.rglob("*.jpg"))[:200]:
         with Image.open(io.BytesIO(p.read_bytes())) as im:
             assert check_file(str(p), "jpeg").size == im.size, p
+
+
+def test_a_jpeg_header_declaring_too_many_pixels_is_corrupt(video: Path, tmp_path: Path) -> None:
+    """A JPEG whose frame header says 20000x20000 (400M pixels: PIL refuses to open it as a decompression bomb,
+    so validation or eval would stop on it) is refused by the data check, as a PNG header of that size is."""
+    import struct
+
+    data = bytearray(_frame(video, 0, 1, "jpg").read_bytes())
+    sof = min(i for i in (data.find(b"\xff\xc0"), data.find(b"\xff\xc2")) if i > 0)
+    struct.pack_into(">HH", data, sof + 5, 20000, 20000)
+    (tmp_path / "bomb.jpg").write_bytes(bytes(data))
+    result = check_file(str(tmp_path / "bomb.jpg"), "jpeg")
+    assert isinstance(result, FileError) and result.kind == "corrupt_jpeg" and "20000x20000" in result.detail
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "bomb.jpg")
+    struct.pack_into(">HH", data, sof + 5, 8192, 8192)  # 67M pixels: large but plausible, and PIL opens it
+    (tmp_path / "large.jpg").write_bytes(bytes(data))
+    assert check_file(str(tmp_path / "large.jpg"), "jpeg") == FileInfo(8192, 8192, "RGB")
+
+
+def test_a_file_swapped_for_a_decompression_bomb_after_the_check_is_a_bad_sample(tmp_path: Path) -> None:
+    """The sample path's readers turn PIL's DecompressionBombError (a file replaced after the start-up check)
+    into a BadSampleError naming it, which the loader skips and counts, instead of an error that ends the run."""
+    import struct
+
+    from cutie.data.sampling.masks import BadSampleError, decode_jpeg_size, read_binary, read_ids
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 3, 0, 0, 0)
+    bomb = tmp_path / "bomb.png"
+    body = chunk(b"IHDR", header) + chunk(b"PLTE", b"\0" * 6) + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    for read in (read_ids, read_binary, lambda p: decode_jpeg_size(Path(p).read_bytes(), p)):
+        with pytest.raises(BadSampleError, match="decompression bomb") as info:
+            read(str(bomb))
+        assert str(bomb) in str(info.value)

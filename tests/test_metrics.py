@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -208,6 +209,39 @@ def test_ground_truth_frame_of_another_size_is_named(tmp_path: Path, capsys: pyt
     assert str(bad) in message and "44x40" in message and "48x48" in message and "00000.png" in message
     assert "fix:" in message and "all input arrays" not in message
     # the CLI: exit 2, the file named on stderr
+    spec = importlib.util.spec_from_file_location("evaluate_masks", REPO / "scripts" / "evaluate_masks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--gt_path", str(tmp_path / "gt"), "--pred_path", str(tmp_path / "pred")]) == 2
+    assert str(bad) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["bomb", "zero_byte", "jpeg", "folder"])
+def test_an_unreadable_prediction_is_named_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    """A prediction PNG that declares 100000x100000 pixels (PIL's DecompressionBombError was an uncaught traceback
+    of the CLI), is empty, is a JPEG, or is a folder: a ValueError naming it, exit 2."""
+    import struct
+    import zlib
+
+    gt = _moving_squares()
+    _write_sequence(tmp_path / "gt", "v", gt)
+    shutil.copytree(tmp_path / "gt", tmp_path / "pred")
+    bad = tmp_path / "pred" / "v" / "00003.png"
+    if damage == "bomb":
+        header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 3, 0, 0, 0)
+        chunk = struct.pack(">I", len(header)) + b"IHDR" + header + struct.pack(">I", zlib.crc32(b"IHDR" + header))
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
+    elif damage == "zero_byte":
+        bad.write_bytes(b"")
+    elif damage == "jpeg":
+        Image.fromarray(gt[3].astype(np.uint8)).save(bad, format="JPEG")
+    else:
+        bad.unlink()
+        bad.mkdir()
+    with pytest.raises(ValueError, match=re.escape(str(bad))):
+        evaluate_folders(tmp_path / "gt", tmp_path / "pred")
     spec = importlib.util.spec_from_file_location("evaluate_masks", REPO / "scripts" / "evaluate_masks.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

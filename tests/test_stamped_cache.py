@@ -130,3 +130,39 @@ def test_a_failed_save_is_a_note_and_leaves_no_cache(tmp_path: Path) -> None:
     note = cache.save({"/a": ((1, 2), ("x", 0))})
     assert note is not None and note.startswith(f"could not write the check cache {cache.path} (")
     assert note.endswith("); the next check reads every file")
+
+
+def test_a_save_never_writes_through_a_symlink_but_cache_root_may_be_one(tmp_path: Path) -> None:
+    """A link at cache_root/data_check/ or at the cache file is a note and nothing is written behind it; a
+    cache_root that is itself a link (as users link a big disk) is written into."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    entries = {"/x": ((1, 2), ("a", 3))}
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "data_check").symlink_to(victim, target_is_directory=True)
+    note = _cache(root).save(entries)
+    assert note is not None and "symlink" in note and str(root / "data_check") in note
+    assert list(victim.iterdir()) == []
+    (root / "data_check").unlink()
+    (root / "data_check").mkdir()
+    _cache(root).path.symlink_to(victim / "target.json")
+    note = _cache(root).save(entries)
+    assert note is not None and "symlink" in note and list(victim.iterdir()) == []
+    (tmp_path / "linked").symlink_to(victim, target_is_directory=True)
+    assert _cache(tmp_path / "linked").save(entries) is None
+    assert _cache(tmp_path / "linked").load() == (entries, None)
+    assert [p.name for p in (victim / "data_check").iterdir()] == [_cache(root).path.name]
+
+
+def test_what_is_not_a_regular_file_is_unreadable_without_being_opened(tmp_path: Path) -> None:
+    """A FIFO named like a frame would block the check that opens it forever, a folder fails to open: split
+    marks both unreadable (never to do), next to a regular file that is to do."""
+    (files := tmp_path / "v").mkdir()
+    (files / "ok.jpg").write_bytes(b"x")
+    os.mkfifo(files / "fifo.jpg")
+    (files / "dir.jpg").mkdir()
+    plan = split([(str(files / n), "jpeg") for n in ("ok.jpg", "fifo.jpg", "dir.jpg")], {})
+    assert plan.todo == [(str(files / "ok.jpg"), "jpeg")]
+    assert "not a regular file" in str(plan.unreadable[str(files / "fifo.jpg")])
+    assert isinstance(plan.unreadable[str(files / "dir.jpg")], IsADirectoryError)

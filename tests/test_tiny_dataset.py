@@ -53,6 +53,28 @@ def test_refuses_non_empty_folder(tmp_path: Path) -> None:
     assert (tmp_path / "keep.txt").read_text() == "user data"
 
 
+def test_force_on_a_linked_folder_replaces_its_contents_and_a_file_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    """--out may be a symlink to a folder: --force empties the folder (never what a link inside points to) and
+    regenerates; an --out that is a file is one line, no traceback."""
+    script = [sys.executable, str(REPO / "scripts" / "make_tiny_dataset.py")]
+    real, link, outside = tmp_path / "real", tmp_path / "link", tmp_path / "outside"
+    real.mkdir()
+    outside.mkdir()
+    (outside / "keep.txt").write_text("user data")
+    (real / "TINY_DATASET.json").write_text("{}")
+    (real / "stale").mkdir()
+    (real / "pointer").symlink_to(outside, target_is_directory=True)
+    link.symlink_to(real, target_is_directory=True)
+    result = subprocess.run([*script, "--out", str(link), "--force"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert link.is_symlink() and not (real / "stale").exists() and not (real / "pointer").exists()
+    assert (outside / "keep.txt").read_text() == "user data"
+    assert _tree(real) == _tree(tiny_data)
+    (tmp_path / "file").write_text("x")
+    result = subprocess.run([*script, "--out", str(tmp_path / "file")], capture_output=True, text=True)
+    assert result.returncode == 2 and "is not a folder" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("dataset", sorted(VOS_ROOTS))
 def test_vos_layout_pairs_and_palette(tiny_data: Path, dataset: str) -> None:
     img_root, mask_root = (tiny_data / p for p in VOS_ROOTS[dataset])

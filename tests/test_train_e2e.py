@@ -245,3 +245,34 @@ def test_a_bad_validation_file_stops_before_training(tiny_data, tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "[d17-val]" in proc.stderr and str(bad) in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "output" / "badval" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("name", ["train.log", "checkpoints", "tb", "val/main_training_0000004"])
+def test_a_symlink_inside_the_run_folder_stops_before_anything_is_written(tmp_path, name):
+    """A link planted where the run writes (or prunes old checkpoints) is refused by name before train.log is
+    opened: exit 2, one line, nothing created or deleted behind it."""
+    run, victim = tmp_path / "o" / "linked", tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.pth").write_bytes(b"x")
+    (run / name).parent.mkdir(parents=True, exist_ok=True)
+    target = victim / "train.log" if name == "train.log" else victim
+    (run / name).symlink_to(target, target_is_directory=target.is_dir())
+    proc = _run([f"output_root={tmp_path / 'o'}", "exp_id=linked", "device=cpu", "data=tiny"], tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("path error: ") and str(run / name) in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.pth"]
+    assert sorted(p.name for p in run.iterdir()) == [name.split("/")[0]]
+
+
+def test_a_run_folder_that_is_itself_a_symlink_is_used(tmp_path):
+    """output/<exp_id> linked to another disk is the user's choice: the run gets past the folder check (here to
+    the missing data) and writes its log there."""
+    real = tmp_path / "big_disk" / "run"
+    real.mkdir(parents=True)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "linked").symlink_to(real, target_is_directory=True)
+    args = [f"output_root={tmp_path / 'o'}", "exp_id=linked", "device=cpu", "data=tiny"]
+    proc = _run(args + [f"data_root={tmp_path / 'nowhere'}"], tmp_path, check=False)
+    assert proc.returncode == 2 and "nowhere" in proc.stderr and "path error" not in proc.stderr, proc.stderr
+    assert (real / "train.log").is_file()

@@ -214,3 +214,39 @@ def test_an_unexpected_error_is_one_line_naming_the_switch(capsys, monkeypatch):
     monkeypatch.setenv("CUTIE_DEBUG", "1")
     with pytest.raises(ZeroDivisionError):
         run_reporting_errors(broken, {})
+
+
+def test_picture_grids_are_written_atomically_and_never_through_a_symlink(tmp_path):
+    """The image hook writes through the atomic writer: a PNG that decodes to the grid, no temporary left, and a
+    link planted at the next grid's name (after the start-up check) is refused instead of written through."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+
+    from cutie.training.hooks import ImageHook
+    from cutie.utils.atomic import UnsafePathError
+
+    t, h, w = 2, 8, 6
+    batch = {"rgb": torch.rand(1, t, 3, h, w), "cls_gt": torch.zeros(1, t, 1, h, w, dtype=torch.int64)}
+    ctx = SimpleNamespace(
+        iteration=1,
+        plan=SimpleNamespace(num_iterations=5, stage="main_training"),
+        stage="main_training",
+        dist=SimpleNamespace(is_main=True),
+        batch=batch,
+        writer=None,
+        run_dir=tmp_path / "run",
+    )
+    result = SimpleNamespace(output={"logits_1": torch.zeros(1, 2, h, w)})
+    ImageHook(interval=1).after_step(ctx, result)
+    written = tmp_path / "run" / "images" / "main_training_0000001.png"
+    assert np.asarray(Image.open(written)).shape == (3 * h, t * w, 3)
+    assert [p.name for p in written.parent.iterdir()] == [written.name]
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"keep")
+    (written.parent / "main_training_0000002.png").symlink_to(victim)
+    ctx.iteration = 2
+    with pytest.raises(UnsafePathError, match="symlink"):
+        ImageHook(interval=1).after_step(ctx, result)
+    assert victim.read_bytes() == b"keep"

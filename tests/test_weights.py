@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +301,35 @@ def test_real_network_round_trip_and_widening(small_cfg, small_shapes, tmp_path:
         loaded["pixel_fuser.sensory_compress.weight"][:, :-1], source["pixel_fuser.sensory_compress.weight"]
     )
     assert all(torch.equal(loaded[k], v) for k, v in source.items() if k in loaded and loaded[k].shape == v.shape)
+
+
+class _RunsACommand:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_weights_file_that_would_run_code_is_refused_naming_the_call(tmp_path: Path, capfd) -> None:
+    """A .pth whose pickle calls os.system: nothing runs, the error names the call, and it never repeats torch's
+    advice to load with weights_only=False (which would run it); random bytes are called corrupt, without
+    torch's warning (and its source line) on stderr."""
+    marker = tmp_path / "ran"
+    torch.save({"weights": {"a": torch.zeros(1)}, "x": _RunsACommand(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(WeightsError) as info:
+        read_weights_file(tmp_path / "evil.pth")
+    message = str(info.value)
+    assert not marker.exists()
+    assert "evil.pth" in message and "system" in message and "could run code" in message and "fix:" in message
+    assert "weights_only" not in message and len(message.splitlines()) == 1
+    (tmp_path / "garbage.pth").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(WeightsError, match="garbage.pth.*truncated or corrupt") as info:
+        read_weights_file(tmp_path / "garbage.pth")
+    assert "weights_only" not in str(info.value) and "Python objects" not in str(info.value)
+    assert capfd.readouterr().err == ""
+    torch.save(None, tmp_path / "none.pth")
+    with pytest.raises(WeightsError, match="none.pth: expected a non-empty state dict"):
+        read_weights_file(tmp_path / "none.pth")
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        read_weights_file(tmp_path)

@@ -24,6 +24,7 @@ from cutie.dataprep.convert import (
     assign_pixel_ids,
     check_folders,
     check_frame_path,
+    check_source_frame,
     component_problem,
     copy_output,
     fingerprint,
@@ -202,13 +203,11 @@ def _needed(job: Job) -> list[str]:
 
 
 def check_inputs(job: Job) -> None:
-    """Raises FileNotFoundError naming the first missing frame (before the sequence's old output is cleared);
+    """Raises naming the first missing or unusable frame (before the sequence's old output is cleared);
     the frames are confined again, as the folder may have changed since validation."""
-    src = _sequence_dir(job)
+    src, seq = _sequence_dir(job), job.payload["seq"]
     for f in _needed(job):
-        p = src(f, what="frame")
-        if not p.is_file():
-            raise FileNotFoundError(f"frame file {p} does not exist")
+        check_source_frame(src(f, what="frame"), (seq["height"], seq["width"]))
 
 
 def convert_sequence(output: Path, job: Job) -> tuple[int, int, dict]:

@@ -39,9 +39,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cutie.data.index.frame_check import FileError, check_file
 from cutie.data.index.records import META_DIR, marker_path, read_marker
 from cutie.utils.atomic import atomic_copy, atomic_write_bytes, atomic_write_json, remove_stale_temps
-from cutie.utils.paths import Confiner, PathEscapeError, check_no_symlink_inside, is_inside
+from cutie.utils.paths import Confiner, PathEscapeError, check_no_symlink_inside, is_inside, symlinks_below
 
 OUTPUT_DIRS = ("JPEGImages", "Annotations", "JPEGImages_all_frames")
 
@@ -223,20 +224,21 @@ def video_paths(output: Path, video: str) -> list[Path]:
     return [marker_path(output, video)] + [output / d / video for d in OUTPUT_DIRS]
 
 
-def _links_below(folder: Path) -> list[Path]:
-    """Symlinks anywhere below `folder` (not followed). scandir's d_type makes this about free per entry."""
-    found, todo = [], [folder]
-    while todo:
-        try:
-            entries = list(os.scandir(todo.pop()))
-        except NotADirectoryError:
-            continue
-        for e in entries:
-            if e.is_symlink():
-                found.append(Path(e.path))
-            elif e.is_dir(follow_symlinks=False):
-                todo.append(Path(e.path))
-    return found
+def check_source_frame(path: Path, size: tuple[int, int]) -> None:
+    """A frame a conversion will copy, checked as training will check it (cutie/data/index/frame_check.py) and
+    against the JSON's (height, width) its masks are drawn at; raises naming the source file, so a damaged frame
+    fails its video here instead of being copied and reported under the output at training time."""
+    if not path.is_file():
+        what = " (it is a folder)" if path.is_dir() else " as a regular file" if path.exists() else ""
+        raise FileNotFoundError(f"frame file {path} does not exist{what}")
+    result = check_file(str(path), "png" if path.suffix.lower() == ".png" else "jpeg")
+    if isinstance(result, FileError):
+        raise ValueError(f"frame file {path}: {result.detail} (fix: re-download or re-extract it)")
+    if (result.height, result.width) != tuple(size):
+        raise ValueError(
+            f"frame file {path} is {result.width}x{result.height} but the JSON gives {size[1]}x{size[0]} (W x H) "
+            "(fix: use the frames the annotation file was made for)"
+        )
 
 
 def check_output(output: Path, videos: Sequence[str]) -> None:
@@ -247,7 +249,7 @@ def check_output(output: Path, videos: Sequence[str]) -> None:
         if p.is_symlink():
             links.append(p)
         elif p.is_dir() and p.parent != output:
-            links += _links_below(p)
+            links += symlinks_below(p)
     if links:
         problems = [f"{p} is a symlink (to {os.readlink(p)}); refusing to write or delete through it" for p in links]
         raise InputError(problems, f"--output_path {output}", (FIX_OUTPUT,))

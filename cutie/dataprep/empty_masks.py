@@ -60,7 +60,8 @@ def _empty_in_video(args: tuple[str, str]) -> tuple[int, list[str], list[str]]:
         try:
             with Image.open(path) as m:
                 pixels = np.asarray(m)  # decodes the whole file: a truncated one fails here
-        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for corrupt, truncated or non-PNG data
+        # PIL's errors for corrupt, truncated or non-PNG data, and for a header claiming too many pixels
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             unreadable.append(f"{path}: {e}")
             continue
         if not pixels.any():  # palette index 0 everywhere = no object

@@ -22,6 +22,7 @@ from cutie.dataprep.convert import (
     Summary,
     check_folders,
     check_frame_path,
+    check_source_frame,
     component_problem,
     copy_output,
     fingerprint,
@@ -184,10 +185,10 @@ def _frames(job: Job) -> list[Path]:
 
 
 def check_inputs(job: Job) -> None:
-    """Raises FileNotFoundError naming the first missing frame (before the video's old output is cleared)."""
+    """Raises naming the first missing or unusable frame (before the video's old output is cleared)."""
+    v = job.payload["entry"]["video"]
     for p in _frames(job):
-        if not p.is_file():
-            raise FileNotFoundError(f"frame file {p} does not exist")
+        check_source_frame(p, (v["height"], v["width"]))
 
 
 def convert_video(output: Path, job: Job) -> tuple[int, int, dict]:

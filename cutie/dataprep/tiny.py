@@ -572,12 +572,16 @@ def write_custom_sparse(out: Path, seed: int) -> dict[str, int]:
 def generate(out: Path, seed: int = 0, force: bool = False) -> dict[str, object]:
     """Write the tiny dataset under `out` and return its summary (also written to out/TINY_DATASET.json)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder; choose an empty or new folder")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise FileExistsError(f"{out} exists and is not empty; choose an empty folder or pass --force")
         if not (out / MANIFEST).is_file():
             raise FileExistsError(f"{out} is not empty and holds no {MANIFEST}: refusing to delete it with --force")
-        shutil.rmtree(out)
+        # What is inside goes, never what a link inside points to; `out` itself may be a link (kept)
+        for child in out.iterdir():
+            child.unlink() if child.is_symlink() or not child.is_dir() else shutil.rmtree(child)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, object] = {
         "generator_version": GENERATOR_VERSION,

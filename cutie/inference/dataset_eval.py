@@ -23,13 +23,14 @@ from cutie.inference.settings import InferenceSettings
 from cutie.inference.video_io import (
     FrameSource,
     VideoReader,
-    check_annotation_sizes,
+    check_video_files,
     list_videos,
     required_frames,
     save_index_png,
 )
 from cutie.metrics import DavisReport, SavReport, evaluate_folders, evaluate_sav_folders
 from cutie.metrics.davis import read_index_mask
+from cutie.utils.paths import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +205,17 @@ def score_predictions(
 
 
 def _check_masks(spec: DatasetSpec, videos: list[str]) -> dict[str, frozenset[str]]:
-    """Every mask against its frame before any inference: a wrong size stops the run at once (naming both files),
-    or with wrong_size_masks=skip is left out, its frame used as unannotated (video -> stems left out)."""
+    """Every frame and mask before any inference (check_video_files): an unusable file stops the run at once,
+    naming it; a wrong-size mask too (naming both files), or with wrong_size_masks=skip it is left out, its frame
+    used as unannotated (video -> stems left out)."""
     skipped: dict[str, frozenset[str]] = {}
     for name in videos:
-        bad = check_annotation_sizes(
-            spec.image_directory, spec.mask_directory, name, skip=spec.wrong_size_masks == "skip"
+        bad = check_video_files(
+            spec.image_directory,
+            spec.mask_directory,
+            name,
+            skip=spec.wrong_size_masks == "skip",
+            binary=spec.layout == "sav",
         )
         for _, why in bad:
             log.warning("%s; left out: its frame is used as unannotated (wrong_size_masks=skip)", why.split("; fix")[0])
@@ -226,6 +232,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     spec = resolve_dataset(cfg)
     settings = inference_settings(cfg, spec, device)
     run_dir = Path(cfg.output_root) / cfg.exp_id / "eval" / spec.name
+    check_output_folder(Path(cfg.output_root) / cfg.exp_id, run_dir)  # before anything is written into it
     out_root = run_dir / "Annotations"
     videos = list_videos(spec.mask_directory, spec.subset)
     if cfg.max_videos is not None:

@@ -20,8 +20,10 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from cutie.metrics.davis import read_index_mask
+from cutie.metrics.sav import read_binary_mask
 from cutie.utils.atomic import atomic_write
 from cutie.utils.palette import davis_palette
 from cutie.utils.paths import PathEscapeError, confined
@@ -80,8 +82,18 @@ def required_frames(meta_json: str | os.PathLike | None) -> dict[str, set[str]]:
     """YouTube-VOS meta.json: the frames to save per video (all objects' frames); {} when not given."""
     if meta_json is None:
         return {}
-    videos = json.loads(Path(meta_json).read_text())["videos"]
-    return {v: {f for obj in info["objects"].values() for f in obj["frames"]} for v, info in videos.items()}
+    path = Path(meta_json)
+    try:
+        videos = json.loads(path.read_text(encoding="utf-8"))["videos"]
+        out = {v: {f for obj in info["objects"].values() for f in obj["frames"]} for v, info in videos.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # untrusted: any shape
+        raise ValueError(
+            f"{path}: not a YouTube-VOS meta.json ({type(e).__name__}: {str(e)[:80]}); fix: give the release's "
+            '{"videos": {video: {"objects": {id: {"frames": [...]}}}}} file, or json_directory=null'
+        ) from None
+    if not all(isinstance(f, str) for frames in out.values() for f in frames):
+        raise ValueError(f"{path}: frame names must be strings; fix: give the release's meta.json")
+    return out
 
 
 class VideoReader:
@@ -167,29 +179,76 @@ def resize_mask(mask: torch.Tensor, new_size: tuple[int, int] | None) -> torch.T
     return F.interpolate(mask[None, None].float(), size=new_size, mode="nearest")[0, 0].long()
 
 
-def check_annotation_sizes(
-    image_dir: str | os.PathLike, mask_dir: str | os.PathLike, name: str, *, skip: bool = False
+JPEG_TAIL = 64  # bytes searched for the end-of-image marker (some writers pad after it)
+FIX_FRAME = "fix: re-extract or re-download the frame, or delete it"
+FIX_MASK = "fix: save masks as palette PNGs whose indices are object ids (0 background, at most 255)"
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image PIL can read"
+    return (e.strerror if isinstance(e, OSError) else None) or str(e)
+
+
+def _regular(path: Path, fix: str) -> None:
+    """Opening a FIFO named like a frame would block the evaluation forever: refuse what is not a file first."""
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise ValueError(f"{path}: not a regular file (a FIFO, socket or device); {fix}")
+
+
+def frame_size(path: Path) -> tuple[int, int]:
+    """(H, W) of a frame from its header, after checking that it is a whole image (a JPEG ends with its end
+    marker); ValueError naming the file otherwise (empty, a folder, not an image, a decompression bomb)."""
+    _regular(path, FIX_FRAME)
+    try:
+        with Image.open(path) as im:
+            size, fmt = (im.height, im.width), im.format
+        if fmt == "JPEG":
+            with open(path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - JPEG_TAIL))
+                if b"\xff\xd9" not in f.read():
+                    raise ValueError("no end-of-image marker: the file was cut short")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: not a readable frame ({_why(e)}); {FIX_FRAME}") from None
+    return size
+
+
+def mask_ids(path: Path, *, binary: bool = False) -> np.ndarray:
+    """The H*W object ids of a mask PNG, decoded in full (SA-V `binary`: one object per PNG); ValueError naming
+    the file when it is not a PNG of ids 0..255 (a JPEG named .png, RGB(A), 16-bit ids, truncated, a bomb)."""
+    _regular(path, FIX_MASK)
+    try:
+        ids = read_binary_mask(path) if binary else read_index_mask(path)
+    except ValueError as e:
+        raise ValueError(str(e) if "fix:" in str(e) else f"{e}; {FIX_MASK}") from None
+    if ids.size and int(ids.max()) > 255:
+        raise ValueError(f"{path}: object id {int(ids.max())} does not fit an 8-bit index mask; {FIX_MASK}")
+    return ids
+
+
+def check_video_files(
+    image_dir: str | os.PathLike, mask_dir: str | os.PathLike, name: str, *, skip: bool = False, binary: bool = False
 ) -> list[tuple[Path, str]]:
-    """Before any inference: every mask of a video (DAVIS layout <video>/<frame>.png, or SA-V's
-    <video>/<object>/<frame>.png) has the size of its frame, read from the file headers. A wrong size raises
-    (naming both files), or with `skip` is returned as (mask, why) to be left out (its frame as unannotated)."""
+    """Before any inference, every file of a video (DAVIS layout <video>/<frame>.png, or SA-V's
+    <video>/<object>/<frame>.png with `binary`): each frame's header (frame_size), each mask decoded (mask_ids)
+    and of its frame's size. An unusable file raises ValueError naming it; a wrong size raises too (naming both
+    files), or with `skip` is returned as (mask, why) to be left out (its frame as unannotated)."""
     bad: list[tuple[Path, str]] = []
-    frames = {p.stem: p for p in (Path(image_dir) / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    frames: dict[str, Path] = {}
     sizes: dict[str, tuple[int, int]] = {}
+    for p in sorted(p for p in (Path(image_dir) / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        sizes[p.stem], frames[p.stem] = frame_size(p), p  # every file the reader will read is checked
     for path in sorted((Path(mask_dir) / name).rglob("*.png")):
+        shape = mask_ids(path, binary=binary).shape
         frame = frames.get(path.stem)
         if frame is None:
             continue  # a mask without its frame is reported by the scorer (no prediction for it)
-        if path.stem not in sizes:
-            with Image.open(frame) as im:
-                sizes[path.stem] = (im.height, im.width)
-        with Image.open(path) as m:
-            try:
-                check_mask_size(path, (m.height, m.width), sizes[path.stem], frame)
-            except ValueError as e:
-                if not skip:
-                    raise
-                bad.append((path, str(e)))
+        try:
+            check_mask_size(path, shape, sizes[path.stem], frame)
+        except ValueError as e:
+            if not skip:
+                raise
+            bad.append((path, str(e)))
     return bad
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from cutie.metrics.measures import boundary_f_measure, mean_recall_decay, region_similarity
 from cutie.utils.atomic import atomic_write_text
@@ -227,13 +227,20 @@ def evaluate_sequence(
 
 
 def read_index_mask(path: Path) -> np.ndarray:
-    """An index PNG (palette 'P' or grayscale 'L') as H*W int64 object ids."""
-    with Image.open(path) as img:
-        if img.mode not in ("P", "L", "I", "1"):
-            raise ValueError(
-                f"{path}: expected an indexed (palette) or grayscale PNG of object ids, got mode {img.mode}"
-            )
-        return np.array(img).astype(np.int64)
+    """An index PNG (palette 'P' or grayscale 'L') as H*W int64 object ids; ValueError naming the file when it is
+    not one (another format or mode, unreadable, truncated, a decompression bomb)."""
+    try:
+        with Image.open(path) as img:
+            if img.format != "PNG":
+                raise ValueError(f"{path}: not a PNG (its content is {img.format or 'unknown'})")
+            if img.mode not in ("P", "L", "I", "1"):
+                raise ValueError(
+                    f"{path}: expected an indexed (palette) or grayscale PNG of object ids, got mode {img.mode}"
+                )
+            return np.array(img).astype(np.int64)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+        why = "not an image" if isinstance(e, UnidentifiedImageError) else (getattr(e, "strerror", None) or e)
+        raise ValueError(f"{path}: not a readable mask PNG ({why})") from None
 
 
 def list_sequences(gt_root: Path, subset: str | os.PathLike | Iterable[str] | None) -> list[str]:

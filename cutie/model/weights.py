@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -70,25 +71,27 @@ def read_weights_file(path: str | os.PathLike) -> StateDict:
     """Load the network state dict from a weights file or a full checkpoint (its 'weights' entry), on the CPU."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist (expected a .pth state dict or checkpoint)")
-    try:
-        with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
+        what = "is not a file" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"weights file {path} {what} (expected a .pth state dict or checkpoint)")
+    with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS), warnings.catch_warnings():
+        # torch warns (with a source line) about pickle protocols of non-torch files; the error below says it all
+        warnings.simplefilter("ignore", UserWarning)
+        unsafe: list[str] | None = None
+        try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, random bytes, pickled objects beyond tensors and containers
-        first_line = str(e).splitlines()[0] if str(e) else ""
-        if "weights only load failed" in str(e).lower():
+        except Exception:  # truncated zip, random bytes, pickled objects beyond tensors and containers
+            unsafe = _unsafe_globals(path)
+    if unsafe is not None:
+        # torch's own message advises weights_only=False, i.e. running the file's code: never repeated here
+        if unsafe:
             problem = (
-                "it holds Python objects other than tensors, numpy arrays, numbers, strings and containers, "
-                "which are not loaded for safety; weights and checkpoint files must be plain"
+                f"it needs Python objects other than tensors, numpy arrays, numbers, strings and containers "
+                f"({', '.join(unsafe[:4])}), so loading it could run code; not loaded for safety (fix: export "
+                "the network's plain state dict, torch.save(model.state_dict(), PATH), where the file was made)"
             )
         else:
-            problem = "the file may be truncated or corrupt"
-        raise WeightsError(
-            f"{path} cannot be read as a torch weights file ({type(e).__name__}: {first_line[:200]}). Expected a "
-            f"state dict saved by torch.save (official Cutie .pth, or a weights/checkpoint file written by this "
-            f"project); {problem}."
-        ) from e
-
+            problem = "the file may be truncated or corrupt, or was not written by torch.save (fix: copy it again)"
+        raise WeightsError(f"{path} cannot be read as a torch weights file: {problem}")
     if isinstance(obj, Mapping) and isinstance(obj.get("weights"), Mapping):
         state_dict, what = obj["weights"], "full checkpoint"
     else:
@@ -102,6 +105,14 @@ def read_weights_file(path: str | os.PathLike) -> StateDict:
             f"{path}: {what} is not a state dict: {len(bad)} entries are not str -> tensor, e.g. {bad[:5]}{extra}"
         )
     return strip_wrapper_prefixes(state_dict)
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The Python objects a file's pickle would build beyond what the safe loader allows (read, never run)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip-format torch file: nothing to name
+        return []
 
 
 def _describe(obj: object) -> str:

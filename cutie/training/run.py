@@ -61,7 +61,7 @@ from cutie.training.resume import check_same_run
 from cutie.training.signals import StopSignals
 from cutie.utils import dist
 from cutie.utils.atomic import atomic_write_text, remove_stale_temps
-from cutie.utils.paths import is_inside
+from cutie.utils.paths import PathEscapeError, check_output_folder, is_inside
 
 
 @dataclass(frozen=True)
@@ -193,6 +193,20 @@ def _initial_weights(net, stage: str, cfg: TrainConfig, previous: dict | None, r
         log.info(f"[{stage}] starting from weights={cfg.run.weights}")
     else:
         init_from_imagenet(net, cfg.model.imagenet_dir)
+
+
+def _check_run_dir(run_dir: Path, state) -> None:
+    """Before anything is written (train.log first): no symlink inside the run folder, where the run writes
+    (logs, tb/, images/, val/, config.yaml, weights) and prunes (checkpoints/). The folder itself may be a link.
+    The main process looks; every rank gets its verdict, so none waits for a rank that stopped."""
+    error = None
+    if state.is_main:
+        try:
+            check_output_folder(run_dir, run_dir)
+        except PathEscapeError as e:
+            error = e
+    if dist.any_rank([error is not None])[0]:
+        raise error or PathEscapeError(f"the run folder {run_dir} was refused by the main process (see its message)")
 
 
 def _clean_leftovers(run_dir: Path, state, log) -> None:
@@ -393,6 +407,7 @@ def _open_run_dir(cfg: TrainConfig, run_dir: Path, state, device: torch.device, 
 
 def _run(cfg: TrainConfig, state: dist.DistState, device: torch.device) -> None:
     run_dir = Path(cfg.run.output_root) / cfg.run.exp_id
+    _check_run_dir(run_dir, state)
     log = setup_logging(run_dir, state)
     _clean_leftovers(run_dir, state, log)
     if device.type == "cuda":

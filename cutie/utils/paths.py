@@ -101,3 +101,36 @@ def check_no_symlink_inside(root: str | os.PathLike, path: str | os.PathLike) ->
             )
     if not is_inside(base, p):
         raise PathEscapeError(f"{p} resolves outside the output folder {base}; refusing to touch it")
+
+
+def symlinks_below(folder: str | os.PathLike) -> list[Path]:
+    """Symlinks anywhere below `folder` (never followed; `folder` itself may be one). scandir's d_type makes this
+    about free per entry. A missing folder has none."""
+    found, todo = [], [os.fspath(folder)]
+    while todo:
+        try:
+            entries = list(os.scandir(todo.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for e in entries:
+            if e.is_symlink():
+                found.append(Path(e.path))
+            elif e.is_dir(follow_symlinks=False):
+                todo.append(e.path)
+    return sorted(found)
+
+
+def check_output_folder(root: str | os.PathLike, folder: str | os.PathLike, *, listed: int = 3) -> None:
+    """Before a run writes into `folder` (`root` itself, or a folder below it that the run names): refuses a
+    symlink on the way from `root` to `folder` or anywhere inside `folder`, because the run would write (or
+    prune) through it. `root` itself may be a symlink: that is where the user chose to put the output.
+    Raises PathEscapeError naming the links (the first `listed`) and the fix."""
+    check_no_symlink_inside(root, folder)
+    links = symlinks_below(folder)
+    if links:
+        named = ", ".join(f"{p} -> {os.readlink(p)}" for p in links[:listed])
+        more = f" and {len(links) - listed} more" if len(links) > listed else ""
+        raise PathEscapeError(
+            f"the output folder {folder} holds {len(links)} symlink(s) ({named}{more}); refusing to write through "
+            "them (fix: remove the links, or choose another output folder, and rerun)"
+        )

@@ -58,6 +58,9 @@ def rle_total(counts: str | list[int]) -> int:
     return int(runs.sum())
 
 
+POLYGON_REACH = 10  # polygons may reach outside the frame (clipped), but not arbitrarily far
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -94,6 +97,10 @@ def check_segmentation(seg: object, height: int, width: int) -> None:
             raise RLEError("polygon must be a list of [x1, y1, x2, y2, x3, y3, ...] lists with >= 3 points")
         if not all(_is_number(v) for p in seg for v in p):
             raise RLEError("polygon coordinates must be finite numbers")
+        # pycocotools scales coordinates into C ints without a check: ~1e9 overflows and crashes the process
+        limit = POLYGON_REACH * max(height, width)
+        if any(abs(v) > limit for p in seg for v in p):
+            raise RLEError(f"polygon coordinates must lie within {POLYGON_REACH}x the frame size (|x|, |y| <= {limit})")
         return
     else:
         raise RLEError(f"unsupported segmentation type {type(seg).__name__}")

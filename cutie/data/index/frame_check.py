@@ -47,7 +47,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_TYPES = {0: ((1, 2, 4, 8, 16), 1), 2: ((8, 16), 3), 3: ((1, 2, 4, 8), 1), 4: ((8, 16), 2), 6: ((8, 16), 4)}
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 ID_MODES = ("P", "L", "1", "I;16", "I")  # PNG modes that carry object ids (RGB masks carry colours)
-MAX_PIXELS = 1 << 28  # a header claiming more is treated as corrupt (decompression bomb guard)
+# A header claiming more pixels is treated as corrupt (decompression bomb guard). Below PIL's own hard limit
+# (2 * Image.MAX_IMAGE_PIXELS = 179M), which validation reads frames with: a frame that passes here opens there.
+MAX_PIXELS = 1 << 27
 
 CACHE_VERSION = 2  # 2: entries carry the object ids of a mask (or null)
 INLINE_BELOW = 256  # fewer files than this are checked in-process (a pool costs more than it saves)
@@ -142,8 +144,8 @@ def jpeg_header(read: Callable[[int], bytes]) -> tuple[int, int, int]:
         pos += 2 + length
     if frame is None:
         raise FileCheckError("corrupt_jpeg", "no frame header (SOF) before the image data")
-    if frame[0] == 0 or frame[1] == 0:
-        raise FileCheckError("corrupt_jpeg", f"frame header size {frame[0]}x{frame[1]}")
+    if frame[0] == 0 or frame[1] == 0 or frame[0] * frame[1] > MAX_PIXELS:
+        raise FileCheckError("corrupt_jpeg", f"frame header size {frame[0]}x{frame[1]} (at most {MAX_PIXELS} pixels)")
     return frame
 
 
@@ -313,7 +315,7 @@ def _parse_info(payload: list) -> FileInfo | None:
         return None
     w, h, mode, wide, raw_ids = payload
     ids = _parse_ids(raw_ids)
-    ints = is_count(w) and is_count(h)
+    ints = is_count(w) and is_count(h) and w * h <= MAX_PIXELS  # the cache is untrusted too
     if not ints or not isinstance(mode, str) or not isinstance(wide, bool) or len(mode) > 8 or ids is False:
         return None
     return FileInfo(w, h, mode, wide, ids)

@@ -10,20 +10,24 @@ a parser and an encoder. One cache is one JSON file under `cache_root/data_check
 - `split` stats every file once: an unchanged (size, mtime_ns) takes the cached value, anything else is to do.
 - Saves are atomic (cutie/utils/atomic.py) and hold only what the caller keeps (its good results), so a bad file
   is never cached and is re-read (and re-reported) every time. A save that fails is a note, not an error: a
-  read-only cache folder costs speed, not correctness.
+  read-only cache folder costs speed, not correctness. A symlink at the cache file or its `data_check/` folder
+  is never written through (also a note); `cache_root` itself may be a link.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
 from cutie.utils.atomic import atomic_write_json
+from cutie.utils.paths import PathEscapeError, check_no_symlink_inside
 
 T = TypeVar("T")  # a cached value
 K = TypeVar("K", bound=tuple)  # a caller's task: (path, whatever else the check of that file needs)
@@ -93,8 +97,9 @@ class StampedCache(Generic[T]):
         """Write `entries` atomically (sorted by path); a note when that fails (the next check redoes every file)."""
         files = {p: [size, mtime, *self.encode(v)] for p, ((size, mtime), v) in sorted(entries.items())}
         try:
+            check_no_symlink_inside(self.path.parent.parent, self.path)  # cache_root/data_check/ must be ours
             atomic_write_json(self.path, {"version": self.version, "key": self.key, "files": files})
-        except OSError as e:
+        except (OSError, PathEscapeError) as e:
             return f"could not write the check cache {self.path} ({e}); the next check reads every file"
         return None
 
@@ -119,7 +124,8 @@ def split(
     answers: Callable[[K, T], bool] | None = None,
 ) -> Split[K, T]:
     """One stat per task's file (`task[0]`): a cached value whose (size, mtime_ns) still match, and which
-    `answers(task, value)` accepts (default: any), is a hit; every other task is to do."""
+    `answers(task, value)` accepts (default: any), is a hit; every other task is to do. What is not a regular
+    file (a folder, a FIFO, a device) is unreadable without being opened."""
     out: Split[K, T] = Split()
     for task in tasks:
         path = task[0]
@@ -127,6 +133,12 @@ def split(
             st = os.stat(path)
         except OSError as e:
             out.unreadable[path] = e
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            out.unreadable[path] = IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            continue
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the check forever, a device never end
+            out.unreadable[path] = OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)")
             continue
         out.stamps[path] = stamp = (st.st_size, st.st_mtime_ns)
         hit = cached.get(path)

@@ -39,7 +39,7 @@ def read_ids(path: str) -> np.ndarray:
             if im.mode not in ID_MODES:
                 raise BadSampleError(path, f"mask mode {im.mode} has colours, not object ids (need a palette PNG)")
             ids = np.asarray(im)
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadSampleError(path, f"corrupt mask ({e})") from e
     if ids.dtype != np.uint8:
         if ids.max(initial=0) > 255:
@@ -53,7 +53,7 @@ def read_binary(path: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             grey = np.asarray(im.convert("L"))
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadSampleError(path, f"corrupt mask ({e})") from e
     return (grey > 127).astype(np.uint8)
 
@@ -85,7 +85,7 @@ def decode_jpeg_size(data: bytes, path: str) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.size
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadSampleError(path, f"corrupt JPEG ({e})") from e
 
 

@@ -9,6 +9,7 @@ from cutie.training.context import StageContext
 from cutie.training.hooks.base import Hook, every
 from cutie.training.step import StepResult
 from cutie.training.visualize import clip_grid
+from cutie.utils.atomic import atomic_write
 
 
 class ImageHook(Hook):
@@ -22,7 +23,6 @@ class ImageHook(Hook):
         grid = clip_grid(ctx.batch, result.output)  # 3*H*W
         if ctx.writer is not None:
             ctx.writer.add_image(f"{ctx.stage}/clip", grid, ctx.iteration)
-        folder = ctx.run_dir / "images"
-        folder.mkdir(exist_ok=True)
-        arr = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-        Image.fromarray(arr).save(folder / f"{ctx.stage}_{ctx.iteration:07d}.png")
+        arr = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)  # H*W*3
+        img = Image.fromarray(arr)
+        atomic_write(ctx.run_dir / "images" / f"{ctx.stage}_{ctx.iteration:07d}.png", lambda f: img.save(f, "PNG"))
