@@ -72,11 +72,49 @@ def test_official_defaults_reach_the_typed_stages() -> None:
         ("main_training.num_ref_frames=8", r"`main_training.num_ref_frames`: must be in \[1, seq_length=8\)"),
         ("max_bad_sample_fraction=2", r"`max_bad_sample_fraction`: must be within"),
         ("device=tpu", r"`device`: must be one of"),
+        # values the run used to accept and then trained wrongly with (or crashed on) without a word
+        ("main_training.learning_rate=-1", r"`main_training.learning_rate`: must be > 0, got -1.0"),
+        ("pre_training.learning_rate=0", r"`pre_training.learning_rate`: must be > 0"),
+        ("main_training.clip_grad_norm=0", r"`main_training.clip_grad_norm`: must be > 0"),
+        ("main_training.weight_decay=-0.1", r"`main_training.weight_decay`: must be >= 0"),
+        ("main_training.embed_weight_decay=-1", r"`main_training.embed_weight_decay`: must be >= 0"),
+        ("main_training.backbone_lr_ratio=-1", r"`main_training.backbone_lr_ratio`: must be >= 0"),
+        ("main_training.lr_schedule_gamma=0", r"`main_training.lr_schedule_gamma`: must be within \(0, 1\]"),
+        ("main_training.lr_schedule_gamma=10", r"`main_training.lr_schedule_gamma`: must be within \(0, 1\]"),
+        ("main_training.oversample_ratio=0.5", r"`main_training.oversample_ratio`: must be >= 1"),
+        ("main_training.seq_length=1", r"`main_training.seq_length`: must be >= 2"),
+        ("main_training.max_skip_schedule_fraction=[0,0.1,0.3,1.2]", r"every fraction must be below 1.0"),
+        (
+            "pre_training.lr_schedule_steps=[5]",
+            r"`pre_training.lr_schedule_steps`: \[5\] has no effect with lr_schedule=constant",
+        ),
+        ("+pre_training.merge_probability=0.3", r"`pre_training.merge_probability`: applies to main_training only"),
+        ("+pre_training.max_skip_schedule=[3]", r"`pre_training.max_skip_schedule`: applies to main_training only"),
+        ("seed=-1", r"`seed`: must be >= 0"),
+        ("stop_at_iteration=0", r"`stop_at_iteration`: must be >= 1"),
+        ("max_nonfinite_steps=0", r"`max_nonfinite_steps`: must be >= 1"),
+        ("exp_id=../elsewhere", r"`exp_id`: must be a plain folder name"),
+        ("exp_id=a/b", r"`exp_id`: must be a plain folder name"),
+        ("exp_id=", r"`exp_id`: must be a plain folder name"),
+        ("data.vos_datasets.DAVIS.multiplier=0", r"`data.vos_datasets.DAVIS.multiplier`: must be >= 1, got 0"),
+        ("data.vos_datasets.MOSE.frame_interval=0", r"`data.vos_datasets.MOSE.frame_interval`: must be >= 1"),
+        ("data.image_datasets.FSS.multiplier=-1", r"`data.image_datasets.FSS.multiplier`: must be >= 1"),
+        # a check inside an optional group names the option, not the whole group
+        ("data.image_datasets.SA1B.sa1b.max_masks_per_image=0", r"`data.image_datasets.SA1B.sa1b.max_masks_per_image`"),
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _train(override)
+
+
+def test_a_union_names_its_allowed_values() -> None:
+    """`bool | Literal['auto'] | None` says what it accepts in YAML words, not in Python typing."""
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        with pytest.raises(ConfigError, match=r"^`evaluate`: must be true or false, 'auto' or null, got 'Auto'$"):
+            parse_eval_config(compose(config_name="eval_config", overrides=["evaluate=Auto"]))
+        with pytest.raises(ConfigError, match=r"^`layout`: must be one of 'davis', 'sav', got 'SAV'$"):
+            parse_eval_config(compose(config_name="eval_config", overrides=["layout=SAV"]))
 
 
 def test_eval_config_parses_and_overrides_the_dataset(tmp_path: Path) -> None:
@@ -100,7 +138,11 @@ def _dataclasses() -> list[type]:
 def test_every_config_field_is_read_by_some_code() -> None:
     """A key that no code reads fails here: every field of the typed config must be read as an attribute
     somewhere in the package outside cutie/config (or be listed as reaching the code through interpolation)."""
-    source = "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "cutie").rglob("*.py") if "config" not in p.parts)
+    source = "\n".join(
+        p.read_text(encoding="utf-8")
+        for p in (REPO / "cutie").rglob("*.py")
+        if "config" not in p.relative_to(REPO).parts
+    )
     unread = [
         f"{cls.__name__}.{f.name}"
         for cls in _dataclasses()

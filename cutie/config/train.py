@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from cutie.config.model import ModelSpec
-from cutie.config.typed import ConfigError, parse
+from cutie.config.typed import ConfigError, FieldError, parse
 
 STAGES = ("pre_training", "main_training")  # the one list of stage names, in training order
 
@@ -41,6 +41,19 @@ class RunConfig:
     checkpoint: str | None  # full checkpoint to resume from (else the newest of exp_id)
     seed: int
     stop_at_iteration: int | None  # simulated preemption, for testing resume
+
+    def __post_init__(self) -> None:
+        # exp_id names one folder under output_root (weights files are named after it too): `a/b` or `..` would
+        # put the run elsewhere, and an empty one would make output_root itself the run directory.
+        if self.exp_id in ("", ".", "..") or any(c in self.exp_id for c in "/\\"):
+            raise FieldError("exp_id", f"must be a plain folder name (no '/', not '.' or '..'), got {self.exp_id!r}")
+        if self.seed < 0:
+            raise FieldError("seed", f"must be >= 0 (numpy seeds are non-negative), got {self.seed}")
+        if self.stop_at_iteration is not None and self.stop_at_iteration < 1:
+            raise FieldError(
+                "stop_at_iteration",
+                f"must be >= 1 (an iteration of a stage, counted from 1) or null, got {self.stop_at_iteration}",
+            )
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,8 @@ class RuntimeConfig:
             raise ConfigError(f"`max_batch_per_gpu`: must be positive or null, got {self.max_batch_per_gpu}")
         if not 0 <= self.max_bad_sample_fraction <= 1:
             raise ConfigError(f"`max_bad_sample_fraction`: must be within [0, 1], got {self.max_bad_sample_fraction}")
+        if self.max_nonfinite_steps < 1:
+            raise FieldError("max_nonfinite_steps", f"must be >= 1 (steps in a row), got {self.max_nonfinite_steps}")
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,19 @@ class StageConfig:
         for key in ("batch_size", "num_iterations", "seq_length", "num_objects", "train_num_points"):
             if getattr(self, key) <= 0:
                 fail(key, f"must be positive, got {getattr(self, key)}")
+        if self.seq_length < 2:
+            fail("seq_length", "must be >= 2 (frame 0 gives the masks, later frames are trained on), got 1")
+        for key in ("learning_rate", "clip_grad_norm"):  # clip_grad_norm 0 would scale every gradient to 0
+            if getattr(self, key) <= 0:
+                fail(key, f"must be > 0, got {getattr(self, key)}")
+        for key in ("weight_decay", "embed_weight_decay", "backbone_lr_ratio"):
+            if getattr(self, key) < 0:
+                fail(key, f"must be >= 0, got {getattr(self, key)}")
+        if not 0 < self.lr_schedule_gamma <= 1:
+            gamma = self.lr_schedule_gamma
+            fail("lr_schedule_gamma", f"must be within (0, 1] (the lr factor at each step), got {gamma}")
+        if self.oversample_ratio < 1:
+            fail("oversample_ratio", f"must be >= 1 (candidate points per trained point), got {self.oversample_ratio}")
         if not 0 < self.num_ref_frames < self.seq_length:
             fail("num_ref_frames", f"must be in [1, seq_length={self.seq_length}), got {self.num_ref_frames}")
         if any(c <= 0 or c % 16 for c in self.crop_size):
@@ -132,6 +160,12 @@ class StageConfig:
         steps = list(self.lr_schedule_steps)
         if steps != sorted(steps) or any(not 0 < x <= self.num_iterations for x in steps):
             fail("lr_schedule_steps", f"{steps} must be increasing and within (0, num_iterations]")
+        if steps and self.lr_schedule == "constant":
+            fail(
+                "lr_schedule_steps",
+                f"{steps} has no effect with lr_schedule=constant; set {s}.lr_schedule=step to use them, "
+                f"or {s}.lr_schedule_steps=[]",
+            )
         for key in ("deep_update_prob", "merge_probability", "importance_sample_ratio"):
             if not 0 <= getattr(self, key) <= 1:
                 fail(key, f"must be within [0, 1], got {getattr(self, key)}")
@@ -140,6 +174,8 @@ class StageConfig:
             fail("max_skip_schedule_fraction", "needs one fraction per max_skip_schedule entry")
         if list(fractions) != sorted(fractions) or (fractions and fractions[0] != 0.0):
             fail("max_skip_schedule_fraction", f"{list(fractions)} must start at 0.0 and increase")
+        if any(f >= 1 for f in fractions):  # a switch at or after the stage's end never happens
+            fail("max_skip_schedule_fraction", f"{list(fractions)}: every fraction must be below 1.0")
         if any(v < 1 for v in self.max_skip_schedule):
             fail("max_skip_schedule", "every max_skip must be >= 1")
 
@@ -158,9 +194,9 @@ class Sa1bMasks:
     def __post_init__(self) -> None:
         for name in ("min_area_fraction", "min_predicted_iou", "min_stability_score"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"`sa1b.{name}`: must be within [0, 1], got {getattr(self, name)}")
+                raise FieldError(name, f"must be within [0, 1], got {getattr(self, name)}")
         if self.max_masks_per_image is not None and self.max_masks_per_image < 1:
-            raise ConfigError(f"`sa1b.max_masks_per_image`: must be >= 1 or null, got {self.max_masks_per_image}")
+            raise FieldError("max_masks_per_image", f"must be >= 1 or null, got {self.max_masks_per_image}")
 
 
 @dataclass(frozen=True)
@@ -175,7 +211,8 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         if self.sa1b is not None and self.data_structure != "sa1b":
-            raise ConfigError(f"`sa1b`: mask options apply to data_structure sa1b only, not {self.data_structure}")
+            raise FieldError("sa1b", f"mask options apply to data_structure sa1b only, not {self.data_structure}")
+        _check_at_least_one(self, ("multiplier",))
 
 
 @dataclass(frozen=True)
@@ -195,6 +232,17 @@ class VideoDataset:
     # A mask of another size than its frame: 'error' fails the dataset; 'skip' reports it and uses the frame as
     # unannotated.
     wrong_size_masks: Literal["error", "skip"] = "error"
+
+    def __post_init__(self) -> None:
+        _check_at_least_one(self, ("multiplier", "frame_interval"))
+
+
+def _check_at_least_one(entry: object, keys: tuple[str, ...]) -> None:
+    """A dataset entry's counts: multiplier 0 would drop the dataset without a word (remove it from the stage's
+    datasets instead), frame_interval 0 has no meaning."""
+    for key in keys:
+        if getattr(entry, key) < 1:
+            raise FieldError(key, f"must be >= 1, got {getattr(entry, key)}")
 
 
 @dataclass(frozen=True)
@@ -348,7 +396,19 @@ def _crop_lists_to_pairs(node: Any) -> Any:
     return out
 
 
+# Keys of main training that pre-training has no use for (it draws one static image per clip): refused there
+# rather than ignored.
+MAIN_ONLY_KEYS = ("merge_probability", "max_skip_schedule", "max_skip_schedule_fraction")
+
+
 def _parse_stage(name: str, node: Any) -> StageConfig:
+    if name == "pre_training" and isinstance(node, Mapping):
+        given = [k for k in MAIN_ONLY_KEYS if k in node]
+        if given:
+            raise ConfigError(
+                f"`pre_training.{given[0]}`: applies to main_training only (pre-training draws one static image "
+                f"per clip, so it has no effect here); set main_training.{given[0]} instead"
+            )
     stage = parse(StageConfig, _crop_lists_to_pairs(node), name)
     if stage.name != name:
         raise ConfigError(f"`{name}.name`: must be {name!r}, got {stage.name!r}")
