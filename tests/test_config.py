@@ -126,6 +126,33 @@ def test_eval_config_parses_and_overrides_the_dataset(tmp_path: Path) -> None:
     assert entry.mem_every == 3 and entry.size == 480 and entry.evaluate is True
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # each of these ran before: top_k 0 gave every memory read zero weight, stagger_updates 0 never updated
+        # the sensory memory, size/max_internal_size 0 or 15 meant "off" or a 15-pixel network input
+        ("mem_every=0", r"^`mem_every`: must be >= 1 .*got 0$"),
+        ("datasets.d17-val.mem_every=-1", r"^`datasets.d17-val.mem_every`: must be >= 1"),
+        ("size=0", r"^`size`: must be -1 \(as stored\) or >= 16 pixels, got 0$"),
+        ("size=15", r"^`size`: must be -1"),
+        ("datasets.custom.size=-5", r"^`datasets.custom.size`: must be -1"),
+        ("max_internal_size=0", r"^`max_internal_size`: must be -1 \(no limit\) or >= 16"),
+        ("max_mem_frames=1", r"^`max_mem_frames`: must be >= 2"),
+        ("top_k=0", r"^`top_k`: must be >= 1 or null"),
+        ("stagger_updates=0", r"^`stagger_updates`: must be >= 1"),
+        ("chunk_size=0", r"^`chunk_size`: must be -1 .* or >= 1, got 0$"),
+        ("max_videos=0", r"^`max_videos`: must be >= 1 or null"),
+        ("long_term.min_mem_frames=20", r"^`long_term.min_mem_frames`: must be >= 2 and below long_term.max_mem"),
+        ("long_term.num_prototypes=0", r"^`long_term.num_prototypes`: must be >= 1"),
+        ("long_term.buffer_tokens=20000", r"^`long_term.max_num_tokens`: must exceed num_prototypes \+ buffer"),
+    ],
+)
+def test_bad_eval_values_name_the_key(override: str, message: str) -> None:
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        with pytest.raises(ConfigError, match=message):
+            parse_eval_config(compose(config_name="eval_config", overrides=[override]))
+
+
 def _dataclasses() -> list[type]:
     out = []
     for mod in (train, evaluation, model):

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from cutie.config.model import ModelSpec
 from cutie.config.train import to_plain
-from cutie.config.typed import ConfigError, parse
+from cutie.config.typed import ConfigError, FieldError, parse
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,21 @@ class EvalDataset:
     layout: Literal["davis", "sav"] = "davis"  # <video>/<frame>.png index masks, or SA-V's <video>/<object>/
     wrong_size_masks: Literal["error", "skip"] = "error"  # skip: such a mask is left out, its frame unannotated
 
+    def __post_init__(self) -> None:
+        _check_mem_every(self.mem_every)
+        _check_size("size", self.size, "as stored")
+
+
+def _check_mem_every(value: int | None) -> None:
+    if value is not None and value < 1:
+        raise FieldError("mem_every", f"must be >= 1 (a memory frame every N frames), got {value}")
+
+
+def _check_size(key: str, value: int | None, off: str) -> None:
+    """A shorter-side size: -1 (off) or at least the network's stride of 16 (0 would read as 'off' silently)."""
+    if value is not None and value != -1 and value < 16:
+        raise FieldError(key, f"must be -1 ({off}) or >= 16 pixels, got {value}")
+
 
 @dataclass(frozen=True)
 class LongTermConfig:
@@ -41,6 +56,21 @@ class LongTermConfig:
     num_prototypes: int
     max_num_tokens: int
     buffer_tokens: int
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.min_mem_frames < self.max_mem_frames:
+            raise FieldError(
+                "min_mem_frames",
+                f"must be >= 2 and below long_term.max_mem_frames ({self.max_mem_frames}), got {self.min_mem_frames}",
+            )
+        if self.num_prototypes < 1 or self.buffer_tokens < 0:
+            raise FieldError("num_prototypes", "must be >= 1 (and buffer_tokens >= 0)")
+        if self.max_num_tokens <= self.num_prototypes + self.buffer_tokens:
+            raise FieldError(
+                "max_num_tokens",
+                f"must exceed num_prototypes + buffer_tokens ({self.num_prototypes} + {self.buffer_tokens}), "
+                f"got {self.max_num_tokens}",
+            )
 
 
 # Top-level keys that, when set, override the chosen dataset's entry.
@@ -79,6 +109,23 @@ class EvalConfig:
     evaluate: bool | Literal["auto"] | None = None
     layout: Literal["davis", "sav"] | None = None
     wrong_size_masks: Literal["error", "skip"] | None = None
+
+    def __post_init__(self) -> None:
+        _check_mem_every(self.mem_every)
+        _check_size("size", self.size, "as stored")
+        _check_size("max_internal_size", self.max_internal_size, "no limit")
+        if self.max_mem_frames < 2:
+            raise FieldError("max_mem_frames", f"must be >= 2 (the first frame + 1), got {self.max_mem_frames}")
+        if self.top_k is not None and self.top_k < 1:  # top_k 0 would give every memory read zero weight
+            raise FieldError("top_k", f"must be >= 1 or null (all), got {self.top_k}")
+        if self.stagger_updates < 1:
+            raise FieldError(
+                "stagger_updates", f"must be >= 1 (sensory updates between memory frames), got {self.stagger_updates}"
+            )
+        if self.chunk_size != -1 and self.chunk_size < 1:
+            raise FieldError("chunk_size", f"must be -1 (all objects together) or >= 1, got {self.chunk_size}")
+        if self.max_videos is not None and self.max_videos < 1:
+            raise FieldError("max_videos", f"must be >= 1 or null (all), got {self.max_videos}")
 
     def chosen_dataset(self) -> EvalDataset:
         """The `dataset=` entry with the non-null top-level overrides applied."""
