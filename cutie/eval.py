@@ -6,10 +6,13 @@ scored; the last line printed is one JSON object. See cutie/config/eval_config.y
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from cutie.config.evaluation import parse_eval_config
+from cutie.config.overrides import check_overrides
 from cutie.config.typed import ConfigError
 from cutie.inference.dataset_eval import run_evaluation
 from cutie.model.weights import WeightsError
@@ -36,4 +39,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # A bad override (unknown key or group option, bad syntax) as one line and exit 2, before Hydra reports it
+    run_reporting_errors(lambda: check_overrides("eval_config", sys.argv[1:]), _INPUT_ERRORS)
     main()

@@ -12,9 +12,12 @@ Errors reach the user as one line (or a short list) with the fix, and an exit co
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from cutie.config.overrides import check_overrides
 from cutie.config.train import parse_train_config
 from cutie.config.typed import ConfigError
 from cutie.data.index.datasets import DataValidationError
@@ -39,4 +42,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # A bad override (unknown key or group option, bad syntax) as one line and exit 2, before Hydra reports it
+    run_reporting_errors(lambda: check_overrides("train_config", sys.argv[1:]), _INPUT_ERRORS)
     main()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from cutie.config import evaluation, model, train
 from cutie.config.evaluation import parse_eval_config
+from cutie.config.overrides import compose_config
 from cutie.config.train import ConfigError, parse_train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,6 +155,67 @@ def test_bad_eval_values_name_the_key(override: str, message: str) -> None:
     with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
         with pytest.raises(ConfigError, match=message):
             parse_eval_config(compose(config_name="eval_config", overrides=[override]))
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "message"),
+    [
+        (
+            "train_config",
+            ["model=small", "model=tiny"],
+            r"^`model=tiny`: no such model config; choose model= one of: base, small$",
+        ),
+        ("train_config", ["data=Tiny"], r"^`data=Tiny`: no such data config; choose data= one of: base, custom, mega,"),
+        (
+            "train_config",
+            ["pre_training.merge_probability=0.3"],
+            r"^`pre_training.merge_probability`: unknown option \(a typo\?\); options here: amp, .*weight_decay$",
+        ),
+        (
+            "train_config",
+            ["main_training.lerning_rate=1"],
+            r"^`main_training.lerning_rate`: unknown option .* learning_rate,",
+        ),
+        (
+            "train_config",
+            ["main_training.crop_size=[96"],
+            r"^cannot read the override `main_training.crop_size=\[96`: ",
+        ),
+        ("train_config", ["+exp_id=x"], r"An item is already at 'exp_id'. Without the '\+'"),
+        (
+            "eval_config",
+            ["datasets.d17-val.memevery=3"],
+            r"^`datasets.d17-val.memevery`: unknown option .*: evaluate, image_directory, mask_directory, mem_every,",
+        ),
+    ],
+)
+def test_hydra_override_errors_are_one_line(config: str, overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as e:
+        compose_config(config, overrides)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("script", "override", "start"),
+    [
+        ("train.py", "model=tiny", "configuration error: `model=tiny`: no such model config"),
+        (
+            "train.py",
+            "main_training.lerning_rate=1",
+            "configuration error: `main_training.lerning_rate`: unknown option",
+        ),
+        ("eval.py", "memevery=3", "configuration error: `memevery`: unknown option"),
+    ],
+)
+def test_entry_points_report_a_bad_override_in_one_line(script: str, override: str, start: str, tmp_path: Path) -> None:
+    """Hydra's own report is several lines (its search path, a hint about HYDRA_FULL_ERROR) with exit code 1."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
+    env.pop("HYDRA_FULL_ERROR", None)
+    env.pop("CUTIE_DEBUG", None)
+    cmd = [sys.executable, str(REPO / "cutie" / script), override, f"output_root={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith(start) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def _dataclasses() -> list[type]:
