@@ -103,6 +103,15 @@ def test_official_defaults_reach_the_typed_stages() -> None:
         ("data.vos_datasets.DAVIS.multiplier=0", r"`data.vos_datasets.DAVIS.multiplier`: must be >= 1, got 0"),
         ("data.vos_datasets.MOSE.frame_interval=0", r"`data.vos_datasets.MOSE.frame_interval`: must be >= 1"),
         ("data.image_datasets.FSS.multiplier=-1", r"`data.image_datasets.FSS.multiplier`: must be >= 1"),
+        # the model node was read with int()/bool(): 'abc' crashed as an internal error, 64.7 became 64, 'maybe' True
+        ("model.key_dim=abc", r"`model.key_dim`: expected an integer, got 'abc'"),
+        ("model.key_dim=64.7", r"`model.key_dim`: expected an integer, got 64.7"),
+        ("model.aux_loss.sensory.enabled=maybe", r"`model.aux_loss.sensory.enabled`: expected true or false"),
+        ("model.pixel_mean=[0.5,0.5]", r"`model.pixel_mean`: expected a list of 3 values"),
+        ("model.key_dim=0", r"`model.key_dim` must be >= 1, got 0"),
+        ("model.object_transformer.num_blocks=0", r"`model.object_transformer.num_blocks` must be >= 1"),
+        ("model.pixel_std=[0.2,0,0.2]", r"`model.pixel_std` \(every value\).* must be > 0"),
+        ("model.aux_loss.query.weight=-1", r"`model.aux_loss.query.weight` must be >= 0"),
         # a check inside an optional group names the option, not the whole group
         ("data.image_datasets.SA1B.sa1b.max_masks_per_image=0", r"`data.image_datasets.SA1B.sa1b.max_masks_per_image`"),
     ],
