@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cutie.config.overrides import check_overrides
@@ -38,7 +39,8 @@ _INPUT_ERRORS = {
 
 @hydra.main(version_base="1.3", config_path="config", config_name="train_config")
 def main(cfg: DictConfig) -> None:
-    run_reporting_errors(lambda: run_training(parse_train_config(cfg)), _INPUT_ERRORS)
+    overrides = list(HydraConfig.get().overrides.task)  # to name the ones that have no effect in this run
+    run_reporting_errors(lambda: run_training(parse_train_config(cfg, overrides)), _INPUT_ERRORS)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,10 @@ def test_official_defaults_reach_the_typed_stages() -> None:
         ),
         ("+pre_training.merge_probability=0.3", r"`pre_training.merge_probability`: applies to main_training only"),
         ("+pre_training.max_skip_schedule=[3]", r"`pre_training.max_skip_schedule`: applies to main_training only"),
+        (
+            "main_training.name=foo",
+            r"^`main_training.name`: must be 'main_training' \(the stage's own name\), got 'foo'$",
+        ),
         ("seed=-1", r"`seed`: must be >= 0"),
         ("stop_at_iteration=0", r"`stop_at_iteration`: must be >= 1"),
         ("max_nonfinite_steps=0", r"`max_nonfinite_steps`: must be >= 1"),
@@ -119,6 +123,24 @@ def test_official_defaults_reach_the_typed_stages() -> None:
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _train(override)
+
+
+def test_settings_of_a_disabled_stage_are_named_as_having_no_effect() -> None:
+    overrides = [
+        "pre_training.enabled=false",
+        "pre_training.learning_rate=1e-3",
+        "data.pre_training.datasets=[FSS]",
+        "main_training.learning_rate=2e-4",
+        "seed=3",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        cfg = parse_train_config(compose(config_name="train_config", overrides=overrides), overrides)
+    assert cfg.notes == (
+        "`pre_training.learning_rate=1e-3` has no effect: pre_training.enabled is false (that stage does not run)",
+        "`data.pre_training.datasets=[FSS]` has no effect: pre_training.enabled is false (that stage does not run)",
+    )
+    assert cfg.pre_training.learning_rate == 1e-3  # still parsed and checked: a bad value is an error all the same
+    assert _train(*overrides) == cfg  # the notes are no part of what the run computes (resume comparisons)
 
 
 def test_a_union_names_its_allowed_values() -> None:

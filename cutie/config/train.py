@@ -9,7 +9,7 @@ key). Nothing below the entry points reads a DictConfig.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -316,6 +316,8 @@ class TrainConfig:
     model: ModelSpec
     # The resolved configuration in the YAML layout users write (config.yaml, checkpoints, resume comparisons).
     resolved_yaml: str = dataclasses.field(default="", repr=False, compare=False)
+    # Command-line overrides that have no effect in this run (a disabled stage's settings), logged at start.
+    notes: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
     def stage(self, name: str) -> StageConfig:
         if name not in STAGES:
@@ -346,8 +348,29 @@ def to_plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"`{e.full_key}`: cannot be resolved ({first})") from None
 
 
-def parse_train_config(cfg: DictConfig | Mapping[str, Any]) -> TrainConfig:
-    """The one parse of the training configuration (Hydra's composed config, or the same as a mapping)."""
+def parse_train_config(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
+    """The one parse of the training configuration (Hydra's composed config, or the same as a mapping).
+    `overrides`: the command line's, to name those that have no effect (TrainConfig.notes)."""
+    typed = _parse(cfg)
+    return dataclasses.replace(typed, notes=_ineffective(typed, overrides))
+
+
+def _ineffective(cfg: TrainConfig, overrides: Sequence[str]) -> tuple[str, ...]:
+    """The overrides of a disabled stage's settings (or of its datasets): not an error, since one set of overrides
+    often serves a pre-training job and a main-training job (docker/entrypoint.sh pretrain / main-train), but
+    said once at start rather than ignored without a word."""
+    notes = []
+    for line in overrides:
+        key = line.split("=", 1)[0].lstrip("+~")
+        for stage in STAGES:
+            if cfg.stage(stage).enabled or key == f"{stage}.enabled":
+                continue
+            if key.startswith((f"{stage}.", f"data.{stage}.")):
+                notes.append(f"`{line}` has no effect: {stage}.enabled is false (that stage does not run)")
+    return tuple(notes)
+
+
+def _parse(cfg: DictConfig | Mapping[str, Any]) -> TrainConfig:
     data = cfg.get("data") if isinstance(cfg, Mapping | DictConfig) else None
     if isinstance(data, Mapping | DictConfig) and "pre_training" not in data and "main_training" not in data:
         raise ConfigError(
@@ -409,10 +432,9 @@ def _parse_stage(name: str, node: Any) -> StageConfig:
                 f"`pre_training.{given[0]}`: applies to main_training only (pre-training draws one static image "
                 f"per clip, so it has no effect here); set main_training.{given[0]} instead"
             )
-    stage = parse(StageConfig, _crop_lists_to_pairs(node), name)
-    if stage.name != name:
-        raise ConfigError(f"`{name}.name`: must be {name!r}, got {stage.name!r}")
-    return stage
+    if isinstance(node, Mapping) and node.get("name", name) != name:  # before StageConfig names it by the bad name
+        raise ConfigError(f"`{name}.name`: must be {name!r} (the stage's own name), got {node['name']!r}")
+    return parse(StageConfig, _crop_lists_to_pairs(node), name)
 
 
 def to_dict(obj: Any) -> Any:
