@@ -98,6 +98,11 @@ def test_official_defaults_reach_the_typed_stages() -> None:
             "main_training.name=foo",
             r"^`main_training.name`: must be 'main_training' \(the stage's own name\), got 'foo'$",
         ),
+        (
+            "main_training.num_iterations=1000",
+            r"`main_training.lr_schedule_steps`: \[100000, 115000\] must be increasing and within "
+            r"\(0, num_iterations=1000\]; set main_training.lr_schedule_steps=\[...\] along with",
+        ),
         ("seed=-1", r"`seed`: must be >= 0"),
         ("stop_at_iteration=0", r"`stop_at_iteration`: must be >= 1"),
         ("max_nonfinite_steps=0", r"`max_nonfinite_steps`: must be >= 1"),

@@ -159,7 +159,12 @@ class StageConfig:
             fail("crop_size", f"must be two positive multiples of 16 (the stride), got {list(self.crop_size)}")
         steps = list(self.lr_schedule_steps)
         if steps != sorted(steps) or any(not 0 < x <= self.num_iterations for x in steps):
-            fail("lr_schedule_steps", f"{steps} must be increasing and within (0, num_iterations]")
+            # the data groups set both; a num_iterations override alone leaves the group's steps behind
+            fail(
+                "lr_schedule_steps",
+                f"{steps} must be increasing and within (0, num_iterations={self.num_iterations}]; "
+                f"set {s}.lr_schedule_steps=[...] along with {s}.num_iterations",
+            )
         if steps and self.lr_schedule == "constant":
             fail(
                 "lr_schedule_steps",
