@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cutie.config.evaluation import parse_eval_config
@@ -35,7 +36,8 @@ _INPUT_ERRORS = {
 @hydra.main(version_base="1.3", config_path="config", config_name="eval_config")
 def main(cfg: DictConfig) -> None:
     # The config is parsed once, here; everything below takes the typed EvalConfig.
-    run_reporting_errors(lambda: run_evaluation(parse_eval_config(cfg)), _INPUT_ERRORS)
+    overrides = list(HydraConfig.get().overrides.task)  # to name the ones that have no effect on the dataset
+    run_reporting_errors(lambda: run_evaluation(parse_eval_config(cfg, overrides)), _INPUT_ERRORS)
 
 
 if __name__ == "__main__":

@@ -166,6 +166,19 @@ def test_eval_config_parses_and_overrides_the_dataset(tmp_path: Path) -> None:
     assert entry.mem_every == 3 and entry.size == 480 and entry.evaluate is True
 
 
+def test_long_term_settings_without_long_term_memory_are_named_as_having_no_effect() -> None:
+    off = ["dataset=d17-val", "long_term.max_mem_frames=8", "mem_every=3"]
+    on = [*off, "use_long_term=true"]
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        quiet = parse_eval_config(compose(config_name="eval_config", overrides=on), on)
+        noted = parse_eval_config(compose(config_name="eval_config", overrides=off), off)
+    assert quiet.notes == ()
+    assert noted.notes == (
+        "`long_term.max_mem_frames=8` has no effect: dataset=d17-val runs without long-term memory "
+        "(add use_long_term=true)",
+    )
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -182,6 +195,7 @@ def test_eval_config_parses_and_overrides_the_dataset(tmp_path: Path) -> None:
         ("stagger_updates=0", r"^`stagger_updates`: must be >= 1"),
         ("chunk_size=0", r"^`chunk_size`: must be -1 .* or >= 1, got 0$"),
         ("max_videos=0", r"^`max_videos`: must be >= 1 or null"),
+        ("exp_id=../elsewhere", r"^`exp_id`: must be a plain folder name"),
         ("long_term.min_mem_frames=20", r"^`long_term.min_mem_frames`: must be >= 2 and below long_term.max_mem"),
         ("long_term.num_prototypes=0", r"^`long_term.num_prototypes`: must be >= 1"),
         ("long_term.buffer_tokens=20000", r"^`long_term.max_num_tokens`: must exceed num_prototypes \+ buffer"),

@@ -4,14 +4,14 @@ cutie/eval.py. Official names and defaults; unknown keys are errors naming the k
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from omegaconf import DictConfig
 
 from cutie.config.model import ModelSpec
-from cutie.config.train import to_plain
+from cutie.config.train import check_exp_id, to_plain
 from cutie.config.typed import ConfigError, FieldError, parse
 
 
@@ -109,8 +109,11 @@ class EvalConfig:
     evaluate: bool | Literal["auto"] | None = None
     layout: Literal["davis", "sav"] | None = None
     wrong_size_masks: Literal["error", "skip"] | None = None
+    # Command-line overrides that have no effect on this dataset (long_term.* without long-term memory), logged.
+    notes: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
     def __post_init__(self) -> None:
+        check_exp_id(self.exp_id)
         _check_mem_every(self.mem_every)
         _check_size("size", self.size, "as stored")
         _check_size("max_internal_size", self.max_internal_size, "no limit")
@@ -136,11 +139,25 @@ class EvalConfig:
         return dataclasses.replace(entry, **changes)
 
 
-def parse_eval_config(cfg: DictConfig | Mapping[str, Any]) -> EvalConfig:
-    """The one parse of the evaluation configuration (Hydra's composed config, or the same as a mapping)."""
+def parse_eval_config(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] = ()) -> EvalConfig:
+    """The one parse of the evaluation configuration (Hydra's composed config, or the same as a mapping).
+    `overrides`: the command line's, to name those that have no effect (EvalConfig.notes)."""
     plain = to_plain(cfg)
     plain.pop("hydra", None)
     if "model" not in plain:
         raise ConfigError("`model`: missing from the configuration (model=small or model=base)")
     spec = ModelSpec.from_config(plain.pop("model"))
-    return parse(EvalConfig, plain, "", given={"model": spec})
+    typed = parse(EvalConfig, plain, "", given={"model": spec})
+    return dataclasses.replace(typed, notes=_ineffective(typed, overrides))
+
+
+def _ineffective(cfg: EvalConfig, overrides: Sequence[str]) -> tuple[str, ...]:
+    """long_term.* overrides when the chosen dataset runs without long-term memory (an unknown dataset is
+    reported by the run itself)."""
+    if cfg.dataset not in cfg.datasets or cfg.chosen_dataset().use_long_term:
+        return ()
+    return tuple(
+        f"`{line}` has no effect: dataset={cfg.dataset} runs without long-term memory (add use_long_term=true)"
+        for line in overrides
+        if line.split("=", 1)[0].lstrip("+~").startswith("long_term.")
+    )

@@ -29,6 +29,13 @@ def data_groups() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml") if p.stem != "datasets")
 
 
+def check_exp_id(exp_id: str) -> None:
+    """exp_id names one folder under output_root (weights files are named after it too): `a/b` or `..` would
+    put the run elsewhere, and an empty one would make output_root itself the run directory."""
+    if exp_id in ("", ".", "..") or any(c in exp_id for c in "/\\"):
+        raise FieldError("exp_id", f"must be a plain folder name (no '/', not '.' or '..'), got {exp_id!r}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Which run, and where its inputs and outputs live."""
@@ -43,10 +50,7 @@ class RunConfig:
     stop_at_iteration: int | None  # simulated preemption, for testing resume
 
     def __post_init__(self) -> None:
-        # exp_id names one folder under output_root (weights files are named after it too): `a/b` or `..` would
-        # put the run elsewhere, and an empty one would make output_root itself the run directory.
-        if self.exp_id in ("", ".", "..") or any(c in self.exp_id for c in "/\\"):
-            raise FieldError("exp_id", f"must be a plain folder name (no '/', not '.' or '..'), got {self.exp_id!r}")
+        check_exp_id(self.exp_id)
         if self.seed < 0:
             raise FieldError("seed", f"must be >= 0 (numpy seeds are non-negative), got {self.seed}")
         if self.stop_at_iteration is not None and self.stop_at_iteration < 1:

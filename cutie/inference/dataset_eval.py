@@ -238,6 +238,8 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     log.info("evaluating %s (%d videos) on %s: %s", spec.name, len(videos), device, settings)
+    for note in cfg.notes:
+        log.warning(note)
 
     timer = Timer()
     for i, name in enumerate(videos):
