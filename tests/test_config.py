@@ -60,6 +60,18 @@ def test_official_defaults_reach_the_typed_stages() -> None:
     assert cfg.model.sensory_aux_weight == cfg.model.query_aux_weight == 0.01
 
 
+@pytest.mark.parametrize("stage", train.STAGES)
+def test_every_stage_default_of_a_data_group_reaches_the_stage(stage: str) -> None:
+    """StageData's keys are the data group's defaults for the stage: each must reach it (pre-training's
+    seq_length and lr_schedule_steps were literals in train_config.yaml, so data.pre_training.seq_length was
+    accepted and ignored)."""
+    given = {"num_iterations": 40, "batch_size": 6, "crop_size": [64, 64], "seq_length": 5, "lr_schedule_steps": [30]}
+    assert set(given) == {f.name for f in dataclasses.fields(train.StageData)} - {"datasets"}
+    overrides = [f"++data.{stage}.{k}={v}".replace(" ", "") for k, v in given.items()] + [f"{stage}.lr_schedule=step"]
+    cfg = _train("data=tiny", *overrides).stage(stage)
+    assert {k: getattr(cfg, k) for k in given} == {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
