@@ -11,7 +11,7 @@ from typing import Any, Literal
 from omegaconf import DictConfig
 
 from cutie.config.model import ModelSpec
-from cutie.config.train import check_exp_id, to_plain
+from cutie.config.train import check_exp_id, check_paths_not_empty, to_plain
 from cutie.config.typed import ConfigError, FieldError, parse
 
 
@@ -114,6 +114,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_exp_id(self.exp_id)
+        paths = ("output_root", "data_root", "weights", "image_directory", "mask_directory", "subset", "json_directory")
+        check_paths_not_empty(self, paths)
         _check_mem_every(self.mem_every)
         _check_size("size", self.size, "as stored")
         _check_size("max_internal_size", self.max_internal_size, "no limit")

@@ -36,6 +36,13 @@ def check_exp_id(exp_id: str) -> None:
         raise FieldError("exp_id", f"must be a plain folder name (no '/', not '.' or '..'), got {exp_id!r}")
 
 
+def check_paths_not_empty(obj: object, keys: tuple[str, ...]) -> None:
+    """An empty path (`weights=$W` with W unset) would mean 'none' or the working folder without a word."""
+    for key in keys:
+        if getattr(obj, key) == "":
+            raise FieldError(key, f"is empty; give a path ({key}=PATH) or null where it is optional")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Which run, and where its inputs and outputs live."""
@@ -51,6 +58,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_exp_id(self.exp_id)
+        check_paths_not_empty(self, ("output_root", "data_root", "cache_root", "weights", "checkpoint"))
         if self.seed < 0:
             raise FieldError("seed", f"must be >= 0 (numpy seeds are non-negative), got {self.seed}")
         if self.stop_at_iteration is not None and self.stop_at_iteration < 1:
