@@ -250,6 +250,7 @@ def test_bad_eval_values_name_the_key(override: str, message: str) -> None:
             r"^cannot read the override `main_training.crop_size=\[96`: ",
         ),
         ("train_config", ["+exp_id=x"], r"An item is already at 'exp_id'. Without the '\+'"),
+        ("train_config", ["data=null"], r"a config group \(data=, model=\) takes one of its options, not null$"),
         (
             "eval_config",
             ["datasets.d17-val.memevery=3"],

@@ -29,6 +29,9 @@ def compose_config(config_name: str, overrides: Sequence[str]) -> DictConfig:
         return _compose(config_name, overrides)
     except HydraException as e:
         raise ConfigError(describe(e, config_name, overrides)) from None
+    except ValueError as e:  # Hydra's answer to a group set to null (data=null)
+        first = (str(e).strip().splitlines() or ["invalid override"])[0]
+        raise ConfigError(f"{first}: a config group (data=, model=) takes one of its options, not null") from None
 
 
 def check_overrides(config_name: str, args: Sequence[str]) -> None:
