@@ -212,6 +212,8 @@ def test_long_term_settings_without_long_term_memory_are_named_as_having_no_effe
         ("chunk_size=0", r"^`chunk_size`: must be -1 .* or >= 1, got 0$"),
         ("max_videos=0", r"^`max_videos`: must be >= 1 or null"),
         ("exp_id=../elsewhere", r"^`exp_id`: must be a plain folder name"),
+        ("+notes=[x]", r"^`notes`: unknown option"),
+        ("long_term.buffer_tokens=-1", r"^`long_term.buffer_tokens`: must be >= 0"),
         ("image_directory=", r"^`image_directory`: is empty"),
         ("weights=", r"^`weights`: is empty"),
         ("long_term.min_mem_frames=20", r"^`long_term.min_mem_frames`: must be >= 2 and below long_term.max_mem"),

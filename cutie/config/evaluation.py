@@ -63,8 +63,10 @@ class LongTermConfig:
                 "min_mem_frames",
                 f"must be >= 2 and below long_term.max_mem_frames ({self.max_mem_frames}), got {self.min_mem_frames}",
             )
-        if self.num_prototypes < 1 or self.buffer_tokens < 0:
-            raise FieldError("num_prototypes", "must be >= 1 (and buffer_tokens >= 0)")
+        if self.num_prototypes < 1:
+            raise FieldError("num_prototypes", f"must be >= 1, got {self.num_prototypes}")
+        if self.buffer_tokens < 0:
+            raise FieldError("buffer_tokens", f"must be >= 0, got {self.buffer_tokens}")
         if self.max_num_tokens <= self.num_prototypes + self.buffer_tokens:
             raise FieldError(
                 "max_num_tokens",
@@ -149,7 +151,7 @@ def parse_eval_config(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[s
     if "model" not in plain:
         raise ConfigError("`model`: missing from the configuration (model=small or model=base)")
     spec = ModelSpec.from_config(plain.pop("model"))
-    typed = parse(EvalConfig, plain, "", given={"model": spec})
+    typed = parse(EvalConfig, plain, "", given={"model": spec, "notes": ()})  # `+notes=` is an unknown option
     return dataclasses.replace(typed, notes=_ineffective(typed, overrides))
 
 
