@@ -6,10 +6,14 @@ scored; the last line printed is one JSON object. See cutie/config/eval_config.y
 
 from __future__ import annotations
 
+import sys
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cutie.config.evaluation import parse_eval_config
+from cutie.config.overrides import check_overrides
 from cutie.config.typed import ConfigError
 from cutie.inference.dataset_eval import run_evaluation
 from cutie.model.weights import WeightsError
@@ -32,8 +36,11 @@ _INPUT_ERRORS = {
 @hydra.main(version_base="1.3", config_path="config", config_name="eval_config")
 def main(cfg: DictConfig) -> None:
     # The config is parsed once, here; everything below takes the typed EvalConfig.
-    run_reporting_errors(lambda: run_evaluation(parse_eval_config(cfg)), _INPUT_ERRORS)
+    overrides = list(HydraConfig.get().overrides.task)  # to name the ones that have no effect on the dataset
+    run_reporting_errors(lambda: run_evaluation(parse_eval_config(cfg, overrides)), _INPUT_ERRORS)
 
 
 if __name__ == "__main__":
+    # A bad override (unknown key or group option, bad syntax) as one line and exit 2, before Hydra reports it
+    run_reporting_errors(lambda: check_overrides("eval_config", sys.argv[1:]), _INPUT_ERRORS)
     main()

@@ -13,9 +13,13 @@ Errors reach the user as one line (or a short list) with the fix, and an exit co
 
 from __future__ import annotations
 
+import sys
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from cutie.config.overrides import check_overrides
 from cutie.config.train import parse_train_config
 from cutie.config.typed import ConfigError
 from cutie.data.index.datasets import DataValidationError
@@ -38,8 +42,11 @@ _INPUT_ERRORS = {
 
 @hydra.main(version_base="1.3", config_path="config", config_name="train_config")
 def main(cfg: DictConfig) -> None:
-    run_reporting_errors(lambda: run_training(parse_train_config(cfg)), _INPUT_ERRORS)
+    overrides = list(HydraConfig.get().overrides.task)  # to name the ones that have no effect in this run
+    run_reporting_errors(lambda: run_training(parse_train_config(cfg, overrides)), _INPUT_ERRORS)
 
 
 if __name__ == "__main__":
+    # A bad override (unknown key or group option, bad syntax) as one line and exit 2, before Hydra reports it
+    run_reporting_errors(lambda: check_overrides("train_config", sys.argv[1:]), _INPUT_ERRORS)
     main()

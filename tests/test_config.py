@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from cutie.config import evaluation, model, train
 from cutie.config.evaluation import parse_eval_config
+from cutie.config.overrides import compose_config
 from cutie.config.train import ConfigError, parse_train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +60,18 @@ def test_official_defaults_reach_the_typed_stages() -> None:
     assert cfg.model.sensory_aux_weight == cfg.model.query_aux_weight == 0.01
 
 
+@pytest.mark.parametrize("stage", train.STAGES)
+def test_every_stage_default_of_a_data_group_reaches_the_stage(stage: str) -> None:
+    """StageData's keys are the data group's defaults for the stage: each must reach it (pre-training's
+    seq_length and lr_schedule_steps were literals in train_config.yaml, so data.pre_training.seq_length was
+    accepted and ignored)."""
+    given = {"num_iterations": 40, "batch_size": 6, "crop_size": [64, 64], "seq_length": 5, "lr_schedule_steps": [30]}
+    assert set(given) == {f.name for f in dataclasses.fields(train.StageData)} - {"datasets"}
+    overrides = [f"++data.{stage}.{k}={v}".replace(" ", "") for k, v in given.items()] + [f"{stage}.lr_schedule=step"]
+    cfg = _train("data=tiny", *overrides).stage(stage)
+    assert {k: getattr(cfg, k) for k in given} == {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -72,11 +88,89 @@ def test_official_defaults_reach_the_typed_stages() -> None:
         ("main_training.num_ref_frames=8", r"`main_training.num_ref_frames`: must be in \[1, seq_length=8\)"),
         ("max_bad_sample_fraction=2", r"`max_bad_sample_fraction`: must be within"),
         ("device=tpu", r"`device`: must be one of"),
+        # values the run used to accept and then trained wrongly with (or crashed on) without a word
+        ("main_training.learning_rate=-1", r"`main_training.learning_rate`: must be > 0, got -1.0"),
+        ("pre_training.learning_rate=0", r"`pre_training.learning_rate`: must be > 0"),
+        ("main_training.clip_grad_norm=0", r"`main_training.clip_grad_norm`: must be > 0"),
+        ("main_training.weight_decay=-0.1", r"`main_training.weight_decay`: must be >= 0"),
+        ("main_training.embed_weight_decay=-1", r"`main_training.embed_weight_decay`: must be >= 0"),
+        ("main_training.backbone_lr_ratio=-1", r"`main_training.backbone_lr_ratio`: must be >= 0"),
+        ("main_training.lr_schedule_gamma=0", r"`main_training.lr_schedule_gamma`: must be within \(0, 1\]"),
+        ("main_training.lr_schedule_gamma=10", r"`main_training.lr_schedule_gamma`: must be within \(0, 1\]"),
+        ("main_training.oversample_ratio=0.5", r"`main_training.oversample_ratio`: must be >= 1"),
+        ("main_training.seq_length=1", r"`main_training.seq_length`: must be >= 2"),
+        ("main_training.max_skip_schedule_fraction=[0,0.1,0.3,1.2]", r"every fraction must be below 1.0"),
+        (
+            "pre_training.lr_schedule_steps=[5]",
+            r"`pre_training.lr_schedule_steps`: \[5\] has no effect with lr_schedule=constant",
+        ),
+        ("+pre_training.merge_probability=0.3", r"`pre_training.merge_probability`: applies to main_training only"),
+        ("+pre_training.max_skip_schedule=[3]", r"`pre_training.max_skip_schedule`: applies to main_training only"),
+        (
+            "main_training.name=foo",
+            r"^`main_training.name`: must be 'main_training' \(the stage's own name\), got 'foo'$",
+        ),
+        (
+            "main_training.num_iterations=1000",
+            r"`main_training.lr_schedule_steps`: \[100000, 115000\] must be increasing and within "
+            r"\(0, num_iterations=1000\]; set main_training.lr_schedule_steps=\[...\] along with",
+        ),
+        ("seed=-1", r"`seed`: must be >= 0"),
+        ("stop_at_iteration=0", r"`stop_at_iteration`: must be >= 1"),
+        ("max_nonfinite_steps=0", r"`max_nonfinite_steps`: must be >= 1"),
+        ("exp_id=../elsewhere", r"`exp_id`: must be a plain folder name"),
+        ("exp_id=a/b", r"`exp_id`: must be a plain folder name"),
+        ("exp_id=", r"`exp_id`: must be a plain folder name"),
+        # `weights=$W` with W unset trained from ImageNet without a word; data_root= read the working folder
+        ("weights=", r"^`weights`: is empty; give a path \(weights=PATH\) or null"),
+        ("checkpoint=", r"^`checkpoint`: is empty"),
+        ("data_root=", r"^`data_root`: is empty"),
+        ("data.vos_datasets.DAVIS.multiplier=0", r"`data.vos_datasets.DAVIS.multiplier`: must be >= 1, got 0"),
+        ("data.vos_datasets.MOSE.frame_interval=0", r"`data.vos_datasets.MOSE.frame_interval`: must be >= 1"),
+        ("data.image_datasets.FSS.multiplier=-1", r"`data.image_datasets.FSS.multiplier`: must be >= 1"),
+        # the model node was read with int()/bool(): 'abc' crashed as an internal error, 64.7 became 64, 'maybe' True
+        ("model.key_dim=abc", r"`model.key_dim`: expected an integer, got 'abc'"),
+        ("model.key_dim=64.7", r"`model.key_dim`: expected an integer, got 64.7"),
+        ("model.aux_loss.sensory.enabled=maybe", r"`model.aux_loss.sensory.enabled`: expected true or false"),
+        ("model.pixel_mean=[0.5,0.5]", r"`model.pixel_mean`: expected a list of 3 values"),
+        ("model.key_dim=0", r"`model.key_dim` must be >= 1, got 0"),
+        ("model.object_transformer.num_blocks=0", r"`model.object_transformer.num_blocks` must be >= 1"),
+        ("model.pixel_std=[0.2,0,0.2]", r"`model.pixel_std` \(every value\).* must be > 0"),
+        ("model.aux_loss.query.weight=-1", r"`model.aux_loss.query.weight` must be >= 0"),
+        # a check inside an optional group names the option, not the whole group
+        ("data.image_datasets.SA1B.sa1b.max_masks_per_image=0", r"`data.image_datasets.SA1B.sa1b.max_masks_per_image`"),
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _train(override)
+
+
+def test_settings_of_a_disabled_stage_are_named_as_having_no_effect() -> None:
+    overrides = [
+        "pre_training.enabled=false",
+        "pre_training.learning_rate=1e-3",
+        "data.pre_training.datasets=[FSS]",
+        "main_training.learning_rate=2e-4",
+        "seed=3",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        cfg = parse_train_config(compose(config_name="train_config", overrides=overrides), overrides)
+    assert cfg.notes == (
+        "`pre_training.learning_rate=1e-3` has no effect: pre_training.enabled is false (that stage does not run)",
+        "`data.pre_training.datasets=[FSS]` has no effect: pre_training.enabled is false (that stage does not run)",
+    )
+    assert cfg.pre_training.learning_rate == 1e-3  # still parsed and checked: a bad value is an error all the same
+    assert _train(*overrides) == cfg  # the notes are no part of what the run computes (resume comparisons)
+
+
+def test_a_union_names_its_allowed_values() -> None:
+    """`bool | Literal['auto'] | None` says what it accepts in YAML words, not in Python typing."""
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        with pytest.raises(ConfigError, match=r"^`evaluate`: must be true or false, 'auto' or null, got 'Auto'$"):
+            parse_eval_config(compose(config_name="eval_config", overrides=["evaluate=Auto"]))
+        with pytest.raises(ConfigError, match=r"^`layout`: must be one of 'davis', 'sav', got 'SAV'$"):
+            parse_eval_config(compose(config_name="eval_config", overrides=["layout=SAV"]))
 
 
 def test_eval_config_parses_and_overrides_the_dataset(tmp_path: Path) -> None:
@@ -86,6 +180,113 @@ def test_eval_config_parses_and_overrides_the_dataset(tmp_path: Path) -> None:
             parse_eval_config(compose(config_name="eval_config", overrides=["+nope=1"]))
     entry = cfg.chosen_dataset()
     assert entry.mem_every == 3 and entry.size == 480 and entry.evaluate is True
+
+
+def test_long_term_settings_without_long_term_memory_are_named_as_having_no_effect() -> None:
+    off = ["dataset=d17-val", "long_term.max_mem_frames=8", "mem_every=3"]
+    on = [*off, "use_long_term=true"]
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        quiet = parse_eval_config(compose(config_name="eval_config", overrides=on), on)
+        noted = parse_eval_config(compose(config_name="eval_config", overrides=off), off)
+    assert quiet.notes == ()
+    assert noted.notes == (
+        "`long_term.max_mem_frames=8` has no effect: dataset=d17-val runs without long-term memory "
+        "(add use_long_term=true)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # each of these ran before: top_k 0 gave every memory read zero weight, stagger_updates 0 never updated
+        # the sensory memory, size/max_internal_size 0 or 15 meant "off" or a 15-pixel network input
+        ("mem_every=0", r"^`mem_every`: must be >= 1 .*got 0$"),
+        ("datasets.d17-val.mem_every=-1", r"^`datasets.d17-val.mem_every`: must be >= 1"),
+        ("size=0", r"^`size`: must be -1 \(as stored\) or >= 16 pixels, got 0$"),
+        ("size=15", r"^`size`: must be -1"),
+        ("datasets.custom.size=-5", r"^`datasets.custom.size`: must be -1"),
+        ("max_internal_size=0", r"^`max_internal_size`: must be -1 \(no limit\) or >= 16"),
+        ("max_mem_frames=1", r"^`max_mem_frames`: must be >= 2"),
+        ("top_k=0", r"^`top_k`: must be >= 1 or null"),
+        ("stagger_updates=0", r"^`stagger_updates`: must be >= 1"),
+        ("chunk_size=0", r"^`chunk_size`: must be -1 .* or >= 1, got 0$"),
+        ("max_videos=0", r"^`max_videos`: must be >= 1 or null"),
+        ("exp_id=../elsewhere", r"^`exp_id`: must be a plain folder name"),
+        ("+notes=[x]", r"^`notes`: unknown option"),
+        ("long_term.buffer_tokens=-1", r"^`long_term.buffer_tokens`: must be >= 0"),
+        ("image_directory=", r"^`image_directory`: is empty"),
+        ("weights=", r"^`weights`: is empty"),
+        ("long_term.min_mem_frames=20", r"^`long_term.min_mem_frames`: must be >= 2 and below long_term.max_mem"),
+        ("long_term.num_prototypes=0", r"^`long_term.num_prototypes`: must be >= 1"),
+        ("long_term.buffer_tokens=20000", r"^`long_term.max_num_tokens`: must exceed num_prototypes \+ buffer"),
+    ],
+)
+def test_bad_eval_values_name_the_key(override: str, message: str) -> None:
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        with pytest.raises(ConfigError, match=message):
+            parse_eval_config(compose(config_name="eval_config", overrides=[override]))
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "message"),
+    [
+        (
+            "train_config",
+            ["model=small", "model=tiny"],
+            r"^`model=tiny`: no such model config; choose model= one of: base, small$",
+        ),
+        ("train_config", ["data=Tiny"], r"^`data=Tiny`: no such data config; choose data= one of: base, custom, mega,"),
+        (
+            "train_config",
+            ["pre_training.merge_probability=0.3"],
+            r"^`pre_training.merge_probability`: unknown option \(a typo\?\); options here: amp, .*weight_decay$",
+        ),
+        (
+            "train_config",
+            ["main_training.lerning_rate=1"],
+            r"^`main_training.lerning_rate`: unknown option .* learning_rate,",
+        ),
+        (
+            "train_config",
+            ["main_training.crop_size=[96"],
+            r"^cannot read the override `main_training.crop_size=\[96`: ",
+        ),
+        ("train_config", ["+exp_id=x"], r"An item is already at 'exp_id'. Without the '\+'"),
+        ("train_config", ["data=null"], r"a config group \(data=, model=\) takes one of its options, not null$"),
+        (
+            "eval_config",
+            ["datasets.d17-val.memevery=3"],
+            r"^`datasets.d17-val.memevery`: unknown option .*: evaluate, image_directory, mask_directory, mem_every,",
+        ),
+    ],
+)
+def test_hydra_override_errors_are_one_line(config: str, overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as e:
+        compose_config(config, overrides)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("script", "override", "start"),
+    [
+        ("train.py", "model=tiny", "configuration error: `model=tiny`: no such model config"),
+        (
+            "train.py",
+            "main_training.lerning_rate=1",
+            "configuration error: `main_training.lerning_rate`: unknown option",
+        ),
+        ("eval.py", "memevery=3", "configuration error: `memevery`: unknown option"),
+    ],
+)
+def test_entry_points_report_a_bad_override_in_one_line(script: str, override: str, start: str, tmp_path: Path) -> None:
+    """Hydra's own report is several lines (its search path, a hint about HYDRA_FULL_ERROR) with exit code 1."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
+    env.pop("HYDRA_FULL_ERROR", None)
+    env.pop("CUTIE_DEBUG", None)
+    cmd = [sys.executable, str(REPO / "cutie" / script), override, f"output_root={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith(start) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def _dataclasses() -> list[type]:
@@ -100,7 +301,11 @@ def _dataclasses() -> list[type]:
 def test_every_config_field_is_read_by_some_code() -> None:
     """A key that no code reads fails here: every field of the typed config must be read as an attribute
     somewhere in the package outside cutie/config (or be listed as reaching the code through interpolation)."""
-    source = "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "cutie").rglob("*.py") if "config" not in p.parts)
+    source = "\n".join(
+        p.read_text(encoding="utf-8")
+        for p in (REPO / "cutie").rglob("*.py")
+        if "config" not in p.relative_to(REPO).parts
+    )
     unread = [
         f"{cls.__name__}.{f.name}"
         for cls in _dataclasses()

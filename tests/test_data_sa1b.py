@@ -189,8 +189,11 @@ def test_file_level_problems(copy: Path, tmp_path: Path) -> None:
 
 
 def test_config_of_the_mask_filter() -> None:
-    with pytest.raises(ConfigError, match=r"`sa1b.min_area_fraction`: must be within \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"`min_area_fraction`: must be within \[0, 1\]"):
         Sa1bMasks(min_area_fraction=2.0)
+    # through the parse, the message names the option's full key
+    with pytest.raises(ConfigError, match=r"`data.image_datasets.SA1B.sa1b.min_area_fraction`: must be within"):
+        sa1b.masks_of({"sa1b": {"min_area_fraction": 2.0}}, "data.image_datasets.SA1B")
     with pytest.raises(ConfigError, match=r"`data.image_datasets.SA1B.sa1b.min_area`: unknown option"):
         sa1b.masks_of({"sa1b": {"min_area": 5}}, "data.image_datasets.SA1B")
     from hydra import compose, initialize_config_dir

@@ -148,6 +148,12 @@ def test_load_is_strict_and_lists_keys(small_shapes) -> None:
     assert "2 missing keys" in msg and "object_transformer.query_init.weight" in msg and "key_proj.d_proj.bias" in msg
     assert "1 unexpected keys" in msg and "extra.weight" in msg
     assert "pix_feat_proj.bias: file (7,) vs network (256,)" in msg
+    # many offending keys (another model's weights): the count and a few names, not hundreds of lines
+    with pytest.raises(WeightsError) as err:
+        load_weights(net, {f"other.{i}.weight": torch.zeros(1) for i in range(50)})
+    msg = str(err.value)
+    assert "50 unexpected keys" in msg and "... and 47 more" in msg and "other.9.weight" not in msg
+    assert len(msg.splitlines()) <= 12
 
 
 def test_widening_is_pure_and_appends_one_channel(small_shapes) -> None:

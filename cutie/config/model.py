@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cutie.config.typed import ConfigError
+from cutie.config.typed import ConfigError, convert
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model"
 RESNET_TYPES = ("resnet18", "resnet50")
@@ -65,7 +65,8 @@ class ModelSpec:
         c = _to_plain(model_cfg)
         read: set[str] = {"name"}
 
-        def get(path: str) -> Any:
+        def get(path: str, tp: Any) -> Any:
+            """The option at `path`, checked to be of type `tp` (no silent int("64.7") or bool("no"))."""
             read.add(path)
             node: Any = c
             for part in path.split("."):
@@ -74,41 +75,46 @@ class ModelSpec:
                         f"model config: missing option `model.{path}` (see cutie/config/model/base.yaml)"
                     )
                 node = node[part]
-            return node
+            try:
+                return convert(tp, node, f"model.{path}")
+            except ConfigError as e:
+                raise ModelConfigError(f"model config: {e}") from None
+
+        f3, i3, b3 = tuple[float, float, float], tuple[int, int, int], tuple[bool, bool, bool]
 
         ot = "object_transformer"
         spec = cls(
             name=str(c.get("name", "custom")),
-            pixel_mean=tuple(float(v) for v in get("pixel_mean")),
-            pixel_std=tuple(float(v) for v in get("pixel_std")),
-            pixel_dim=int(get("pixel_dim")),
-            key_dim=int(get("key_dim")),
-            value_dim=int(get("value_dim")),
-            sensory_dim=int(get("sensory_dim")),
-            embed_dim=int(get("embed_dim")),
-            pixel_encoder_type=str(get("pixel_encoder.type")),
-            ms_dims=tuple(int(v) for v in get("pixel_encoder.ms_dims")),
-            mask_encoder_type=str(get("mask_encoder.type")),
-            mask_encoder_final_dim=int(get("mask_encoder.final_dim")),
-            pixel_pe_scale=float(get("pixel_pe_scale")),
-            pixel_pe_temperature=float(get("pixel_pe_temperature")),
-            transformer_embed_dim=int(get(f"{ot}.embed_dim")),
-            ff_dim=int(get(f"{ot}.ff_dim")),
-            num_heads=int(get(f"{ot}.num_heads")),
-            num_blocks=int(get(f"{ot}.num_blocks")),
-            num_queries=int(get(f"{ot}.num_queries")),
-            read_from_pixel_pe=tuple(bool(v) for v in get(f"{ot}.read_from_pixel.add_pe_to_qkv")),
-            read_from_query_pe=tuple(bool(v) for v in get(f"{ot}.read_from_query.add_pe_to_qkv")),
-            read_from_query_norm=bool(get(f"{ot}.read_from_query.output_norm")),
-            query_self_attention_pe=tuple(bool(v) for v in get(f"{ot}.query_self_attention.add_pe_to_qkv")),
-            summarizer_embed_dim=int(get("object_summarizer.embed_dim")),
-            num_summaries=int(get("object_summarizer.num_summaries")),
-            summarizer_add_pe=bool(get("object_summarizer.add_pe")),
-            sensory_aux=bool(get("aux_loss.sensory.enabled")),
-            query_aux=bool(get("aux_loss.query.enabled")),
-            sensory_aux_weight=float(get("aux_loss.sensory.weight")),
-            query_aux_weight=float(get("aux_loss.query.weight")),
-            up_dims=tuple(int(v) for v in get("mask_decoder.up_dims")),
+            pixel_mean=get("pixel_mean", f3),
+            pixel_std=get("pixel_std", f3),
+            pixel_dim=get("pixel_dim", int),
+            key_dim=get("key_dim", int),
+            value_dim=get("value_dim", int),
+            sensory_dim=get("sensory_dim", int),
+            embed_dim=get("embed_dim", int),
+            pixel_encoder_type=get("pixel_encoder.type", str),
+            ms_dims=get("pixel_encoder.ms_dims", i3),
+            mask_encoder_type=get("mask_encoder.type", str),
+            mask_encoder_final_dim=get("mask_encoder.final_dim", int),
+            pixel_pe_scale=get("pixel_pe_scale", float),
+            pixel_pe_temperature=get("pixel_pe_temperature", float),
+            transformer_embed_dim=get(f"{ot}.embed_dim", int),
+            ff_dim=get(f"{ot}.ff_dim", int),
+            num_heads=get(f"{ot}.num_heads", int),
+            num_blocks=get(f"{ot}.num_blocks", int),
+            num_queries=get(f"{ot}.num_queries", int),
+            read_from_pixel_pe=get(f"{ot}.read_from_pixel.add_pe_to_qkv", b3),
+            read_from_query_pe=get(f"{ot}.read_from_query.add_pe_to_qkv", b3),
+            read_from_query_norm=get(f"{ot}.read_from_query.output_norm", bool),
+            query_self_attention_pe=get(f"{ot}.query_self_attention.add_pe_to_qkv", b3),
+            summarizer_embed_dim=get("object_summarizer.embed_dim", int),
+            num_summaries=get("object_summarizer.num_summaries", int),
+            summarizer_add_pe=get("object_summarizer.add_pe", bool),
+            sensory_aux=get("aux_loss.sensory.enabled", bool),
+            query_aux=get("aux_loss.query.enabled", bool),
+            sensory_aux_weight=get("aux_loss.sensory.weight", float),
+            query_aux_weight=get("aux_loss.query.weight", float),
+            up_dims=get("mask_decoder.up_dims", i3),
             imagenet_dir=None if c.get("imagenet_dir") is None else str(c["imagenet_dir"]),
         )
         read.add("imagenet_dir")
@@ -133,6 +139,27 @@ class ModelSpec:
                 fail(f"`model.{opt}` is {value!r}; supported: {', '.join(RESNET_TYPES)}")
         if len(self.ms_dims) != 3 or len(self.up_dims) != 3:
             fail("`model.pixel_encoder.ms_dims` and `model.mask_decoder.up_dims` need 3 values each")
+        sizes = {
+            "pixel_dim": self.pixel_dim,
+            "key_dim": self.key_dim,
+            "value_dim": self.value_dim,
+            "sensory_dim": self.sensory_dim,
+            "embed_dim": self.embed_dim,
+            "mask_encoder.final_dim": self.mask_encoder_final_dim,
+            "object_transformer.ff_dim": self.ff_dim,
+            "object_transformer.num_heads": self.num_heads,
+            "object_transformer.num_blocks": self.num_blocks,
+            "object_transformer.num_queries": self.num_queries,
+            **{f"pixel_encoder.ms_dims[{i}]": v for i, v in enumerate(self.ms_dims)},
+            **{f"mask_decoder.up_dims[{i}]": v for i, v in enumerate(self.up_dims)},
+        }
+        for opt, value in sizes.items():
+            if value < 1:
+                fail(f"`model.{opt}` must be >= 1, got {value}")
+        if min(self.pixel_std) <= 0 or self.pixel_pe_scale <= 0 or self.pixel_pe_temperature <= 0:
+            fail("`model.pixel_std` (every value), `model.pixel_pe_scale` and `model.pixel_pe_temperature` must be > 0")
+        if self.sensory_aux_weight < 0 or self.query_aux_weight < 0:
+            fail("`model.aux_loss.sensory.weight` and `model.aux_loss.query.weight` must be >= 0")
         if self.up_dims[0] != self.embed_dim:
             fail(f"`model.mask_decoder.up_dims[0]` ({self.up_dims[0]}) must equal `model.embed_dim`")
         # The transformer, summarizer and fusers share one feature width (as in the official network).

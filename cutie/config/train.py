@@ -9,7 +9,7 @@ key). Nothing below the entry points reads a DictConfig.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from cutie.config.model import ModelSpec
-from cutie.config.typed import ConfigError, parse
+from cutie.config.typed import ConfigError, FieldError, parse
 
 STAGES = ("pre_training", "main_training")  # the one list of stage names, in training order
 
@@ -27,6 +27,20 @@ def data_groups() -> list[str]:
     """The data groups (cutie/config/data/*.yaml but the catalogue datasets.yaml), for error messages."""
     folder = Path(__file__).with_name("data")
     return sorted(p.stem for p in folder.glob("*.yaml") if p.stem != "datasets")
+
+
+def check_exp_id(exp_id: str) -> None:
+    """exp_id names one folder under output_root (weights files are named after it too): `a/b` or `..` would
+    put the run elsewhere, and an empty one would make output_root itself the run directory."""
+    if exp_id in ("", ".", "..") or any(c in exp_id for c in "/\\"):
+        raise FieldError("exp_id", f"must be a plain folder name (no '/', not '.' or '..'), got {exp_id!r}")
+
+
+def check_paths_not_empty(obj: object, keys: tuple[str, ...]) -> None:
+    """An empty path (`weights=$W` with W unset) would mean 'none' or the working folder without a word."""
+    for key in keys:
+        if getattr(obj, key) == "":
+            raise FieldError(key, f"is empty; give a path ({key}=PATH) or null where it is optional")
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,17 @@ class RunConfig:
     checkpoint: str | None  # full checkpoint to resume from (else the newest of exp_id)
     seed: int
     stop_at_iteration: int | None  # simulated preemption, for testing resume
+
+    def __post_init__(self) -> None:
+        check_exp_id(self.exp_id)
+        check_paths_not_empty(self, ("output_root", "data_root", "cache_root", "weights", "checkpoint"))
+        if self.seed < 0:
+            raise FieldError("seed", f"must be >= 0 (numpy seeds are non-negative), got {self.seed}")
+        if self.stop_at_iteration is not None and self.stop_at_iteration < 1:
+            raise FieldError(
+                "stop_at_iteration",
+                f"must be >= 1 (an iteration of a stage, counted from 1) or null, got {self.stop_at_iteration}",
+            )
 
 
 @dataclass(frozen=True)
@@ -65,6 +90,8 @@ class RuntimeConfig:
             raise ConfigError(f"`max_batch_per_gpu`: must be positive or null, got {self.max_batch_per_gpu}")
         if not 0 <= self.max_bad_sample_fraction <= 1:
             raise ConfigError(f"`max_bad_sample_fraction`: must be within [0, 1], got {self.max_bad_sample_fraction}")
+        if self.max_nonfinite_steps < 1:
+            raise FieldError("max_nonfinite_steps", f"must be >= 1 (steps in a row), got {self.max_nonfinite_steps}")
 
 
 @dataclass(frozen=True)
@@ -125,13 +152,37 @@ class StageConfig:
         for key in ("batch_size", "num_iterations", "seq_length", "num_objects", "train_num_points"):
             if getattr(self, key) <= 0:
                 fail(key, f"must be positive, got {getattr(self, key)}")
+        if self.seq_length < 2:
+            fail("seq_length", "must be >= 2 (frame 0 gives the masks, later frames are trained on), got 1")
+        for key in ("learning_rate", "clip_grad_norm"):  # clip_grad_norm 0 would scale every gradient to 0
+            if getattr(self, key) <= 0:
+                fail(key, f"must be > 0, got {getattr(self, key)}")
+        for key in ("weight_decay", "embed_weight_decay", "backbone_lr_ratio"):
+            if getattr(self, key) < 0:
+                fail(key, f"must be >= 0, got {getattr(self, key)}")
+        if not 0 < self.lr_schedule_gamma <= 1:
+            gamma = self.lr_schedule_gamma
+            fail("lr_schedule_gamma", f"must be within (0, 1] (the lr factor at each step), got {gamma}")
+        if self.oversample_ratio < 1:
+            fail("oversample_ratio", f"must be >= 1 (candidate points per trained point), got {self.oversample_ratio}")
         if not 0 < self.num_ref_frames < self.seq_length:
             fail("num_ref_frames", f"must be in [1, seq_length={self.seq_length}), got {self.num_ref_frames}")
         if any(c <= 0 or c % 16 for c in self.crop_size):
             fail("crop_size", f"must be two positive multiples of 16 (the stride), got {list(self.crop_size)}")
         steps = list(self.lr_schedule_steps)
         if steps != sorted(steps) or any(not 0 < x <= self.num_iterations for x in steps):
-            fail("lr_schedule_steps", f"{steps} must be increasing and within (0, num_iterations]")
+            # the data groups set both; a num_iterations override alone leaves the group's steps behind
+            fail(
+                "lr_schedule_steps",
+                f"{steps} must be increasing and within (0, num_iterations={self.num_iterations}]; "
+                f"set {s}.lr_schedule_steps=[...] along with {s}.num_iterations",
+            )
+        if steps and self.lr_schedule == "constant":
+            fail(
+                "lr_schedule_steps",
+                f"{steps} has no effect with lr_schedule=constant; set {s}.lr_schedule=step to use them, "
+                f"or {s}.lr_schedule_steps=[]",
+            )
         for key in ("deep_update_prob", "merge_probability", "importance_sample_ratio"):
             if not 0 <= getattr(self, key) <= 1:
                 fail(key, f"must be within [0, 1], got {getattr(self, key)}")
@@ -140,6 +191,8 @@ class StageConfig:
             fail("max_skip_schedule_fraction", "needs one fraction per max_skip_schedule entry")
         if list(fractions) != sorted(fractions) or (fractions and fractions[0] != 0.0):
             fail("max_skip_schedule_fraction", f"{list(fractions)} must start at 0.0 and increase")
+        if any(f >= 1 for f in fractions):  # a switch at or after the stage's end never happens
+            fail("max_skip_schedule_fraction", f"{list(fractions)}: every fraction must be below 1.0")
         if any(v < 1 for v in self.max_skip_schedule):
             fail("max_skip_schedule", "every max_skip must be >= 1")
 
@@ -158,9 +211,9 @@ class Sa1bMasks:
     def __post_init__(self) -> None:
         for name in ("min_area_fraction", "min_predicted_iou", "min_stability_score"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"`sa1b.{name}`: must be within [0, 1], got {getattr(self, name)}")
+                raise FieldError(name, f"must be within [0, 1], got {getattr(self, name)}")
         if self.max_masks_per_image is not None and self.max_masks_per_image < 1:
-            raise ConfigError(f"`sa1b.max_masks_per_image`: must be >= 1 or null, got {self.max_masks_per_image}")
+            raise FieldError("max_masks_per_image", f"must be >= 1 or null, got {self.max_masks_per_image}")
 
 
 @dataclass(frozen=True)
@@ -175,7 +228,8 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         if self.sa1b is not None and self.data_structure != "sa1b":
-            raise ConfigError(f"`sa1b`: mask options apply to data_structure sa1b only, not {self.data_structure}")
+            raise FieldError("sa1b", f"mask options apply to data_structure sa1b only, not {self.data_structure}")
+        _check_at_least_one(self, ("multiplier",))
 
 
 @dataclass(frozen=True)
@@ -195,6 +249,17 @@ class VideoDataset:
     # A mask of another size than its frame: 'error' fails the dataset; 'skip' reports it and uses the frame as
     # unannotated.
     wrong_size_masks: Literal["error", "skip"] = "error"
+
+    def __post_init__(self) -> None:
+        _check_at_least_one(self, ("multiplier", "frame_interval"))
+
+
+def _check_at_least_one(entry: object, keys: tuple[str, ...]) -> None:
+    """A dataset entry's counts: multiplier 0 would drop the dataset without a word (remove it from the stage's
+    datasets instead), frame_interval 0 has no meaning."""
+    for key in keys:
+        if getattr(entry, key) < 1:
+            raise FieldError(key, f"must be >= 1, got {getattr(entry, key)}")
 
 
 @dataclass(frozen=True)
@@ -268,6 +333,8 @@ class TrainConfig:
     model: ModelSpec
     # The resolved configuration in the YAML layout users write (config.yaml, checkpoints, resume comparisons).
     resolved_yaml: str = dataclasses.field(default="", repr=False, compare=False)
+    # Command-line overrides that have no effect in this run (a disabled stage's settings), logged at start.
+    notes: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
     def stage(self, name: str) -> StageConfig:
         if name not in STAGES:
@@ -298,8 +365,29 @@ def to_plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"`{e.full_key}`: cannot be resolved ({first})") from None
 
 
-def parse_train_config(cfg: DictConfig | Mapping[str, Any]) -> TrainConfig:
-    """The one parse of the training configuration (Hydra's composed config, or the same as a mapping)."""
+def parse_train_config(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
+    """The one parse of the training configuration (Hydra's composed config, or the same as a mapping).
+    `overrides`: the command line's, to name those that have no effect (TrainConfig.notes)."""
+    typed = _parse(cfg)
+    return dataclasses.replace(typed, notes=_ineffective(typed, overrides))
+
+
+def _ineffective(cfg: TrainConfig, overrides: Sequence[str]) -> tuple[str, ...]:
+    """The overrides of a disabled stage's settings (or of its datasets): not an error, since one set of overrides
+    often serves a pre-training job and a main-training job (docker/entrypoint.sh pretrain / main-train), but
+    said once at start rather than ignored without a word."""
+    notes = []
+    for line in overrides:
+        key = line.split("=", 1)[0].lstrip("+~")
+        for stage in STAGES:
+            if cfg.stage(stage).enabled or key == f"{stage}.enabled":
+                continue
+            if key.startswith((f"{stage}.", f"data.{stage}.")):
+                notes.append(f"`{line}` has no effect: {stage}.enabled is false (that stage does not run)")
+    return tuple(notes)
+
+
+def _parse(cfg: DictConfig | Mapping[str, Any]) -> TrainConfig:
     data = cfg.get("data") if isinstance(cfg, Mapping | DictConfig) else None
     if isinstance(data, Mapping | DictConfig) and "pre_training" not in data and "main_training" not in data:
         raise ConfigError(
@@ -348,11 +436,22 @@ def _crop_lists_to_pairs(node: Any) -> Any:
     return out
 
 
+# Keys of main training that pre-training has no use for (it draws one static image per clip): refused there
+# rather than ignored.
+MAIN_ONLY_KEYS = ("merge_probability", "max_skip_schedule", "max_skip_schedule_fraction")
+
+
 def _parse_stage(name: str, node: Any) -> StageConfig:
-    stage = parse(StageConfig, _crop_lists_to_pairs(node), name)
-    if stage.name != name:
-        raise ConfigError(f"`{name}.name`: must be {name!r}, got {stage.name!r}")
-    return stage
+    if name == "pre_training" and isinstance(node, Mapping):
+        given = [k for k in MAIN_ONLY_KEYS if k in node]
+        if given:
+            raise ConfigError(
+                f"`pre_training.{given[0]}`: applies to main_training only (pre-training draws one static image "
+                f"per clip, so it has no effect here); set main_training.{given[0]} instead"
+            )
+    if isinstance(node, Mapping) and node.get("name", name) != name:  # before StageConfig names it by the bad name
+        raise ConfigError(f"`{name}.name`: must be {name!r} (the stage's own name), got {node['name']!r}")
+    return parse(StageConfig, _crop_lists_to_pairs(node), name)
 
 
 def to_dict(obj: Any) -> Any:

@@ -20,14 +20,35 @@ class ConfigError(ValueError):
     """A configuration problem found before anything runs; the message names the option and the fix."""
 
 
+class FieldError(ConfigError):
+    """A bad value found by a dataclass's own check (`__post_init__`), which does not know where it sits in the
+    tree: `key` is the field's name; `parse` re-raises it as a ConfigError under the node's full dotted name."""
+
+    def __init__(self, key: str, msg: str) -> None:
+        super().__init__(f"`{key}`: {msg}")
+        self.key, self.msg = key, msg
+
+
 def _fail(path: str, msg: str) -> typing.NoReturn:
     raise ConfigError(f"`{path}`: {msg}")
 
 
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
+def _describe(tp: Any) -> str:
+    """What a value of type `tp` looks like, in the words of the YAML a user writes."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_describe(a) for a in get_args(tp)]
+        return ", ".join(parts[:-1]) + f" or {parts[-1]}" if len(parts) > 1 else parts[0]
+    if origin is typing.Literal:
+        return ", ".join(repr(a) for a in get_args(tp))
+    if origin is tuple:
+        return "a list"
+    if origin in (Mapping, dict, typing.Mapping):
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a group of options"
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    return words.get(tp, str(tp).replace("typing.", ""))
 
 
 def convert(tp: Any, value: Any, path: str) -> Any:
@@ -38,15 +59,16 @@ def convert(tp: Any, value: Any, path: str) -> Any:
         if value is None:
             if type(None) in options:
                 return None
-            _fail(path, f"must be set (a {_type_name(tp)}), got null")
-        for option in options:
-            if option is type(None):
-                continue
+            _fail(path, f"must be set ({_describe(tp)}), got null")
+        members = [o for o in options if o is not type(None)]
+        if len(members) == 1:  # `X | None`: X's own message says what is wrong (e.g. inside a group of options)
+            return convert(members[0], value, path)
+        for option in members:
             try:
                 return convert(option, value, path)
             except ConfigError:
                 pass  # try the next member of the union
-        _fail(path, f"expected {_type_name(tp)}, got {value!r}")
+        _fail(path, f"must be {_describe(tp)}, got {value!r}")
     if origin is typing.Literal:
         if value not in get_args(tp):
             _fail(path, f"must be one of {', '.join(repr(a) for a in get_args(tp))}, got {value!r}")
@@ -112,7 +134,10 @@ def parse(cls: type[T], node: Any, path: str, given: Mapping[str, Any] | None = 
             kwargs[name] = convert(hints[name], node[name], key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             _fail(key, "missing option (add it to the config or pass it on the command line)")
-    return cls(**kwargs, **given)
+    try:
+        return cls(**kwargs, **given)
+    except FieldError as e:
+        _fail(f"{path}.{e.key}" if path else e.key, e.msg)
 
 
 def field_names(cls: type) -> list[str]:

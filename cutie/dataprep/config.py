@@ -11,12 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig
 
+from cutie.config.overrides import compose_config
 from cutie.config.train import TrainConfig, parse_train_config
-from cutie.config.typed import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 REPO_ROOT = CONFIG_DIR.parents[1]
@@ -24,16 +22,8 @@ REPO_ROOT = CONFIG_DIR.parents[1]
 
 def compose_train_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The composed train_config with `overrides` (e.g. ["data=tiny", "data_root=/tmp/tiny"]) applied; a bad
-    override (unknown group option, unknown key) is a ConfigError naming it."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        try:
-            return compose(config_name="train_config", overrides=list(overrides))
-        except (HydraException, OverrideParseException) as e:
-            raise ConfigError(_first_line(str(e))) from None
-
-
-def _first_line(message: str) -> str:
-    return (message.strip().splitlines() or ["invalid override"])[0]
+    override (unknown group option, unknown key) is a ConfigError naming it, as for cutie/train.py."""
+    return compose_config("train_config", overrides)
 
 
 def load_train_config(overrides: Sequence[str] = ()) -> TrainConfig:

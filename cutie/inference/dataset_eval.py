@@ -123,12 +123,15 @@ def inference_settings(cfg: EvalConfig, spec: DatasetSpec, device: torch.device)
 
 def build_eval_network(cfg: EvalConfig, device: torch.device) -> torch.nn.Module:
     from cutie.model import build_network
-    from cutie.model.weights import load_weights, read_weights_file
+    from cutie.model.weights import WeightsError, load_weights, read_weights_file
 
     if cfg.weights is None:
         raise EvalConfigError("weights=PATH is required (an official cutie-*.pth or a weights file of ours)")
     net = build_network(cfg.model)
-    load_weights(net, read_weights_file(cfg.weights))
+    try:
+        load_weights(net, read_weights_file(cfg.weights))
+    except WeightsError as e:  # name the file and the model choice it was loaded for
+        raise WeightsError(f"weights={cfg.weights} under model={cfg.model.name}: {e}") from None
     return net.to(device).eval()
 
 
@@ -245,6 +248,8 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     log.info("evaluating %s (%d videos) on %s: %s", spec.name, len(videos), device, settings)
+    for note in cfg.notes:
+        log.warning(note)
 
     timer = Timer()
     for i, name in enumerate(videos):

@@ -173,6 +173,13 @@ def widen_single_to_multi(
     return out
 
 
+def _first_few(lines: list[str], limit: int = 3) -> str:
+    """At most `limit` indented lines (a small model's weights under model=base miss 168 keys: the count and
+    a few names say what happened; the whole list buried the first line)."""
+    more = f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else ""
+    return "".join(f"\n  {line}" for line in lines[:limit]) + more
+
+
 def load_weights(net: nn.Module, state_dict: Mapping[str, torch.Tensor], *, widen_init: str = "orthogonal") -> None:
     """Load state_dict into net, strictly: every key present, none extra, every shape equal, except the
     single -> multi-object widening. Raises WeightsError listing every offending key."""
@@ -189,15 +196,13 @@ def load_weights(net: nn.Module, state_dict: Mapping[str, torch.Tensor], *, wide
     if missing or unexpected or mismatched:
         parts = []
         if missing:
-            parts.append(
-                f"{len(missing)} missing keys (in the network, not in the weights):\n  " + "\n  ".join(missing)
-            )
+            parts.append(f"{len(missing)} missing keys (in the network, not in the weights):" + _first_few(missing))
         if unexpected:
             parts.append(
-                f"{len(unexpected)} unexpected keys (in the weights, not in the network):\n  " + "\n  ".join(unexpected)
+                f"{len(unexpected)} unexpected keys (in the weights, not in the network):" + _first_few(unexpected)
             )
         if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches:\n  " + "\n  ".join(mismatched))
+            parts.append(f"{len(mismatched)} shape mismatches:" + _first_few(mismatched))
         raise WeightsError(
             "weights do not fit the network (is the model=small|base choice the one they were trained with?)\n"
             + "\n".join(parts)

@@ -402,6 +402,8 @@ def _open_run_dir(cfg: TrainConfig, run_dir: Path, state, device: torch.device, 
     writer = SummaryWriter(log_dir=str(run_dir / "tb"))
     log.info(f"run directory: {run_dir.resolve()} (config.yaml, env.json, train.log, tb/, images/)")
     log.info(f"device {device}, {state.world_size} process(es), loader {_loader_backend(cfg, device)}")
+    for note in cfg.notes:
+        log.warning(note)
     return writer
 
 
