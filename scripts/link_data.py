@@ -19,7 +19,7 @@ from pathlib import Path
 from cutie.config.typed import ConfigError
 from cutie.data.index.datasets import DataValidationError
 from cutie.dataprep.config import REPO_ROOT, load_train_config, needed_datasets
-from cutie.dataprep.links import TOP_LEVEL, make_links, presence
+from cutie.dataprep.links import TOP_LEVEL, LinkError, make_links, presence
 from cutie.utils.cli import run_reporting_errors
 
 
@@ -61,4 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_reporting_errors(main, {ConfigError: "configuration error", DataValidationError: "data error"}))
+    sys.exit(
+        run_reporting_errors(
+            main, {ConfigError: "configuration error", DataValidationError: "data error", LinkError: "links error"}
+        )
+    )

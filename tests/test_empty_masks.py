@@ -48,3 +48,24 @@ def test_unwritable_target_is_reported_without_traceback(tiny_data: Path, tmp_pa
     (tmp_path / "lists").write_text("a file where the folder should be")
     r = _run("--data", "tiny", "--data_root", str(tiny_data), "--out", str(tmp_path / "lists"), "--workers", "1")
     assert r.returncode == 1 and "Traceback" not in r.stderr and "cannot write" in r.stderr, r.stderr
+
+
+def test_symlinked_report_folder_below_cache_root_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "empty_masks").symlink_to(elsewhere)  # the lists would land in `elsewhere`
+    r = _run("--data", "tiny", "--data_root", str(tiny_data), "--cache_root", str(cache), "--workers", "1")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert str(cache / "empty_masks") in r.stderr and "symlink" in r.stderr
+    assert list(elsewhere.iterdir()) == []  # nothing written through the link
+
+
+def test_cache_root_itself_may_be_a_link(tiny_data: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real_cache"
+    real.mkdir()
+    (tmp_path / "cache").symlink_to(real)  # the user's choice of where derived data goes
+    r = _run("--data", "tiny", "--data_root", str(tiny_data), "--cache_root", str(tmp_path / "cache"), "--workers", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (real / "empty_masks" / "DAVIS.txt").is_file() and not (real / "empty_masks").is_symlink()

@@ -67,3 +67,28 @@ def test_explicit_path_and_real_folder_left_alone(tiny_data: Path, tmp_path: Pat
         "MISSING" in ln and "FSS" in ln and str(links / "static" / "fss") in ln for ln in result.stdout.splitlines()
     )
     assert any("present" in ln and "DAVIS" in ln for ln in result.stdout.splitlines())
+
+
+def test_stale_temporary_link_name_is_cleared_when_empty_folder_or_link(tiny_data: Path, tmp_path: Path) -> None:
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / ".DAVIS.tmp-link").mkdir()  # left by an interrupted run (or by hand): empty, safe to remove
+    (links / ".MOSE.tmp-link").symlink_to(tmp_path / "gone")  # a dangling leftover link
+    result = _run("--data", "tiny", "--links_dir", str(links), "--source_root", str(tiny_data))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("DAVIS", "MOSE"):
+        assert (links / name).resolve() == (tiny_data / name).resolve()
+        assert not os.path.lexists(links / f".{name}.tmp-link")
+
+
+def test_folder_with_content_at_temporary_link_name_is_kept_and_named(tiny_data: Path, tmp_path: Path) -> None:
+    links = tmp_path / "links"
+    (links / ".DAVIS.tmp-link").mkdir(parents=True)
+    (links / ".DAVIS.tmp-link" / "mine.txt").write_text("keep")
+    result = _run("--data", "tiny", "--links_dir", str(links), "--source_root", str(tiny_data))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(links / ".DAVIS.tmp-link") in lines[0] and "fix:" in lines[0]
+    assert (links / ".DAVIS.tmp-link" / "mine.txt").read_text() == "keep"
+    assert not os.path.lexists(links / "DAVIS")  # nothing linked in its place

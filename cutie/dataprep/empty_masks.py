@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from cutie.utils.atomic import atomic_write_bytes
+from cutie.utils.paths import check_no_symlink_inside
 
 
 class MaskReadError(OSError):
@@ -93,7 +94,19 @@ def scan(dataset: str, mask_dir: Path, workers: int | None = None) -> EmptyMaskL
     return EmptyMaskList(dataset, mask_dir, len(videos), frames, empty)
 
 
-def write(lst: EmptyMaskList, path: Path) -> None:
+def report_root(target: Path, cache_root: Path, out: Path | None) -> Path:
+    """The folder a list's write is confined to: `out` when given, else `cache_root` when the target lies below it
+    (so a link planted at cache_root/empty_masks is refused), else the target's own folder. That root itself may be
+    a link: it is where the user chose to put the lists."""
+    if out is not None:
+        return out
+    return cache_root if cache_root in target.parents else target.parent
+
+
+def write(lst: EmptyMaskList, path: Path, root: Path | None = None) -> None:
+    """Writes the list atomically; with `root`, refuses first a symlink on the way from `root` to `path`."""
+    if root is not None:
+        check_no_symlink_inside(root, path)  # PathEscapeError names the link and the fix
     header = (
         f"# empty masks of {lst.dataset}: <video>/<frame>.png whose pixels are all 0\n"
         f"# mask folder: {lst.mask_dir}; {lst.videos} videos, {lst.frames} masks, {len(lst.empty)} empty\n"

@@ -43,10 +43,33 @@ class LinkResult:
     reason: str = ""
 
 
+class LinkError(ValueError):
+    """Something in the links folder that make_links will not touch; the message names the path and the fix."""
+
+
+def _clear_stale_tmp(tmp: Path) -> None:
+    """Removes what an interrupted earlier run may have left at the temporary link name: a link, or an empty
+    folder. Anything else there is someone's data, never deleted: LinkError names it."""
+    if tmp.is_symlink():
+        tmp.unlink()
+        return
+    if not tmp.exists():
+        return
+    if tmp.is_dir():
+        try:
+            tmp.rmdir()  # fails unless empty, so a folder with content is never removed
+            return
+        except OSError:
+            pass
+    raise LinkError(
+        f"{tmp} is in the way of the temporary link this script creates and is not an empty folder or a link; "
+        "fix: move or rename it and rerun"
+    )
+
+
 def _atomic_symlink(target: str, link: Path) -> None:
     tmp = link.with_name(f".{link.name}.tmp-link")
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
+    _clear_stale_tmp(tmp)
     os.symlink(target, tmp)
     os.replace(tmp, link)  # replaces an old link in one step
 
