@@ -89,6 +89,12 @@ def test_calls_in_turn_install_everything(pack: Path, tmp_path: Path) -> None:
     assert (stage / "site/hydra/__init__.py").is_file() and (stage / "reference/fixture_small.pt").is_file()
     again = _device("install", repo, stage)  # a rerun of the last call reuses what is unpacked
     assert again.returncode == 0 and again.stdout == r.stdout
+    # A later call that carries nothing (`--parts compile` while the machine is warm) finds the stage ready.
+    later = tmp_path / "device-later"
+    later.mkdir()
+    staged = _device("stage", later, stage)
+    assert staged.returncode == 0 and "missing nothing" in staged.stderr, staged.stderr
+    assert _device("install", later, stage).stdout == r.stdout
 
 
 def test_a_lost_chunk_leaves_out_dali_only(pack: Path, tmp_path: Path) -> None:
