@@ -7,14 +7,20 @@ process group.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as torch_dist
+
+from cutie.utils.atomic import DiskFullError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,30 @@ def any_rank(flags: list[bool]) -> list[bool]:
     t = torch.tensor([1.0 if f else 0.0 for f in flags])  # on the CPU whatever the backend
     torch_dist.all_reduce(t, group=_host_group)
     return [v > 0 for v in t.tolist()]
+
+
+def main_writes(is_main: bool, write: Callable[[], T], what: str) -> T | None:
+    """Every rank calls this: the main process runs `write` (a file the run keeps: a checkpoint, best.pth), and
+    every rank gets its verdict in one all-reduce, also after a failed write, so that no rank waits for a dead
+    one or trains on into the next collective. The main process re-raises its error; the others raise
+    DiskFullError (out of space) or RuntimeError naming `what` ("write best.pth"). Returns `write`'s result on
+    the main process, None elsewhere."""
+    error: BaseException | None = None
+    result = None
+    if is_main:
+        try:
+            result = write()
+        except BaseException as e:  # a Ctrl-C mid-write included: the others still get the verdict
+            error = e
+    failed, disk_full = any_rank([error is not None, isinstance(error, DiskFullError)])
+    if error is not None:
+        raise error
+    if disk_full:
+        raise DiskFullError(errno.ENOSPC, f"the main process could not {what} (out of disk space); this rank stops "
+                            "with it")  # fmt: skip
+    if failed:
+        raise RuntimeError(f"the main process could not {what}")
+    return result
 
 
 def barrier() -> None:

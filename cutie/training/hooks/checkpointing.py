@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from cutie.training.hooks.base import Hook, every
 from cutie.training.memory_format import contiguous_copy
 from cutie.training.step import StepResult
 from cutie.utils import dist
-from cutie.utils.atomic import DiskFullError, check_free_space
+from cutie.utils.atomic import check_free_space
 
 
 def weights_path(ctx: StageContext, tag: str) -> Path:
@@ -58,25 +57,11 @@ class CheckpointHook(Hook):
         """Every rank must call this (each contributes its random state); the main process writes and returns
         the path."""
         rng_all = dist.all_gather_object(ckpt_io.rng_state())
-        if not ctx.dist.is_main:
-            # Back only once the main process has written it (a rank that exits right after a stop would make
-            # torchrun terminate the main process in the middle of writing the checkpoint of that stop), and with
-            # its verdict: a rank that trained on after a failed write would die on the next collective instead.
-            failed, disk_full = dist.any_rank([False, False])
-            if disk_full:
-                raise DiskFullError(errno.ENOSPC, f"the main process could not write the checkpoint of iteration "
-                                    f"{ctx.iteration} (out of disk space); this rank stops with it")  # fmt: skip
-            if failed:
-                raise RuntimeError(f"the main process could not write the checkpoint of iteration {ctx.iteration}")
-            return None
-        error: BaseException | None = None
-        try:
-            return self._write(ctx, complete, rng_all)
-        except BaseException as e:
-            error = e
-            raise
-        finally:  # also after a failed write, so that no rank waits for a dead one
-            dist.any_rank([error is not None, isinstance(error, DiskFullError)])
+        # The other ranks come back only once the main process has written it (a rank that exits right after a
+        # stop would make torchrun terminate the main process in the middle of writing the checkpoint of that
+        # stop), and with its verdict.
+        what = f"write the checkpoint of iteration {ctx.iteration}"
+        return dist.main_writes(ctx.dist.is_main, lambda: self._write(ctx, complete, rng_all), what)
 
     def _write(self, ctx: StageContext, complete: bool, rng_all: list) -> Path:
         state = {

@@ -6,7 +6,6 @@ The set's files are checked with the training data when training starts (cutie/d
 
 from __future__ import annotations
 
-import errno
 from dataclasses import asdict
 
 from cutie.data.index.scan import val_paths
@@ -16,7 +15,6 @@ from cutie.training.context import StageContext
 from cutie.training.hooks.base import Hook, every
 from cutie.training.step import StepResult
 from cutie.utils import dist
-from cutie.utils.atomic import DiskFullError
 
 
 class ValidationHook(Hook):
@@ -78,20 +76,9 @@ class ValidationHook(Hook):
         improved = self.best is None or score > self.best
         if improved:
             self.best = score  # on every rank alike: the scores are the same everywhere
-        error: Exception | None = None
-        if ctx.dist.is_main:
-            try:
-                self._report(ctx, metrics, score, improved)
-            except Exception as e:  # raised after the others have its verdict, so that none trains on alone
-                error = e
-        failed, disk_full = dist.any_rank([error is not None, isinstance(error, DiskFullError)])
-        if error is not None:
-            raise error
-        if disk_full:
-            raise DiskFullError(errno.ENOSPC, "the main process could not write best.pth (out of disk space); "
-                                "this rank stops with it")  # fmt: skip
-        if failed:
-            raise RuntimeError("the main process could not log the validation or write best.pth")
+        # Logged and best.pth written by the main process; every rank gets its verdict (none trains on alone).
+        what = "log the validation or write best.pth"
+        dist.main_writes(ctx.dist.is_main, lambda: self._report(ctx, metrics, score, improved), what)
 
     def _report(self, ctx: StageContext, metrics: dict[str, float], score: float, improved: bool) -> None:
         text = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
