@@ -8,6 +8,7 @@ process group.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -241,4 +242,7 @@ def all_gather_object(obj: object, *, host: bool = False) -> list[object]:
 
 def shutdown() -> None:
     if torch_dist.is_available() and torch_dist.is_initialized():
+        # A DDP reducer left in a reference cycle holds the group; collected now, it is not torn down during
+        # interpreter exit, where gloo's threads can abort the process.
+        gc.collect()
         torch_dist.destroy_process_group()
