@@ -275,3 +275,26 @@ def test_catalogue_entries_no_started_stage_reads_may_differ():
         "data.vos_datasets.DAVIS.frame_interval: 2 -> 5"
     ]
     assert compare(old, cfg({}, davis_interval=5), "pre_training")[0] == []  # main training has not started
+
+
+def test_checkpoint_config_reads_ours_and_refuses_alias_bombs(tmp_path):
+    from cutie.config.overrides import compose_config
+    from cutie.config.train import parse_train_config
+
+    cfg = parse_train_config(compose_config("train_config", ["exp_id=x", "data=tiny", "model=small"]))
+    path = tmp_path / "c.pth"
+    assert ckpt_io.checkpoint_config({"config": cfg.resolved_yaml}, path)["main_training"]["num_iterations"] > 0
+    # 9 levels of 9 aliases: a few hundred bytes, 9**9 leaves to walk once expanded
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    with pytest.raises(CheckpointError, match=r"c\.pth: its config cannot be read \(aliases"):
+        ckpt_io.checkpoint_config({"config": "\n".join(lines)}, path)
+    for bad, reason in (
+        ("- 1\n", "not a mapping"),
+        (b"seed: 1", "not YAML text"),
+        ("a: " + "x" * (1 << 20), "characters"),
+    ):
+        with pytest.raises(CheckpointError, match=reason):
+            ckpt_io.checkpoint_config({"config": bad}, path)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        ckpt_io.checkpoint_config({"config": "a: [unclosed"}, path)

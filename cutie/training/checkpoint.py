@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from cutie.training.plan import STAGES
 from cutie.utils.atomic import atomic_torch_save, atomic_write_text, check_free_space, file_sha256
@@ -258,6 +259,39 @@ def load_checkpoint(path: Path, *, verify: bool = True) -> dict:
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{path}: its 'weights' entry is not a state dict (name -> tensor)")
     return ckpt
+
+
+MAX_CONFIG_CHARS = 1 << 20  # a resolved config is a few kB
+
+
+class _PlainYamlLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: the config we write has none, and a file from elsewhere could nest aliases
+    (`&a [*b, *b, ...]`) into a document that is small on disk but exponentially large to walk and compare."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 (PyYAML's signature)
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def checkpoint_config(ckpt: Mapping, path: Path) -> dict:
+    """The resolved config a checkpoint was written with, as plain data. Raises CheckpointError (one line naming
+    the file) for text that is not a YAML mapping, uses aliases, or is implausibly large."""
+    text = ckpt.get("config")
+    if not isinstance(text, str):
+        raise CheckpointError(f"checkpoint {path}: its config is not YAML text ({type(text).__name__})")
+    if len(text) > MAX_CONFIG_CHARS:
+        raise CheckpointError(f"checkpoint {path}: its config is {len(text)} characters (a written one is a few "
+                              "thousand); not a checkpoint of this project")  # fmt: skip
+    try:
+        doc = yaml.load(text, Loader=_PlainYamlLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        reason = " ".join(str(e).split())
+        raise CheckpointError(f"checkpoint {path}: its config cannot be read ({reason})") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"checkpoint {path}: its config is not a mapping ({type(doc).__name__})")
+    return doc
 
 
 def find_resumable(run_dir: Path, log: logging.Logger) -> tuple[Path, dict] | None:

@@ -133,11 +133,12 @@ def _find_resume(cfg: TrainConfig, run_dir: Path, log) -> tuple[Path, dict] | No
 def _check_resume(cfg: TrainConfig, path: Path, ckpt: dict, plans: dict, log) -> None:
     """The relaunch must continue the checkpoint's run (same settings, same network); raises before any step."""
     stage, done = str(ckpt["stage"]), int(ckpt["iteration"])
+    old = ckpt_io.checkpoint_config(ckpt, path)
     try:
-        old = yaml.safe_load(str(ckpt["config"]))
         old_total = int(old[stage]["num_iterations"])
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path}: its config cannot be read ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"checkpoint {path}: its config has no {stage}.num_iterations ({type(e).__name__}: "
+                              f"{e})") from None  # fmt: skip
     new = yaml.safe_load(cfg.resolved_yaml)
     plan = plans.get(stage)
     for line in check_same_run(old, new, ckpt, str(path), None if plan is None else plan.num_iterations):
