@@ -50,6 +50,7 @@ from pycocotools import mask as mask_utils
 
 from cutie.dataprep.imageio import encode_gray_png, encode_jpeg, encode_palette_png
 from cutie.dataprep.scenes import Blob, blob_pixels, random_blob, render_salient_image, render_video
+from cutie.utils.atomic import atomic_write_json
 
 MANIFEST = "TINY_DATASET.json"
 GENERATOR_VERSION = 2  # 2: SA-1B, SA-V val and a sparse custom folder added
@@ -597,5 +598,6 @@ def generate(out: Path, seed: int = 0, force: bool = False) -> dict[str, object]
         "SA-V val": write_sav_val(out, seed),
         "custom-sparse": write_custom_sparse(out, seed),
     }
-    _write(out / MANIFEST, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    # Last and atomic: the manifest marks a finished dataset (--force deletes only a folder that has one).
+    atomic_write_json(out / MANIFEST, summary, indent=2)
     return summary
