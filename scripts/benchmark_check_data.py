@@ -28,6 +28,7 @@ from PIL import Image
 from cutie.data.index import frame_check
 from cutie.data.index.datasets import summarize
 from cutie.testing.synthetic import make_video_dataset
+from cutie.utils import image_files
 
 DISTINCT = 4  # encoded frames per video
 
@@ -99,10 +100,10 @@ def main() -> None:
         print(f"  cold (no cache file):  median {statistics.median(cold):.2f}s  runs {[round(t, 2) for t in cold]}")
         print(f"  cached (0 files read): median {statistics.median(cached):.2f}s  runs {[round(t, 2) for t in cached]}")
         pngs = sorted((work / "data" / "Annotations").rglob("*.png"))[:500]
-        ours, pil = _per_file(pngs, frame_check.check_png, pil_full=True)
+        ours, pil = _per_file(pngs, image_files.check_png, pil_full=True)
         print(f"per PNG, one core: inflate check {ours * 1e6:.0f} us, PIL load() {pil * 1e6:.0f} us")
         jpgs = sorted((work / "data" / "JPEGImages").rglob("*.jpg"))[:500]
-        ours, pil = _per_file(jpgs, frame_check.check_jpeg, pil_full=False)
+        ours, pil = _per_file(jpgs, image_files.check_jpeg, pil_full=False)
         print(
             f"per JPEG, one core: segment walk + end marker {ours * 1e6:.0f} us, PIL open (header) {pil * 1e6:.0f} us"
         )

@@ -477,8 +477,13 @@ def _damage_frame(how: str, path: Path) -> None:
     elif how == "folder":
         path.unlink()
         path.mkdir()
-    elif how == "bomb":
-        path.write_bytes(_png_declaring(100_000, 100_000))
+    elif how == "bomb":  # the frame header (SOF0, after the encoder's APP0/DQT segments) declares 100000x100000
+        data = bytearray(path.read_bytes())
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5 : sof + 9] = (100_000 // 2).to_bytes(2, "big") * 2
+        path.write_bytes(bytes(data))
+    elif how == "png_named_jpg":
+        path.write_bytes(_png_declaring(8, 8))
 
 
 @pytest.mark.parametrize(
@@ -494,6 +499,7 @@ def _damage_frame(how: str, path: Path) -> None:
         ("frame", "cut_tail", "no end-of-image marker"),
         ("frame", "folder", "not a readable frame (Is a directory)"),
         ("frame", "bomb", "decompression bomb"),
+        ("frame", "png_named_jpg", "not a JPEG"),
     ],
 )
 def test_an_unusable_eval_file_stops_before_any_inference(

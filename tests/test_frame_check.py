@@ -17,10 +17,11 @@ from PIL import Image
 
 from cutie.data.index import frame_check
 from cutie.data.index.datasets import build_video_index
-from cutie.data.index.frame_check import FileError, FileInfo, cache_file, check_file, check_files
+from cutie.data.index.frame_check import cache_file, check_files
 from cutie.data.sampling.source import RecipeSource
 from cutie.data.sampling.video import VideoClipSampler
 from cutie.testing.synthetic import make_video_dataset
+from cutie.utils.image_files import FileError, FileInfo, check_file
 
 
 @pytest.fixture

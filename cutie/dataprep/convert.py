@@ -39,9 +39,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cutie.data.index.frame_check import FileError, check_file
 from cutie.data.index.records import META_DIR, marker_path, read_marker
 from cutie.utils.atomic import atomic_copy, atomic_write_bytes, atomic_write_json, remove_stale_temps
+from cutie.utils.image_files import FileError, check_file
 from cutie.utils.paths import Confiner, PathEscapeError, check_no_symlink_inside, is_inside, symlinks_below
 
 OUTPUT_DIRS = ("JPEGImages", "Annotations", "JPEGImages_all_frames")

@@ -20,11 +20,12 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from cutie.metrics.davis import read_index_mask
 from cutie.metrics.sav import read_binary_mask
 from cutie.utils.atomic import atomic_write
+from cutie.utils.image_files import FileError, check_file
 from cutie.utils.palette import davis_palette
 from cutie.utils.paths import PathEscapeError, confined
 
@@ -179,15 +180,8 @@ def resize_mask(mask: torch.Tensor, new_size: tuple[int, int] | None) -> torch.T
     return F.interpolate(mask[None, None].float(), size=new_size, mode="nearest")[0, 0].long()
 
 
-JPEG_TAIL = 64  # bytes searched for the end-of-image marker (some writers pad after it)
 FIX_FRAME = "fix: re-extract or re-download the frame, or delete it"
 FIX_MASK = "fix: save masks as palette PNGs whose indices are object ids (0 background, at most 255)"
-
-
-def _why(e: Exception) -> str:
-    if isinstance(e, UnidentifiedImageError):
-        return "not an image PIL can read"
-    return (e.strerror if isinstance(e, OSError) else None) or str(e)
 
 
 def _regular(path: Path, fix: str) -> None:
@@ -197,20 +191,14 @@ def _regular(path: Path, fix: str) -> None:
 
 
 def frame_size(path: Path) -> tuple[int, int]:
-    """(H, W) of a frame from its header, after checking that it is a whole image (a JPEG ends with its end
-    marker); ValueError naming the file otherwise (empty, a folder, not an image, a decompression bomb)."""
+    """(H, W) of a frame, after the check training gives its frames (cutie/utils/image_files.py: a JPEG's header
+    and end marker, a PNG's every chunk); ValueError naming the file otherwise (empty, a folder, not an image of
+    its suffix's kind, cut short, a decompression bomb)."""
     _regular(path, FIX_FRAME)
-    try:
-        with Image.open(path) as im:
-            size, fmt = (im.height, im.width), im.format
-        if fmt == "JPEG":
-            with open(path, "rb") as f:
-                f.seek(max(0, os.fstat(f.fileno()).st_size - JPEG_TAIL))
-                if b"\xff\xd9" not in f.read():
-                    raise ValueError("no end-of-image marker: the file was cut short")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: not a readable frame ({_why(e)}); {FIX_FRAME}") from None
-    return size
+    info = check_file(str(path), "png" if path.suffix.lower() == ".png" else "jpeg")
+    if isinstance(info, FileError):
+        raise ValueError(f"{path}: not a readable frame ({info.detail}); {FIX_FRAME}")
+    return info.height, info.width
 
 
 def mask_ids(path: Path, *, binary: bool = False) -> np.ndarray:

@@ -27,8 +27,9 @@ import numpy as np
 
 from cutie.data.index import frame_check
 from cutie.data.index.annotation import annotation_step, partial_objects, tracked_somewhere
-from cutie.data.index.frame_check import ID_MODES, CheckStats, FileError, FileInfo, FileResult
+from cutie.data.index.frame_check import CheckStats
 from cutie.data.index.records import META_DIR, marker_path, read_marker
+from cutie.utils.image_files import ID_MODES, FileError, FileInfo, FileResult
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from cutie.data.index.frame_check import ID_MODES, FileCheckError, jpeg_header
+from cutie.utils.image_files import ID_MODES, FileCheckError, jpeg_header
 
 
 class BadSampleError(RuntimeError):
