@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cutie.config.train import TrainConfig
 from cutie.data.index.datasets import DatasetReport, annotation_lines, format_table, summarize
-from cutie.data.index.scan import render_each
+from cutie.data.index.problems import render_each
 from cutie.dataprep.config import resolve_path
 from cutie.dataprep.links import FIXES
 

@@ -36,7 +36,7 @@ def _bomb(width: int, height: int) -> str:
 
 
 class FileCheckError(Exception):
-    """A file fails its check: `kind` is a problem kind of cutie/data/index/scan.py, `detail` says what is wrong."""
+    """A file fails its check: `kind` is a problem kind of cutie/data/index/problems.py, `detail` says what is wrong."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")

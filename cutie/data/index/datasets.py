@@ -16,12 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from cutie.config.train import STAGES, DataConfig, to_dict
+from cutie.data.index.problems import DatasetReport, DataValidationError, Problem
 from cutie.data.index.sa1b import STRUCTURE as SA1B_STRUCTURE
 from cutie.data.index.sa1b import Sa1bSet, scan_sa1b_dataset
 from cutie.data.index.scan import (
-    DatasetReport,
-    DataValidationError,
-    Problem,
     StaticSet,
     VideoSet,
     load_empty_masks,

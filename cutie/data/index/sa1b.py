@@ -34,7 +34,8 @@ import numpy as np
 from cutie.config.train import Sa1bMasks
 from cutie.config.typed import ConfigError, parse
 from cutie.data.index import frame_check
-from cutie.data.index.scan import IMAGE_EXTS, DatasetReport, problem, resolve
+from cutie.data.index.problems import DatasetReport, problem
+from cutie.data.index.scan import IMAGE_EXTS, resolve
 from cutie.data.index.stamped_cache import StampedCache, cache_path, split
 from cutie.utils.image_files import MAX_PIXELS, FileError, FileInfo, unreadable
 from cutie.utils.paths import Confiner, PathEscapeError
