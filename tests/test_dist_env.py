@@ -131,3 +131,25 @@ def test_sigusr1_is_a_stop_request():
         os.kill(os.getpid(), signal.SIGUSR1)
         assert sig.requested and "SIGUSR1" in sig.reason
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
+def test_main_writes_keeps_the_writes_own_error_when_the_verdict_cannot_be_shared(monkeypatch):
+    """A full disk on the main process stays DiskFullError (exit 5) when a dead peer breaks the verdict's
+    all-reduce; with the write fine, the collective's own error is raised."""
+    from cutie.utils.atomic import DiskFullError
+
+    def dead_peer(flags):
+        raise RuntimeError("Connection closed by peer")
+
+    monkeypatch.setattr(dist, "any_rank", dead_peer)
+
+    def full():
+        raise DiskFullError(28, "no space left writing best.pth")
+
+    with pytest.raises(DiskFullError, match="no space left") as info:
+        dist.main_writes(True, full, "write best.pth")
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(RuntimeError, match="Connection closed"):
+        dist.main_writes(True, lambda: 1, "write best.pth")
+    monkeypatch.undo()
+    assert dist.main_writes(True, lambda: 7, "write best.pth") == 7 and dist.main_writes(False, lambda: 7, "x") is None

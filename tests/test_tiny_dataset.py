@@ -51,6 +51,12 @@ def test_refuses_non_empty_folder(tmp_path: Path) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode != 0 and "refusing" in result.stderr
     assert (tmp_path / "keep.txt").read_text() == "user data"
+    # a manifest that is a link (to any regular file) does not make the folder a tiny dataset
+    (tmp_path / "elsewhere.json").write_text("{}")
+    (tmp_path / "TINY_DATASET.json").symlink_to(tmp_path / "elsewhere.json")
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode != 0 and "refusing" in result.stderr
+    assert (tmp_path / "keep.txt").read_text() == "user data"
 
 
 def test_force_on_a_linked_folder_replaces_its_contents_and_a_file_is_refused(tiny_data: Path, tmp_path: Path) -> None:

@@ -108,6 +108,29 @@ def test_a_rank_that_cannot_list_the_videos_still_meets_the_others(tmp_path: Pat
     assert len(sent) == 1 and sent[0].scores == [] and net.training
 
 
+def test_a_video_that_cannot_be_counted_is_named_in_the_error(tmp_path: Path, monkeypatch) -> None:
+    """A video folder whose frames cannot be listed (EACCES, which root here cannot produce: simulated) is named
+    in the error every rank raises, not '(listing the videos)'."""
+    validate_module = importlib.import_module("cutie.inference.validate")
+    for video in ("a", "b"):
+        (tmp_path / "img" / video).mkdir(parents=True)
+        (tmp_path / "mask" / video).mkdir(parents=True)
+
+    def count(image_dir, name: str) -> int:
+        if name == "b":
+            raise PermissionError(13, "Permission denied", str(Path(image_dir) / name))
+        return 1
+
+    monkeypatch.setattr(validate_module, "count_frames", count)
+    monkeypatch.setattr(
+        validate_module.dist, "all_gather_object", lambda share, host=False: [share, RankShare(1, share.videos)]
+    )
+    with pytest.raises(DistributedValidationError, match=r"on rank 0: b: PermissionError"):
+        validate_module.validate(torch.nn.Linear(1, 1), image_dir=str(tmp_path / "img"),
+                                 mask_dir=str(tmp_path / "mask"), subset=None, device="cpu",
+                                 dist_state=DistState(rank=0, world_size=2))  # fmt: skip
+
+
 def _launch(data: Path, out: Path, jobs: list[str], processes: int) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes else []

@@ -137,8 +137,6 @@ class ModelSpec:
         ):
             if value not in RESNET_TYPES:
                 fail(f"`model.{opt}` is {value!r}; supported: {', '.join(RESNET_TYPES)}")
-        if len(self.ms_dims) != 3 or len(self.up_dims) != 3:
-            fail("`model.pixel_encoder.ms_dims` and `model.mask_decoder.up_dims` need 3 values each")
         sizes = {
             "pixel_dim": self.pixel_dim,
             "key_dim": self.key_dim,

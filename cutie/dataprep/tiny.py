@@ -578,7 +578,7 @@ def generate(out: Path, seed: int = 0, force: bool = False) -> dict[str, object]
     if out.exists() and any(out.iterdir()):
         if not force:
             raise FileExistsError(f"{out} exists and is not empty; choose an empty folder or pass --force")
-        if not (out / MANIFEST).is_file():
+        if (out / MANIFEST).is_symlink() or not (out / MANIFEST).is_file():  # a linked manifest proves nothing
             raise FileExistsError(f"{out} is not empty and holds no {MANIFEST}: refusing to delete it with --force")
         # What is inside goes, never what a link inside points to; `out` itself may be a link (kept)
         for child in out.iterdir():

@@ -83,7 +83,9 @@ def _sharded(
     cause, name = listing, "(listing the videos)"
     if listing is None:
         try:
-            counts = [count_frames(kw["image_dir"], v) for v in share.videos]
+            counts = []
+            for name in share.videos:  # `name` labels an error with the video it came from
+                counts.append(count_frames(kw["image_dir"], name))
             for i in balanced_shards(counts, state.world_size)[state.rank]:
                 name = share.videos[i]
                 part = DavisReport([])

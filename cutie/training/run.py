@@ -199,15 +199,16 @@ def _initial_weights(net, stage: str, cfg: TrainConfig, previous: dict | None, r
 def _check_run_dir(run_dir: Path, state) -> None:
     """Before anything is written (train.log first): no symlink inside the run folder, where the run writes
     (logs, tb/, images/, val/, config.yaml, weights) and prunes (checkpoints/). The folder itself may be a link.
-    The main process looks; every rank gets its verdict, so none waits for a rank that stopped."""
+    The first process of each node looks (every rank writes its share of validation masks, and a node-local
+    output_root is another folder on each node); every rank gets the verdict, so none waits for one that stopped."""
     error = None
-    if state.is_main:
+    if state.local_rank == 0:
         try:
             check_output_folder(run_dir, run_dir)
         except PathEscapeError as e:
             error = e
     if dist.any_rank([error is not None])[0]:
-        raise error or PathEscapeError(f"the run folder {run_dir} was refused by the main process (see its message)")
+        raise error or PathEscapeError(f"the run folder {run_dir} was refused by another process (see its message)")
 
 
 def _clean_leftovers(run_dir: Path, state, log) -> None:

@@ -204,7 +204,12 @@ def main_writes(is_main: bool, write: Callable[[], T], what: str) -> T | None:
             result = write()
         except BaseException as e:  # a Ctrl-C mid-write included: the others still get the verdict
             error = e
-    failed, disk_full = any_rank([error is not None, isinstance(error, DiskFullError)])
+    try:
+        failed, disk_full = any_rank([error is not None, isinstance(error, DiskFullError)])
+    except BaseException as lost:  # a dead peer: the write's own error still decides the exit code (5, 130)
+        if error is None:
+            raise
+        raise error from lost
     if error is not None:
         raise error
     if disk_full:
