@@ -85,11 +85,11 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
-            raise ConfigError(f"`num_workers`: must be >= 0, got {self.num_workers}")
+            raise FieldError("num_workers", f"must be >= 0, got {self.num_workers}")
         if self.max_batch_per_gpu is not None and self.max_batch_per_gpu <= 0:
-            raise ConfigError(f"`max_batch_per_gpu`: must be positive or null, got {self.max_batch_per_gpu}")
+            raise FieldError("max_batch_per_gpu", f"must be positive or null, got {self.max_batch_per_gpu}")
         if not 0 <= self.max_bad_sample_fraction <= 1:
-            raise ConfigError(f"`max_bad_sample_fraction`: must be within [0, 1], got {self.max_bad_sample_fraction}")
+            raise FieldError("max_bad_sample_fraction", f"must be within [0, 1], got {self.max_bad_sample_fraction}")
         if self.max_nonfinite_steps < 1:
             raise FieldError("max_nonfinite_steps", f"must be >= 1 (steps in a row), got {self.max_nonfinite_steps}")
 
