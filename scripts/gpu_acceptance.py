@@ -484,6 +484,7 @@ class _DdpWrap(torch.nn.Module):
 def _ddp_step(rank: int, device: str, result_dir: str) -> None:
     from cutie.training.plan import StagePlan
     from cutie.training.step import train_step
+    from cutie.utils.atomic import atomic_torch_save
 
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -496,7 +497,8 @@ def _ddp_step(rank: int, device: str, result_dir: str) -> None:
     plan = StagePlan("main_training", 1, 8, 4, 2, 2, None, False, 1e-8, False)
     res = train_step(_DdpWrap(ddp), batch, lambda b, o: {"total_loss": (o["y"] ** 2).mean()}, opt, scaler, plan, 3.0)
     flat = torch.cat([p.detach().flatten() for p in net.parameters()]).cpu()
-    torch.save({"params": flat, "finite": bool(res.finite)}, Path(result_dir) / f"rank{rank}.pt")
+    # atomic: part_ddp takes a rank file that exists for a finished one, also when the rank died after it
+    atomic_torch_save({"params": flat, "finite": bool(res.finite)}, Path(result_dir) / f"rank{rank}.pt")
 
 
 def _ddp_worker(rank: int, world: int, port: int, device: str, backend: str, result_dir: str) -> None:

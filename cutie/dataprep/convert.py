@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from cutie.data.index.records import META_DIR, marker_path, read_marker
 from cutie.utils.atomic import atomic_copy, atomic_write_bytes, atomic_write_json, remove_stale_temps
-from cutie.utils.image_files import FileError, check_file
+from cutie.utils.image_files import FileError, check_frame
 from cutie.utils.paths import Confiner, PathEscapeError, check_no_symlink_inside, is_inside, symlinks_below
 
 OUTPUT_DIRS = ("JPEGImages", "Annotations", "JPEGImages_all_frames")
@@ -225,13 +225,13 @@ def video_paths(output: Path, video: str) -> list[Path]:
 
 
 def check_source_frame(path: Path, size: tuple[int, int]) -> None:
-    """A frame a conversion will copy, checked as training will check it (cutie/data/index/frame_check.py) and
+    """A frame a conversion will copy, checked as training will check it (cutie/utils/image_files.py) and
     against the JSON's (height, width) its masks are drawn at; raises naming the source file, so a damaged frame
     fails its video here instead of being copied and reported under the output at training time."""
     if not path.is_file():
         what = " (it is a folder)" if path.is_dir() else " as a regular file" if path.exists() else ""
         raise FileNotFoundError(f"frame file {path} does not exist{what}")
-    result = check_file(str(path), "png" if path.suffix.lower() == ".png" else "jpeg")
+    result = check_frame(path)
     if isinstance(result, FileError):
         raise ValueError(f"frame file {path}: {result.detail} (fix: re-download or re-extract it)")
     if (result.height, result.width) != tuple(size):

@@ -25,7 +25,7 @@ from PIL import Image
 from cutie.metrics.davis import read_index_mask
 from cutie.metrics.sav import read_binary_mask
 from cutie.utils.atomic import atomic_write
-from cutie.utils.image_files import FileError, check_file
+from cutie.utils.image_files import FileError, check_frame
 from cutie.utils.palette import davis_palette
 from cutie.utils.paths import PathEscapeError, confined
 
@@ -195,7 +195,7 @@ def frame_size(path: Path) -> tuple[int, int]:
     and end marker, a PNG's every chunk); ValueError naming the file otherwise (empty, a folder, not an image of
     its suffix's kind, cut short, a decompression bomb)."""
     _regular(path, FIX_FRAME)
-    info = check_file(str(path), "png" if path.suffix.lower() == ".png" else "jpeg")
+    info = check_frame(path)
     if isinstance(info, FileError):
         raise ValueError(f"{path}: not a readable frame ({info.detail}); {FIX_FRAME}")
     return info.height, info.width

@@ -268,3 +268,9 @@ def check_file(path: str, kind: str) -> FileResult:
         return CHECKS[kind](path)
     except FileCheckError as e:
         return FileError(e.kind, e.detail)
+
+
+def check_frame(path: str | os.PathLike) -> FileResult:
+    """check_file for a frame: a `.png` is checked as a PNG, any other name as a JPEG (the training check's rule)."""
+    kind = "png" if os.fspath(path).lower().endswith(".png") else "jpeg"
+    return check_file(os.fspath(path), kind)
