@@ -182,7 +182,7 @@ def _first_few(lines: list[str], limit: int = 3) -> str:
 
 def load_weights(net: nn.Module, state_dict: Mapping[str, torch.Tensor], *, widen_init: str = "orthogonal") -> None:
     """Load state_dict into net, strictly: every key present, none extra, every shape equal, except the
-    single -> multi-object widening. Raises WeightsError listing every offending key."""
+    single -> multi-object widening. Raises WeightsError with the count of each kind of misfit and its first keys."""
     net = unwrap(net)
     target = net.state_dict()
     source = widen_single_to_multi(strip_wrapper_prefixes(state_dict), target, widen_init)
