@@ -298,3 +298,32 @@ def test_checkpoint_config_reads_ours_and_refuses_alias_bombs(tmp_path):
             ckpt_io.checkpoint_config({"config": bad}, path)
     with pytest.raises(CheckpointError, match="cannot be read"):
         ckpt_io.checkpoint_config({"config": "a: [unclosed"}, path)
+
+
+def test_start_weights_of_the_other_model_are_refused_with_the_misfit(tmp_path):
+    """weights=<Cutie-small file> with model=base: one error naming the file and the model choice, then the count
+    and first keys of each kind of misfit (from the one misfit check load_weights uses too)."""
+    from cutie.config.overrides import compose_config
+    from cutie.config.train import parse_train_config
+    from cutie.model import build_network
+    from cutie.training.run import _read_start_weights
+
+    small = tmp_path / "small.pth"
+    small_cfg = parse_train_config(compose_config("train_config", ["exp_id=x", "data=tiny", "model=small"]))
+    torch.save(build_network(small_cfg.model, single_object=False).state_dict(), small)
+    assert _read_start_weights(
+        parse_train_config(
+            compose_config("train_config", ["exp_id=x", "data=tiny", "model=small", f"weights={small}"])
+        ),
+        ["main_training"],
+    )
+    cfg = parse_train_config(
+        compose_config("train_config", ["exp_id=x", "data=tiny", "model=base", f"weights={small}"])
+    )
+    with pytest.raises(WeightsError) as err:
+        _read_start_weights(cfg, ["main_training"])
+    first, *rest = str(err.value).splitlines()
+    assert first.startswith(f"weights={small} do not fit model=base") and "model=small|base" in first
+    assert any(line.endswith("missing keys (in the network, not in the weights):") for line in rest)
+    assert any("shape mismatches:" in line for line in rest)
+    assert "  pixel_encoder.res2.0.conv1.weight: file (64, 64, 3, 3) vs network (64, 64, 1, 1)" in rest

@@ -180,32 +180,40 @@ def _first_few(lines: list[str], limit: int = 3) -> str:
     return "".join(f"\n  {line}" for line in lines[:limit]) + more
 
 
+def weights_misfit(target: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor]) -> list[str]:
+    """Why `source` does not load into a network whose state dict is `target`: one entry per kind of misfit
+    (missing keys, unexpected keys, shape mismatches), with its count and first keys; empty when it fits.
+    Shapes only, so `target` may live on the meta device."""
+    missing = sorted(set(target) - set(source))
+    unexpected = sorted(set(source) - set(target))
+    mismatched = [
+        f"{k}: file {tuple(source[k].shape)} vs network {tuple(target[k].shape)}"
+        for k in target
+        if k in source and tuple(source[k].shape) != tuple(target[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (in the network, not in the weights):" + _first_few(missing))
+    if unexpected:
+        parts.append(
+            f"{len(unexpected)} unexpected keys (in the weights, not in the network):" + _first_few(unexpected)
+        )
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatches:" + _first_few(mismatched))
+    return parts
+
+
 def load_weights(net: nn.Module, state_dict: Mapping[str, torch.Tensor], *, widen_init: str = "orthogonal") -> None:
     """Load state_dict into net, strictly: every key present, none extra, every shape equal, except the
     single -> multi-object widening. Raises WeightsError with the count of each kind of misfit and its first keys."""
     net = unwrap(net)
     target = net.state_dict()
     source = widen_single_to_multi(strip_wrapper_prefixes(state_dict), target, widen_init)
-    missing = sorted(set(target) - set(source))
-    unexpected = sorted(set(source) - set(target))
-    mismatched = [
-        f"{k}: file {tuple(source[k].shape)} vs network {tuple(target[k].shape)}"
-        for k in target
-        if k in source and source[k].shape != target[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (in the network, not in the weights):" + _first_few(missing))
-        if unexpected:
-            parts.append(
-                f"{len(unexpected)} unexpected keys (in the weights, not in the network):" + _first_few(unexpected)
-            )
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches:" + _first_few(mismatched))
+    misfit = weights_misfit(target, source)
+    if misfit:
         raise WeightsError(
             "weights do not fit the network (is the model=small|base choice the one they were trained with?)\n"
-            + "\n".join(parts)
+            + "\n".join(misfit)
         )
     net.load_state_dict(source, strict=True)
 

@@ -310,22 +310,3 @@ def find_resumable(run_dir: Path, log: logging.Logger) -> tuple[Path, dict] | No
             f"{reasons[0]}); start a new run with exp_id=<new id>, or resume from a good file with checkpoint=PATH"
         )
     return None
-
-
-def weights_mismatch(expected: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> list[str]:
-    """Why `weights` do not fit a network with state dict `expected` (keys and shapes); empty when they fit."""
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    shapes = [
-        f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in expected
-        if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)
-    ]
-    out = []
-    if missing:
-        out.append(f"{len(missing)} keys missing (e.g. {missing[0]})")
-    if unexpected:
-        out.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-    if shapes:
-        out.append(f"{len(shapes)} shapes differ (e.g. {shapes[0]})")
-    return out

@@ -35,6 +35,7 @@ from cutie.model.weights import (
     load_weights,
     read_weights_file,
     strip_wrapper_prefixes,
+    weights_misfit,
     widen_single_to_multi,
 )
 from cutie.training import checkpoint as ckpt_io
@@ -146,11 +147,11 @@ def _check_resume(cfg: TrainConfig, path: Path, ckpt: dict, plans: dict, log) ->
     # Equal model settings should mean equal shapes; a file from elsewhere may still hold another network.
     with torch.device("meta"):
         net = build_network(cfg.model, single_object=cfg.stage(stage).num_objects == 1)
-    problems = ckpt_io.weights_mismatch(net.state_dict(), ckpt["weights"])
-    if problems:
+    misfit = weights_misfit(net.state_dict(), ckpt["weights"])
+    if misfit:
         raise CheckpointError(
-            f"checkpoint {path} holds the weights of another network than model={cfg.model.name} "
-            f"({'; '.join(problems)}); resume it with its own model setting, or start a new run (exp_id=<new id>)"
+            f"checkpoint {path} holds the weights of another network than model={cfg.model.name}; resume it with "
+            "its own model setting, or start a new run (exp_id=<new id>)\n" + "\n".join(misfit)
         )
     if plan is not None and plan.num_iterations != old_total:
         curriculum = ""
@@ -173,11 +174,11 @@ def _read_start_weights(cfg: TrainConfig, stages: list[str]) -> dict:
     weights = strip_wrapper_prefixes(read_weights_file(str(cfg.run.weights)))
     with torch.device("meta"):
         target = build_network(cfg.model, single_object=cfg.stage(stages[0]).num_objects == 1).state_dict()
-    problems = ckpt_io.weights_mismatch(target, widen_single_to_multi(weights, target, init="zeros"))
-    if problems:
+    misfit = weights_misfit(target, widen_single_to_multi(weights, target, init="zeros"))
+    if misfit:
         raise WeightsError(
-            f"weights={cfg.run.weights} do not fit model={cfg.model.name} ({'; '.join(problems)}); "
-            "is the model=small|base choice the one they were trained with?"
+            f"weights={cfg.run.weights} do not fit model={cfg.model.name}: is the model=small|base choice the one "
+            "they were trained with?\n" + "\n".join(misfit)
         )
     return weights
 
