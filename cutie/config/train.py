@@ -142,10 +142,10 @@ class StageConfig:
     max_skip_schedule_fraction: tuple[float, ...] = (0.0,)
 
     def __post_init__(self) -> None:
-        s = self.name
+        s = self.name  # parse() puts the stage's name in front of a FieldError's key
 
         def fail(key: str, msg: str) -> None:
-            raise ConfigError(f"`{s}.{key}`: {msg}")
+            raise FieldError(key, msg)
 
         if self.name not in STAGES:
             fail("name", f"must be one of {', '.join(STAGES)}")
