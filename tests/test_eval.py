@@ -562,3 +562,88 @@ def test_a_fifo_named_like_a_frame_or_mask_is_refused_without_opening_it(tmp_pat
         bad.unlink()
         bad.write_bytes(saved)
     assert check_video_files(tmp_path / "data/JPEGImages", tmp_path / "data/Annotations", "vid") == []
+
+
+# ---- a video's structure is checked up front too (audit: late failures) -----------------------------------------
+
+
+def _two_videos(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The sparse custom folder with a second video `zz-late` (run last); returns the data root and the folders."""
+    data = tmp_path / "data"
+    _write_sparse_custom(data)
+    shutil.copytree(data / "JPEGImages/vid", data / "JPEGImages/zz-late")
+    shutil.copytree(data / "Annotations/vid", data / "Annotations/zz-late")
+    return data, [f"image_directory={data / 'JPEGImages'}", f"mask_directory={data / 'Annotations'}"]
+
+
+@pytest.mark.parametrize("empty", ["JPEGImages", "Annotations"])
+def test_a_later_video_without_frames_or_masks_stops_before_any_inference(
+    small_net: torch.nn.Module, tmp_path: Path, empty: str
+) -> None:
+    """A video with zero frames (or no mask at all) is named before the first video runs, not when its turn comes
+    after the others have been segmented."""
+    data, folders = _two_videos(tmp_path)
+    for p in (data / empty / "zz-late").iterdir():
+        p.unlink()
+    with pytest.raises((FileNotFoundError, ValueError), match=re.escape(str(data / empty / "zz-late"))):
+        _run(["dataset=custom", *folders], small_net, tmp_path)
+    assert not (tmp_path / "out/t/eval/custom/Annotations").exists()  # the first video was not run either
+
+
+@pytest.mark.parametrize(("stem", "protocol"), [("00006", "use_all_masks=true"), ("00000", "use_all_masks=false")])
+def test_a_mask_without_its_frame_stops_before_any_inference(
+    small_net: torch.nn.Module, tmp_path: Path, stem: str, protocol: str
+) -> None:
+    """A mask whose frame is missing: in the middle it used to fail only at scoring, after every video had run;
+    as the first mask (the DAVIS protocol's only input) the video was silently segmented as all background."""
+    data, folders = _two_videos(tmp_path)
+    (data / "JPEGImages/zz-late" / f"{stem}.jpg").unlink()
+    with pytest.raises(ValueError) as info:
+        _run(["dataset=custom", protocol, *folders], small_net, tmp_path)
+    message = str(info.value)
+    assert str(data / "Annotations/zz-late" / f"{stem}.png") in message and "fix:" in message, message
+    assert len(message.splitlines()) == 1
+    assert not (tmp_path / "out/t/eval/custom/Annotations").exists()
+
+
+@pytest.mark.parametrize("link", ["video_folder", "frame", "mask"])
+def test_a_symlink_leading_out_of_the_dataset_is_refused_before_any_inference(
+    small_net: torch.nn.Module, tmp_path: Path, link: str
+) -> None:
+    """A video folder, frame or mask of the listing that is a symlink out of its dataset folder is refused (as
+    the SA-V reader already refuses a video folder), before anything runs."""
+    data, folders = _two_videos(tmp_path)
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(data / "JPEGImages/zz-late", outside / "frames")
+    shutil.copytree(data / "Annotations/zz-late", outside / "masks")
+    if link == "video_folder":
+        shutil.rmtree(data / "JPEGImages/zz-late")
+        (data / "JPEGImages/zz-late").symlink_to(outside / "frames", target_is_directory=True)
+    elif link == "frame":
+        (data / "JPEGImages/zz-late/00004.jpg").unlink()
+        (data / "JPEGImages/zz-late/00004.jpg").symlink_to(outside / "frames/00004.jpg")
+    else:
+        (data / "Annotations/zz-late/00003.png").unlink()
+        (data / "Annotations/zz-late/00003.png").symlink_to(outside / "masks/00003.png")
+    with pytest.raises(PathEscapeError, match="zz-late") as info:
+        _run(["dataset=custom", *folders], small_net, tmp_path)
+    assert len(str(info.value).splitlines()) == 1 and "fix:" in str(info.value)
+    assert not (tmp_path / "out/t/eval/custom/Annotations").exists()
+    if link == "video_folder":  # a link that stays inside the dataset (a video listed twice) is fine
+        (data / "JPEGImages/zz-late").unlink()
+        (data / "JPEGImages/zz-late").symlink_to(data / "JPEGImages/vid", target_is_directory=True)
+        _run(["dataset=custom", *folders, "exp_id=inside"], small_net, tmp_path)
+        assert (tmp_path / "out/inside/eval/custom/Annotations/zz-late/00012.png").is_file()
+
+
+def test_evaluation_shows_one_progress_bar_over_every_frame_and_one_for_scoring(
+    small_net: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ETA covers the whole run (all frames of all videos), not only the current video, and scoring (minutes
+    on a large set) shows progress too."""
+    _, folders = _two_videos(tmp_path)
+    _run(["dataset=custom", *folders], small_net, tmp_path)
+    err = capsys.readouterr().err
+    assert re.search(r"\b26/26\b", err), err[-2000:]  # 2 videos of 13 frames in one bar
+    assert re.search(r"J&F.*\b2/2\b", err), err[-2000:]
+

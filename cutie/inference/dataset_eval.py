@@ -201,9 +201,15 @@ def score_predictions(
     later scored after their first mask when use_all_masks); frames without ground truth, or whose mask was left
     out (`skip`: video -> stems), are not scored."""
     if spec.layout == "sav":
-        return evaluate_sav_folders(spec.mask_directory, out_root, videos)
+        return evaluate_sav_folders(spec.mask_directory, out_root, videos, progress=True)
     return evaluate_folders(
-        spec.mask_directory, out_root, videos, late_objects=spec.use_all_masks, extra_frames_ok=True, skip=skip
+        spec.mask_directory,
+        out_root,
+        videos,
+        progress=True,
+        late_objects=spec.use_all_masks,
+        extra_frames_ok=True,
+        skip=skip,
     )
 
 
@@ -212,7 +218,7 @@ def _check_masks(spec: DatasetSpec, videos: list[str]) -> dict[str, frozenset[st
     naming it; a wrong-size mask too (naming both files), or with wrong_size_masks=skip it is left out, its frame
     used as unannotated (video -> stems left out)."""
     skipped: dict[str, frozenset[str]] = {}
-    for name in videos:
+    for name in tqdm(videos, desc="checking frames and masks", unit="video", leave=False):
         bad = check_video_files(
             spec.image_directory,
             spec.mask_directory,
@@ -244,6 +250,9 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
         raise EvalConfigError(f"dataset={spec.name}: no videos found in {spec.mask_directory}")
     to_save = required_frames(spec.json_directory)
     skipped = _check_masks(spec, videos)
+    # every reader up front too: a video's own structure (no frame, no mask, a mask without its frame) is named
+    # before the first video runs, and the progress bar knows the frames of the whole run
+    readers = [open_video(spec, name, to_save.get(name), skipped.get(name, frozenset())) for name in videos]
     net = build_eval_network(cfg, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -252,9 +261,9 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
         log.warning(note)
 
     timer = Timer()
-    for i, name in enumerate(videos):
-        reader = open_video(spec, name, to_save.get(name), skipped.get(name, frozenset()))
-        bar = tqdm(total=len(reader), desc=f"[{i + 1}/{len(videos)}] {name}", unit="frame", leave=False)
+    bar = tqdm(total=sum(len(r) for r in readers), unit="frame", leave=False)  # the ETA of the whole run
+    for i, (name, reader) in enumerate(zip(videos, readers, strict=True)):
+        bar.set_description(f"[{i + 1}/{len(videos)}] {name}")
         for frame, ids in run_video(net, reader, settings, device, timer):
             if isinstance(reader, SavVideoReader):
                 if frame.save:  # save_all or an annotated frame
@@ -262,7 +271,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
             elif spec.save_all or frame.save:
                 save_index_png(out_root / name / f"{frame.name}.png", ids, reader.palette)
             bar.update(1)
-        bar.close()
+    bar.close()
 
     result = {"frames": float(timer.frames), "fps": timer.fps, "peak_memory_mb": peak_memory_mb(device)}
     memory_kind = "CUDA allocated" if device.type == "cuda" else "process RSS"
