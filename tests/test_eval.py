@@ -647,3 +647,24 @@ def test_evaluation_shows_one_progress_bar_over_every_frame_and_one_for_scoring(
     assert re.search(r"\b26/26\b", err), err[-2000:]  # 2 videos of 13 frames in one bar
     assert re.search(r"J&F.*\b2/2\b", err), err[-2000:]
 
+
+def test_a_short_palette_of_the_first_mask_keeps_every_object_id(tmp_path: Path) -> None:
+    """Predictions are written with the palette of the video's first mask. A mask saved with only a few palette
+    entries (2 here) made PIL pack the written PNG to 1 bit per pixel, so object 2 came out as background and 5
+    as object 1 (silently wrong masks and scores); the palette is padded to 256 entries."""
+    from cutie.inference.video_io import VideoReader, save_index_png
+
+    _write_sparse_custom(tmp_path)
+    first = tmp_path / "Annotations/vid/00000.png"
+    with Image.open(first) as im:
+        ids = np.array(im)
+    short = Image.fromarray(ids, mode="P")
+    short.putpalette([0, 0, 0, 200, 30, 30])  # 2 colours: background and object 1
+    short.save(first)
+    reader = VideoReader("vid", tmp_path / "JPEGImages", tmp_path / "Annotations", use_all_masks=True)
+    pred = np.zeros((48, 64), dtype=np.uint8)
+    pred[:10], pred[10:20], pred[20:30] = 1, 2, 5
+    save_index_png(tmp_path / "out.png", pred, reader.palette)
+    with Image.open(tmp_path / "out.png") as im:
+        np.testing.assert_array_equal(np.array(im), pred)
+        assert im.getpalette()[:6] == [0, 0, 0, 200, 30, 30]  # the dataset's own colours are kept

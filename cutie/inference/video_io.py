@@ -306,7 +306,12 @@ def only_new_objects(mask: torch.Tensor, seen: set[int]) -> torch.Tensor | None:
 
 
 def save_index_png(path: Path, mask: np.ndarray, palette: list[int] | None) -> None:
-    """Writes H*W object ids as a palette PNG, atomically."""
+    """Writes H*W object ids as a palette PNG, atomically. `palette` (a dataset's own, often shorter than 256
+    colours) is completed with the DAVIS colours: PIL packs a PNG of N colours into as few bits per pixel as N
+    needs, so an id past a short palette would be written as another id."""
+    full = davis_palette()
+    if palette is not None:
+        full[: len(palette)] = palette[: len(full)]
     img = Image.fromarray(mask.astype(np.uint8), mode="P")
-    img.putpalette(palette if palette is not None else davis_palette())
+    img.putpalette(full)
     atomic_write(path, lambda f: img.save(f, format="PNG"))
