@@ -400,3 +400,21 @@ def test_cli_names_a_csv_it_cannot_write_without_a_traceback(
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "J&F" not in line]  # no bar
     assert len(err) == 1 and err[0].startswith("error: ") and str(csv_dir) in err[0] and "Errno" not in err[0], err
     assert victim.read_text() == "keep\n"
+
+
+def test_a_sequence_listed_twice_in_the_subset_is_scored_once(tmp_path: Path) -> None:
+    """The DAVIS toolkit keys its sequences by name, so a repeated ImageSets line counts once; the list here kept
+    both and weighted that sequence's objects twice in J&F-Mean (and eval ran the video twice)."""
+    from cutie.inference.video_io import list_videos
+
+    gt = _moving_squares()
+    _write_sequence(tmp_path / "gt", "a", gt)
+    _write_sequence(tmp_path / "gt", "b", gt)
+    _write_sequence(tmp_path / "pred", "a", gt)
+    _write_sequence(tmp_path / "pred", "b", np.zeros_like(gt))
+    subset = tmp_path / "val.txt"
+    subset.write_text("a\nb\na\n")
+    report = evaluate_folders(tmp_path / "gt", tmp_path / "pred", subset)
+    assert [o.name for o in report.objects] == ["a_1", "a_2", "b_1", "b_2"]
+    assert report.summary()["J-Mean"] == pytest.approx(0.5)
+    assert list_videos(tmp_path / "gt", subset) == ["a", "b"]

@@ -58,7 +58,7 @@ def list_videos(mask_dir: str | os.PathLike, subset: str | os.PathLike | None = 
         path = Path(subset)
         if not path.is_file():
             raise FileNotFoundError(f"subset file {path} not found (one video name per line)")
-        names = sorted(line.strip() for line in path.read_text().splitlines() if line.strip())
+        names = sorted({line.strip() for line in path.read_text().splitlines() if line.strip()})  # repeats once
         for name in names:  # untrusted: a name becomes a folder read under mask_dir and written under the output
             confined(mask_dir, name, what=f"video {name!r} of {path}")
             if "/" in name or "\\" in name:
