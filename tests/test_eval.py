@@ -668,3 +668,41 @@ def test_a_short_palette_of_the_first_mask_keeps_every_object_id(tmp_path: Path)
     with Image.open(tmp_path / "out.png") as im:
         np.testing.assert_array_equal(np.array(im), pred)
         assert im.getpalette()[:6] == [0, 0, 0, 200, 30, 30]  # the dataset's own colours are kept
+
+
+@pytest.mark.parametrize(("dataset", "top"), [("y19-val", "Annotations/vid/"), ("mose-val", "vid/")])
+def test_the_benchmark_archive_is_written_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dataset: str, top: str
+) -> None:
+    """The zip for the benchmark server (YouTube-VOS: an Annotations/ folder inside, MOSE: the videos) is built in
+    a temporary sibling and renamed: a write that fails half way (disk full, a kill) leaves no truncated archive
+    under the name printed for upload."""
+    import zipfile
+
+    from cutie.inference.dataset_eval import DatasetSpec, make_zip
+
+    run_dir = tmp_path / "run"
+    for stem in ("00000", "00005"):
+        (run_dir / "Annotations/vid").mkdir(parents=True, exist_ok=True)
+        (run_dir / "Annotations/vid" / f"{stem}.png").write_bytes(b"png " + stem.encode())
+    spec = DatasetSpec(dataset, Path("i"), Path("m"), None, None, 480, False, True, 5, False, "false")
+    archive = make_zip(spec, run_dir, "e")
+    assert archive == run_dir / f"e_{dataset}.zip"
+    with zipfile.ZipFile(archive) as z:
+        files = sorted(n for n in z.namelist() if not n.endswith("/"))
+        assert files == [f"{top}00000.png", f"{top}00005.png"]
+        assert z.read(f"{top}00005.png") == b"png 00005"
+    archive.unlink()
+    real_write = zipfile.ZipFile.write
+    calls = []
+
+    def failing_write(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) > 1:  # the first member is written, the second fails
+            raise OSError(28, "No space left on device")
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "write", failing_write)
+    with pytest.raises(OSError):
+        make_zip(spec, run_dir, "e")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["Annotations"]  # no archive, no temporary left

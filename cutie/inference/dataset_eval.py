@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from cutie.inference.video_io import (
 )
 from cutie.metrics import DavisReport, SavReport, evaluate_folders, evaluate_sav_folders
 from cutie.metrics.davis import read_index_mask
+from cutie.utils.atomic import atomic_write
 from cutie.utils.paths import check_output_folder
 
 log = logging.getLogger(__name__)
@@ -162,12 +165,25 @@ def has_scorable_ground_truth(spec: DatasetSpec, videos: list[str]) -> bool:
 
 
 def make_zip(spec: DatasetSpec, run_dir: Path, exp_id: str) -> Path | None:
-    """The benchmark-server archive: YouTube-VOS wants an Annotations/ folder inside, MOSE the videos."""
+    """The benchmark-server archive: YouTube-VOS wants an Annotations/ folder inside, MOSE the videos. Written
+    atomically, so a failed write leaves no truncated archive under the name printed for upload."""
     if spec.name.startswith("y"):
-        return Path(shutil.make_archive(str(run_dir / f"{exp_id}_{spec.name}"), "zip", run_dir, "Annotations"))
-    if spec.name == "mose-val":
-        return Path(shutil.make_archive(str(run_dir / f"{exp_id}_{spec.name}"), "zip", run_dir / "Annotations"))
-    return None
+        base = run_dir  # members Annotations/<video>/<frame>.png
+    elif spec.name == "mose-val":
+        base = run_dir / "Annotations"  # members <video>/<frame>.png
+    else:
+        return None
+    folder = run_dir / "Annotations"
+    files = sorted(Path(here) / name for here, _, names in os.walk(folder) for name in names)  # links not followed
+
+    def write(f: IO[bytes]) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+            for path in files:
+                z.write(path, path.relative_to(base).as_posix())
+
+    archive = run_dir / f"{exp_id}_{spec.name}.zip"
+    atomic_write(archive, write)
+    return archive
 
 
 def open_video(
