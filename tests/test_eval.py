@@ -706,3 +706,29 @@ def test_the_benchmark_archive_is_written_atomically(
     with pytest.raises(OSError):
         make_zip(spec, run_dir, "e")
     assert sorted(p.name for p in run_dir.iterdir()) == ["Annotations"]  # no archive, no temporary left
+
+
+def test_a_void_label_given_to_the_network_is_refused_before_inference_when_scoring(
+    small_net: torch.nn.Module, tmp_path: Path
+) -> None:
+    """255 is the DAVIS void label: the scorer counts it as background, but a mask given to the network hands it
+    over as object 255, whose predictions the scorer then rejects, after every video has run. With scoring on,
+    that is named up front; without scoring (evaluate=false) the masks are written as before."""
+    from cutie.dataprep.imageio import encode_palette_png
+
+    data = tmp_path / "data"
+    _write_sparse_custom(data)
+    first = data / "Annotations/vid/00000.png"
+    with Image.open(first) as im:
+        ids = np.array(im)
+    ids[:4, :4] = 255
+    first.write_bytes(encode_palette_png(ids))
+    folders = [f"image_directory={data / 'JPEGImages'}", f"mask_directory={data / 'Annotations'}"]
+    with pytest.raises(ValueError) as info:
+        _run(["dataset=custom", "evaluate=true", *folders], small_net, tmp_path)
+    message = str(info.value)
+    assert message.startswith(str(first)) and "255" in message and "fix:" in message, message
+    assert len(message.splitlines()) == 1
+    assert not (tmp_path / "out/t/eval/custom/Annotations").exists()
+    _run(["dataset=custom", "evaluate=false", *folders], small_net, tmp_path)
+    assert (tmp_path / "out/t/eval/custom/Annotations/vid/00012.png").is_file()

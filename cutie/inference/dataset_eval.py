@@ -31,7 +31,7 @@ from cutie.inference.video_io import (
     save_index_png,
 )
 from cutie.metrics import DavisReport, SavReport, evaluate_folders, evaluate_sav_folders
-from cutie.metrics.davis import read_index_mask
+from cutie.metrics.davis import VOID_LABEL, read_index_mask
 from cutie.utils.atomic import atomic_write
 from cutie.utils.paths import check_output_folder
 
@@ -249,6 +249,24 @@ def _check_masks(spec: DatasetSpec, videos: list[str]) -> dict[str, frozenset[st
     return skipped
 
 
+def _refuse_given_void(readers: list[FrameSource]) -> None:
+    """Before inference, when the run will be scored (DAVIS layout): no mask given to the network (the first one;
+    every one with use_all_masks) may hold the void label 255. The scorer counts it as background, but the
+    network would track it as object 255, and the scorer rejects such predictions only after every video ran."""
+    for reader in readers:
+        if not isinstance(reader, VideoReader):
+            continue  # SA-V's binary masks: a pixel is an object or not
+        stems = sorted(reader.mask_stems) if reader.use_all_masks else [reader.first_mask]
+        for stem in stems:
+            path = reader.mask_dir / f"{stem}.png"
+            if (read_index_mask(path) == VOID_LABEL).any():
+                raise ValueError(
+                    f"{path}: holds id {VOID_LABEL}, the void label, which J&F scores as background but the network "
+                    f"would be given as an object; fix: give the object an id of 1..{VOID_LABEL - 1}, or "
+                    "evaluate=false to write the masks without scoring them"
+                )
+
+
 def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     """Runs the whole evaluation; returns the numbers printed as the last JSON line."""
     from cutie.utils.dist import DistState, pick_device
@@ -269,6 +287,9 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     # every reader up front too: a video's own structure (no frame, no mask, a mask without its frame) is named
     # before the first video runs, and the progress bar knows the frames of the whole run
     readers = [open_video(spec, name, to_save.get(name), skipped.get(name, frozenset())) for name in videos]
+    evaluate = spec.evaluate == "true" or (spec.evaluate == "auto" and has_scorable_ground_truth(spec, videos))
+    if evaluate:
+        _refuse_given_void(readers)
     net = build_eval_network(cfg, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -299,7 +320,6 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     if archive is not None:
         print(f"archive for the benchmark server: {archive}")
 
-    evaluate = spec.evaluate == "true" or (spec.evaluate == "auto" and has_scorable_ground_truth(spec, videos))
     if evaluate:
         report = score_predictions(spec, out_root, videos, skipped)
         print(report.format_tables(spec.name))
