@@ -685,6 +685,7 @@ def test_the_benchmark_archive_is_written_atomically(
     for stem in ("00000", "00005"):
         (run_dir / "Annotations/vid").mkdir(parents=True, exist_ok=True)
         (run_dir / "Annotations/vid" / f"{stem}.png").write_bytes(b"png " + stem.encode())
+    (run_dir / "Annotations/vid/.00010.png.x1y2.cutie-tmp").write_bytes(b"half")  # left by a killed run
     spec = DatasetSpec(dataset, Path("i"), Path("m"), None, None, 480, False, True, 5, False, "false")
     archive = make_zip(spec, run_dir, "e")
     assert archive == run_dir / f"e_{dataset}.zip"

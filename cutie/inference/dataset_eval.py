@@ -32,7 +32,7 @@ from cutie.inference.video_io import (
 )
 from cutie.metrics import DavisReport, SavReport, evaluate_folders, evaluate_sav_folders
 from cutie.metrics.davis import VOID_LABEL, read_index_mask
-from cutie.utils.atomic import atomic_write
+from cutie.utils.atomic import atomic_write, is_temp_name
 from cutie.utils.paths import check_output_folder
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,8 @@ def make_zip(spec: DatasetSpec, run_dir: Path, exp_id: str) -> Path | None:
     else:
         return None
     folder = run_dir / "Annotations"
-    files = sorted(Path(here) / name for here, _, names in os.walk(folder) for name in names)  # links not followed
+    # links not followed; a temporary a killed run left behind is no mask
+    files = sorted(Path(here) / n for here, _, names in os.walk(folder) for n in names if not is_temp_name(n))
 
     def write(f: IO[bytes]) -> None:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
