@@ -53,14 +53,25 @@ def main(argv: list[str] | None = None) -> int:
                 extra_frames_ok=args.use_all_masks,
             )
         tables = report.format_tables(args.split)
-    except (FileNotFoundError, ValueError) as err:  # ValueError covers a name escaping its folder
-        print(f"error: {err}", file=sys.stderr)
+        report.write_csv(args.csv_dir or args.pred_path, args.split)
+    except (OSError, ValueError) as err:  # ValueError covers a name escaping its folder; OSError unreadable or
+        # unwritable files (a --csv_dir that is a file, a planted symlink the atomic writer refuses)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     print(tables)
-    report.write_csv(args.csv_dir or args.pred_path, args.split)
     summary = report.summary()
     print(json.dumps({k: round(summary[k], 6) for k in ("J&F-Mean", "J-Mean", "F-Mean")}))
     return 0
+
+
+def _one_line(err: Exception) -> str:
+    """An OSError's text without the "[Errno N]" prefix, and with its path (the file system's errors keep it only as
+    an attribute: "[Errno 17] File exists: '...'")."""
+    if not isinstance(err, OSError) or not err.strerror:
+        return str(err)
+    if err.filename is not None and str(err.filename) not in err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return err.strerror
 
 
 def _dir(path: str) -> Path:

@@ -562,3 +562,174 @@ def test_a_fifo_named_like_a_frame_or_mask_is_refused_without_opening_it(tmp_pat
         bad.unlink()
         bad.write_bytes(saved)
     assert check_video_files(tmp_path / "data/JPEGImages", tmp_path / "data/Annotations", "vid") == []
+
+
+# ---- a video's structure is checked up front too (audit: late failures) -----------------------------------------
+
+
+def _two_videos(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The sparse custom folder with a second video `zz-late` (run last); returns the data root and the folders."""
+    data = tmp_path / "data"
+    _write_sparse_custom(data)
+    shutil.copytree(data / "JPEGImages/vid", data / "JPEGImages/zz-late")
+    shutil.copytree(data / "Annotations/vid", data / "Annotations/zz-late")
+    return data, [f"image_directory={data / 'JPEGImages'}", f"mask_directory={data / 'Annotations'}"]
+
+
+@pytest.mark.parametrize("empty", ["JPEGImages", "Annotations"])
+def test_a_later_video_without_frames_or_masks_stops_before_any_inference(
+    small_net: torch.nn.Module, tmp_path: Path, empty: str
+) -> None:
+    """A video with zero frames (or no mask at all) is named before the first video runs, not when its turn comes
+    after the others have been segmented."""
+    data, folders = _two_videos(tmp_path)
+    for p in (data / empty / "zz-late").iterdir():
+        p.unlink()
+    with pytest.raises((FileNotFoundError, ValueError), match=re.escape(str(data / empty / "zz-late"))):
+        _run(["dataset=custom", *folders], small_net, tmp_path)
+    assert not (tmp_path / "out/t/eval/custom/Annotations").exists()  # the first video was not run either
+
+
+@pytest.mark.parametrize(("stem", "protocol"), [("00006", "use_all_masks=true"), ("00000", "use_all_masks=false")])
+def test_a_mask_without_its_frame_stops_before_any_inference(
+    small_net: torch.nn.Module, tmp_path: Path, stem: str, protocol: str
+) -> None:
+    """A mask whose frame is missing: in the middle it used to fail only at scoring, after every video had run;
+    as the first mask (the DAVIS protocol's only input) the video was silently segmented as all background."""
+    data, folders = _two_videos(tmp_path)
+    (data / "JPEGImages/zz-late" / f"{stem}.jpg").unlink()
+    with pytest.raises(ValueError) as info:
+        _run(["dataset=custom", protocol, *folders], small_net, tmp_path)
+    message = str(info.value)
+    assert str(data / "Annotations/zz-late" / f"{stem}.png") in message and "fix:" in message, message
+    assert len(message.splitlines()) == 1
+    assert not (tmp_path / "out/t/eval/custom/Annotations").exists()
+
+
+@pytest.mark.parametrize("link", ["video_folder", "frame", "mask"])
+def test_a_symlink_leading_out_of_the_dataset_is_refused_before_any_inference(
+    small_net: torch.nn.Module, tmp_path: Path, link: str
+) -> None:
+    """A video folder, frame or mask of the listing that is a symlink out of its dataset folder is refused (as
+    the SA-V reader already refuses a video folder), before anything runs."""
+    data, folders = _two_videos(tmp_path)
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(data / "JPEGImages/zz-late", outside / "frames")
+    shutil.copytree(data / "Annotations/zz-late", outside / "masks")
+    if link == "video_folder":
+        shutil.rmtree(data / "JPEGImages/zz-late")
+        (data / "JPEGImages/zz-late").symlink_to(outside / "frames", target_is_directory=True)
+    elif link == "frame":
+        (data / "JPEGImages/zz-late/00004.jpg").unlink()
+        (data / "JPEGImages/zz-late/00004.jpg").symlink_to(outside / "frames/00004.jpg")
+    else:
+        (data / "Annotations/zz-late/00003.png").unlink()
+        (data / "Annotations/zz-late/00003.png").symlink_to(outside / "masks/00003.png")
+    with pytest.raises(PathEscapeError, match="zz-late") as info:
+        _run(["dataset=custom", *folders], small_net, tmp_path)
+    assert len(str(info.value).splitlines()) == 1 and "fix:" in str(info.value)
+    assert not (tmp_path / "out/t/eval/custom/Annotations").exists()
+    if link == "video_folder":  # a link that stays inside the dataset (a video listed twice) is fine
+        (data / "JPEGImages/zz-late").unlink()
+        (data / "JPEGImages/zz-late").symlink_to(data / "JPEGImages/vid", target_is_directory=True)
+        _run(["dataset=custom", *folders, "exp_id=inside"], small_net, tmp_path)
+        assert (tmp_path / "out/inside/eval/custom/Annotations/zz-late/00012.png").is_file()
+
+
+def test_evaluation_shows_one_progress_bar_over_every_frame_and_one_for_scoring(
+    small_net: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ETA covers the whole run (all frames of all videos), not only the current video, and scoring (minutes
+    on a large set) shows progress too."""
+    _, folders = _two_videos(tmp_path)
+    _run(["dataset=custom", *folders], small_net, tmp_path)
+    err = capsys.readouterr().err
+    assert re.search(r"\b26/26\b", err), err[-2000:]  # 2 videos of 13 frames in one bar
+    assert re.search(r"J&F.*\b2/2\b", err), err[-2000:]
+
+
+def test_a_short_palette_of_the_first_mask_keeps_every_object_id(tmp_path: Path) -> None:
+    """Predictions are written with the palette of the video's first mask. A mask saved with only a few palette
+    entries (2 here) made PIL pack the written PNG to 1 bit per pixel, so object 2 came out as background and 5
+    as object 1 (silently wrong masks and scores); the palette is padded to 256 entries."""
+    from cutie.inference.video_io import VideoReader, save_index_png
+
+    _write_sparse_custom(tmp_path)
+    first = tmp_path / "Annotations/vid/00000.png"
+    with Image.open(first) as im:
+        ids = np.array(im)
+    short = Image.fromarray(ids, mode="P")
+    short.putpalette([0, 0, 0, 200, 30, 30])  # 2 colours: background and object 1
+    short.save(first)
+    reader = VideoReader("vid", tmp_path / "JPEGImages", tmp_path / "Annotations", use_all_masks=True)
+    pred = np.zeros((48, 64), dtype=np.uint8)
+    pred[:10], pred[10:20], pred[20:30] = 1, 2, 5
+    save_index_png(tmp_path / "out.png", pred, reader.palette)
+    with Image.open(tmp_path / "out.png") as im:
+        np.testing.assert_array_equal(np.array(im), pred)
+        assert im.getpalette()[:6] == [0, 0, 0, 200, 30, 30]  # the dataset's own colours are kept
+
+
+@pytest.mark.parametrize(("dataset", "top"), [("y19-val", "Annotations/vid/"), ("mose-val", "vid/")])
+def test_the_benchmark_archive_is_written_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dataset: str, top: str
+) -> None:
+    """The zip for the benchmark server (YouTube-VOS: an Annotations/ folder inside, MOSE: the videos) is built in
+    a temporary sibling and renamed: a write that fails half way (disk full, a kill) leaves no truncated archive
+    under the name printed for upload."""
+    import zipfile
+
+    from cutie.inference.dataset_eval import DatasetSpec, make_zip
+
+    run_dir = tmp_path / "run"
+    for stem in ("00000", "00005"):
+        (run_dir / "Annotations/vid").mkdir(parents=True, exist_ok=True)
+        (run_dir / "Annotations/vid" / f"{stem}.png").write_bytes(b"png " + stem.encode())
+    (run_dir / "Annotations/vid/.00010.png.x1y2.cutie-tmp").write_bytes(b"half")  # left by a killed run
+    spec = DatasetSpec(dataset, Path("i"), Path("m"), None, None, 480, False, True, 5, False, "false")
+    archive = make_zip(spec, run_dir, "e")
+    assert archive == run_dir / f"e_{dataset}.zip"
+    with zipfile.ZipFile(archive) as z:
+        files = sorted(n for n in z.namelist() if not n.endswith("/"))
+        assert files == [f"{top}00000.png", f"{top}00005.png"]
+        assert z.read(f"{top}00005.png") == b"png 00005"
+    archive.unlink()
+    real_write = zipfile.ZipFile.write
+    calls = []
+
+    def failing_write(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) > 1:  # the first member is written, the second fails
+            raise OSError(28, "No space left on device")
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "write", failing_write)
+    with pytest.raises(OSError):
+        make_zip(spec, run_dir, "e")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["Annotations"]  # no archive, no temporary left
+
+
+def test_a_void_label_given_to_the_network_is_refused_before_inference_when_scoring(
+    small_net: torch.nn.Module, tmp_path: Path
+) -> None:
+    """255 is the DAVIS void label: the scorer counts it as background, but a mask given to the network hands it
+    over as object 255, whose predictions the scorer then rejects, after every video has run. With scoring on,
+    that is named up front; without scoring (evaluate=false) the masks are written as before."""
+    from cutie.dataprep.imageio import encode_palette_png
+
+    data = tmp_path / "data"
+    _write_sparse_custom(data)
+    first = data / "Annotations/vid/00000.png"
+    with Image.open(first) as im:
+        ids = np.array(im)
+    ids[:4, :4] = 255
+    first.write_bytes(encode_palette_png(ids))
+    folders = [f"image_directory={data / 'JPEGImages'}", f"mask_directory={data / 'Annotations'}"]
+    with pytest.raises(ValueError) as info:
+        _run(["dataset=custom", "evaluate=true", *folders], small_net, tmp_path)
+    message = str(info.value)
+    assert message.startswith(str(first)) and "255" in message and "fix:" in message, message
+    assert len(message.splitlines()) == 1
+    assert not (tmp_path / "out/t/eval/custom/Annotations").exists()
+    _run(["dataset=custom", "evaluate=false", *folders], small_net, tmp_path)
+    assert (tmp_path / "out/t/eval/custom/Annotations/vid/00012.png").is_file()

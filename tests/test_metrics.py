@@ -372,3 +372,49 @@ def test_sparse_ground_truth_scores_its_frames_only(tmp_path: Path) -> None:
     assert sorted((o.object_id, o.j.shape[0]) for o in report.objects) == [(1, 1), (3, 1)]
     assert [u.name for u in report.unscored] == ["v_2"]
     assert report.summary()["J&F-Mean"] == 1.0
+
+
+@pytest.mark.parametrize("where", ["csv_dir_is_a_file", "csv_is_a_symlink"])
+def test_cli_names_a_csv_it_cannot_write_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    """The tables are written after scoring: a --csv_dir that is a file, or a CSV name that is a planted symlink
+    (the atomic writer refuses to write through it), ended as an uncaught OSError traceback; now exit 2 and one
+    line naming the path, with nothing written through the link."""
+    gt = _moving_squares()
+    _write_sequence(tmp_path / "gt", "v", gt)
+    _write_sequence(tmp_path / "pred", "v", gt)
+    victim = tmp_path / "victim.csv"
+    victim.write_text("keep\n")
+    if where == "csv_dir_is_a_file":
+        csv_dir = victim
+    else:
+        csv_dir = tmp_path / "tables"
+        csv_dir.mkdir()
+        (csv_dir / "global_results-val.csv").symlink_to(victim)
+    spec = importlib.util.spec_from_file_location("evaluate_masks", REPO / "scripts" / "evaluate_masks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--gt_path", str(tmp_path / "gt"), "--pred_path", str(tmp_path / "pred"), "--csv_dir", str(csv_dir)]
+    assert module.main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "J&F" not in line]  # no bar
+    assert len(err) == 1 and err[0].startswith("error: ") and str(csv_dir) in err[0] and "Errno" not in err[0], err
+    assert victim.read_text() == "keep\n"
+
+
+def test_a_sequence_listed_twice_in_the_subset_is_scored_once(tmp_path: Path) -> None:
+    """The DAVIS toolkit keys its sequences by name, so a repeated ImageSets line counts once; the list here kept
+    both and weighted that sequence's objects twice in J&F-Mean (and eval ran the video twice)."""
+    from cutie.inference.video_io import list_videos
+
+    gt = _moving_squares()
+    _write_sequence(tmp_path / "gt", "a", gt)
+    _write_sequence(tmp_path / "gt", "b", gt)
+    _write_sequence(tmp_path / "pred", "a", gt)
+    _write_sequence(tmp_path / "pred", "b", np.zeros_like(gt))
+    subset = tmp_path / "val.txt"
+    subset.write_text("a\nb\na\n")
+    report = evaluate_folders(tmp_path / "gt", tmp_path / "pred", subset)
+    assert [o.name for o in report.objects] == ["a_1", "a_2", "b_1", "b_2"]
+    assert report.summary()["J-Mean"] == pytest.approx(0.5)
+    assert list_videos(tmp_path / "gt", subset) == ["a", "b"]

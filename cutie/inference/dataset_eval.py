@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -29,7 +31,8 @@ from cutie.inference.video_io import (
     save_index_png,
 )
 from cutie.metrics import DavisReport, SavReport, evaluate_folders, evaluate_sav_folders
-from cutie.metrics.davis import read_index_mask
+from cutie.metrics.davis import VOID_LABEL, read_index_mask
+from cutie.utils.atomic import atomic_write, is_temp_name
 from cutie.utils.paths import check_output_folder
 
 log = logging.getLogger(__name__)
@@ -162,12 +165,26 @@ def has_scorable_ground_truth(spec: DatasetSpec, videos: list[str]) -> bool:
 
 
 def make_zip(spec: DatasetSpec, run_dir: Path, exp_id: str) -> Path | None:
-    """The benchmark-server archive: YouTube-VOS wants an Annotations/ folder inside, MOSE the videos."""
+    """The benchmark-server archive: YouTube-VOS wants an Annotations/ folder inside, MOSE the videos. Written
+    atomically, so a failed write leaves no truncated archive under the name printed for upload."""
     if spec.name.startswith("y"):
-        return Path(shutil.make_archive(str(run_dir / f"{exp_id}_{spec.name}"), "zip", run_dir, "Annotations"))
-    if spec.name == "mose-val":
-        return Path(shutil.make_archive(str(run_dir / f"{exp_id}_{spec.name}"), "zip", run_dir / "Annotations"))
-    return None
+        base = run_dir  # members Annotations/<video>/<frame>.png
+    elif spec.name == "mose-val":
+        base = run_dir / "Annotations"  # members <video>/<frame>.png
+    else:
+        return None
+    folder = run_dir / "Annotations"
+    # links not followed; a temporary a killed run left behind is no mask
+    files = sorted(Path(here) / n for here, _, names in os.walk(folder) for n in names if not is_temp_name(n))
+
+    def write(f: IO[bytes]) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+            for path in files:
+                z.write(path, path.relative_to(base).as_posix())
+
+    archive = run_dir / f"{exp_id}_{spec.name}.zip"
+    atomic_write(archive, write)
+    return archive
 
 
 def open_video(
@@ -201,9 +218,15 @@ def score_predictions(
     later scored after their first mask when use_all_masks); frames without ground truth, or whose mask was left
     out (`skip`: video -> stems), are not scored."""
     if spec.layout == "sav":
-        return evaluate_sav_folders(spec.mask_directory, out_root, videos)
+        return evaluate_sav_folders(spec.mask_directory, out_root, videos, progress=True)
     return evaluate_folders(
-        spec.mask_directory, out_root, videos, late_objects=spec.use_all_masks, extra_frames_ok=True, skip=skip
+        spec.mask_directory,
+        out_root,
+        videos,
+        progress=True,
+        late_objects=spec.use_all_masks,
+        extra_frames_ok=True,
+        skip=skip,
     )
 
 
@@ -212,7 +235,7 @@ def _check_masks(spec: DatasetSpec, videos: list[str]) -> dict[str, frozenset[st
     naming it; a wrong-size mask too (naming both files), or with wrong_size_masks=skip it is left out, its frame
     used as unannotated (video -> stems left out)."""
     skipped: dict[str, frozenset[str]] = {}
-    for name in videos:
+    for name in tqdm(videos, desc="checking frames and masks", unit="video", leave=False):
         bad = check_video_files(
             spec.image_directory,
             spec.mask_directory,
@@ -225,6 +248,24 @@ def _check_masks(spec: DatasetSpec, videos: list[str]) -> dict[str, frozenset[st
         if bad:
             skipped[name] = frozenset(path.stem for path, _ in bad)
     return skipped
+
+
+def _refuse_given_void(readers: list[FrameSource]) -> None:
+    """Before inference, when the run will be scored (DAVIS layout): no mask given to the network (the first one;
+    every one with use_all_masks) may hold the void label 255. The scorer counts it as background, but the
+    network would track it as object 255, and the scorer rejects such predictions only after every video ran."""
+    for reader in readers:
+        if not isinstance(reader, VideoReader):
+            continue  # SA-V's binary masks: a pixel is an object or not
+        stems = sorted(reader.mask_stems) if reader.use_all_masks else [reader.first_mask]
+        for stem in stems:
+            path = reader.mask_dir / f"{stem}.png"
+            if (read_index_mask(path) == VOID_LABEL).any():
+                raise ValueError(
+                    f"{path}: holds id {VOID_LABEL}, the void label, which J&F scores as background but the network "
+                    f"would be given as an object; fix: give the object an id of 1..{VOID_LABEL - 1}, or "
+                    "evaluate=false to write the masks without scoring them"
+                )
 
 
 def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
@@ -244,6 +285,12 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
         raise EvalConfigError(f"dataset={spec.name}: no videos found in {spec.mask_directory}")
     to_save = required_frames(spec.json_directory)
     skipped = _check_masks(spec, videos)
+    # every reader up front too: a video's own structure (no frame, no mask, a mask without its frame) is named
+    # before the first video runs, and the progress bar knows the frames of the whole run
+    readers = [open_video(spec, name, to_save.get(name), skipped.get(name, frozenset())) for name in videos]
+    evaluate = spec.evaluate == "true" or (spec.evaluate == "auto" and has_scorable_ground_truth(spec, videos))
+    if evaluate:
+        _refuse_given_void(readers)
     net = build_eval_network(cfg, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -252,9 +299,9 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
         log.warning(note)
 
     timer = Timer()
-    for i, name in enumerate(videos):
-        reader = open_video(spec, name, to_save.get(name), skipped.get(name, frozenset()))
-        bar = tqdm(total=len(reader), desc=f"[{i + 1}/{len(videos)}] {name}", unit="frame", leave=False)
+    bar = tqdm(total=sum(len(r) for r in readers), unit="frame", leave=False)  # the ETA of the whole run
+    for i, (name, reader) in enumerate(zip(videos, readers, strict=True)):
+        bar.set_description(f"[{i + 1}/{len(videos)}] {name}")
         for frame, ids in run_video(net, reader, settings, device, timer):
             if isinstance(reader, SavVideoReader):
                 if frame.save:  # save_all or an annotated frame
@@ -262,7 +309,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
             elif spec.save_all or frame.save:
                 save_index_png(out_root / name / f"{frame.name}.png", ids, reader.palette)
             bar.update(1)
-        bar.close()
+    bar.close()
 
     result = {"frames": float(timer.frames), "fps": timer.fps, "peak_memory_mb": peak_memory_mb(device)}
     memory_kind = "CUDA allocated" if device.type == "cuda" else "process RSS"
@@ -274,7 +321,6 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     if archive is not None:
         print(f"archive for the benchmark server: {archive}")
 
-    evaluate = spec.evaluate == "true" or (spec.evaluate == "auto" and has_scorable_ground_truth(spec, videos))
     if evaluate:
         report = score_predictions(spec, out_root, videos, skipped)
         print(report.format_tables(spec.name))

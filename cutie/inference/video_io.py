@@ -27,7 +27,7 @@ from cutie.metrics.sav import read_binary_mask
 from cutie.utils.atomic import atomic_write
 from cutie.utils.image_files import FileError, check_frame
 from cutie.utils.palette import davis_palette
-from cutie.utils.paths import PathEscapeError, confined
+from cutie.utils.paths import Confiner, PathEscapeError, confined
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -58,7 +58,7 @@ def list_videos(mask_dir: str | os.PathLike, subset: str | os.PathLike | None = 
         path = Path(subset)
         if not path.is_file():
             raise FileNotFoundError(f"subset file {path} not found (one video name per line)")
-        names = sorted(line.strip() for line in path.read_text().splitlines() if line.strip())
+        names = sorted({line.strip() for line in path.read_text().splitlines() if line.strip()})  # repeats once
         for name in names:  # untrusted: a name becomes a folder read under mask_dir and written under the output
             confined(mask_dir, name, what=f"video {name!r} of {path}")
             if "/" in name or "\\" in name:
@@ -112,16 +112,26 @@ class VideoReader:
         skip_masks: frozenset[str] = frozenset(),
     ):
         self.name = name
-        self.image_dir = Path(image_dir) / name
-        self.mask_dir = Path(mask_dir) / name
-        if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"frames of video {name} not found: {self.image_dir}")
-        if not self.mask_dir.is_dir():
-            raise FileNotFoundError(f"masks of video {name} not found: {self.mask_dir}")
+        self.image_dir, self.mask_dir = video_folders(image_dir, mask_dir, name)
         self.frames = sorted(p.name for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         masks = sorted(p.stem for p in self.mask_dir.glob("*.png") if p.stem not in skip_masks)  # skip: unannotated
-        if not self.frames or not masks:
-            raise FileNotFoundError(f"video {name}: no frames in {self.image_dir} or no masks in {self.mask_dir}")
+        if not self.frames:
+            raise FileNotFoundError(
+                f"video {name}: no frame (.jpg, .jpeg or .png) in {self.image_dir}; fix: extract the video's frames "
+                f"there, or remove its mask folder {self.mask_dir}"
+            )
+        if not masks:
+            raise FileNotFoundError(
+                f"video {name}: no mask PNG in {self.mask_dir}{' but the ones left out' if skip_masks else ''}; fix: "
+                "add the annotation of its first frame, or remove the folder"
+            )
+        orphans = sorted(set(masks) - {Path(f).stem for f in self.frames})
+        if orphans:  # never given to the network nor predicted: the first mask would leave the video untracked
+            more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
+            raise ValueError(
+                f"{self.mask_dir / orphans[0]}.png: a mask without its frame (no {orphans[0]}.jpg, .jpeg or .png in "
+                f"{self.image_dir}){more}; fix: add the missing frames, or delete their masks"
+            )
         self.mask_stems = set(masks)
         self.first_mask = masks[0]
         self.size = size
@@ -157,6 +167,21 @@ class VideoReader:
         return Frame(stem, image, mask, size, save)
 
 
+def video_folders(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """(frames folder, masks folder) of video `name` (from a listing or a subset file, so untrusted): each must
+    resolve inside its dataset folder (no '..', no symlink out) and exist."""
+    folders = []
+    for root, kind in ((image_dir, "frames"), (mask_dir, "masks")):
+        try:
+            folder = confined(root, name, what=f"the {kind} folder of video")
+        except PathEscapeError as e:
+            raise PathEscapeError(f"{e}; {FIX_OUTSIDE}") from None
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{kind} of video {name} not found: {folder}")
+        folders.append(folder)
+    return folders[0], folders[1]
+
+
 def read_frame(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int] | None]:
     """(3*h*w image in [0, 1], original (H, W), the resized (h, w) or None): the shorter side is brought down to
     `size` when it is longer (size <= 0: as stored), as the official reader does."""
@@ -182,6 +207,9 @@ def resize_mask(mask: torch.Tensor, new_size: tuple[int, int] | None) -> torch.T
 
 FIX_FRAME = "fix: re-extract or re-download the frame, or delete it"
 FIX_MASK = "fix: save masks as palette PNGs whose indices are object ids (0 background, at most 255)"
+FIX_OUTSIDE = (
+    "fix: copy the data into the dataset folder, or point image_directory/mask_directory at where it really is"
+)
 
 
 def _regular(path: Path, fix: str) -> None:
@@ -224,13 +252,19 @@ def check_video_files(
     bad: list[tuple[Path, str]] = []
     frames: dict[str, Path] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    for p in sorted(p for p in (Path(image_dir) / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    image_folder, mask_folder = video_folders(image_dir, mask_dir, name)
+    in_images, in_masks = Confiner(image_dir), Confiner(mask_dir)
+    for p in sorted(p for p in image_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        _inside(in_images, Path(image_dir), p, "frame")
         sizes[p.stem], frames[p.stem] = frame_size(p), p  # every file the reader will read is checked
-    for path in sorted((Path(mask_dir) / name).rglob("*.png")):
+    # the masks the readers read: <video>/<frame>.png, SA-V's <video>/<object>/<frame>.png
+    folders = sorted(p for p in mask_folder.iterdir() if p.is_dir()) if binary else [mask_folder]
+    for path in sorted(p for folder in folders for p in folder.glob("*.png")):
+        _inside(in_masks, Path(mask_dir), path, "mask")
         shape = mask_ids(path, binary=binary).shape
         frame = frames.get(path.stem)
         if frame is None:
-            continue  # a mask without its frame is reported by the scorer (no prediction for it)
+            continue  # a mask without its frame: the reader names it, before any inference too
         try:
             check_mask_size(path, shape, sizes[path.stem], frame)
         except ValueError as e:
@@ -238,6 +272,14 @@ def check_video_files(
                 raise
             bad.append((path, str(e)))
     return bad
+
+
+def _inside(confiner: Confiner, root: Path, path: Path, what: str) -> None:
+    """A file of a video's listing (or a folder on its way) must not be a symlink out of its dataset folder."""
+    try:
+        confiner(path.relative_to(root).as_posix(), what=what)
+    except PathEscapeError as e:
+        raise PathEscapeError(f"{e}; {FIX_OUTSIDE}") from None
 
 
 def check_mask_size(path: Path, mask_shape: tuple[int, ...], frame_size: tuple[int, int], frame: Path) -> None:
@@ -264,7 +306,12 @@ def only_new_objects(mask: torch.Tensor, seen: set[int]) -> torch.Tensor | None:
 
 
 def save_index_png(path: Path, mask: np.ndarray, palette: list[int] | None) -> None:
-    """Writes H*W object ids as a palette PNG, atomically."""
+    """Writes H*W object ids as a palette PNG, atomically. `palette` (a dataset's own, often shorter than 256
+    colours) is completed with the DAVIS colours: PIL packs a PNG of N colours into as few bits per pixel as N
+    needs, so an id past a short palette would be written as another id."""
+    full = davis_palette()
+    if palette is not None:
+        full[: len(palette)] = palette[: len(full)]
     img = Image.fromarray(mask.astype(np.uint8), mode="P")
-    img.putpalette(palette if palette is not None else davis_palette())
+    img.putpalette(full)
     atomic_write(path, lambda f: img.save(f, format="PNG"))

@@ -254,8 +254,8 @@ def list_sequences(gt_root: Path, subset: str | os.PathLike | Iterable[str] | No
         names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         for name in names:  # names from a file stay inside the ground-truth folder
             confined(gt_root, name, what=f"sequence name in {path}")
-        return names
-    return list(subset)
+        return list(dict.fromkeys(names))  # a repeated line counts once, as in the toolkit (keyed by name)
+    return list(dict.fromkeys(subset))
 
 
 def _pngs(folder: Path, skip: frozenset[str] = frozenset()) -> list[str]:
