@@ -562,3 +562,23 @@ def test_a_fifo_named_like_a_frame_or_mask_is_refused_without_opening_it(tmp_pat
         bad.unlink()
         bad.write_bytes(saved)
     assert check_video_files(tmp_path / "data/JPEGImages", tmp_path / "data/Annotations", "vid") == []
+
+
+def test_frames_numbered_without_zero_padding_or_named_twice_are_refused(tmp_path: Path) -> None:
+    """Frames are read in name order: 10.jpg before 2.jpg (ffmpeg's %d.jpg) would shuffle the video, and a frame
+    as both 00004.jpg and 00004.png would be segmented twice into one output PNG. Both are named up front."""
+    from cutie.inference.video_io import check_video_files
+
+    root = tmp_path / "data"
+    _write_sparse_custom(root)
+    frames, masks = root / "JPEGImages/vid", root / "Annotations/vid"
+    (frames / "00004.png").write_bytes((frames / "00004.jpg").read_bytes())
+    with pytest.raises(ValueError, match=r"00004.png: a second frame named 00004 \(beside 00004.jpg\)"):
+        check_video_files(root / "JPEGImages", root / "Annotations", "vid")
+    (frames / "00004.png").unlink()
+    for folder, suffix in ((frames, ".jpg"), (masks, ".png")):
+        for path in folder.glob(f"*{suffix}"):
+            path.rename(folder / f"{int(path.stem)}{suffix}")
+    with pytest.raises(ValueError, match=r"frame 12.jpg sorts before 2.jpg.*fix: rename .* zero-padded") as info:
+        check_video_files(root / "JPEGImages", root / "Annotations", "vid")
+    assert len(str(info.value).splitlines()) == 1

@@ -25,6 +25,7 @@ from PIL import Image
 from cutie.metrics.davis import read_index_mask
 from cutie.metrics.sav import read_binary_mask
 from cutie.utils.atomic import atomic_write
+from cutie.utils.frame_names import FIX_NUMBERING, misordered_numbering
 from cutie.utils.image_files import FileError, check_frame
 from cutie.utils.palette import davis_palette
 from cutie.utils.paths import PathEscapeError, confined
@@ -224,7 +225,16 @@ def check_video_files(
     bad: list[tuple[Path, str]] = []
     frames: dict[str, Path] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    for p in sorted(p for p in (Path(image_dir) / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    listed = sorted(p for p in (Path(image_dir) / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    misordered = misordered_numbering(p.name for p in listed)
+    if misordered is not None:
+        raise ValueError(
+            f"{Path(image_dir) / name}: frame {misordered[0]} sorts before {misordered[1]}, so the video would be "
+            f"read out of order; fix: {FIX_NUMBERING}"
+        )
+    for p in listed:
+        if p.stem in frames:
+            raise ValueError(f"{p}: a second frame named {p.stem} (beside {frames[p.stem].name}); fix: keep one of them")
         sizes[p.stem], frames[p.stem] = frame_size(p), p  # every file the reader will read is checked
     for path in sorted((Path(mask_dir) / name).rglob("*.png")):
         shape = mask_ids(path, binary=binary).shape

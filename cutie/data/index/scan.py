@@ -28,11 +28,13 @@ from cutie.data.index import frame_check
 from cutie.data.index.annotation import annotation_step, partial_objects, tracked_somewhere
 from cutie.data.index.problems import KINDS, MAX_LISTED, DatasetReport, DataValidationError, Problem, problem
 from cutie.data.index.records import META_DIR, marker_path, read_marker
+from cutie.utils.frame_names import misordered_numbering
 from cutie.utils.image_files import ID_MODES, FileError, FileInfo, FileResult
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg")
+OTHER_IMAGE_EXTS = (".png", ".bmp", ".webp", ".tif", ".tiff")  # frames training cannot read: a problem, named
 MASK_EXT = ".png"
 
 
@@ -171,8 +173,16 @@ class _Video:
 def _video_structure(rep: DatasetReport, image_dir: str, mask_dir: str, video: str) -> _Video | Problem:
     """List one video's folders and pair its PNGs with its JPEGs by stem (JPEGs without a PNG: unannotated)."""
     vdir, mdir = os.path.join(image_dir, video), os.path.join(mask_dir, video)
-    images = _split_by_ext(os.listdir(vdir), IMAGE_EXTS)
+    listing = os.listdir(vdir)
+    images = _split_by_ext(listing, IMAGE_EXTS)
     rep.frames += len(images)
+    other = sorted(n for n in listing if os.path.splitext(n)[1].lower() in OTHER_IMAGE_EXTS)
+    if other:  # read as frames by evaluation, skipped by training: a silent gap, or a mask "without a frame"
+        return problem("non_jpeg_frame", os.path.join(vdir, other[0]), f"{len(other)} non-JPEG frames in {video}")
+    misordered = misordered_numbering(images.values())
+    if misordered is not None:
+        detail = f"{misordered[0]} sorts before {misordered[1]}"
+        return problem("misordered_names", os.path.join(vdir, misordered[1]), detail)
     if not os.path.isdir(mdir):
         return problem("no_mask_folder", mdir)
     masks = _split_by_ext(os.listdir(mdir), (MASK_EXT,))
