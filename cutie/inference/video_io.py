@@ -234,7 +234,8 @@ def check_video_files(
         )
     for p in listed:
         if p.stem in frames:
-            raise ValueError(f"{p}: a second frame named {p.stem} (beside {frames[p.stem].name}); fix: keep one of them")
+            other = frames[p.stem].name
+            raise ValueError(f"{p}: a second frame named {p.stem} (beside {other}); fix: keep one of them")
         sizes[p.stem], frames[p.stem] = frame_size(p), p  # every file the reader will read is checked
     for path in sorted((Path(mask_dir) / name).rglob("*.png")):
         shape = mask_ids(path, binary=binary).shape
