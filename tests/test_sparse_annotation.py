@@ -225,3 +225,16 @@ def test_a_frame_that_is_not_a_jpeg_is_named_not_called_a_missing_frame(tmp_path
     msg = str(e.value)
     assert "2 videos with frames that are not JPEGs" in msg and "no frame (JPEG)" not in msg
     assert "video000/00003.png" in msg and "video001/00002.png" in msg and "convert those frames to JPEG" in msg
+
+
+def test_a_wrong_custom_root_names_data_custom_root_in_the_fix(tmp_path: Path) -> None:
+    """data=custom's folders come from data.custom_root: the fix names that key (the key the user set), not the
+    CUSTOM entry's image_directory, which the user never wrote."""
+    vos = {**_cfg()["vos_datasets"]["S"], "image_directory": str(tmp_path / "mine/JPEGImages")}
+    vos["mask_directory"] = str(tmp_path / "mine/Annotations")
+    cfg = {"vos_datasets": {"CUSTOM": vos}, "image_datasets": {}, "main_training": {"datasets": ["CUSTOM"]}}
+    with pytest.raises(DataValidationError, match=r"mine/JPEGImages does not exist \(fix: set data.custom_root to"):
+        build_video_index(cfg, str(tmp_path), seq_length=3)
+    (tmp_path / "mine/JPEGImages").mkdir(parents=True)
+    with pytest.raises(DataValidationError, match=r"mine/Annotations does not exist \(fix: set data.custom_root to"):
+        build_video_index(cfg, str(tmp_path), seq_length=3)

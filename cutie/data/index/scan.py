@@ -279,6 +279,14 @@ def _empty_lists(rep: DatasetReport, name: str, path: object, key: str) -> dict[
         return None
 
 
+# data=custom's entry takes both folders from data.custom_root: the fix names that key, not the entry's own
+_CUSTOM_KEY = "data.vos_datasets.CUSTOM"
+_CUSTOM_ROOT_FIX = (
+    "set data.custom_root to the folder that holds JPEGImages/<video>/ and Annotations/<video>/ (an absolute path; "
+    "a relative one hangs off data_root)"
+)
+
+
 def _video_folders(
     rep: DatasetReport, image_dir: str, mask_dir: str, cfg: Mapping, data_root: str, key: str
 ) -> list[str] | None:
@@ -286,11 +294,13 @@ def _video_folders(
     if not rep.found:
         detail = f"image directory {image_dir} does not exist"
         fix = f"link the dataset under data_root or set {key}.image_directory"
+        fix = _CUSTOM_ROOT_FIX if key == _CUSTOM_KEY else fix
         rep.issues.append(problem("missing", image_dir, detail, fix))
         return None
     if not os.path.isdir(mask_dir):
         detail = f"mask directory {mask_dir} does not exist"
-        rep.issues.append(problem("missing", mask_dir, detail, f"set {key}.mask_directory or add the annotations"))
+        fix = _CUSTOM_ROOT_FIX if key == _CUSTOM_KEY else f"set {key}.mask_directory or add the annotations"
+        rep.issues.append(problem("missing", mask_dir, detail, fix))
         return None
     all_videos = sorted(d for d in os.listdir(image_dir) if os.path.isdir(os.path.join(image_dir, d)))
     if not cfg.get("subset"):
