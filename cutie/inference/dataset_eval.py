@@ -71,6 +71,12 @@ def resolve_dataset(cfg: EvalConfig) -> DatasetSpec:
                 f"{key} {value} (dataset={name}) not found: set data_root=DIR (or link the data, see "
                 f"data_links/README.md), or {key}=DIR"
             )
+        parts = [Path(value) / sub for sub in ("JPEGImages", "Annotations")]
+        if entry.layout != "sav" and all(p.is_dir() for p in parts):  # the dataset folder (data.custom_root)
+            raise EvalConfigError(
+                f"{key}={value} (dataset={name}) is a dataset folder, holding JPEGImages/ and Annotations/; fix: "
+                f"image_directory={_part(parts[0])} mask_directory={_part(parts[1])}"
+            )
     for key in ("subset", "json_directory"):
         value = getattr(entry, key)
         if value is not None and not Path(value).is_file():
@@ -96,6 +102,12 @@ def resolve_dataset(cfg: EvalConfig) -> DatasetSpec:
         layout=entry.layout,
         wrong_size_masks=entry.wrong_size_masks,
     )
+
+
+def _part(path: Path) -> Path:
+    """A dataset folder's JPEGImages/ or Annotations/, or its one resolution folder inside (DAVIS: 480p/)."""
+    inner = [p for p in path.iterdir() if p.is_dir()]
+    return inner[0] if len(inner) == 1 and inner[0].name.endswith("p") and inner[0].name[:-1].isdigit() else path
 
 
 def inference_settings(cfg: EvalConfig, spec: DatasetSpec, device: torch.device) -> InferenceSettings:
@@ -135,21 +147,22 @@ def build_eval_network(cfg: EvalConfig, device: torch.device) -> torch.nn.Module
     return net.to(device).eval()
 
 
-def has_scorable_ground_truth(spec: DatasetSpec, videos: list[str]) -> bool:
-    """evaluate=auto: every video has ground truth to score, i.e. a mask on every frame, or (sparse annotation) at
-    least 3 annotated frames with an object annotated on more than one of them. Folders of first-appearance
-    masks only (YouTube-VOS, MOSE valid) have nothing to score. SA-V's layout is annotated throughout."""
+def unscorable_video(spec: DatasetSpec, videos: list[str]) -> str | None:
+    """evaluate=auto scores when every video has ground truth to score, i.e. a mask on every frame, or (sparse
+    annotation) at least 3 annotated frames with an object annotated on more than one of them; else this says
+    which video has none and why (None: every video can be scored). Folders of first-appearance masks only
+    (YouTube-VOS, MOSE valid) have nothing to score. SA-V's layout is annotated throughout."""
     if spec.layout == "sav":
-        return True
+        return None
     for v in videos:
         frames = {p.stem for p in (spec.image_directory / v).iterdir()}
         masks = sorted(p for p in (spec.mask_directory / v).glob("*.png"))
         if not frames:
-            return False
+            return f"video {v} has no frames"
         if frames <= {p.stem for p in masks}:
             continue
         if len(masks) < 3:
-            return False
+            return f"video {v} has {len(masks)} annotated frames (at least 3 are scored)"
         seen: set[int] = set()
         for path in masks:
             ids = set(np.unique(read_index_mask(path)).tolist()) - {0, 255}
@@ -157,8 +170,8 @@ def has_scorable_ground_truth(spec: DatasetSpec, videos: list[str]) -> bool:
                 break  # an object annotated twice: there is a frame to score
             seen |= ids
         else:
-            return False
-    return True
+            return f"no object of video {v} is annotated on more than one frame (first-appearance masks only)"
+    return None
 
 
 def make_zip(spec: DatasetSpec, run_dir: Path, exp_id: str) -> Path | None:
@@ -274,13 +287,18 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     if archive is not None:
         print(f"archive for the benchmark server: {archive}")
 
-    evaluate = spec.evaluate == "true" or (spec.evaluate == "auto" and has_scorable_ground_truth(spec, videos))
-    if evaluate:
+    unscorable = unscorable_video(spec, videos) if spec.evaluate == "auto" else None
+    if spec.evaluate == "true" or (spec.evaluate == "auto" and unscorable is None):
         report = score_predictions(spec, out_root, videos, skipped)
         print(report.format_tables(spec.name))
         report.write_csv(run_dir, spec.name)
         result = {**report.summary(), "unscored": float(len(report.unscored)), **result}
     else:
-        print(f"no ground truth to score for {spec.name}: masks written to {out_root}, J&F not computed")
+        why = (
+            f": {unscorable}; evaluate=true scores every video that can be (the others are listed as unscored)"
+            if unscorable
+            else ""
+        )
+        print(f"no ground truth to score for {spec.name}{why}; masks written to {out_root}, J&F not computed")
     print(json.dumps({k: round(v, 6) for k, v in result.items()}))
     return result

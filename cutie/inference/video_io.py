@@ -225,7 +225,7 @@ def check_video_files(
     bad: list[tuple[Path, str]] = []
     frames: dict[str, Path] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    listed = sorted(p for p in (Path(image_dir) / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    listed = _video_layout(Path(image_dir), Path(mask_dir), name, binary)
     misordered = misordered_numbering(p.name for p in listed)
     if misordered is not None:
         raise ValueError(
@@ -249,6 +249,31 @@ def check_video_files(
                 raise
             bad.append((path, str(e)))
     return bad
+
+
+_LAYOUT = (
+    "fix: image_directory holds one folder of frames per video (<video>/<frame>.jpg) and mask_directory one "
+    "folder of masks per video (<video>/<frame>.png), with the same video names"
+)
+
+
+def _video_layout(image_dir: Path, mask_dir: Path, name: str, binary: bool) -> list[Path]:
+    """The frames of video `name` (a folder of mask_dir), sorted; ValueError saying what is where when the two
+    folders are not in the layout the reader needs (a flat folder of frames, the folders swapped, a mask folder
+    without masks), so that the mistake is named before any inference instead of as a missing file."""
+    frames_dir, masks_dir = image_dir / name, mask_dir / name
+    if not frames_dir.is_dir():
+        flat = any(p.suffix.lower() in IMAGE_SUFFIXES for p in image_dir.iterdir())
+        hint = f" ({image_dir} holds frames itself: move them into a folder per video)" if flat else ""
+        raise ValueError(f"video {name} of {mask_dir} has no frame folder {frames_dir}{hint}; {_LAYOUT}")
+    listed = sorted(p for p in frames_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not listed:
+        raise ValueError(f"{frames_dir}: no frames (.jpg, .jpeg or .png) in video {name}'s folder; {_LAYOUT}")
+    if not binary and not any(masks_dir.glob("*.png")):
+        jpegs = any(p.suffix.lower() in (".jpg", ".jpeg") for p in masks_dir.iterdir())
+        hint = " (it holds JPEGs: is mask_directory the frame folder, or are the two swapped?)" if jpegs else ""
+        raise ValueError(f"{masks_dir}: no masks (<frame>.png) in video {name}'s folder{hint}; {_LAYOUT}")
+    return listed
 
 
 def check_mask_size(path: Path, mask_shape: tuple[int, ...], frame_size: tuple[int, int], frame: Path) -> None:
