@@ -629,3 +629,27 @@ def test_evaluate_auto_says_which_video_has_nothing_to_score(tmp_path: Path) -> 
     assert unscorable_video(spec, ["vid"]) == (
         "no object of video vid is annotated on more than one frame (first-appearance masks only)"
     )
+
+
+def test_an_evaluation_folder_of_other_weights_is_not_overwritten(small_net: torch.nn.Module, tmp_path: Path) -> None:
+    """Every evaluation without exp_id= goes to output/default/eval/<dataset>: evaluating a second checkpoint
+    there would silently replace the first one's masks and tables (and mix with them where the videos differ).
+    It is refused before anything is written, naming both; the same weights again rewrite the folder."""
+    from cutie.inference.dataset_eval import OWNER_FILE
+
+    _write_sparse_custom(tmp_path / "data")
+    folders = [f"image_directory={tmp_path / 'data/JPEGImages'}", f"mask_directory={tmp_path / 'data/Annotations'}"]
+    args = ["dataset=custom", *folders, "evaluate=false"]
+    _run(args, small_net, tmp_path)
+    run_dir = tmp_path / "out/t/eval/custom"
+    written = {p: p.stat().st_mtime_ns for p in (run_dir / "Annotations/vid").iterdir()}
+    other = tmp_path / "other.pth"
+    other.write_bytes((tmp_path / "small.pth").read_bytes())
+    with pytest.raises(EvalConfigError, match=re.escape(
+        f"{run_dir} holds the evaluation of weights={tmp_path / 'small.pth'}; this run (weights={other}) would "
+        "overwrite it (fix: exp_id=<new id>"
+    )):  # fmt: skip
+        _run([*args, f"weights={other}"], small_net, tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in (run_dir / "Annotations/vid").iterdir()} == written
+    _run(args, small_net, tmp_path)  # the same weights: a rerun rewrites its own folder
+    assert json.loads((run_dir / OWNER_FILE).read_text())["weights"] == str(tmp_path / "small.pth")

@@ -30,6 +30,7 @@ from cutie.inference.video_io import (
 )
 from cutie.metrics import DavisReport, SavReport, evaluate_folders, evaluate_sav_folders
 from cutie.metrics.davis import read_index_mask
+from cutie.utils.atomic import atomic_write_json
 from cutie.utils.paths import check_output_folder
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,36 @@ def _check_masks(spec: DatasetSpec, videos: list[str]) -> dict[str, frozenset[st
     return skipped
 
 
+OWNER_FILE = "evaluated.json"  # in the evaluation folder: the weights, model and data its results are of
+
+
+def _claim_output(run_dir: Path, cfg: EvalConfig, spec: DatasetSpec) -> dict[str, str]:
+    """An evaluation folder holds one model's results. A rerun of the same weights, model and data rewrites it
+    (a run redone or finished); other weights, another model or other data into the same folder (the default
+    exp_id is the same for every evaluation) would silently replace or mix the earlier masks and tables, so that
+    is refused, naming both, before anything is written. Returns the record to write."""
+    mine = {
+        "weights": str(Path(cfg.weights).resolve()) if cfg.weights else "",
+        "model": cfg.model.name,
+        "image_directory": str(spec.image_directory.resolve()),
+        "mask_directory": str(spec.mask_directory.resolve()),
+    }
+    record = run_dir / OWNER_FILE
+    try:
+        theirs = json.loads(record.read_text()) if record.is_file() else None
+    except (OSError, ValueError):
+        theirs = None  # unreadable: an interrupted write of ours, or not ours; not worth refusing over
+    if isinstance(theirs, dict) and theirs != mine:
+        differ = [k for k in mine if theirs.get(k) != mine[k]]
+        was = ", ".join(f"{k}={theirs.get(k)}" for k in differ)
+        now = ", ".join(f"{k}={mine[k]}" for k in differ)
+        raise EvalConfigError(
+            f"{run_dir} holds the evaluation of {was}; this run ({now}) would overwrite it (fix: exp_id=<new id> "
+            f"for a folder of its own, or delete {run_dir} to redo it)"
+        )
+    return mine
+
+
 def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     """Runs the whole evaluation; returns the numbers printed as the last JSON line."""
     from cutie.utils.dist import DistState, pick_device
@@ -249,6 +280,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     settings = inference_settings(cfg, spec, device)
     run_dir = Path(cfg.output_root) / cfg.exp_id / "eval" / spec.name
     check_output_folder(Path(cfg.output_root) / cfg.exp_id, run_dir)  # before anything is written into it
+    owner = _claim_output(run_dir, cfg, spec)
     out_root = run_dir / "Annotations"
     videos = list_videos(spec.mask_directory, spec.subset)
     if cfg.max_videos is not None:
@@ -258,6 +290,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     to_save = required_frames(spec.json_directory)
     skipped = _check_masks(spec, videos)
     net = build_eval_network(cfg, device)
+    atomic_write_json(run_dir / OWNER_FILE, owner, indent=1)  # the folder is this model's from the first mask on
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     log.info("evaluating %s (%d videos) on %s: %s", spec.name, len(videos), device, settings)
