@@ -238,3 +238,16 @@ def test_a_wrong_custom_root_names_data_custom_root_in_the_fix(tmp_path: Path) -
     (tmp_path / "mine/JPEGImages").mkdir(parents=True)
     with pytest.raises(DataValidationError, match=r"mine/Annotations does not exist \(fix: set data.custom_root to"):
         build_video_index(cfg, str(tmp_path), seq_length=3)
+
+
+def test_masks_saved_as_jpegs_are_named_not_reported_as_unannotated_videos(tmp_path: Path) -> None:
+    """Masks exported as .jpg are not read: the videos looked unannotated ('annotate more frames per video')."""
+    make_video_dataset(str(tmp_path / "vid"), videos=2, frames=6)
+    for png in (tmp_path / "vid/Annotations/video001").glob("*.png"):
+        Image.open(png).convert("L").save(png.with_suffix(".jpg"))
+        png.unlink()
+    with pytest.raises(DataValidationError) as e:
+        build_video_index(_cfg(), str(tmp_path), seq_length=3)
+    msg = str(e.value)
+    assert "1 videos with masks that are not PNGs" in msg and "video001/00000.jpg (6 masks that are not PNGs" in msg
+    assert "save the masks as PNGs" in msg and "annotate more frames" not in msg

@@ -33,6 +33,10 @@ KINDS: dict[str, tuple[str | None, str]] = {
         "videos with frames that are not JPEGs (training reads <video>/<frame>.jpg)",
         "convert those frames to JPEG (<frame>.jpg, same name) or move them out of the frame folder",
     ),
+    "non_png_mask": (
+        "videos with masks that are not PNGs (training reads <video>/<frame>.png)",
+        "save the masks as PNGs (lossless: a JPEG mask's compression changes the object ids), palette or grayscale",
+    ),
     "misordered_names": ("videos whose frame numbers are not zero-padded", FIX_NUMBERING),
     "incomplete_conversion": (
         "videos of an unfinished conversion",

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg")
 OTHER_IMAGE_EXTS = (".png", ".bmp", ".webp", ".tif", ".tiff")  # frames training cannot read: a problem, named
+OTHER_MASK_EXTS = (".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")  # masks training cannot read: named too
 MASK_EXT = ".png"
 
 
@@ -185,8 +186,12 @@ def _video_structure(rep: DatasetReport, image_dir: str, mask_dir: str, video: s
         return problem("misordered_names", os.path.join(vdir, misordered[1]), detail)
     if not os.path.isdir(mdir):
         return problem("no_mask_folder", mdir)
-    masks = _split_by_ext(os.listdir(mdir), (MASK_EXT,))
+    mask_listing = os.listdir(mdir)
+    masks = _split_by_ext(mask_listing, (MASK_EXT,))
     rep.masks += len(masks)
+    lossy = sorted(n for n in mask_listing if os.path.splitext(n)[1].lower() in OTHER_MASK_EXTS)
+    if lossy:  # not read as masks: the video would look unannotated ("annotate more frames")
+        return problem("non_png_mask", os.path.join(mdir, lossy[0]), f"{len(lossy)} masks that are not PNGs in {video}")
     orphans = sorted(set(masks) - set(images))
     if orphans:
         where = os.path.join(mdir, masks[orphans[0]])
