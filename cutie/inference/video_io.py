@@ -271,7 +271,7 @@ def _video_layout(image_dir: Path, mask_dir: Path, name: str, binary: bool) -> l
         raise ValueError(f"{frames_dir}: no frames (.jpg, .jpeg or .png) in video {name}'s folder; {_LAYOUT}")
     if not binary and not any(masks_dir.glob("*.png")):
         jpegs = any(p.suffix.lower() in (".jpg", ".jpeg") for p in masks_dir.iterdir())
-        hint = " (it holds JPEGs: is mask_directory the frame folder, or are the two swapped?)" if jpegs else ""
+        hint = " (it holds JPEGs: the frame folder, the two swapped, or masks saved as JPEG?)" if jpegs else ""
         raise ValueError(f"{masks_dir}: no masks (<frame>.png) in video {name}'s folder{hint}; {_LAYOUT}")
     return listed
 
