@@ -260,7 +260,7 @@ def _claim_output(run_dir: Path, cfg: EvalConfig, spec: DatasetSpec) -> dict[str
         theirs = json.loads(record.read_text()) if record.is_file() else None
     except (OSError, ValueError):
         theirs = None  # unreadable: an interrupted write of ours, or not ours; not worth refusing over
-    if isinstance(theirs, dict) and theirs != mine:
+    if cfg.weights and isinstance(theirs, dict) and theirs != mine:  # without weights: build_eval_network says so
         differ = [k for k in mine if theirs.get(k) != mine[k]]
         was = ", ".join(f"{k}={theirs.get(k)}" for k in differ)
         now = ", ".join(f"{k}={mine[k]}" for k in differ)
