@@ -177,7 +177,7 @@ def _video_structure(rep: DatasetReport, image_dir: str, mask_dir: str, video: s
     listing = os.listdir(vdir)
     images = _split_by_ext(listing, IMAGE_EXTS)
     rep.frames += len(images)
-    other = sorted(n for n in listing if os.path.splitext(n)[1].lower() in OTHER_IMAGE_EXTS)
+    other = sorted(n for n in listing if os.path.splitext(n)[1].lower() in OTHER_IMAGE_EXTS and n[0] != ".")
     if other:  # read as frames by evaluation, skipped by training: a silent gap, or a mask "without a frame"
         return problem("non_jpeg_frame", os.path.join(vdir, other[0]), f"{len(other)} non-JPEG frames in {video}")
     misordered = misordered_numbering(images.values())
@@ -189,7 +189,7 @@ def _video_structure(rep: DatasetReport, image_dir: str, mask_dir: str, video: s
     mask_listing = os.listdir(mdir)
     masks = _split_by_ext(mask_listing, (MASK_EXT,))
     rep.masks += len(masks)
-    lossy = sorted(n for n in mask_listing if os.path.splitext(n)[1].lower() in OTHER_MASK_EXTS)
+    lossy = sorted(n for n in mask_listing if os.path.splitext(n)[1].lower() in OTHER_MASK_EXTS and n[0] != ".")
     if lossy:  # not read as masks: the video would look unannotated ("annotate more frames")
         return problem("non_png_mask", os.path.join(mdir, lossy[0]), f"{len(lossy)} masks that are not PNGs in {video}")
     orphans = sorted(set(masks) - set(images))
