@@ -225,6 +225,11 @@ def test_a_frame_that_is_not_a_jpeg_is_named_not_called_a_missing_frame(tmp_path
     msg = str(e.value)
     assert "2 videos with frames that are not JPEGs" in msg and "no frame (JPEG)" not in msg
     assert "video000/00003.png" in msg and "video001/00002.png" in msg and "convert those frames to JPEG" in msg
+    for video, frame in (("video000", "00003"), ("video001", "00002")):  # converted; a macOS ._ copy stays
+        png = tmp_path / "vid/JPEGImages" / video / f"{frame}.png"
+        Image.open(png).convert("RGB").save(png.with_suffix(".jpg"))
+        png.rename(png.with_name(f"._{frame}.png"))
+    assert len(build_video_index(_cfg(), str(tmp_path), seq_length=3).sets[0].videos) == 2
 
 
 def test_a_wrong_custom_root_names_data_custom_root_in_the_fix(tmp_path: Path) -> None:
