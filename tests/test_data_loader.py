@@ -428,3 +428,42 @@ def test_merged_layers_blend_only_inside_the_pasted_alpha(sources: Path) -> None
         assert merged > 0
     finally:
         source.close()
+
+
+_GROUP_SIGNAL = """
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[2])
+from test_data_loader import MAIN, _data_cfg, _loader
+requested = []
+signal.signal(signal.SIGTERM, lambda *_: requested.append(1))  # the trainer's stop request (training/signals.py)
+loader = _loader(Path(sys.argv[1]), "main_training", _data_cfg(["two"], []), MAIN, workers=1)
+batches = loader.iterate(0)
+next(batches)
+os.killpg(os.getpgrp(), signal.SIGTERM)  # what torchrun sends its workers on SIGTERM / Ctrl-C
+for _ in range(4):
+    next(batches)
+loader.close()
+print("requested", len(requested))
+"""
+
+
+def test_a_signal_to_the_trainers_process_group_leaves_the_loader_workers_running(sources: Path) -> None:
+    """torchrun stops a trainer by signalling its whole process group: the loader workers must not die of it
+    (the trainer would fail on its next batch, 'DataLoader worker ... killed by signal', instead of saving a
+    checkpoint at the step boundary); the trainer alone handles the request."""
+    import os
+    import subprocess
+    import sys
+
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-c", _GROUP_SIGNAL, str(sources), tests],
+        capture_output=True, text=True, start_new_session=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("requested 1")

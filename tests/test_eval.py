@@ -733,3 +733,94 @@ def test_a_void_label_given_to_the_network_is_refused_before_inference_when_scor
     assert not (tmp_path / "out/t/eval/custom/Annotations").exists()
     _run(["dataset=custom", "evaluate=false", *folders], small_net, tmp_path)
     assert (tmp_path / "out/t/eval/custom/Annotations/vid/00012.png").is_file()
+
+
+def test_frames_numbered_without_zero_padding_or_named_twice_are_refused(tmp_path: Path) -> None:
+    """Frames are read in name order: 10.jpg before 2.jpg (ffmpeg's %d.jpg) would shuffle the video, and a frame
+    as both 00004.jpg and 00004.png would be segmented twice into one output PNG. Both are named up front."""
+    from cutie.inference.video_io import check_video_files
+
+    root = tmp_path / "data"
+    _write_sparse_custom(root)
+    frames, masks = root / "JPEGImages/vid", root / "Annotations/vid"
+    (frames / "00004.png").write_bytes((frames / "00004.jpg").read_bytes())
+    with pytest.raises(ValueError, match=r"00004.png: a second frame named 00004 \(beside 00004.jpg\)"):
+        check_video_files(root / "JPEGImages", root / "Annotations", "vid")
+    (frames / "00004.png").unlink()
+    for folder, suffix in ((frames, ".jpg"), (masks, ".png")):
+        for path in folder.glob(f"*{suffix}"):
+            path.rename(folder / f"{int(path.stem)}{suffix}")
+    with pytest.raises(ValueError, match=r"frame 12.jpg sorts before 2.jpg.*fix: rename .* zero-padded") as info:
+        check_video_files(root / "JPEGImages", root / "Annotations", "vid")
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_folders_in_the_wrong_layout_are_named_with_the_layout_before_inference(tmp_path: Path) -> None:
+    """The mistakes of a first evaluation of one's own videos: the dataset folder (what training's
+    data.custom_root takes) given as a folder of videos, the frames of one video given without their video
+    folder, the two folders swapped. Each is one line naming what is where, not a missing file or an 'or'."""
+    import shutil
+
+    from cutie.inference.dataset_eval import resolve_dataset
+    from cutie.inference.video_io import check_video_files
+
+    root = tmp_path / "data"
+    _write_sparse_custom(root)
+    as_root = _compose(["dataset=custom", f"image_directory={root}", f"mask_directory={root / 'Annotations'}"])
+    with pytest.raises(ValueError, match=re.escape(
+        f"image_directory={root} (dataset=custom) is a dataset folder, holding JPEGImages/ and Annotations/; fix: "
+        f"image_directory={root / 'JPEGImages'} mask_directory={root / 'Annotations'}"
+    )):  # fmt: skip
+        resolve_dataset(as_root)
+    flat = tmp_path / "flat"
+    shutil.copytree(root / "JPEGImages/vid", flat)
+    with pytest.raises(ValueError, match=rf"video vid of .* has no frame folder {flat}/vid \({flat} holds frames"):
+        check_video_files(flat, root / "Annotations", "vid")
+    for frames in (root / "Annotations", root / "JPEGImages"):  # swapped; the frame folder given twice
+        with pytest.raises(ValueError, match=r"JPEGImages/vid: no masks \(<frame>.png\) .*\(it holds JPEGs: .*swapped"):
+            check_video_files(frames, root / "JPEGImages", "vid")
+    (tmp_path / "empty/vid").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"empty/vid: no frames \(.jpg, .jpeg or .png\) in video vid's folder; fix"):
+        check_video_files(tmp_path / "empty", root / "Annotations", "vid")
+
+
+def test_evaluate_auto_says_which_video_has_nothing_to_score(tmp_path: Path) -> None:
+    """A custom folder where one video only has first-appearance masks is not scored under evaluate=auto: the
+    line says which video and why, and how to score the others, instead of 'no ground truth'."""
+    from cutie.dataprep.imageio import encode_palette_png
+    from cutie.inference.dataset_eval import resolve_dataset, unscorable_video
+
+    root = tmp_path / "data"
+    ids = _write_sparse_custom(root)
+    folders = [f"image_directory={root / 'JPEGImages'}", f"mask_directory={root / 'Annotations'}"]
+    spec = resolve_dataset(_compose(["dataset=custom", *folders]))
+    assert unscorable_video(spec, ["vid"]) is None
+    for t, path in enumerate(sorted((root / "Annotations/vid").glob("*.png"))):  # each mask: a new object only
+        path.write_bytes(encode_palette_png(np.where(ids[3 * t] > 0, t + 1, 0).astype(np.uint8)))
+    assert unscorable_video(spec, ["vid"]) == (
+        "no object of video vid is annotated on more than one frame (first-appearance masks only)"
+    )
+
+
+def test_an_evaluation_folder_of_other_weights_is_not_overwritten(small_net: torch.nn.Module, tmp_path: Path) -> None:
+    """Every evaluation without exp_id= goes to output/default/eval/<dataset>: evaluating a second checkpoint
+    there would silently replace the first one's masks and tables (and mix with them where the videos differ).
+    It is refused before anything is written, naming both; the same weights again rewrite the folder."""
+    from cutie.inference.dataset_eval import OWNER_FILE
+
+    _write_sparse_custom(tmp_path / "data")
+    folders = [f"image_directory={tmp_path / 'data/JPEGImages'}", f"mask_directory={tmp_path / 'data/Annotations'}"]
+    args = ["dataset=custom", *folders, "evaluate=false"]
+    _run(args, small_net, tmp_path)
+    run_dir = tmp_path / "out/t/eval/custom"
+    written = {p: p.stat().st_mtime_ns for p in (run_dir / "Annotations/vid").iterdir()}
+    other = tmp_path / "other.pth"
+    other.write_bytes((tmp_path / "small.pth").read_bytes())
+    with pytest.raises(EvalConfigError, match=re.escape(
+        f"{run_dir} holds the evaluation of weights={tmp_path / 'small.pth'}; this run (weights={other}) would "
+        "overwrite it (fix: exp_id=<new id>"
+    )):  # fmt: skip
+        _run([*args, f"weights={other}"], small_net, tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in (run_dir / "Annotations/vid").iterdir()} == written
+    _run(args, small_net, tmp_path)  # the same weights: a rerun rewrites its own folder
+    assert json.loads((run_dir / OWNER_FILE).read_text())["weights"] == str(tmp_path / "small.pth")

@@ -196,3 +196,63 @@ def test_the_check_cache_keeps_object_ids(tmp_path: Path) -> None:
     assert stats.read == 0 and again == results
     _, stats = frame_check.check_files([(p, "png") for p in pngs], cache, "k")
     assert stats.read == 0  # an entry with ids answers a plain check too
+
+
+def test_frames_numbered_without_zero_padding_are_a_problem(tmp_path: Path) -> None:
+    """1.jpg ... 10.jpg (ffmpeg's %d.jpg) sort 1, 10, 2, ...: the video's clips would be shuffled in time."""
+    make_video_dataset(str(tmp_path / "vid"), videos=2, frames=12)
+    for kind, suffix in (("JPEGImages", ".jpg"), ("Annotations", ".png")):
+        for path in (tmp_path / "vid" / kind / "video001").glob(f"*{suffix}"):
+            path.rename(path.with_name(f"frame{int(path.stem)}{suffix}"))
+    with pytest.raises(DataValidationError) as e:
+        build_video_index(_cfg(), str(tmp_path), seq_length=3)
+    msg = str(e.value)
+    assert "1 videos whose frame numbers are not zero-padded" in msg and "frame11.jpg sorts before frame2.jpg" in msg
+    assert "video001/frame2.jpg" in msg and "zero-padded to one width" in msg
+
+
+def test_a_frame_that_is_not_a_jpeg_is_named_not_called_a_missing_frame(tmp_path: Path) -> None:
+    """A PNG frame among the JPEGs is read by evaluation but not by training: named as such, not as a mask
+    without its frame (annotated) nor left out silently (unannotated)."""
+    make_video_dataset(str(tmp_path / "vid"), videos=2, frames=6)
+    _keep_masks(tmp_path, "video000", [0, 2, 4])
+    for video, frame in (("video000", "00003"), ("video001", "00002")):  # unannotated; annotated
+        jpg = tmp_path / "vid/JPEGImages" / video / f"{frame}.jpg"
+        Image.open(jpg).save(jpg.with_suffix(".png"))
+        jpg.unlink()
+    with pytest.raises(DataValidationError) as e:
+        build_video_index(_cfg(), str(tmp_path), seq_length=3)
+    msg = str(e.value)
+    assert "2 videos with frames that are not JPEGs" in msg and "no frame (JPEG)" not in msg
+    assert "video000/00003.png" in msg and "video001/00002.png" in msg and "convert those frames to JPEG" in msg
+    for video, frame in (("video000", "00003"), ("video001", "00002")):  # converted; a macOS ._ copy stays
+        png = tmp_path / "vid/JPEGImages" / video / f"{frame}.png"
+        Image.open(png).convert("RGB").save(png.with_suffix(".jpg"))
+        png.rename(png.with_name(f"._{frame}.png"))
+    assert len(build_video_index(_cfg(), str(tmp_path), seq_length=3).sets[0].videos) == 2
+
+
+def test_a_wrong_custom_root_names_data_custom_root_in_the_fix(tmp_path: Path) -> None:
+    """data=custom's folders come from data.custom_root: the fix names that key (the key the user set), not the
+    CUSTOM entry's image_directory, which the user never wrote."""
+    vos = {**_cfg()["vos_datasets"]["S"], "image_directory": str(tmp_path / "mine/JPEGImages")}
+    vos["mask_directory"] = str(tmp_path / "mine/Annotations")
+    cfg = {"vos_datasets": {"CUSTOM": vos}, "image_datasets": {}, "main_training": {"datasets": ["CUSTOM"]}}
+    with pytest.raises(DataValidationError, match=r"mine/JPEGImages does not exist \(fix: set data.custom_root to"):
+        build_video_index(cfg, str(tmp_path), seq_length=3)
+    (tmp_path / "mine/JPEGImages").mkdir(parents=True)
+    with pytest.raises(DataValidationError, match=r"mine/Annotations does not exist \(fix: set data.custom_root to"):
+        build_video_index(cfg, str(tmp_path), seq_length=3)
+
+
+def test_masks_saved_as_jpegs_are_named_not_reported_as_unannotated_videos(tmp_path: Path) -> None:
+    """Masks exported as .jpg are not read: the videos looked unannotated ('annotate more frames per video')."""
+    make_video_dataset(str(tmp_path / "vid"), videos=2, frames=6)
+    for png in (tmp_path / "vid/Annotations/video001").glob("*.png"):
+        Image.open(png).convert("L").save(png.with_suffix(".jpg"))
+        png.unlink()
+    with pytest.raises(DataValidationError) as e:
+        build_video_index(_cfg(), str(tmp_path), seq_length=3)
+    msg = str(e.value)
+    assert "1 videos with masks that are not PNGs" in msg and "video001/00000.jpg (6 masks that are not PNGs" in msg
+    assert "save the masks as PNGs" in msg and "annotate more frames" not in msg

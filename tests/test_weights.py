@@ -119,6 +119,16 @@ def test_read_errors_name_the_file(tmp_path: Path, small_shapes) -> None:
     with pytest.raises(WeightsError, match="garbage.pth"):
         read_weights_file(garbage)
 
+    # what a download leaves instead of the file: named as such, not as a file to copy again
+    lfs = tmp_path / "lfs.pth"
+    lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 140403617\n")
+    with pytest.raises(WeightsError, match=r"lfs.pth cannot be read .*: it is a Git LFS pointer .*git lfs pull"):
+        read_weights_file(lfs)
+    page = tmp_path / "page.pth"
+    page.write_text("\n<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title>")
+    with pytest.raises(WeightsError, match=r"page.pth cannot be read .*: it is an HTML page .*download the file"):
+        read_weights_file(page)
+
     not_state = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], not_state)
     with pytest.raises(WeightsError, match="list.pth: expected a non-empty state dict"):

@@ -32,7 +32,7 @@ from cutie.inference.video_io import (
 )
 from cutie.metrics import DavisReport, SavReport, evaluate_folders, evaluate_sav_folders
 from cutie.metrics.davis import VOID_LABEL, read_index_mask
-from cutie.utils.atomic import atomic_write, is_temp_name
+from cutie.utils.atomic import atomic_write, atomic_write_json, is_temp_name
 from cutie.utils.paths import check_output_folder
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,12 @@ def resolve_dataset(cfg: EvalConfig) -> DatasetSpec:
                 f"{key} {value} (dataset={name}) not found: set data_root=DIR (or link the data, see "
                 f"data_links/README.md), or {key}=DIR"
             )
+        parts = [Path(value) / sub for sub in ("JPEGImages", "Annotations")]
+        if entry.layout != "sav" and all(p.is_dir() for p in parts):  # the dataset folder (data.custom_root)
+            raise EvalConfigError(
+                f"{key}={value} (dataset={name}) is a dataset folder, holding JPEGImages/ and Annotations/; fix: "
+                f"image_directory={_part(parts[0])} mask_directory={_part(parts[1])}"
+            )
     for key in ("subset", "json_directory"):
         value = getattr(entry, key)
         if value is not None and not Path(value).is_file():
@@ -99,6 +105,12 @@ def resolve_dataset(cfg: EvalConfig) -> DatasetSpec:
         layout=entry.layout,
         wrong_size_masks=entry.wrong_size_masks,
     )
+
+
+def _part(path: Path) -> Path:
+    """A dataset folder's JPEGImages/ or Annotations/, or its one resolution folder inside (DAVIS: 480p/)."""
+    inner = [p for p in path.iterdir() if p.is_dir()]
+    return inner[0] if len(inner) == 1 and inner[0].name.endswith("p") and inner[0].name[:-1].isdigit() else path
 
 
 def inference_settings(cfg: EvalConfig, spec: DatasetSpec, device: torch.device) -> InferenceSettings:
@@ -138,21 +150,22 @@ def build_eval_network(cfg: EvalConfig, device: torch.device) -> torch.nn.Module
     return net.to(device).eval()
 
 
-def has_scorable_ground_truth(spec: DatasetSpec, videos: list[str]) -> bool:
-    """evaluate=auto: every video has ground truth to score, i.e. a mask on every frame, or (sparse annotation) at
-    least 3 annotated frames with an object annotated on more than one of them. Folders of first-appearance
-    masks only (YouTube-VOS, MOSE valid) have nothing to score. SA-V's layout is annotated throughout."""
+def unscorable_video(spec: DatasetSpec, videos: list[str]) -> str | None:
+    """evaluate=auto scores when every video has ground truth to score, i.e. a mask on every frame, or (sparse
+    annotation) at least 3 annotated frames with an object annotated on more than one of them; else this says
+    which video has none and why (None: every video can be scored). Folders of first-appearance masks only
+    (YouTube-VOS, MOSE valid) have nothing to score. SA-V's layout is annotated throughout."""
     if spec.layout == "sav":
-        return True
+        return None
     for v in videos:
         frames = {p.stem for p in (spec.image_directory / v).iterdir()}
         masks = sorted(p for p in (spec.mask_directory / v).glob("*.png"))
         if not frames:
-            return False
+            return f"video {v} has no frames"
         if frames <= {p.stem for p in masks}:
             continue
         if len(masks) < 3:
-            return False
+            return f"video {v} has {len(masks)} annotated frames (at least 3 are scored)"
         seen: set[int] = set()
         for path in masks:
             ids = set(np.unique(read_index_mask(path)).tolist()) - {0, 255}
@@ -160,8 +173,8 @@ def has_scorable_ground_truth(spec: DatasetSpec, videos: list[str]) -> bool:
                 break  # an object annotated twice: there is a frame to score
             seen |= ids
         else:
-            return False
-    return True
+            return f"no object of video {v} is annotated on more than one frame (first-appearance masks only)"
+    return None
 
 
 def make_zip(spec: DatasetSpec, run_dir: Path, exp_id: str) -> Path | None:
@@ -268,6 +281,36 @@ def _refuse_given_void(readers: list[FrameSource]) -> None:
                 )
 
 
+OWNER_FILE = "evaluated.json"  # in the evaluation folder: the weights, model and data its results are of
+
+
+def _claim_output(run_dir: Path, cfg: EvalConfig, spec: DatasetSpec) -> dict[str, str]:
+    """An evaluation folder holds one model's results. A rerun of the same weights, model and data rewrites it
+    (a run redone or finished); other weights, another model or other data into the same folder (the default
+    exp_id is the same for every evaluation) would silently replace or mix the earlier masks and tables, so that
+    is refused, naming both, before anything is written. Returns the record to write."""
+    mine = {
+        "weights": str(Path(cfg.weights).resolve()) if cfg.weights else "",
+        "model": cfg.model.name,
+        "image_directory": str(spec.image_directory.resolve()),
+        "mask_directory": str(spec.mask_directory.resolve()),
+    }
+    record = run_dir / OWNER_FILE
+    try:
+        theirs = json.loads(record.read_text()) if record.is_file() else None
+    except (OSError, ValueError):
+        theirs = None  # unreadable: an interrupted write of ours, or not ours; not worth refusing over
+    if cfg.weights and isinstance(theirs, dict) and theirs != mine:  # without weights: build_eval_network says so
+        differ = [k for k in mine if theirs.get(k) != mine[k]]
+        was = ", ".join(f"{k}={theirs.get(k)}" for k in differ)
+        now = ", ".join(f"{k}={mine[k]}" for k in differ)
+        raise EvalConfigError(
+            f"{run_dir} holds the evaluation of {was}; this run ({now}) would overwrite it (fix: exp_id=<new id> "
+            f"for a folder of its own, or delete {run_dir} to redo it)"
+        )
+    return mine
+
+
 def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     """Runs the whole evaluation; returns the numbers printed as the last JSON line."""
     from cutie.utils.dist import DistState, pick_device
@@ -277,6 +320,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     settings = inference_settings(cfg, spec, device)
     run_dir = Path(cfg.output_root) / cfg.exp_id / "eval" / spec.name
     check_output_folder(Path(cfg.output_root) / cfg.exp_id, run_dir)  # before anything is written into it
+    owner = _claim_output(run_dir, cfg, spec)
     out_root = run_dir / "Annotations"
     videos = list_videos(spec.mask_directory, spec.subset)
     if cfg.max_videos is not None:
@@ -288,10 +332,12 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     # every reader up front too: a video's own structure (no frame, no mask, a mask without its frame) is named
     # before the first video runs, and the progress bar knows the frames of the whole run
     readers = [open_video(spec, name, to_save.get(name), skipped.get(name, frozenset())) for name in videos]
-    evaluate = spec.evaluate == "true" or (spec.evaluate == "auto" and has_scorable_ground_truth(spec, videos))
+    unscorable = unscorable_video(spec, videos) if spec.evaluate == "auto" else None
+    evaluate = spec.evaluate == "true" or (spec.evaluate == "auto" and unscorable is None)
     if evaluate:
         _refuse_given_void(readers)
     net = build_eval_network(cfg, device)
+    atomic_write_json(run_dir / OWNER_FILE, owner, indent=1)  # the folder is this model's from the first mask on
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     log.info("evaluating %s (%d videos) on %s: %s", spec.name, len(videos), device, settings)
@@ -327,6 +373,11 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
         report.write_csv(run_dir, spec.name)
         result = {**report.summary(), "unscored": float(len(report.unscored)), **result}
     else:
-        print(f"no ground truth to score for {spec.name}: masks written to {out_root}, J&F not computed")
+        why = (
+            f": {unscorable}; evaluate=true scores every video that can be (the others are listed as unscored)"
+            if unscorable
+            else ""
+        )
+        print(f"no ground truth to score for {spec.name}{why}; masks written to {out_root}, J&F not computed")
     print(json.dumps({k: round(v, 6) for k, v in result.items()}))
     return result

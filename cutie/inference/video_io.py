@@ -25,6 +25,7 @@ from PIL import Image
 from cutie.metrics.davis import read_index_mask
 from cutie.metrics.sav import read_binary_mask
 from cutie.utils.atomic import atomic_write
+from cutie.utils.frame_names import FIX_NUMBERING, misordered_numbering
 from cutie.utils.image_files import FileError, check_frame
 from cutie.utils.palette import davis_palette
 from cutie.utils.paths import Confiner, PathEscapeError, confined
@@ -252,10 +253,20 @@ def check_video_files(
     bad: list[tuple[Path, str]] = []
     frames: dict[str, Path] = {}
     sizes: dict[str, tuple[int, int]] = {}
+    listed = _video_layout(Path(image_dir), Path(mask_dir), name, binary)  # a layout mistake named as such
     image_folder, mask_folder = video_folders(image_dir, mask_dir, name)
     in_images, in_masks = Confiner(image_dir), Confiner(mask_dir)
-    for p in sorted(p for p in image_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    misordered = misordered_numbering(p.name for p in listed)
+    if misordered is not None:
+        raise ValueError(
+            f"{image_folder}: frame {misordered[0]} sorts before {misordered[1]}, so the video would be "
+            f"read out of order; fix: {FIX_NUMBERING}"
+        )
+    for p in listed:
         _inside(in_images, Path(image_dir), p, "frame")
+        if p.stem in frames:
+            other = frames[p.stem].name
+            raise ValueError(f"{p}: a second frame named {p.stem} (beside {other}); fix: keep one of them")
         sizes[p.stem], frames[p.stem] = frame_size(p), p  # every file the reader will read is checked
     # the masks the readers read: <video>/<frame>.png, SA-V's <video>/<object>/<frame>.png
     folders = sorted(p for p in mask_folder.iterdir() if p.is_dir()) if binary else [mask_folder]
@@ -280,6 +291,31 @@ def _inside(confiner: Confiner, root: Path, path: Path, what: str) -> None:
         confiner(path.relative_to(root).as_posix(), what=what)
     except PathEscapeError as e:
         raise PathEscapeError(f"{e}; {FIX_OUTSIDE}") from None
+
+
+_LAYOUT = (
+    "fix: image_directory holds one folder of frames per video (<video>/<frame>.jpg) and mask_directory one "
+    "folder of masks per video (<video>/<frame>.png), with the same video names"
+)
+
+
+def _video_layout(image_dir: Path, mask_dir: Path, name: str, binary: bool) -> list[Path]:
+    """The frames of video `name` (a folder of mask_dir), sorted; ValueError saying what is where when the two
+    folders are not in the layout the reader needs (a flat folder of frames, the folders swapped, a mask folder
+    without masks), so that the mistake is named before any inference instead of as a missing file."""
+    frames_dir, masks_dir = image_dir / name, mask_dir / name
+    if not frames_dir.is_dir():
+        flat = any(p.suffix.lower() in IMAGE_SUFFIXES for p in image_dir.iterdir())
+        hint = f" ({image_dir} holds frames itself: move them into a folder per video)" if flat else ""
+        raise ValueError(f"video {name} of {mask_dir} has no frame folder {frames_dir}{hint}; {_LAYOUT}")
+    listed = sorted(p for p in frames_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not listed:
+        raise ValueError(f"{frames_dir}: no frames (.jpg, .jpeg or .png) in video {name}'s folder; {_LAYOUT}")
+    if not binary and not any(masks_dir.glob("*.png")):
+        jpegs = any(p.suffix.lower() in (".jpg", ".jpeg") for p in masks_dir.iterdir())
+        hint = " (it holds JPEGs: the frame folder, the two swapped, or masks saved as JPEG?)" if jpegs else ""
+        raise ValueError(f"{masks_dir}: no masks (<frame>.png) in video {name}'s folder{hint}; {_LAYOUT}")
+    return listed
 
 
 def check_mask_size(path: Path, mask_shape: tuple[int, ...], frame_size: tuple[int, int], frame: Path) -> None:

@@ -90,7 +90,7 @@ def read_weights_file(path: str | os.PathLike) -> StateDict:
                 "the network's plain state dict, torch.save(model.state_dict(), PATH), where the file was made)"
             )
         else:
-            problem = "the file may be truncated or corrupt, or was not written by torch.save (fix: copy it again)"
+            problem = _not_torch(path)
         raise WeightsError(f"{path} cannot be read as a torch weights file: {problem}")
     if isinstance(obj, Mapping) and isinstance(obj.get("weights"), Mapping):
         state_dict, what = obj["weights"], "full checkpoint"
@@ -105,6 +105,20 @@ def read_weights_file(path: str | os.PathLike) -> StateDict:
             f"{path}: {what} is not a state dict: {len(bad)} entries are not str -> tensor, e.g. {bad[:5]}{extra}"
         )
     return strip_wrapper_prefixes(state_dict)
+
+
+def _not_torch(path: Path) -> str:
+    """Why a file that is no torch file is not one: the two stand-ins a download leaves behind are named."""
+    with open(path, "rb") as f:
+        head = f.read(256).lstrip().lower()
+    if head.startswith(b"version https://git-lfs"):
+        return "it is a Git LFS pointer (a small text file), not the weights (fix: git lfs pull, or download the file)"
+    if head.startswith((b"<!doctype html", b"<html")):
+        return (
+            "it is an HTML page (the download saved a web page: a login, quota or confirmation page), not the "
+            "weights (fix: download the file itself again)"
+        )
+    return "the file may be truncated or corrupt, or was not written by torch.save (fix: copy it again)"
 
 
 def _unsafe_globals(path: Path) -> list[str]:

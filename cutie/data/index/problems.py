@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cutie.data.index.frame_check import CheckStats
+from cutie.utils.frame_names import FIX_NUMBERING
 
 MAX_LISTED = 3  # offending paths quoted per problem kind in a summary line
 
@@ -28,6 +29,15 @@ KINDS: dict[str, tuple[str | None, str]] = {
         "every <video>/<frame>.png needs <video>/<frame>.jpg (a frame without a mask is fine: it is unannotated); "
         "re-extract the frames or remove the stray masks",
     ),
+    "non_jpeg_frame": (
+        "videos with frames that are not JPEGs (training reads <video>/<frame>.jpg)",
+        "convert those frames to JPEG (<frame>.jpg, same name) or move them out of the frame folder",
+    ),
+    "non_png_mask": (
+        "videos with masks that are not PNGs (training reads <video>/<frame>.png)",
+        "save the masks as PNGs (lossless: a JPEG mask's compression changes the object ids), palette or grayscale",
+    ),
+    "misordered_names": ("videos whose frame numbers are not zero-padded", FIX_NUMBERING),
     "incomplete_conversion": (
         "videos of an unfinished conversion",
         "rerun the converter (scripts/convert_burst_to_vos_train.py or scripts/convert_ovis_to_vos.py) on the same "

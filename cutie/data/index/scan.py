@@ -28,11 +28,14 @@ from cutie.data.index import frame_check
 from cutie.data.index.annotation import annotation_step, partial_objects, tracked_somewhere
 from cutie.data.index.problems import KINDS, MAX_LISTED, DatasetReport, DataValidationError, Problem, problem
 from cutie.data.index.records import META_DIR, marker_path, read_marker
+from cutie.utils.frame_names import misordered_numbering
 from cutie.utils.image_files import ID_MODES, FileError, FileInfo, FileResult
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg")
+OTHER_IMAGE_EXTS = (".png", ".bmp", ".webp", ".tif", ".tiff")  # frames training cannot read: a problem, named
+OTHER_MASK_EXTS = (".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")  # masks training cannot read: named too
 MASK_EXT = ".png"
 
 
@@ -171,12 +174,24 @@ class _Video:
 def _video_structure(rep: DatasetReport, image_dir: str, mask_dir: str, video: str) -> _Video | Problem:
     """List one video's folders and pair its PNGs with its JPEGs by stem (JPEGs without a PNG: unannotated)."""
     vdir, mdir = os.path.join(image_dir, video), os.path.join(mask_dir, video)
-    images = _split_by_ext(os.listdir(vdir), IMAGE_EXTS)
+    listing = os.listdir(vdir)
+    images = _split_by_ext(listing, IMAGE_EXTS)
     rep.frames += len(images)
+    other = sorted(n for n in listing if os.path.splitext(n)[1].lower() in OTHER_IMAGE_EXTS and n[0] != ".")
+    if other:  # read as frames by evaluation, skipped by training: a silent gap, or a mask "without a frame"
+        return problem("non_jpeg_frame", os.path.join(vdir, other[0]), f"{len(other)} non-JPEG frames in {video}")
+    misordered = misordered_numbering(images.values())
+    if misordered is not None:
+        detail = f"{misordered[0]} sorts before {misordered[1]}"
+        return problem("misordered_names", os.path.join(vdir, misordered[1]), detail)
     if not os.path.isdir(mdir):
         return problem("no_mask_folder", mdir)
-    masks = _split_by_ext(os.listdir(mdir), (MASK_EXT,))
+    mask_listing = os.listdir(mdir)
+    masks = _split_by_ext(mask_listing, (MASK_EXT,))
     rep.masks += len(masks)
+    lossy = sorted(n for n in mask_listing if os.path.splitext(n)[1].lower() in OTHER_MASK_EXTS and n[0] != ".")
+    if lossy:  # not read as masks: the video would look unannotated ("annotate more frames")
+        return problem("non_png_mask", os.path.join(mdir, lossy[0]), f"{len(lossy)} masks that are not PNGs in {video}")
     orphans = sorted(set(masks) - set(images))
     if orphans:
         where = os.path.join(mdir, masks[orphans[0]])
@@ -269,6 +284,14 @@ def _empty_lists(rep: DatasetReport, name: str, path: object, key: str) -> dict[
         return None
 
 
+# data=custom's entry takes both folders from data.custom_root: the fix names that key, not the entry's own
+_CUSTOM_KEY = "data.vos_datasets.CUSTOM"
+_CUSTOM_ROOT_FIX = (
+    "set data.custom_root to the folder that holds JPEGImages/<video>/ and Annotations/<video>/ (an absolute path; "
+    "a relative one hangs off data_root)"
+)
+
+
 def _video_folders(
     rep: DatasetReport, image_dir: str, mask_dir: str, cfg: Mapping, data_root: str, key: str
 ) -> list[str] | None:
@@ -276,11 +299,13 @@ def _video_folders(
     if not rep.found:
         detail = f"image directory {image_dir} does not exist"
         fix = f"link the dataset under data_root or set {key}.image_directory"
+        fix = _CUSTOM_ROOT_FIX if key == _CUSTOM_KEY else fix
         rep.issues.append(problem("missing", image_dir, detail, fix))
         return None
     if not os.path.isdir(mask_dir):
         detail = f"mask directory {mask_dir} does not exist"
-        rep.issues.append(problem("missing", mask_dir, detail, f"set {key}.mask_directory or add the annotations"))
+        fix = _CUSTOM_ROOT_FIX if key == _CUSTOM_KEY else f"set {key}.mask_directory or add the annotations"
+        rep.issues.append(problem("missing", mask_dir, detail, fix))
         return None
     all_videos = sorted(d for d in os.listdir(image_dir) if os.path.isdir(os.path.join(image_dir, d)))
     if not cfg.get("subset"):

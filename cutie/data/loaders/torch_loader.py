@@ -4,6 +4,7 @@ the main process turns a slot into the batch on the device."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,6 +84,11 @@ class _IterationBatches(torch.utils.data.Sampler):
 
 
 def _worker_init(_: int) -> None:
+    # A worker leaves the trainer's process group: torchrun stops its workers with a signal to their whole group
+    # (os.killpg), as a terminal's Ctrl-C does, and a loader worker killed that way would fail the trainer's next
+    # batch before the stop request is honoured (weights and a checkpoint saved at the step boundary). The
+    # trainer shuts its workers down itself; a worker still sees its parent's death (torch's watchdog).
+    os.setpgid(0, 0)
     host_memory.keep_freed_memory()  # decoded frames and clips reuse warm heap pages (~25% less CPU per clip)
     cv2.setNumThreads(1)  # one worker = one core; OpenCV's own threads would fight the other workers
     torch.set_num_threads(1)
