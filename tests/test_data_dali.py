@@ -364,7 +364,7 @@ def test_max_skip_override_reaches_running_source_workers() -> None:
 
 def test_gpu_graph_is_defined_with_the_same_code() -> None:
     """No GPU here: the GPU variant of the graph (mixed decoders, .gpu()/.cpu() moves inside the conditionals) is
-    at least defined and placed: frames on the GPU, the pass-through outputs on the CPU. Not built or run."""
+    at least defined and placed: frames and masks on the GPU, the other outputs on the CPU. Not built or run."""
     from nvidia.dali import pipeline_def
 
     from cutie.data.render.dali_graph import clip_graph
@@ -378,4 +378,4 @@ def test_gpu_graph_is_defined_with_the_same_code() -> None:
         return out
 
     gpu_pipe(batch_size=2, num_threads=1, device_id=0)  # defines the graph; build() would need CUDA
-    assert devices == ["gpu", "cpu", "cpu", "cpu", "cpu"]
+    assert devices == ["gpu", "gpu", "cpu", "cpu", "cpu"]  # rgb, cls_gt on the device; the rest on the host
