@@ -265,7 +265,11 @@ def _render_layer(inputs: dict, k: int, layout: SourceLayout, gpu: bool):
         windows = fn.cast(blur_sw[:, 1], dtype=types.INT32)
         warped = []
         for t in range(t_len):
-            img = fn.decoders.image(inputs[f"jpeg{k}_{t}"], device="mixed" if gpu else "cpu", output_type=types.RGB)
+            jpeg = inputs[f"jpeg{k}_{t}"]
+            if gpu:  # nvJPEG with the CPU decoders' chroma upsampling (libjpeg-turbo's, OpenCV's: the torch backend)
+                img = fn.decoders.image(jpeg, device="mixed", output_type=types.RGB, jpeg_fancy_upsampling=True)
+            else:
+                img = fn.decoders.image(jpeg, device="cpu", output_type=types.RGB)
             frame = fn.experimental.warp_perspective(
                 img,
                 matrix=mats[t],
