@@ -630,8 +630,12 @@ def part_train_py(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
             "log_image_interval=1000", "model.imagenet_dir=null", f"pre_training.num_iterations={iters}",
             f"main_training.num_iterations={iters}", f"main_training.lr_schedule_steps=[{iters - 1}]",
             "save_checkpoint_interval=2"]  # fmt: skip
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:  # DALI's chunks lost between the device calls: `auto` would pick it on a GPU anyway
+        args.append("loader=torch")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    out: dict = {"status": "ok", "iterations_per_stage": iters, "runs": []}
+    out: dict = {"status": "ok", "iterations_per_stage": iters, "runs": [], "loader_forced": "loader=torch" in args}
     for extra, want in ((["stop_at_iteration=3"], 3), ([], 0)):
         t0 = time.monotonic()
         limit = max(10.0, min(budget.left() - 5, 300.0))

@@ -152,3 +152,26 @@ def test_timed_steps_run_as_training_runs_them(repo_root, monkeypatch):
     on = "step autotune=True"
     assert events == [on, "sync", on, "sync", "sync", on, on, on, "sync"]  # warm-up steps one by one, then none
     assert r["s_per_iter_median"] >= 0 and r["first_step_total_loss"] == 1.0
+
+
+@pytest.mark.parametrize("dali", [True, False])
+def test_train_py_takes_the_torch_loader_when_dali_is_missing(repo_root, tmp_path, monkeypatch, dali):
+    """A lost DALI chunk (docs/benchmarks.md) skips the DALI figures; train_py then runs with the torch loader
+    (`auto` picks DALI on a GPU whether importable or not) instead of failing."""
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(repo_root / "scripts"))
+    import gpu_acceptance
+
+    if not dali:
+        monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import nvidia.dali raises ImportError
+    calls: list[list[str]] = []
+
+    def fake_run(argv, **kw):
+        calls.append([str(a) for a in argv])
+        return SimpleNamespace(returncode=0 if len(calls) == 1 else 99, stdout="", stderr="")
+
+    monkeypatch.setattr(gpu_acceptance.subprocess, "run", fake_run)
+    report = gpu_acceptance.part_train_py(gpu_acceptance.DRY, gpu_acceptance.Budget(600), "", str(tmp_path))
+    assert len(calls) == 2 and calls[1][1].endswith("train.py") and report["status"] == "failed"  # stopped there
+    assert ("loader=torch" in calls[1]) is (not dali) and report["loader_forced"] is (not dali)
