@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        # This run's peak only: main() may run several times in one process (scripts/gpu_acceptance.py).
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     net = build_network(load_model_config(args.model)).to(device).eval()
     frames, mask = synthetic_video(args)
     processor = VideoProcessor(net, InferenceSettings(amp=args.amp and device.type == "cuda"))

@@ -74,7 +74,7 @@ def synthetic_batch(b: int, t: int, o: int, size: int, device: torch.device, gen
         "selector": torch.ones(b, o),
         "num_objects": torch.full((b,), o, dtype=torch.long),
     }
-    return {k: v.to(device) for k, v in batch.items()}
+    return {**{k: v.to(device) for k, v in batch.items()}, "object_counts": (o,) * b}  # as the loaders' batches
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -60,10 +61,14 @@ class Sizes:
     inference_frames: int
     num_points: int
     loader_workers: int  # of the loaders feeding the training step
+    # Batches drawn before the clips/s clock starts: more than a loader holds ready when its first batch comes
+    # (torch: workers x prefetch factor 2; DALI: its queue and the source workers' batches), so that the timed
+    # batches are produced while timed, not handed out from a full queue.
+    loader_warmup: int
 
 
-GPU = Sizes("cuda", ("small", "base"), 4, 8, 480, 3, 8, (1, 2, 4), 32, (480, 854), 40, 12544, 4)
-DRY = Sizes("cpu", ("small",), 1, 3, 64, 1, 1, (1,), 1, (64, 96), 4, 256, 0)
+GPU = Sizes("cuda", ("small", "base"), 4, 8, 480, 3, 8, (1, 2, 4), 128, (480, 854), 40, 12544, 4, 12)
+DRY = Sizes("cpu", ("small",), 1, 3, 64, 1, 1, (1,), 1, (64, 96), 4, 256, 0, 2)
 
 
 class Budget:
@@ -110,7 +115,7 @@ def _loader(data: str, tmp: str, backend: str, device: str, threads: int, batch:
     )  # fmt: skip
 
 
-def _clips_per_s(loader, batches: int, warmup: int = 2) -> float:
+def _clips_per_s(loader, batches: int, warmup: int) -> float:
     it = loader.iterate(0)
     for _ in range(warmup):
         next(it)
@@ -135,14 +140,16 @@ def part_dali(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
         loader = _loader(data, tmp, "dali", sz.device, n, sz.batch, sz.size, sz.frames)
         try:
             out["clips_per_s"][f"dali_{'mixed' if sz.device == 'cuda' else 'cpu'}_{n}_threads"] = round(
-                _clips_per_s(loader, batches), 2
+                _clips_per_s(loader, batches, sz.loader_warmup), 2
             )
         finally:
             loader.close()
     budget.check(20, "the torch loader")
     loader = _loader(data, tmp, "torch", sz.device, max(sz.dali_threads), sz.batch, sz.size, sz.frames)
     try:
-        out["clips_per_s"][f"torch_{max(sz.dali_threads)}_workers"] = round(_clips_per_s(loader, batches), 2)
+        out["clips_per_s"][f"torch_{max(sz.dali_threads)}_workers"] = round(
+            _clips_per_s(loader, batches, sz.loader_warmup), 2
+        )
         out["torch_slots_page_locked"] = loader.page_locked  # cutie/data/loaders/pinned.py
     finally:
         loader.close()
@@ -254,9 +261,20 @@ def _train_setup(model: str, amp: str, sz: Sizes, memory_format: str = "contiguo
 def _time_steps(
     model: str, amp: str, batches, sz: Sizes, memory_format: str = "contiguous", compile_backend: str | None = None
 ) -> dict:
-    """Times the real train_step; `compile_backend`: compile the network's steps first, as `compile: true` does
+    """Times the real train_step as training runs it (cuDNN autotuning on: `cudnn_benchmark: true`, the flag is
+    restored after); `compile_backend`: compile the network's steps first, as `compile: true` does
     (cutie/training/compiling.py; compiled in the first step, whose time and loss are reported)."""
+    autotune = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        return _timed_steps(model, amp, batches, sz, memory_format, compile_backend)
+    finally:
+        torch.backends.cudnn.benchmark = autotune
+
+
+def _timed_steps(model: str, amp: str, batches, sz: Sizes, memory_format: str, compile_backend: str | None) -> dict:
     from cutie.training.step import train_step
+    from cutie.training.timing import StepTimer
 
     torch.manual_seed(0)  # the same weights and random draws in every run (compiled vs eager losses compare)
     net, clip_model, losses, optimizer, scaler, plan = _train_setup(model, amp, sz, memory_format)
@@ -265,25 +283,31 @@ def _time_steps(
 
         compile_network(net, compile_backend)
     cuda = sz.device == "cuda"
-    times = []
+    timer = StepTimer(torch.device(sz.device))  # the training loop's step timer: CUDA events on a GPU
+    times, spans = [], []
     for i in range(sz.warmup + sz.steps):
-        if i == sz.warmup and cuda:
-            torch.cuda.reset_peak_memory_stats()
-        sampler = BusySampler(sz.device) if i == sz.warmup else None
-        if sampler is not None:
+        if i == sz.warmup:
             sync()
-            sampler.__enter__()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            sampler = BusySampler(sz.device).__enter__()
             window = time.perf_counter()
         batch = next(batches)
-        t0 = time.perf_counter()
-        result = train_step(clip_model, batch, losses.compute, optimizer, scaler, plan, 3.0)
-        sync()  # per step here on purpose: the benchmark wants each step's time, training does not
-        times.append(time.perf_counter() - t0)
+        if i < sz.warmup:  # warm-up steps one by one: the first step's own time (autotuning, compilation)
+            t0 = time.perf_counter()
+            result = train_step(clip_model, batch, losses.compute, optimizer, scaler, plan, 3.0)
+            sync()
+            times.append(time.perf_counter() - t0)
+        else:  # timed as training runs: the host never waits for the GPU, each step timed by events
+            start = timer.mark()
+            train_step(clip_model, batch, losses.compute, optimizer, scaler, plan, 3.0)
+            spans.append(timer.since(start))
         if i == 0:
             first_loss = float(result.losses["total_loss"])
+    sync()
     wall = time.perf_counter() - window
     sampler.__exit__()
-    timed = times[sz.warmup :]
+    timed = [span.seconds() for span in spans]
     return {
         "s_per_iter_median": round(statistics.median(timed), 4),
         "s_per_iter_with_data": round(wall / sz.steps, 4),
@@ -301,38 +325,33 @@ CLEAR_GAIN = 0.03  # a median s/iter differing by more than 3% is a difference w
 
 def _memory_format_runs(sz: Sizes, budget: Budget, batch: dict, out: dict, failures: list[str]) -> dict:
     """`memory_format` decided here (issue 15): each model's data-free bf16 step (the main-training AMP on
-    bf16-capable GPUs), contiguous vs channels_last, with cuDNN autotuning on as training runs it
-    (`cudnn_benchmark: true`; the flag is restored after). Returns, per model, the speed-up of channels_last
-    (contiguous s/iter / channels_last s/iter), both peak memories and the format to make the default."""
+    bf16-capable GPUs), contiguous vs channels_last, with cuDNN autotuning on as training runs it (_time_steps).
+    Returns, per model, the speed-up of channels_last (contiguous s/iter / channels_last s/iter), both peak
+    memories and the format to make the default."""
     summary: dict = {}
-    autotune = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
-    try:
-        for model in sz.models:
-            timed = {}
-            for fmt in MEMORY_FORMATS:
-                name = f"{model}_bf16_synthetic_{fmt}"
-                try:
-                    budget.check(45 if model == "base" else 30, name)
-                    timed[fmt] = out["runs"][name] = _time_steps(model, "bf16", iter(lambda: batch, None), sz, fmt)
-                except TimeoutError as e:  # not measured: not a failure of the step
-                    out["runs"][name] = {"skipped": str(e)}
-                except Exception as e:  # noqa: BLE001 (the other format still runs)
-                    failures.append(name)
-                    out["runs"][name] = {"error": f"{type(e).__name__}: {e}"[:400]}
-                finally:
-                    if sz.device == "cuda":
-                        torch.cuda.empty_cache()
-            if len(timed) == len(MEMORY_FORMATS):
-                speedup = timed["contiguous"]["s_per_iter_median"] / timed["channels_last"]["s_per_iter_median"]
-                summary[model] = {
-                    "channels_last_speedup": round(speedup, 3),
-                    "peak_gpu_allocated_gb": {f: timed[f]["peak_gpu_allocated_gb"] for f in MEMORY_FORMATS},
-                    # Within the noise of 8 timed steps the default stays (fewer layout copies to reason about).
-                    "default_should_be": "channels_last" if speedup > 1 + CLEAR_GAIN else "contiguous",
-                }
-    finally:
-        torch.backends.cudnn.benchmark = autotune
+    for model in sz.models:
+        timed = {}
+        for fmt in MEMORY_FORMATS:
+            name = f"{model}_bf16_synthetic_{fmt}"
+            try:
+                budget.check(45 if model == "base" else 30, name)
+                timed[fmt] = out["runs"][name] = _time_steps(model, "bf16", iter(lambda: batch, None), sz, fmt)
+            except TimeoutError as e:  # not measured: not a failure of the step
+                out["runs"][name] = {"skipped": str(e)}
+            except Exception as e:  # noqa: BLE001 (the other format still runs)
+                failures.append(name)
+                out["runs"][name] = {"error": f"{type(e).__name__}: {e}"[:400]}
+            finally:
+                if sz.device == "cuda":
+                    torch.cuda.empty_cache()
+        if len(timed) == len(MEMORY_FORMATS):
+            speedup = timed["contiguous"]["s_per_iter_median"] / timed["channels_last"]["s_per_iter_median"]
+            summary[model] = {
+                "channels_last_speedup": round(speedup, 3),
+                "peak_gpu_allocated_gb": {f: timed[f]["peak_gpu_allocated_gb"] for f in MEMORY_FORMATS},
+                # Within the noise of 8 timed steps the default stays (fewer layout copies to reason about).
+                "default_should_be": "channels_last" if speedup > 1 + CLEAR_GAIN else "contiguous",
+            }
     return summary
 
 
@@ -415,6 +434,18 @@ def part_inference(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
 # ------------------------------------------------------------------------------------------------- fixtures
 
 
+@contextlib.contextmanager
+def float32_without_tf32():
+    """float32 maths inside: no TF32 in cuDNN's convolutions (on by default in PyTorch) nor in matmuls. TF32 keeps
+    10 mantissa bits, ~1e-3 of relative error through the network: the fixtures' 1e-4 is for float32 maths."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def part_fixtures(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
     from cutie.model.clip_forward import forward_clip
     from cutie.testing.reference_files import load_reference
@@ -446,7 +477,8 @@ def part_fixtures(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
                 o = forward_clip(net, inputs, num_ref_frames=refs, deep_update_prob=deep)
             return {k: v.float().cpu() for k, v in _leaves(o)}
 
-        f32 = run(None)
+        with float32_without_tf32():
+            f32 = run(None)
         worst = max(relative_error(f32[p], ref) for p, ref in _leaves(fixture["outputs"]))
         out["float32_rel_error"][path.name] = worst
         if worst > TOLERANCE:
@@ -507,7 +539,9 @@ def _ddp_worker(rank: int, world: int, port: int, device: str, backend: str, res
     import torch.distributed as td
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    td.init_process_group(backend, rank=rank, world_size=world)
+    if device == "cuda":
+        torch.cuda.set_device(0)  # both ranks on the one GPU (NCCL may refuse that: part_ddp then tries gloo)
+    td.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=DDP_ATTEMPT_S))
     try:
         _ddp_step(rank, device, result_dir)
         # Teardown in step: no rank closes its sockets while the other still talks to it, and the DDP reducer
@@ -518,13 +552,33 @@ def _ddp_worker(rank: int, world: int, port: int, device: str, backend: str, res
         td.destroy_process_group()
 
 
+DDP_ATTEMPT_S = 60.0  # per backend: two spawned ranks importing torch, one tiny step; a hung rank is stopped
+
+
+def _spawn_ranks(args: tuple, nprocs: int, limit_s: float) -> None:
+    """Runs `_ddp_worker(rank, *args)` in `nprocs` spawned processes; raises (as torch's start_processes does) when
+    a rank fails, and RuntimeError when they have not all finished within `limit_s` (a rank stuck in the
+    communication library, e.g. waiting for a peer that failed its start): the ranks left are killed."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(_ddp_worker, args=args, nprocs=nprocs, start_method="spawn", join=False)
+    deadline = time.monotonic() + limit_s
+    try:
+        while not ctx.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the ranks had not finished after {limit_s:.0f} s: stopped")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+            p.join(10)
+
+
 def part_ddp(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
     """A 2-process DDP step: the weights must be equal across ranks afterwards. A rank that dies after both
     ranks saved their weights (a crash in the communication library's teardown) is recorded, not a failure of
     the step: the verdict is read from the saved weights."""
     import socket
-
-    import torch.multiprocessing as mp
 
     budget.check(40, "DDP")
     tried = []
@@ -535,7 +589,7 @@ def part_ddp(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
         rd = tempfile.mkdtemp(dir=tmp)
         teardown = None
         try:
-            mp.start_processes(_ddp_worker, args=(2, port, sz.device, backend, rd), nprocs=2, start_method="spawn")
+            _spawn_ranks((2, port, sz.device, backend, rd), 2, min(DDP_ATTEMPT_S, max(10.0, budget.left() - 5)))
         except Exception as e:  # noqa: BLE001 (NCCL may refuse two ranks on one GPU: gloo next)
             reason = f"{backend}: {type(e).__name__}: {str(e)[-300:]}"
             if not all((Path(rd) / f"rank{i}.pt").is_file() for i in range(2)):
@@ -561,9 +615,10 @@ def part_ddp(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
 
 
 def part_train_py(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
-    """The product itself on the device: `cutie/train.py` on the tiny dataset, both stages (fp16 AMP + GradScaler
-    in main training, the loader `auto` picks: DALI's mixed graph on a GPU), stopped at iteration 3 like a
-    preemption (exit 3, a checkpoint) and relaunched to the end, with validation at the end of main training."""
+    """The product itself on the device: `cutie/train.py` on the tiny dataset, both stages (AMP in main training:
+    bf16 on a bf16-capable GPU, else fp16 + GradScaler; the loader `auto` picks: DALI's mixed graph on a GPU),
+    stopped at iteration 3 like a preemption (exit 3, a checkpoint) and relaunched to the end, with validation at
+    the end of main training."""
     budget.check(90, "train.py end to end")
     tiny = Path(tmp) / "tiny"
     subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_dataset.py"), "--out", str(tiny), "--seed",
@@ -575,8 +630,12 @@ def part_train_py(sz: Sizes, budget: Budget, data: str, tmp: str) -> dict:
             "log_image_interval=1000", "model.imagenet_dir=null", f"pre_training.num_iterations={iters}",
             f"main_training.num_iterations={iters}", f"main_training.lr_schedule_steps=[{iters - 1}]",
             "save_checkpoint_interval=2"]  # fmt: skip
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:  # DALI's chunks lost between the device calls: `auto` would pick it on a GPU anyway
+        args.append("loader=torch")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    out: dict = {"status": "ok", "iterations_per_stage": iters, "runs": []}
+    out: dict = {"status": "ok", "iterations_per_stage": iters, "runs": [], "loader_forced": "loader=torch" in args}
     for extra, want in ((["stop_at_iteration=3"], 3), ([], 0)):
         t0 = time.monotonic()
         limit = max(10.0, min(budget.left() - 5, 300.0))

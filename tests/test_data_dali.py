@@ -362,14 +362,24 @@ def test_max_skip_override_reaches_running_source_workers() -> None:
         loader.close()
 
 
-def test_gpu_graph_is_defined_with_the_same_code() -> None:
+def test_gpu_graph_is_defined_with_the_same_code(monkeypatch) -> None:
     """No GPU here: the GPU variant of the graph (mixed decoders, .gpu()/.cpu() moves inside the conditionals) is
-    at least defined and placed: frames on the GPU, the pass-through outputs on the CPU. Not built or run."""
-    from nvidia.dali import pipeline_def
+    at least defined and placed: frames and masks on the GPU, the other outputs on the CPU. Not built or run."""
+    from nvidia.dali import fn, pipeline_def
+    from nvidia.dali.pipeline import do_not_convert
 
     from cutie.data.render.dali_graph import clip_graph
 
     devices = []
+    decoders = []  # the decoders' arguments: nvJPEG must upsample chroma as the CPU decoders do
+    original = fn.decoders.image
+
+    @do_not_convert  # called inside the conditionals' graph: not for DALI's AutoGraph
+    def recording(*a, **k):
+        decoders.append(k)
+        return original(*a, **k)
+
+    monkeypatch.setattr(fn.decoders, "image", recording)
 
     @pipeline_def(enable_conditionals=True)
     def gpu_pipe():
@@ -378,4 +388,5 @@ def test_gpu_graph_is_defined_with_the_same_code() -> None:
         return out
 
     gpu_pipe(batch_size=2, num_threads=1, device_id=0)  # defines the graph; build() would need CUDA
-    assert devices == ["gpu", "cpu", "cpu", "cpu", "cpu"]
+    assert devices == ["gpu", "gpu", "cpu", "cpu", "cpu"]  # rgb, cls_gt on the device; the rest on the host
+    assert decoders and all(k["device"] == "mixed" and k.get("jpeg_fancy_upsampling") for k in decoders)

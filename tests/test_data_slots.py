@@ -115,3 +115,22 @@ def test_batches_kept_by_the_consumer_stay_intact(tmp_path: Path, workers: int) 
     for a, b in zip(kept, fresh, strict=True):
         for key in ("rgb", "cls_gt", "first_frame_gt", "num_objects"):
             assert torch.equal(a[key], b[key]), key
+
+
+def test_batches_from_the_copy_stream_are_kept_for_the_step(monkeypatch) -> None:
+    """On a GPU every device tensor of a batch copied on the side stream is marked as used by the compute stream
+    (record_stream), and the host-side values of the batch (object_counts) are left alone."""
+    from cutie.data.loaders.base import TrainLoader
+    from cutie.data.loaders.torch_loader import keep_for
+
+    loader = TrainLoader(None, num_objects=2, batch_size=2, rank=0, world_size=1, device=torch.device("cpu"))
+    batch = loader._to_batch(
+        torch.zeros(2, 3, 3, 8, 8, dtype=torch.uint8), torch.ones(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([1, 2])
+    )
+    marked: list[tuple[int, object]] = []
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda t, s: marked.append((id(t), s)), raising=False)
+    stream = object()  # stands for the compute stream
+    keep_for(batch, stream)
+    tensors = [v for v in batch.values() if torch.is_tensor(v)]
+    assert len(tensors) == 5 and batch["object_counts"] == (1, 2)
+    assert sorted(marked, key=lambda m: m[0]) == sorted(((id(t), stream) for t in tensors), key=lambda m: m[0])

@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.slow
 PARTS = ("dali", "train_step", "inference", "fixtures", "ddp", "train_py", "compile")
@@ -69,3 +71,107 @@ def test_parts_selects_what_runs(repo_root, tmp_path):
     report = json.loads((tmp_path / "out" / "gpu_acceptance.json").read_text())
     assert proc.returncode == 0 and report["ddp"]["status"] == "ok", (proc.stderr[-2000:], report["ddp"])
     assert all(report[p] == {"status": "skipped", "reason": "not selected (--parts)"} for p in PARTS if p != "ddp")
+
+
+def test_ddp_ranks_that_hang_are_stopped(repo_root, tmp_path, monkeypatch):
+    """A rank stuck in the process group's start (here: a world of 3 with 2 ranks started, as when NCCL's start
+    fails on one rank only) is stopped at the part's limit, so that the next backend still gets its turn."""
+    monkeypatch.syspath_prepend(str(repo_root / "scripts"))
+    import socket
+
+    import gpu_acceptance
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(RuntimeError, match="had not finished after 20 s: stopped"):
+        gpu_acceptance._spawn_ranks((3, port, "cpu", "gloo", str(tmp_path)), 2, 20.0)
+    assert not list(tmp_path.glob("rank*.pt"))
+
+
+def test_fixtures_compare_float32_without_tf32(repo_root, tmp_path, monkeypatch):
+    """The float32 pass of the fixtures part runs with TF32 off (cuDNN convolutions use TF32 by default on a GPU,
+    ~1e-3 of relative error, ten times the fixtures' tolerance); the AMP passes and what runs after keep the
+    settings they had."""
+    monkeypatch.syspath_prepend(str(repo_root / "scripts"))
+    # where the part looks (CUTIE_REFERENCE, else ../shared/reference beside the checkout)
+    ref = os.environ.get("CUTIE_REFERENCE") or str(repo_root.parent / "shared" / "reference")
+    if not list(Path(ref).glob("fixture_*.pt")):
+        pytest.fail(f"training fixtures not found in {ref} (set CUTIE_REFERENCE or clone beside ../shared)")
+    import gpu_acceptance
+
+    from cutie.model import clip_forward
+
+    seen = []
+    original = clip_forward.forward_clip
+
+    def recording(*a, **k):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return original(*a, **k)
+
+    monkeypatch.setattr(clip_forward, "forward_clip", recording)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32  # flags, not attributes
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        report = gpu_acceptance.part_fixtures(gpu_acceptance.DRY, gpu_acceptance.Budget(600), "", str(tmp_path))
+        assert report["status"] == "ok", report
+        assert seen[0] == (False, False) and seen[1:] == [(True, True)]  # float32, then bf16
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_timed_steps_run_as_training_runs_them(repo_root, monkeypatch):
+    """train_step's timing: the steps of the timed window follow each other without a host synchronisation (as
+    in training, where the GPU busy target applies: each step timed by the loop's own CUDA-event timer), and
+    cuDNN autotuning is on as `cudnn_benchmark: true` has it in training, restored afterwards."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(repo_root / "scripts"))
+    import gpu_acceptance
+
+    from cutie.training import step
+
+    events: list[str] = []
+
+    def fake_step(*a, **k):
+        events.append(f"step autotune={torch.backends.cudnn.benchmark}")
+        return SimpleNamespace(losses={"total_loss": torch.tensor(1.0)})
+
+    monkeypatch.setattr(step, "train_step", fake_step)
+    monkeypatch.setattr(gpu_acceptance, "sync", lambda: events.append("sync"))
+    sizes = dataclasses.replace(gpu_acceptance.DRY, warmup=2, steps=3)
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        r = gpu_acceptance._time_steps("small", "bf16", iter(lambda: {}, None), sizes)
+        assert not torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = saved
+    on = "step autotune=True"
+    assert events == [on, "sync", on, "sync", "sync", on, on, on, "sync"]  # warm-up steps one by one, then none
+    assert r["s_per_iter_median"] >= 0 and r["first_step_total_loss"] == 1.0
+
+
+@pytest.mark.parametrize("dali", [True, False])
+def test_train_py_takes_the_torch_loader_when_dali_is_missing(repo_root, tmp_path, monkeypatch, dali):
+    """A lost DALI chunk (docs/benchmarks.md) skips the DALI figures; train_py then runs with the torch loader
+    (`auto` picks DALI on a GPU whether importable or not) instead of failing."""
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(repo_root / "scripts"))
+    import gpu_acceptance
+
+    if not dali:
+        monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import nvidia.dali raises ImportError
+    calls: list[list[str]] = []
+
+    def fake_run(argv, **kw):
+        calls.append([str(a) for a in argv])
+        return SimpleNamespace(returncode=0 if len(calls) == 1 else 99, stdout="", stderr="")
+
+    monkeypatch.setattr(gpu_acceptance.subprocess, "run", fake_run)
+    report = gpu_acceptance.part_train_py(gpu_acceptance.DRY, gpu_acceptance.Budget(600), "", str(tmp_path))
+    assert len(calls) == 2 and calls[1][1].endswith("train.py") and report["status"] == "failed"  # stopped there
+    assert ("loader=torch" in calls[1]) is (not dali) and report["loader_forced"] is (not dali)

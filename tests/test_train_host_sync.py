@@ -156,3 +156,48 @@ def test_logged_losses_equal_the_step_losses(repo_root, tmp_path):
     records = {r["iteration"]: r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())}
     for it, v in seen.items():
         assert records[it]["mse"] == pytest.approx(v, nan_ok=True, rel=0, abs=0) or it == NAN_STEP
+
+
+def test_clip_forward_and_losses_read_no_batch_value_on_the_host(monkeypatch):
+    """The real network's clip forward and losses, on a batch made by TrainLoader._to_batch (the format of both
+    backends), with 1 and 2 micro-batches: no tensor is read on the host (on a GPU each read waits for the work
+    queued before it: the object counts come from the batch's host-side `object_counts`)."""
+    from cutie.data.loaders.base import TrainLoader
+    from cutie.model import build_network, load_model_config
+    from cutie.model.losses import LossComputer, LossSettings
+    from cutie.training.clip_model import ClipModel
+    from cutie.training.step import train_step
+
+    torch.manual_seed(0)
+    loader = TrainLoader(None, num_objects=3, batch_size=2, rank=0, world_size=1, device=torch.device("cpu"))
+    cls_gt = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    cls_gt[0, :, 4:20, 4:20], cls_gt[0, :, 20:, 20:], cls_gt[1, :, 8:24, 8:24] = 1, 2, 1
+    rgb = torch.randint(0, 256, (2, 3, 3, 32, 32), dtype=torch.uint8)
+    batch = loader._to_batch(rgb, cls_gt, torch.tensor([2, 1]))
+    assert batch["object_counts"] == (2, 1) and batch["num_objects"].tolist() == [2, 1]
+    net = build_network(load_model_config("small")).train()
+    model = ClipModel(net, 3, 0.5)
+    losses = LossComputer(LossSettings(64, 3.0, 0.75, 1.0, 1.0))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    reads: list[tuple[str, tuple[int, ...], torch.dtype]] = []
+
+    def counting(name: str):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, **k):
+            # plan_clip's deep-update coins: 0-d bools drawn from the CPU generator, host tensors on a GPU too
+            if (name, self.dim(), self.dtype) != ("__bool__", 0, torch.bool):
+                reads.append((name, tuple(self.shape), self.dtype))
+            return original(self, *a, **k)
+
+        return wrapper
+
+    for accumulation in (1, 2):
+        plan = StagePlan("main_training", 10, 2, 2, 2 // accumulation, accumulation, None, False, 1e-8, False)
+        for name in HOST_READS:
+            monkeypatch.setattr(torch.Tensor, name, counting(name))
+        result = train_step(model, batch, losses.compute, opt, scaler, plan, 3.0)
+        monkeypatch.undo()
+        assert not reads, f"host reads in the step ({accumulation} micro-batches): {reads}"
+        assert bool(result.finite)

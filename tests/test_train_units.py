@@ -80,10 +80,15 @@ def test_step_lr_schedule():
 
 
 def test_split_batch_keeps_samples_together():
-    batch = {"rgb": torch.arange(4).view(4, 1).float(), "num_objects": torch.tensor([1, 2, 3, 1])}
+    batch = {
+        "rgb": torch.arange(4).view(4, 1).float(),
+        "num_objects": torch.tensor([1, 2, 3, 1]),
+        "object_counts": (1, 2, 3, 1),
+    }
     parts = split_batch(batch, 2)
     assert [p["rgb"].flatten().tolist() for p in parts] == [[0.0, 1.0], [2.0, 3.0]]
     assert [p["num_objects"].tolist() for p in parts] == [[1, 2], [3, 1]]
+    assert [p["object_counts"] for p in parts] == [(1, 2), (3, 1)]
 
 
 class _Linear(torch.nn.Module):

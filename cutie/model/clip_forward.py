@@ -8,8 +8,9 @@ it is the last — encoded into memory from its own prediction, with a deep sens
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -24,6 +25,15 @@ class ClipPlan:
     num_objects: int  # object slots used: the largest num_objects in the batch
     ref_frames: dict[int, torch.Tensor]  # frame ti -> B*num_ref_frames memory frames picked at random
     deep_update: list[bool]  # per memory-encoded frame ti = 1..T-2
+
+
+def batch_object_counts(batch: Mapping[str, Any]) -> list[int]:
+    """Objects per sample as host ints: the batch's `object_counts` (host values the loaders add, so that reading
+    them waits for nothing), else its `num_objects` tensor (reading a device tensor waits for the GPU)."""
+    counts = batch.get("object_counts")
+    if counts is None:
+        counts = batch["num_objects"]
+    return [int(c) for c in (counts.reshape(-1).tolist() if isinstance(counts, torch.Tensor) else counts)]
 
 
 @torch.compiler.disable
@@ -62,7 +72,9 @@ def forward_clip(net: CutieNet, batch: dict, *, num_ref_frames: int, deep_update
     """
     rgb = batch["rgb"]
     b, seq_len = rgb.shape[:2]
-    plan = plan_clip(batch["num_objects"], b, seq_len, num_ref_frames=num_ref_frames, deep_update_prob=deep_update_prob)
+    plan = plan_clip(
+        batch_object_counts(batch), b, seq_len, num_ref_frames=num_ref_frames, deep_update_prob=deep_update_prob
+    )
     num_objects = plan.num_objects
     first_gt = batch["first_frame_gt"][:, 0, :num_objects].float()  # B*O*H*W
     selector = batch["selector"][:, :num_objects].float().view(b, num_objects, 1, 1)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from cutie.config.model import ModelSpec
 from cutie.config.train import StageConfig
 from cutie.config.typed import ConfigError
+from cutie.model.clip_forward import batch_object_counts
 from cutie.model.point_sampling import sample_at, uncertain_point_coords
 
 
@@ -107,7 +108,7 @@ class LossComputer:
         num_frames = batch["rgb"].shape[1]
         if num_frames < 2:
             raise ValueError(f"need at least 2 frames per clip to compute losses, got {num_frames}")
-        counts = _object_counts(batch["num_objects"])
+        counts = _object_counts(batch_object_counts(batch))
         frames = range(1, num_frames)
         device = outputs["logits_1"].device
         with torch.autocast(device_type=device.type, enabled=False):  # loss maths in float32

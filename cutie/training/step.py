@@ -24,12 +24,19 @@ class StepResult:
 
 
 def split_batch(batch: dict, n: int) -> list[dict]:
-    """Splits every per-sample tensor along dim 0 into n equal micro-batches."""
+    """Splits every per-sample value into n equal micro-batches: tensors along dim 0, tuples and lists (per-sample
+    host values such as `object_counts`) into consecutive slices; anything else goes to every micro-batch."""
     if n == 1:
         return [batch]
     out: list[dict] = [{} for _ in range(n)]
     for k, v in batch.items():
-        parts = torch.chunk(v, n, dim=0) if torch.is_tensor(v) else [v] * n
+        if torch.is_tensor(v):
+            parts = torch.chunk(v, n, dim=0)
+        elif isinstance(v, list | tuple):
+            size = len(v) // n
+            parts = [v[i * size : (i + 1) * size] for i in range(n)]
+        else:
+            parts = [v] * n
         for i in range(n):
             out[i][k] = parts[i]
     return out

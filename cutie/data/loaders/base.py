@@ -92,6 +92,7 @@ class TrainLoader:
     def _to_batch(self, rgb: torch.Tensor, cls_gt: torch.Tensor, num_objects: torch.Tensor) -> dict[str, torch.Tensor]:
         """uint8 B*T*3*H*W, uint8 B*T*H*W, int B -> the trainer's batch on the device (docs/architecture.md)."""
         nb = self.device.type == "cuda"
+        counts = tuple(int(n) for n in num_objects.reshape(-1).tolist())  # on the host: read without a GPU wait
         rgb = rgb.to(self.device, non_blocking=nb)  # uint8 over the bus, converted on the device
         cls_gt = cls_gt.to(self.device, non_blocking=nb)
         num_objects = num_objects.to(self.device, non_blocking=nb).long()  # B
@@ -105,6 +106,7 @@ class TrainLoader:
             "cls_gt": self._empty((b, t, 1, h, w), torch.int64).copy_(cls_gt[:, :, None]),  # B*T*1*H*W
             "selector": selector,
             "num_objects": num_objects,
+            "object_counts": counts,  # the same counts as host ints (the model cuts its object slots with them)
         }
 
     def iterate(self, start_iteration: int) -> Iterator[dict]:

@@ -188,5 +188,5 @@ def build_train_loader(
 
 
 def batch_to_numpy(batch: dict) -> dict[str, np.ndarray]:
-    """A batch as numpy arrays (tests, debugging)."""
-    return {k: v.detach().cpu().numpy() for k, v in batch.items()}
+    """A batch's tensors as numpy arrays (tests, debugging)."""
+    return {k: v.detach().cpu().numpy() for k, v in batch.items() if torch.is_tensor(v)}

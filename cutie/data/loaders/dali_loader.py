@@ -238,15 +238,18 @@ class DaliClipLoader(TrainLoader):
             # Copies: DALI reuses its output buffers at the next run.
             bad = [np.array(out["bad_paths"][j]).tobytes().decode() for j in range(self.batch_size)]
             self._account(self.batch_size, [p for paths in bad if paths for p in paths.split("\n")])
-            rgb = self._rgb_to_torch(out["rgb"])  # B*T*3*H*W uint8
-            cls_gt = torch.from_numpy(np.array(out["cls_gt"].as_tensor()))  # B*T*H*W uint8
+            rgb = self._to_torch(out["rgb"])  # B*T*3*H*W uint8
+            cls_gt = self._to_torch(out["cls_gt"])  # B*T*H*W uint8 (on the GPU from a device pipeline)
             num_objects = torch.from_numpy(np.array(out["num_objects"].as_tensor())).reshape(-1)  # B
             yield self._to_batch(rgb, cls_gt, num_objects)
             iteration += 1
 
-    def _rgb_to_torch(self, rgb) -> torch.Tensor:
-        dense = rgb.as_tensor()
-        if self._device_id() is None:
+    def _to_torch(self, batch) -> torch.Tensor:
+        """A uint8 DALI batch as one torch tensor: a copy on the CPU, or on the device for a GPU batch."""
+        from nvidia.dali.tensors import TensorGPU
+
+        dense = batch.as_tensor()
+        if not isinstance(dense, TensorGPU):
             return torch.from_numpy(np.array(dense))
         from nvidia.dali.plugin.pytorch import feed_ndarray
 

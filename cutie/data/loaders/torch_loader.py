@@ -94,6 +94,14 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def keep_for(batch: dict, stream: torch.cuda.Stream) -> None:
+    """Marks the batch's tensors (made on the copy stream) as used by `stream`: the allocator must not reuse them
+    before the step queued there has read them. Host values (`object_counts`) need nothing."""
+    for value in batch.values():
+        if torch.is_tensor(value):
+            value.record_stream(stream)
+
+
 class TorchTrainLoader(TrainLoader):
     """CPU workers (torch DataLoader) that sample and render with OpenCV into shared-memory batch slots."""
 
@@ -166,8 +174,7 @@ class TorchTrainLoader(TrainLoader):
                 batch = self._to_batch(self.slots.rgb[s], self.slots.cls[s], raw["num_objects"])
             compute = torch.cuda.current_stream(self.device)
             compute.wait_stream(self._copy_stream)  # the next step's kernels wait for the copy, the host does not
-            for t in batch.values():
-                t.record_stream(compute)  # the allocator must not reuse them before the step has read them
+            keep_for(batch, compute)
             if not self._pinned:
                 self.slots.release(raw["iteration"])
             else:

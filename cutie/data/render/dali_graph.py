@@ -31,9 +31,9 @@ Colour (recipe.py's order), per frame on FHWC uint8:
   serve as an argument.
 Compositing: out <- round(alpha_k * layer_k + (1 - alpha_k) * out) in float, alpha as T*H*W*1 uint8 (/255).
 Output `rgb` is T*3*H*W uint8 (like the torch backend's frames: the loader divides by 255 on the training device,
-and the transfer is 4x smaller than float); `cls_gt` (T*H*W uint8, final from the sampler, never decoded by DALI),
-`num_objects`, `bad_paths` (the files the source skipped, newline-joined bytes) and `index` (the global sample
-index) pass through.
+and the transfer is 4x smaller than float); `cls_gt` (T*H*W uint8, final from the sampler, never decoded by DALI;
+on the GPU with the frames), `num_objects`, `bad_paths` (the files the source skipped, newline-joined bytes)
+and `index` (the global sample index) pass through.
 
 Corrupt JPEGs: DALI's decoder fails the whole batch on a truncated stream or an invalid marker (OpenCV only
 warns), so the source screens every JPEG with `jpeg_problem` (structure only, ~0.04 ms per 170 KB) and replaces the
@@ -265,7 +265,11 @@ def _render_layer(inputs: dict, k: int, layout: SourceLayout, gpu: bool):
         windows = fn.cast(blur_sw[:, 1], dtype=types.INT32)
         warped = []
         for t in range(t_len):
-            img = fn.decoders.image(inputs[f"jpeg{k}_{t}"], device="mixed" if gpu else "cpu", output_type=types.RGB)
+            jpeg = inputs[f"jpeg{k}_{t}"]
+            if gpu:  # nvJPEG with the CPU decoders' chroma upsampling (libjpeg-turbo's, OpenCV's: the torch backend)
+                img = fn.decoders.image(jpeg, device="mixed", output_type=types.RGB, jpeg_fancy_upsampling=True)
+            else:
+                img = fn.decoders.image(jpeg, device="cpu", output_type=types.RGB)
             frame = fn.experimental.warp_perspective(
                 img,
                 matrix=mats[t],
@@ -317,7 +321,10 @@ def clip_graph(source: Callable, layout: SourceLayout, gpu: bool, parallel: bool
             blend = _render_layer(inputs, k, layout, gpu) * a + out * (1.0 - a)
             out = fn.cast(blend, dtype=types.UINT8)  # rounds; a convex blend stays in range
     rgb = fn.transpose(out, perm=[0, 3, 1, 2])  # T*3*H*W uint8
-    return rgb, inputs["cls_gt"], inputs["num_objects"], inputs["bad_paths"], inputs["index"]
+    # On a GPU the masks go to the device inside the pipeline (DALI copies from its pinned buffers, ahead of the
+    # step): a copy from pageable memory on the training stream would wait for the step the GPU is running.
+    cls_gt = inputs["cls_gt"].gpu() if gpu else inputs["cls_gt"]
+    return rgb, cls_gt, inputs["num_objects"], inputs["bad_paths"], inputs["index"]
 
 
 OUTPUT_NAMES = ["rgb", "cls_gt", "num_objects", "bad_paths", "index"]
