@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    for name in ("threads", "height", "width", "objects"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.frames < args.warmup + 2:
         p.error("--frames must exceed --warmup + 1 (the first frame and the warm-up frames are not timed)")
     return args

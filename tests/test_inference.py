@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -222,3 +224,15 @@ def test_no_memory_and_no_mask_gives_zeros(small_net: torch.nn.Module) -> None:
     assert not proc.memory.engaged and proc.object_ids == []
     first = proc.step(frames[1], mask)
     assert torch.equal(proc.index_mask(first), mask)
+
+
+@pytest.mark.parametrize("flag", ["--threads", "--height", "--objects"])
+def test_benchmark_inference_refuses_sizes_below_one_in_one_line(repo_root, flag):
+    proc = subprocess.run(
+        [sys.executable, str(repo_root / "scripts" / "benchmark_inference.py"), flag, "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"{flag} must be >= 1, got 0" in proc.stderr and "Traceback" not in proc.stderr
