@@ -644,7 +644,9 @@ def test_evaluation_shows_one_progress_bar_over_every_frame_and_one_for_scoring(
     _, folders = _two_videos(tmp_path)
     _run(["dataset=custom", *folders], small_net, tmp_path)
     err = capsys.readouterr().err
-    assert re.search(r"\b26/26\b", err), err[-2000:]  # 2 videos of 13 frames in one bar
+    # 2 videos of 13 frames in one bar. The bar stays when it closes (tqdm draws its final count then); a bar that
+    # cleared itself lost the final count whenever the last frames came within tqdm's 0.1 s redraw interval.
+    assert re.search(r"\[2/2\] zz-late: 100%.*\b26/26\b", err), err[-2000:]
     assert re.search(r"J&F.*\b2/2\b", err), err[-2000:]
 
 
@@ -682,12 +684,13 @@ def test_the_benchmark_archive_is_written_atomically(
     from cutie.inference.dataset_eval import DatasetSpec, make_zip
 
     run_dir = tmp_path / "run"
-    for stem in ("00000", "00005"):
-        (run_dir / "Annotations/vid").mkdir(parents=True, exist_ok=True)
-        (run_dir / "Annotations/vid" / f"{stem}.png").write_bytes(b"png " + stem.encode())
+    written = [run_dir / "Annotations/vid" / f"{stem}.png" for stem in ("00000", "00005")]
+    for path in written:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"png " + path.stem.encode())
     (run_dir / "Annotations/vid/.00010.png.x1y2.cutie-tmp").write_bytes(b"half")  # left by a killed run
     spec = DatasetSpec(dataset, Path("i"), Path("m"), None, None, 480, False, True, 5, False, "false")
-    archive = make_zip(spec, run_dir, "e")
+    archive = make_zip(spec, run_dir, "e", written)
     assert archive == run_dir / f"e_{dataset}.zip"
     with zipfile.ZipFile(archive) as z:
         files = sorted(n for n in z.namelist() if not n.endswith("/"))
@@ -705,8 +708,32 @@ def test_the_benchmark_archive_is_written_atomically(
 
     monkeypatch.setattr(zipfile.ZipFile, "write", failing_write)
     with pytest.raises(OSError):
-        make_zip(spec, run_dir, "e")
+        make_zip(spec, run_dir, "e", written)
     assert sorted(p.name for p in run_dir.iterdir()) == ["Annotations"]  # no archive, no temporary left
+
+
+def test_the_benchmark_archive_of_a_rerun_with_fewer_videos_holds_only_that_runs_masks(
+    small_net: torch.nn.Module, tmp_path: Path
+) -> None:
+    """A rerun into the same folder with fewer videos (max_videos=, another subset) leaves the earlier run's
+    masks in Annotations/; the archive printed for upload holds this run's masks only, else the server would
+    score the earlier videos as this run's."""
+    import zipfile
+
+    _two_videos(tmp_path / "MOSE/valid")  # mose-val's layout under data_root: JPEGImages/, Annotations/
+    (tmp_path / "MOSE/valid/data/JPEGImages").rename(tmp_path / "MOSE/valid/JPEGImages")
+    (tmp_path / "MOSE/valid/data/Annotations").rename(tmp_path / "MOSE/valid/Annotations")
+    archive = tmp_path / "out/t/eval/mose-val/t_mose-val.zip"
+
+    def members() -> set[str]:
+        with zipfile.ZipFile(archive) as z:
+            return {n.split("/")[0] for n in z.namelist() if not n.endswith("/")}
+
+    _run(["dataset=mose-val", f"data_root={tmp_path}"], small_net, tmp_path)
+    assert members() == {"vid", "zz-late"}
+    _run(["dataset=mose-val", f"data_root={tmp_path}", "max_videos=1"], small_net, tmp_path)
+    assert (tmp_path / "out/t/eval/mose-val/Annotations/zz-late").is_dir()  # the earlier run's masks stay
+    assert members() == {"vid"}
 
 
 def test_a_void_label_given_to_the_network_is_refused_before_inference_when_scoring(

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -32,7 +32,7 @@ from cutie.inference.video_io import (
 )
 from cutie.metrics import DavisReport, SavReport, evaluate_folders, evaluate_sav_folders
 from cutie.metrics.davis import VOID_LABEL, read_index_mask
-from cutie.utils.atomic import atomic_write, atomic_write_json, is_temp_name
+from cutie.utils.atomic import atomic_write, atomic_write_json
 from cutie.utils.paths import check_output_folder
 
 log = logging.getLogger(__name__)
@@ -177,8 +177,10 @@ def unscorable_video(spec: DatasetSpec, videos: list[str]) -> str | None:
     return None
 
 
-def make_zip(spec: DatasetSpec, run_dir: Path, exp_id: str) -> Path | None:
-    """The benchmark-server archive: YouTube-VOS wants an Annotations/ folder inside, MOSE the videos. Written
+def make_zip(spec: DatasetSpec, run_dir: Path, exp_id: str, written: Sequence[Path]) -> Path | None:
+    """The benchmark-server archive of the masks this run wrote (`written`): YouTube-VOS wants an Annotations/
+    folder inside, MOSE the videos. Not the folder's whole content: a rerun with fewer videos (max_videos=, another
+    subset) leaves the earlier run's videos there, and the server would score them as this run's. Written
     atomically, so a failed write leaves no truncated archive under the name printed for upload."""
     if spec.name.startswith("y"):
         base = run_dir  # members Annotations/<video>/<frame>.png
@@ -186,13 +188,10 @@ def make_zip(spec: DatasetSpec, run_dir: Path, exp_id: str) -> Path | None:
         base = run_dir / "Annotations"  # members <video>/<frame>.png
     else:
         return None
-    folder = run_dir / "Annotations"
-    # links not followed; a temporary a killed run left behind is no mask
-    files = sorted(Path(here) / n for here, _, names in os.walk(folder) for n in names if not is_temp_name(n))
 
     def write(f: IO[bytes]) -> None:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
-            for path in files:
+            for path in sorted(written):
                 z.write(path, path.relative_to(base).as_posix())
 
     archive = run_dir / f"{exp_id}_{spec.name}.zip"
@@ -345,7 +344,8 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
         log.warning(note)
 
     timer = Timer()
-    bar = tqdm(total=sum(len(r) for r in readers), unit="frame", leave=False)  # the ETA of the whole run
+    written: list[Path] = []  # the masks of this run (DAVIS layout), for the benchmark archive
+    bar = tqdm(total=sum(len(r) for r in readers), unit="frame")  # the ETA of the whole run; its final count stays
     for i, (name, reader) in enumerate(zip(videos, readers, strict=True)):
         bar.set_description(f"[{i + 1}/{len(videos)}] {name}")
         for frame, ids in run_video(net, reader, settings, device, timer):
@@ -353,7 +353,8 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
                 if frame.save:  # save_all or an annotated frame
                     save_object_pngs(out_root / name, frame.name, ids, reader.object_names)
             elif spec.save_all or frame.save:
-                save_index_png(out_root / name / f"{frame.name}.png", ids, reader.palette)
+                written.append(out_root / name / f"{frame.name}.png")
+                save_index_png(written[-1], ids, reader.palette)
             bar.update(1)
     bar.close()
 
@@ -363,7 +364,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
         f"{timer.frames} frames in {timer.seconds:.1f}s: {timer.fps:.2f} frames/s; "
         f"peak memory {result['peak_memory_mb']:.0f} MiB ({memory_kind})"
     )
-    archive = make_zip(spec, run_dir, cfg.exp_id)
+    archive = make_zip(spec, run_dir, cfg.exp_id, written)
     if archive is not None:
         print(f"archive for the benchmark server: {archive}")
 
