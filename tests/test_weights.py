@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,26 @@ def test_read_errors_name_the_file(tmp_path: Path, small_shapes) -> None:
     torch.save({"it": 3, "optimizer": {}}, mixed)
     with pytest.raises(WeightsError, match="mixed.pth.*not a state dict.*'weights'"):
         read_weights_file(mixed)
+
+
+def test_weights_under_another_trainers_key_are_named_with_a_fix_that_works(tmp_path: Path) -> None:
+    """Other trainers (Lightning, most forks) save the network under 'state_dict' or 'model' beside their own
+    entries. The error names the key and gives the one command that exports it; that command's file loads."""
+    import shlex
+    import subprocess
+    import sys
+
+    wrapped = tmp_path / "lightning.ckpt"
+    net = {"pixel_encoder.conv1.weight": torch.randn(2, 3, 1, 1), "key_proj.bias": torch.randn(2)}
+    torch.save({"epoch": 3, "state_dict": net, "optimizer_states": [{"lr": 1e-4}]}, wrapped)
+    with pytest.raises(WeightsError) as info:
+        read_weights_file(wrapped)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and "under 'state_dict'" in message and "fix:" in message
+    command = re.search(r"(python -c \".*\")", message).group(1)
+    subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=tmp_path, check=True)
+    exported = read_weights_file(tmp_path / "weights.pth")
+    assert exported.keys() == net.keys() and all(torch.equal(exported[k], net[k]) for k in net)
 
 
 # ------------------------------------------------------------------------------------------- strict loading

@@ -100,11 +100,28 @@ def read_weights_file(path: str | os.PathLike) -> StateDict:
         raise WeightsError(f"{path}: expected a non-empty state dict (key -> tensor), found {_describe(obj)}")
     bad = [k for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        extra = " (a full checkpoint keeps the network under 'weights')" if what == "weights file" else ""
         raise WeightsError(
-            f"{path}: {what} is not a state dict: {len(bad)} entries are not str -> tensor, e.g. {bad[:5]}{extra}"
+            f"{path}: {what} is not a state dict: {len(bad)} entries are not str -> tensor, "
+            f"e.g. {bad[:5]}{_nested_fix(path, state_dict) if what == 'weights file' else ''}"
         )
     return strip_wrapper_prefixes(state_dict)
+
+
+def _nested_fix(path: Path, obj: Mapping) -> str:
+    """Other trainers save the network under a key of their own ('state_dict', 'model', ...): name that key and
+    how to export it, rather than guess which of a file's dicts is the network."""
+    nested = [
+        k
+        for k, v in obj.items()
+        if isinstance(v, Mapping) and v and all(isinstance(t, torch.Tensor) for t in v.values())
+    ]
+    if len(nested) != 1:
+        return " (a full checkpoint keeps the network under 'weights')"
+    key = nested[0]
+    return (
+        f'; the tensors are under {key!r} (fix: export them as a plain state dict: python -c "import torch; '
+        f"torch.save(torch.load('{path}', weights_only=True)[{key!r}], 'weights.pth')\", then weights=weights.pth)"
+    )
 
 
 def _not_torch(path: Path) -> str:
