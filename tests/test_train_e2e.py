@@ -245,6 +245,9 @@ def test_a_bad_validation_file_stops_before_training(tiny_data, tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "[d17-val]" in proc.stderr and str(bad) in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "output" / "badval" / "metrics.jsonl").exists()
+    # the run's log says why it ended too (it held only the first lines, and a log read later told nothing)
+    log = (tmp_path / "output/badval/train.log").read_text()
+    assert " E data error: " in log and str(bad) in log.split(" E data error: ")[-1], log[-2000:]
 
 
 @pytest.mark.parametrize("name", ["train.log", "checkpoints", "tb", "val/main_training_0000004"])

@@ -11,6 +11,7 @@ Exit codes shared by the entry points: 1 anything unexpected (a bug: the line sa
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -62,4 +63,15 @@ def run_reporting_errors(fn: Callable[[], T], input_errors: Mapping[type[BaseExc
 
 def _exit(label: str, message: str, code: int) -> None:
     print(f"{label}: {message}", file=sys.stderr)
+    _record_in_log_files(f"{label}: {message}")
     raise SystemExit(code) from None
+
+
+def _record_in_log_files(text: str) -> None:
+    """The run's log file (train.log) ends with the same line, so that a log read later says why the run ended;
+    the console got it on stderr already."""
+    log = logging.getLogger("cutie")
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, text, None, None)
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
