@@ -390,3 +390,59 @@ def test_gpu_graph_is_defined_with_the_same_code(monkeypatch) -> None:
     gpu_pipe(batch_size=2, num_threads=1, device_id=0)  # defines the graph; build() would need CUDA
     assert devices == ["gpu", "gpu", "cpu", "cpu", "cpu"]  # rgb, cls_gt on the device; the rest on the host
     assert decoders and all(k["device"] == "mixed" and k.get("jpeg_fancy_upsampling") for k in decoders)
+
+
+_GROUP_SIGNAL = """
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, sys.argv[2])
+from test_data_dali import FakeRecipeSource, _loader
+from cutie.training.signals import StopSignals
+
+with StopSignals() as stop:  # as in training: the loader is built inside the trainer's stop handler
+    loader = _loader(FakeRecipeSource(), start_method=sys.argv[1])
+    batches = loader.iterate(0)
+    next(batches)
+    workers = os.popen(f"pgrep -P {os.getpid()}").read().split()
+    os.killpg(os.getpgrp(), signal.SIGTERM)  # what torchrun sends its workers on SIGTERM / Ctrl-C
+    time.sleep(1)
+    for _ in range(4):
+        next(batches)
+    print("requested", stop.requested, "workers", " ".join(workers), flush=True)
+    if sys.argv[3] == "die":  # the trainer killed outright: its workers must not live on
+        os.kill(os.getpid(), signal.SIGKILL)
+    loader.close()
+"""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_signal_to_the_trainers_process_group_leaves_the_source_workers_running(start_method: str) -> None:
+    """torchrun stops a trainer by signalling its whole process group. DALI's Python workers must not die of it
+    (the trainer's next batch failed with 'Worker data receiving interrupted' instead of the checkpoint being
+    saved at the step boundary; with spawn, the start method once CUDA is initialized, i.e. on every GPU). Out of
+    the group, they still die with the trainer."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), tests])}
+    for end in ("close", "die"):
+        proc = subprocess.run(
+            [sys.executable, "-c", _GROUP_SIGNAL, start_method, tests, end],
+            capture_output=True, text=True, start_new_session=True, env=env, timeout=600,
+        )  # fmt: skip
+        assert proc.stdout.startswith("requested True workers "), proc.stdout + proc.stderr[-3000:]
+        workers = [int(p) for p in proc.stdout.split("workers")[1].split()]
+        assert workers, proc.stdout
+        if end == "close":
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+            time.sleep(0.2)
+        assert not any(Path(f"/proc/{p}").exists() for p in workers), f"workers {workers} outlived the trainer"

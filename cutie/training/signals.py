@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import signal
 
+from cutie.utils.stop_signals import STOP_SIGNALS
+
 
 class StopSignals:
     def __init__(self) -> None:
@@ -29,7 +31,7 @@ class StopSignals:
         self.reason = reason
 
     def __enter__(self) -> StopSignals:
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        for s in STOP_SIGNALS:
             self._previous[s] = signal.signal(s, self._handle)
         return self
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -45,6 +46,7 @@ from cutie.data.render.dali_graph import (
 from cutie.data.sampling.masks import BadSampleError
 from cutie.data.sampling.recipe import ClipRecipe
 from cutie.data.sampling.source import MAX_ATTEMPTS
+from cutie.utils.stop_signals import leave_trainer_group
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ class DaliSampleSource:
         self.batch_size, self.rank, self.world_size = int(batch_size), int(rank), int(world_size)
         self.start_iteration = int(start_iteration)
         self.blocked = frozenset(blocked)  # files that failed in DALI's decoder earlier in this run
+        self.trainer_pid, self._in_worker = os.getpid(), False
 
     def global_index(self, iteration: int, slot: int) -> int:
         """The global sample index of slot `slot` of this rank's batch at DALI iteration `iteration`."""
@@ -115,7 +118,20 @@ class DaliSampleSource:
             bad.extend(recipe.info.get("bad_paths", ()))
         raise RuntimeError(f"sample {index}: {MAX_ATTEMPTS} replacements in a row had corrupt JPEGs: {bad[-3:]}")
 
+    def _leave_trainer_group(self) -> None:
+        if not self._in_worker and os.getpid() != self.trainer_pid:
+            leave_trainer_group(self.trainer_pid)
+            self._in_worker = True
+
+    def __setstate__(self, state: dict) -> None:
+        # "spawn" workers unpickle the source as they start: they leave the trainer's group before any work
+        self.__dict__.update(state)
+        self._leave_trainer_group()
+
     def __call__(self, sample_info: Any) -> tuple:
+        # "fork" workers (not unpickled) leave the group at their first sample, which the pipeline asks for as it
+        # is built: a stop signal within those milliseconds would still reach them
+        self._leave_trainer_group()
         return self.draw(self.global_index(sample_info.iteration, sample_info.idx_in_batch))[0]
 
 
@@ -183,9 +199,11 @@ class DaliClipLoader(TrainLoader):
         seq_length: int | None = None,
         crop_size: tuple[int, int] | None = None,
         max_layers: int | None = None,
+        start_method: str | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(source, **kw)
+        self.start_method = start_method  # of the Python workers; None: fork, spawn once CUDA is initialized
         self.layout = layout_of(source, seq_length, crop_size, max_layers)
         self.num_workers = max(1, int(num_workers))  # Python workers: sampling, packing, CPU-rendered layers
         self.num_threads = max(1, int(num_threads if num_threads is not None else num_workers))  # DALI's threads
@@ -193,6 +211,10 @@ class DaliClipLoader(TrainLoader):
         self.seed = int(seed)
         self.blocked: set[str] = set()
         self._pipe = None
+
+    @staticmethod
+    def _default_start_method() -> str:
+        return "spawn" if torch.cuda.is_available() and torch.cuda.is_initialized() else "fork"  # fork after CUDA fails
 
     def _device_id(self) -> int | None:
         return (self.device.index or 0) if self.device.type == "cuda" else None
@@ -217,7 +239,7 @@ class DaliClipLoader(TrainLoader):
             py_num_workers=self.num_workers,
             seed=self.seed + self.rank,  # the graph draws nothing itself: samples come from the recipe source
             prefetch_queue_depth=self.prefetch_queue_depth,
-            py_start_method="spawn" if torch.cuda.is_available() and torch.cuda.is_initialized() else "fork",
+            py_start_method=self.start_method or self._default_start_method(),
         )
 
     def iterate(self, start_iteration: int = 0) -> Iterator[dict[str, torch.Tensor]]:

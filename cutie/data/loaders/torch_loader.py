@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import cv2
@@ -18,6 +19,7 @@ from cutie.data.render.cpu import render_recipe_uint8
 from cutie.data.sampling.masks import BadSampleError
 from cutie.data.sampling.source import MAX_ATTEMPTS, RecipeSource
 from cutie.utils import host_memory
+from cutie.utils.stop_signals import leave_trainer_group
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +85,8 @@ class _IterationBatches(torch.utils.data.Sampler):
             it += 1
 
 
-def _worker_init(_: int) -> None:
-    # A worker leaves the trainer's process group: torchrun stops its workers with a signal to their whole group
-    # (os.killpg), as a terminal's Ctrl-C does, and a loader worker killed that way would fail the trainer's next
-    # batch before the stop request is honoured (weights and a checkpoint saved at the step boundary). The
-    # trainer shuts its workers down itself; a worker still sees its parent's death (torch's watchdog).
-    os.setpgid(0, 0)
+def _worker_init(trainer_pid: int, _: int) -> None:
+    leave_trainer_group(trainer_pid)  # a stop signal to the trainer's group is the trainer's to handle
     host_memory.keep_freed_memory()  # decoded frames and clips reuse warm heap pages (~25% less CPU per clip)
     cv2.setNumThreads(1)  # one worker = one core; OpenCV's own threads would fight the other workers
     torch.set_num_threads(1)
@@ -142,7 +140,7 @@ class TorchTrainLoader(TrainLoader):
             batch_sampler=_IterationBatches(self, start_iteration),
             num_workers=self.num_workers,
             collate_fn=collate_clips,
-            worker_init_fn=_worker_init if self.num_workers > 0 else None,
+            worker_init_fn=partial(_worker_init, os.getpid()) if self.num_workers > 0 else None,
             prefetch_factor=PREFETCH_FACTOR if self.num_workers > 0 else None,
         )
         # Fork with OpenCV's thread pool stopped: a forked child inherits the pool's state but not its threads and
