@@ -606,17 +606,22 @@ def test_a_mask_without_its_frame_stops_before_any_inference(
     assert not (tmp_path / "out/t/eval/custom/Annotations").exists()
 
 
-@pytest.mark.parametrize("link", ["video_folder", "frame", "mask"])
+@pytest.mark.parametrize("link", ["video_folder", "video_folder_to_empty", "frame", "mask"])
 def test_a_symlink_leading_out_of_the_dataset_is_refused_before_any_inference(
     small_net: torch.nn.Module, tmp_path: Path, link: str
 ) -> None:
     """A video folder, frame or mask of the listing that is a symlink out of its dataset folder is refused (as
-    the SA-V reader already refuses a video folder), before anything runs."""
+    the SA-V reader already refuses a video folder), before anything runs. Nothing outside is listed first: a link
+    to an empty folder is refused as a link out, not reported as a video without frames."""
     data, folders = _two_videos(tmp_path)
     outside = tmp_path / "elsewhere"
     shutil.copytree(data / "JPEGImages/zz-late", outside / "frames")
     shutil.copytree(data / "Annotations/zz-late", outside / "masks")
-    if link == "video_folder":
+    (outside / "empty").mkdir()
+    if link == "video_folder_to_empty":
+        shutil.rmtree(data / "JPEGImages/zz-late")
+        (data / "JPEGImages/zz-late").symlink_to(outside / "empty", target_is_directory=True)
+    elif link == "video_folder":
         shutil.rmtree(data / "JPEGImages/zz-late")
         (data / "JPEGImages/zz-late").symlink_to(outside / "frames", target_is_directory=True)
     elif link == "frame":

@@ -73,8 +73,11 @@ def list_videos(mask_dir: str | os.PathLike, subset: str | os.PathLike | None = 
 
 def count_frames(image_dir: str | os.PathLike, name: str) -> int:
     """The frames of video `name` (a name from list_videos), 0 when its folder is missing (VideoReader then
-    says so where the video is read)."""
-    folder = Path(image_dir) / name
+    says so where the video is read), and when the name leads out of image_dir (nothing outside is listed)."""
+    try:
+        folder = confined(image_dir, name, what="the frames folder of video")
+    except PathEscapeError:
+        return 0
     if not folder.is_dir():
         return 0
     return sum(1 for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -113,18 +116,13 @@ class VideoReader:
         skip_masks: frozenset[str] = frozenset(),
     ):
         self.name = name
-        self.image_dir, self.mask_dir = video_folders(image_dir, mask_dir, name)
-        self.frames = sorted(p.name for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.image_dir, self.mask_dir, listed = video_layout(image_dir, mask_dir, name)
+        self.frames = [p.name for p in listed]
         masks = sorted(p.stem for p in self.mask_dir.glob("*.png") if p.stem not in skip_masks)  # skip: unannotated
-        if not self.frames:
+        if not masks:  # video_layout saw masks: every one was left out (wrong_size_masks=skip)
             raise FileNotFoundError(
-                f"video {name}: no frame (.jpg, .jpeg or .png) in {self.image_dir}; fix: extract the video's frames "
-                f"there, or remove its mask folder {self.mask_dir}"
-            )
-        if not masks:
-            raise FileNotFoundError(
-                f"video {name}: no mask PNG in {self.mask_dir}{' but the ones left out' if skip_masks else ''}; fix: "
-                "add the annotation of its first frame, or remove the folder"
+                f"video {name}: every mask PNG in {self.mask_dir} was left out (wrong size); fix: give the "
+                "annotation of its first frame the size of the frame, or remove the folder"
             )
         orphans = sorted(set(masks) - {Path(f).stem for f in self.frames})
         if orphans:  # never given to the network nor predicted: the first mask would leave the video untracked
@@ -168,19 +166,38 @@ class VideoReader:
         return Frame(stem, image, mask, size, save)
 
 
-def video_folders(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
-    """(frames folder, masks folder) of video `name` (from a listing or a subset file, so untrusted): each must
-    resolve inside its dataset folder (no '..', no symlink out) and exist."""
+def video_layout(
+    image_dir: str | os.PathLike, mask_dir: str | os.PathLike, name: str, *, binary: bool = False
+) -> tuple[Path, Path, list[Path]]:
+    """(frames folder, masks folder, the frames sorted) of video `name`, a name from a listing or a subset file,
+    so untrusted: each folder must resolve inside its dataset folder (no '..', no symlink out) before anything in
+    it is listed. A layout mistake (a flat folder of frames, the folders swapped, an empty folder, a mask folder
+    without masks) raises ValueError saying what is where, before any inference instead of as a missing file."""
+    image_dir, mask_dir = Path(image_dir), Path(mask_dir)
     folders = []
     for root, kind in ((image_dir, "frames"), (mask_dir, "masks")):
         try:
-            folder = confined(root, name, what=f"the {kind} folder of video")
+            folders.append(confined(root, name, what=f"the {kind} folder of video"))
         except PathEscapeError as e:
             raise PathEscapeError(f"{e}; {FIX_OUTSIDE}") from None
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{kind} of video {name} not found: {folder}")
-        folders.append(folder)
-    return folders[0], folders[1]
+    frames_dir, masks_dir = folders
+    if not frames_dir.is_dir():
+        flat = image_dir.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in image_dir.iterdir())
+        hint = f" ({image_dir} holds frames itself: move them into a folder per video)" if flat else ""
+        raise ValueError(f"video {name} of {mask_dir} has no frame folder {frames_dir}{hint}; {_LAYOUT}")
+    if not masks_dir.is_dir():
+        raise FileNotFoundError(f"masks of video {name} not found: {masks_dir}")
+    listed = sorted(p for p in frames_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not listed:
+        raise ValueError(
+            f"{frames_dir}: no frames (.jpg, .jpeg or .png) in video {name}'s folder; fix: extract the video's "
+            f"frames there, or remove its mask folder {masks_dir}"
+        )
+    if not binary and not any(masks_dir.glob("*.png")):
+        jpegs = any(p.suffix.lower() in (".jpg", ".jpeg") for p in masks_dir.iterdir())
+        hint = " (it holds JPEGs: the frame folder, the two swapped, or masks saved as JPEG?)" if jpegs else ""
+        raise ValueError(f"{masks_dir}: no masks (<frame>.png) in video {name}'s folder{hint}; {_LAYOUT}")
+    return frames_dir, masks_dir, listed
 
 
 def read_frame(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int] | None]:
@@ -253,8 +270,7 @@ def check_video_files(
     bad: list[tuple[Path, str]] = []
     frames: dict[str, Path] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    listed = _video_layout(Path(image_dir), Path(mask_dir), name, binary)  # a layout mistake named as such
-    image_folder, mask_folder = video_folders(image_dir, mask_dir, name)
+    image_folder, mask_folder, listed = video_layout(image_dir, mask_dir, name, binary=binary)
     in_images, in_masks = Confiner(image_dir), Confiner(mask_dir)
     misordered = misordered_numbering(p.name for p in listed)
     if misordered is not None:
@@ -297,25 +313,6 @@ _LAYOUT = (
     "fix: image_directory holds one folder of frames per video (<video>/<frame>.jpg) and mask_directory one "
     "folder of masks per video (<video>/<frame>.png), with the same video names"
 )
-
-
-def _video_layout(image_dir: Path, mask_dir: Path, name: str, binary: bool) -> list[Path]:
-    """The frames of video `name` (a folder of mask_dir), sorted; ValueError saying what is where when the two
-    folders are not in the layout the reader needs (a flat folder of frames, the folders swapped, a mask folder
-    without masks), so that the mistake is named before any inference instead of as a missing file."""
-    frames_dir, masks_dir = image_dir / name, mask_dir / name
-    if not frames_dir.is_dir():
-        flat = any(p.suffix.lower() in IMAGE_SUFFIXES for p in image_dir.iterdir())
-        hint = f" ({image_dir} holds frames itself: move them into a folder per video)" if flat else ""
-        raise ValueError(f"video {name} of {mask_dir} has no frame folder {frames_dir}{hint}; {_LAYOUT}")
-    listed = sorted(p for p in frames_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not listed:
-        raise ValueError(f"{frames_dir}: no frames (.jpg, .jpeg or .png) in video {name}'s folder; {_LAYOUT}")
-    if not binary and not any(masks_dir.glob("*.png")):
-        jpegs = any(p.suffix.lower() in (".jpg", ".jpeg") for p in masks_dir.iterdir())
-        hint = " (it holds JPEGs: the frame folder, the two swapped, or masks saved as JPEG?)" if jpegs else ""
-        raise ValueError(f"{masks_dir}: no masks (<frame>.png) in video {name}'s folder{hint}; {_LAYOUT}")
-    return listed
 
 
 def check_mask_size(path: Path, mask_shape: tuple[int, ...], frame_size: tuple[int, int], frame: Path) -> None:
