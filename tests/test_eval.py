@@ -718,7 +718,7 @@ def test_the_benchmark_archive_is_written_atomically(
 
 
 def test_the_benchmark_archive_of_a_rerun_with_fewer_videos_holds_only_that_runs_masks(
-    small_net: torch.nn.Module, tmp_path: Path
+    small_net: torch.nn.Module, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A rerun into the same folder with fewer videos (max_videos=, another subset) leaves the earlier run's
     masks in Annotations/; the archive printed for upload holds this run's masks only, else the server would
@@ -736,9 +736,11 @@ def test_the_benchmark_archive_of_a_rerun_with_fewer_videos_holds_only_that_runs
 
     _run(["dataset=mose-val", f"data_root={tmp_path}"], small_net, tmp_path)
     assert members() == {"vid", "zz-late"}
+    assert "earlier run" not in caplog.text
     _run(["dataset=mose-val", f"data_root={tmp_path}", "max_videos=1"], small_net, tmp_path)
     assert (tmp_path / "out/t/eval/mose-val/Annotations/zz-late").is_dir()  # the earlier run's masks stay
     assert members() == {"vid"}
+    assert "also holds 1 videos of an earlier run (zz-late)" in caplog.text  # and the log says so
 
 
 def test_a_void_label_given_to_the_network_is_refused_before_inference_when_scoring(

@@ -364,6 +364,13 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
         f"{timer.frames} frames in {timer.seconds:.1f}s: {timer.fps:.2f} frames/s; "
         f"peak memory {result['peak_memory_mb']:.0f} MiB ({memory_kind})"
     )
+    earlier = sorted({p.name for p in out_root.iterdir() if p.is_dir()} - set(videos)) if out_root.is_dir() else []
+    if earlier:  # a rerun with fewer videos into the same folder: say what the folder holds that this run did not
+        log.warning(
+            "%s also holds %d videos of an earlier run (%s%s), not of this one: the tables and the archive leave "
+            "them out",
+            out_root, len(earlier), ", ".join(earlier[:3]), ", ..." if len(earlier) > 3 else "",
+        )  # fmt: skip
     archive = make_zip(spec, run_dir, cfg.exp_id, written)
     if archive is not None:
         print(f"archive for the benchmark server: {archive}")
