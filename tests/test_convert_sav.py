@@ -238,3 +238,20 @@ def test_input_link_leading_out_and_overlapping_output_exit_2(sav_src: Path, tmp
     assert not (tmp_path / "out").exists()
     r = _cli(sav_src, sav_src / "train-vos")  # the output inside the release: a clean-up could delete sources
     assert r.returncode == 2 and "overlap" in r.stderr and not (sav_src / "train-vos").exists()
+
+
+def test_a_release_folder_linked_from_elsewhere_or_no_video_exits_2(sav_src: Path, tmp_path: Path) -> None:
+    # sav_001/ on another disk, linked in: os.walk skipped it and the run "succeeded" without its videos
+    src = tmp_path / "src"
+    shutil.copytree(sav_src, src)
+    shutil.move(src / "sav_001", tmp_path / "disk2_sav_001")
+    (src / "sav_001").symlink_to(tmp_path / "disk2_sav_001")
+    r = _cli(src, tmp_path / "out")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "sav_001: a symlink to a folder outside --sav_path" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+    # a --sav_path without any video (a typo, or the tars not extracted yet) printed "sequences: 0" and exit 0
+    (tmp_path / "empty").mkdir()
+    r = _cli(tmp_path / "empty", tmp_path / "out")
+    assert r.returncode == 2 and "no <video>.mp4 found" in r.stderr and "fix: point --sav_path" in r.stderr
+    assert not (tmp_path / "out").exists()

@@ -56,12 +56,14 @@ from cutie.dataprep.convert import (
 )
 from cutie.dataprep.imageio import encode_jpeg, encode_palette_png
 from cutie.dataprep.rle import check_segmentation, decode
-from cutie.utils.paths import Confiner, PathEscapeError
+from cutie.utils.paths import Confiner, PathEscapeError, is_inside
 
 VERSION = 1
 ANNOTATION_STEP = 4  # SA-V is annotated at 6 fps, the videos are 24 fps
 KINDS = {"manual": ("manual",), "auto": ("auto",), "both": ("manual", "auto")}
 REQUIRED = ("video_height", "video_width", "video_frame_count", "masklet", "masklet_id", "masklet_num")
+FIX_EMPTY = "fix: point --sav_path at the unpacked training release (the folder of sav_000/, sav_001/, ...)"
+FIX_LINKS = "fix: copy or mount the linked folders inside --sav_path, or point --sav_path at the folder they hold"
 FIX_FILES = "fix: every <video>.mp4 needs its <video>_manual.json beside it (re-download or re-extract the release)"
 
 
@@ -92,6 +94,11 @@ def discover(sav_path: Path, masklets: str) -> tuple[list[Source], list[str]]:
     files: set[str] = set()
     for here, dirs, names in os.walk(sav_path):  # does not descend into linked folders
         dirs.sort()
+        for d in dirs:  # a linked folder would otherwise be skipped without a word (its videos missing)
+            link = Path(here, d)
+            if link.is_symlink() and not is_inside(sav_path, link):
+                rel = link.relative_to(sav_path).as_posix()
+                problems.path(f"{rel}: a symlink to a folder outside --sav_path ({os.readlink(link)}); not searched")
         for name in sorted(names):
             rel = Path(here, name).relative_to(sav_path).as_posix()
             files.add(rel)
@@ -129,8 +136,11 @@ def discover(sav_path: Path, masklets: str) -> tuple[list[Source], list[str]]:
         for kind in ("manual", "auto"):
             if rel.endswith(f"_{kind}.json") and rel[: -len(f"_{kind}.json")] not in mp4s:
                 problems.append(f"{rel}: no {Path(rel).name[: -len(f'_{kind}.json')]}.mp4 beside it")
+    if not found and not problems:  # a wrong --sav_path (or the tars not yet extracted) must not "succeed"
+        raise InputError(["no <video>.mp4 found in it or its subfolders"], f"--sav_path {sav_path}", (FIX_EMPTY,))
     if problems:
-        raise InputError(list(problems), f"--sav_path {sav_path}", (FIX_FILES,))
+        fixes = ((FIX_LINKS,) if problems.paths else ()) + (FIX_FILES,)
+        raise InputError(list(problems), f"--sav_path {sav_path}", fixes)
     return sources, left_out
 
 
