@@ -208,7 +208,11 @@ def test_frame_count_mismatch_fails_only_its_video(sav_src: Path, tmp_path: Path
     out = tmp_path / "out"
     r = _cli(src, out, "--workers", "1")
     assert r.returncode == 1
-    assert "FAILED sav_000001" in r.stdout and "has 14 frames, the JSON's video_frame_count is 16" in r.stdout
+    assert (
+        "FAILED sav_000001" in r.stdout
+        and "has 14 frames, the JSON's video_frame_count is 16" in r.stdout
+        and "fix: re-download" in r.stdout
+    )
     assert "1 converted" in r.stdout and not (out / "_meta" / "sav_000001.json").exists()
 
 
@@ -255,3 +259,13 @@ def test_a_release_folder_linked_from_elsewhere_or_no_video_exits_2(sav_src: Pat
     r = _cli(tmp_path / "empty", tmp_path / "out")
     assert r.returncode == 2 and "no <video>.mp4 found" in r.stderr and "fix: point --sav_path" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_mp4_fails_its_video_naming_the_fix(sav_src: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(sav_src, src)
+    next(src.rglob("sav_001002.mp4")).write_bytes(b"not an mp4")  # an interrupted download
+    r = _cli(src, tmp_path / "out", "--workers", "1")
+    assert r.returncode == 1 and "1 converted" in r.stdout
+    line = next(x for x in r.stdout.splitlines() if x.startswith("FAILED sav_001002"))
+    assert "sav_001/sav_001002.mp4: OpenCV cannot open the video" in line and "fix: re-download" in line

@@ -62,6 +62,8 @@ VERSION = 1
 ANNOTATION_STEP = 4  # SA-V is annotated at 6 fps, the videos are 24 fps
 KINDS = {"manual": ("manual",), "auto": ("auto",), "both": ("manual", "auto")}
 REQUIRED = ("video_height", "video_width", "video_frame_count", "masklet", "masklet_id", "masklet_num")
+# a damaged or partial download is the usual cause; the video's JSON is made for the release's own mp4
+FIX_VIDEO = "fix: re-download or re-extract the mp4 (and its JSONs) from the release, then rerun"
 FIX_EMPTY = "fix: point --sav_path at the unpacked training release (the folder of sav_000/, sav_001/, ...)"
 FIX_LINKS = "fix: copy or mount the linked folders inside --sav_path, or point --sav_path at the folder they hold"
 FIX_FILES = "fix: every <video>.mp4 needs its <video>_manual.json beside it (re-download or re-extract the release)"
@@ -312,7 +314,7 @@ def convert_video(output: Path, job: Job) -> tuple[int, int, dict]:
     mp4 = Confiner(job.payload["sav_path"])(src.mp4, what="video")
     cap = cv2.VideoCapture(str(mp4))
     if not cap.isOpened():
-        raise ValueError(f"{mp4}: OpenCV cannot open the video")
+        raise ValueError(f"{mp4}: OpenCV cannot open the video ({FIX_VIDEO})")
     count = 0
     try:
         while True:
@@ -326,7 +328,9 @@ def convert_video(output: Path, job: Job) -> tuple[int, int, dict]:
             if annotated:
                 assert bgr is not None
                 if bgr.shape[:2] != (h, w):
-                    raise ValueError(f"{mp4}: frames are {bgr.shape[1]}x{bgr.shape[0]}, the JSON says {w}x{h}")
+                    raise ValueError(
+                        f"{mp4}: frames are {bgr.shape[1]}x{bgr.shape[0]}, the JSON says {w}x{h} ({FIX_VIDEO})"
+                    )
                 rles, values = frames[count // ANNOTATION_STEP]
                 masks = [decode(r, h, w) for r in rles]
                 stem = f"{count:05d}"
@@ -338,7 +342,9 @@ def convert_video(output: Path, job: Job) -> tuple[int, int, dict]:
     finally:
         cap.release()
     if count != plan["frame_count"]:
-        raise ValueError(f"{mp4}: the video has {count} frames, the JSON's video_frame_count is {plan['frame_count']}")
+        raise ValueError(
+            f"{mp4}: the video has {count} frames, the JSON's video_frame_count is {plan['frame_count']} ({FIX_VIDEO})"
+        )
     info = {
         "source": {"mp4": src.mp4, "json": src.jsons},
         "id_map": plan["id_map"],
