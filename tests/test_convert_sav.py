@@ -269,3 +269,31 @@ def test_an_unreadable_mp4_fails_its_video_naming_the_fix(sav_src: Path, tmp_pat
     assert r.returncode == 1 and "1 converted" in r.stdout
     line = next(x for x in r.stdout.splitlines() if x.startswith("FAILED sav_001002"))
     assert "sav_001/sav_001002.mp4: OpenCV cannot open the video" in line and "fix: re-download" in line
+
+
+_CTRL_C = """
+import os, signal, sys, time
+from pathlib import Path
+import cutie.dataprep.sav as sav
+convert = sav.convert_video
+def ctrl_c_in_second(output, job):  # runs in a worker: the terminal sends Ctrl-C to the whole process group
+    if job.video == "sav_001002":
+        os.killpg(os.getpgid(0), signal.SIGINT)
+        time.sleep(60)  # ended by the pool's terminate
+    return convert(output, job)
+sav.convert_video = ctrl_c_in_second
+sys.exit(sav.run_cli(Path(sys.argv[1]), Path(sys.argv[2]), "manual", 2))
+"""
+
+
+def test_ctrl_c_ends_with_one_line_and_the_rerun_finishes(sav_src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-c", _CTRL_C, str(sav_src), str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, start_new_session=True)
+    # a traceback from the main process and from every worker, exit -2, before
+    assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.rstrip().splitlines()[-1].startswith("interrupted: the videos finished so far are kept; rerun")
+    assert not (out / "_meta" / "sav_001002.json").exists()
+    r = _cli(sav_src, out)
+    assert r.returncode == 0 and (out / "_meta" / "sav_001002.json").is_file()

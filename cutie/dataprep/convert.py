@@ -31,6 +31,7 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -302,6 +303,18 @@ def _run_one(args: tuple[Check, Worker, Path, Job]) -> JobResult:
         return JobResult(job.video, "failed", error=f"{type(e).__name__}: {e}")
 
 
+def _worker_init() -> None:
+    """Ctrl-C reaches the whole process group: the main process alone handles it (terminating the pool), so the
+    user sees one line instead of a traceback from every worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+INTERRUPTED = (
+    "interrupted: the videos finished so far are kept; rerun the same command to convert the rest (finished "
+    "videos are skipped, unfinished ones redone)"
+)
+
+
 def run_jobs(
     jobs: Sequence[Job],
     check: Check,
@@ -332,7 +345,7 @@ def run_jobs(
     if workers > 1:
         # fork where available: no re-import per worker, and no threads exist yet (tqdm's monitor starts below).
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        pool = mp.get_context(method).Pool(workers)
+        pool = mp.get_context(method).Pool(workers, initializer=_worker_init)
         results = pool.imap_unordered(_run_one, tasks, chunksize=1)
     else:
         results = map(_run_one, tasks)
@@ -373,6 +386,9 @@ def run_cli(json_path: Path, frames_path: Path, convert: Callable[[object], Summ
         return 2
     try:
         summary = convert(doc)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from cutie.dataprep.convert import (
+    INTERRUPTED,
     InputError,
     Job,
     Problems,
@@ -378,6 +379,9 @@ def run_cli(sav_path: Path, output_path: Path, masklets: str, workers: int | Non
             print(f"note: {len(left_out)} video(s) have no _{masklets}.json and are left out (e.g. {left_out[0]})")
         jobs = validate(sav_path, sources, masklets)
         summary = run_jobs(jobs, check_inputs, convert_video, output_path, workers, desc="SA-V")
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
