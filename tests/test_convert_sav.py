@@ -297,3 +297,10 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_finishes(sav_src: Path, tmp_pat
     assert not (out / "_meta" / "sav_001002.json").exists()
     r = _cli(sav_src, out)
     assert r.returncode == 0 and (out / "_meta" / "sav_001002.json").is_file()
+
+
+def test_reading_the_jsons_shows_progress(sav_src: Path, tmp_path: Path) -> None:
+    # the release's JSONs take minutes to read and check, on every rerun too: that phase was silent
+    r = _cli(sav_src, tmp_path / "out", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert "SA-V json: 100%" in r.stderr and "2/2" in r.stderr, r.stderr
