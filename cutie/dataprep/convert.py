@@ -56,6 +56,13 @@ FIX_PATHS = (
 FIX_OUTPUT = "fix: remove the symlink(s) from the output folder, or choose another --output_path, and rerun"
 
 
+class ForkSafeBar(tqdm):
+    """A progress bar without tqdm's monitor thread, for work before a process pool forks: a fork must not happen
+    while another thread runs (tqdm's monitor outlives its bars)."""
+
+    monitor_interval = 0
+
+
 class InputError(ValueError):
     """The annotation file (or the output folder) is unusable; each problem names its JSON location or path.
     Nothing was written."""

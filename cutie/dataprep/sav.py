@@ -39,10 +39,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from cutie.dataprep.convert import (
     INTERRUPTED,
+    ForkSafeBar,
     InputError,
     Job,
     Problems,
@@ -238,20 +238,13 @@ def _plan(info: dict[str, dict]) -> dict:
     }
 
 
-class _QuietBar(tqdm):
-    """A progress bar without tqdm's monitor thread: the conversion pool forks after it, and a fork must not
-    happen while another thread runs."""
-
-    monitor_interval = 0
-
-
 def validate(sav_path: Path, sources: list[Source], masklets: str) -> list[Job]:
     """Reads and checks every JSON (InputError listing all problems), and makes one job per video. Only hashes
     and paths are kept: the JSONs of the full release do not fit in memory together."""
     problems = Problems()
     jobs = []
     # reading the release's JSONs takes minutes (and is redone on every rerun): show it, with an ETA
-    for src in _QuietBar(sources, desc="SA-V json", unit="video", file=sys.stderr, dynamic_ncols=True):
+    for src in ForkSafeBar(sources, desc="SA-V json", unit="video", file=sys.stderr, dynamic_ncols=True):
         info, hashes = {}, {}
         for kind, rel in src.jsons.items():
             try:
