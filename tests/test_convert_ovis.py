@@ -120,17 +120,22 @@ def test_missing_frame_fails_only_its_video(tiny_data: Path, tmp_path: Path) -> 
     assert not (tmp_path / "out" / "_meta" / f"{name}.json").exists()
 
 
-def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("during", ["reading the json", "converting"])
+def test_ctrl_c_is_one_line_and_exit_130(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, during: str
+) -> None:
     # the BURST/OVIS command-line flow: Ctrl-C used to end in a traceback (the SA-V test covers the workers)
-    from cutie.dataprep.convert import run_cli
+    from cutie.dataprep import convert
 
     (tmp_path / "a.json").write_text('{"videos": [], "annotations": []}')
 
-    def interrupted(doc: object) -> None:
+    def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
 
+    if during == "reading the json":
+        monkeypatch.setattr(convert.json, "loads", interrupted)
     try:
-        rc = run_cli(tmp_path / "a.json", tmp_path, interrupted)  # type: ignore[arg-type]
+        rc = convert.run_cli(tmp_path / "a.json", tmp_path, interrupted)  # type: ignore[arg-type]
     except KeyboardInterrupt:  # not raised on: it would end the whole pytest session
         pytest.fail("Ctrl-C escaped run_cli: the user sees a traceback")
     assert rc == 130

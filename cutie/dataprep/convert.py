@@ -385,6 +385,9 @@ def run_cli(json_path: Path, frames_path: Path, convert: Callable[[object], Summ
     disk), 2 for bad input or an unsafe output folder (nothing written)."""
     try:
         doc = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    except KeyboardInterrupt:  # BURST's train.json takes a while to read
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     except (OSError, ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
         print(f"error: cannot read {json_path}: {e}", file=sys.stderr)
         return 2
