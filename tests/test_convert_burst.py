@@ -249,3 +249,15 @@ def test_killed_process_then_rerun_identical(burst_src: Path, tmp_path: Path) ->
     assert clean.returncode == 0
     assert _tree(out) == _tree(tmp_path / "clean")
     assert f"{len(seqs) - done_at_kill} converted" in rerun.stdout  # the rerun redid exactly the unfinished ones
+
+
+def test_unreadable_json_names_the_fix(burst_src: Path, tmp_path: Path) -> None:
+    text = (burst_src / "train/train.json").read_text()
+    (tmp_path / "cut.json").write_text(text[: len(text) // 2])  # an interrupted download
+    r = _cli(tmp_path / "cut.json", burst_src / "frames/train", tmp_path / "out")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot read {tmp_path / 'cut.json'}: ") and "fix: repair or re-download" in line
+    r = _cli(tmp_path / "nothing.json", burst_src / "frames/train", tmp_path / "out")
+    assert r.returncode == 2 and "No such file" in r.stderr and "fix: check --json_path" in r.stderr
+    assert not (tmp_path / "out").exists()

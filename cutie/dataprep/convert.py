@@ -389,7 +389,9 @@ def run_cli(json_path: Path, frames_path: Path, convert: Callable[[object], Summ
         print(INTERRUPTED, file=sys.stderr)
         return 130
     except (OSError, ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
-        print(f"error: cannot read {json_path}: {e}", file=sys.stderr)
+        # a missing/unreadable file is a wrong --json_path; anything else is a damaged (e.g. truncated) download
+        fix = "fix: check --json_path" if isinstance(e, OSError) else FIX_JSON
+        print(f"error: cannot read {json_path}: {e} ({fix})", file=sys.stderr)
         return 2
     if not Path(frames_path).is_dir():
         print(f"error: --frames_path {frames_path} is not a folder", file=sys.stderr)
