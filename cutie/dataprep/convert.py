@@ -205,6 +205,7 @@ class Summary:
     frames: int = 0
     objects: int = 0
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the converter left out, counted
 
     def lines(self) -> list[str]:
         out = [
@@ -212,6 +213,7 @@ class Summary:
             f"{len(self.failed)} failed); frames written: {self.frames}; objects: {self.objects}; "
             f"{self.seconds:.1f}s"
         ]
+        out += [f"note: {n}" for n in self.notes]
         out += [f"FAILED {r.video}: {r.error}" for r in self.failed]
         return out
 
