@@ -9,7 +9,7 @@ order), plus _meta/<video>.json (completion marker, id map). Resumable: a rerun 
 Frame paths must stay inside --frames_path and nothing is written or deleted outside --output_path (a symlink
 there is refused). Details and guarantees: cutie/dataprep/ovis.py and cutie/dataprep/convert.py.
 Exit codes: 0 every video converted; 1 some failed (named, the others are done); 2 bad JSON values or paths, or
-an unsafe output folder (each problem named with its JSON location; nothing written).
+an unsafe output folder (each problem named with its JSON location; nothing written); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations

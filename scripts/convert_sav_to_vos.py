@@ -10,7 +10,7 @@ frame of the 24 fps video, named by its index: 00000, 00004, ...); where masklet
 Plus _meta/<video>.json (completion marker, id map). Resumable: a rerun skips finished videos. Nothing is written
 or deleted outside --output_path (a symlink there is refused). Details: cutie/dataprep/sav.py and convert.py.
 Exit codes: 0 every video converted; 1 some failed (named, the others are done); 2 bad JSON values or files, or
-an unsafe output folder (each problem named with its file and JSON location; nothing written).
+an unsafe output folder (each problem named with its file and JSON location; nothing written); 130 interrupted.
 """
 
 from __future__ import annotations

@@ -249,3 +249,32 @@ def test_killed_process_then_rerun_identical(burst_src: Path, tmp_path: Path) ->
     assert clean.returncode == 0
     assert _tree(out) == _tree(tmp_path / "clean")
     assert f"{len(seqs) - done_at_kill} converted" in rerun.stdout  # the rerun redid exactly the unfinished ones
+
+
+def test_unreadable_json_names_the_fix(burst_src: Path, tmp_path: Path) -> None:
+    text = (burst_src / "train/train.json").read_text()
+    (tmp_path / "cut.json").write_text(text[: len(text) // 2])  # an interrupted download
+    r = _cli(tmp_path / "cut.json", burst_src / "frames/train", tmp_path / "out")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot read {tmp_path / 'cut.json'}: ") and "fix: repair or re-download" in line
+    r = _cli(tmp_path / "nothing.json", burst_src / "frames/train", tmp_path / "out")
+    assert r.returncode == 2 and "No such file" in r.stderr and "fix: check --json_path" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sequence_without_annotated_frames_is_counted_and_left_out(burst_src: Path, tmp_path: Path) -> None:
+    doc = json.loads((burst_src / "train/train.json").read_text())
+    seq = doc["sequences"][1]
+    seq["annotated_image_paths"], seq["segmentations"] = [], []
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    for _ in range(2):  # and a rerun agrees
+        r = _cli(tmp_path / "t.json", burst_src / "frames/train", out)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"note: 1 sequence(s) without annotated frames left out (e.g. {seq['dataset']}_-_{seq['seq_name']})" in (
+            r.stdout
+        )
+    # it had a completion record without frames: the data check called that unfinished, and no rerun finished it
+    records = {p.stem for p in (out / "_meta").glob("*.json")}
+    assert len(records) == 2 and records == {p.name for p in (out / "JPEGImages").iterdir() if any(p.iterdir())}

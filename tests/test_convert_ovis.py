@@ -118,3 +118,25 @@ def test_missing_frame_fails_only_its_video(tiny_data: Path, tmp_path: Path) -> 
     assert r.returncode == 1 and str(missing) in r.stdout and "2 converted" in r.stdout
     name = str(PurePosixPath(doc["videos"][2]["file_names"][0]).parent)
     assert not (tmp_path / "out" / "_meta" / f"{name}.json").exists()
+
+
+@pytest.mark.parametrize("during", ["reading the json", "converting"])
+def test_ctrl_c_is_one_line_and_exit_130(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, during: str
+) -> None:
+    # the BURST/OVIS command-line flow: Ctrl-C used to end in a traceback (the SA-V test covers the workers)
+    from cutie.dataprep import convert
+
+    (tmp_path / "a.json").write_text('{"videos": [], "annotations": []}')
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    if during == "reading the json":
+        monkeypatch.setattr(convert.json, "loads", interrupted)
+    try:
+        rc = convert.run_cli(tmp_path / "a.json", tmp_path, interrupted)  # type: ignore[arg-type]
+    except KeyboardInterrupt:  # not raised on: it would end the whole pytest session
+        pytest.fail("Ctrl-C escaped run_cli: the user sees a traceback")
+    assert rc == 130
+    assert capsys.readouterr().err.startswith("interrupted: the videos finished so far are kept; rerun")

@@ -208,7 +208,11 @@ def test_frame_count_mismatch_fails_only_its_video(sav_src: Path, tmp_path: Path
     out = tmp_path / "out"
     r = _cli(src, out, "--workers", "1")
     assert r.returncode == 1
-    assert "FAILED sav_000001" in r.stdout and "has 14 frames, the JSON's video_frame_count is 16" in r.stdout
+    assert (
+        "FAILED sav_000001" in r.stdout
+        and "has 14 frames, the JSON's video_frame_count is 16" in r.stdout
+        and "fix: re-download" in r.stdout
+    )
     assert "1 converted" in r.stdout and not (out / "_meta" / "sav_000001.json").exists()
 
 
@@ -238,3 +242,65 @@ def test_input_link_leading_out_and_overlapping_output_exit_2(sav_src: Path, tmp
     assert not (tmp_path / "out").exists()
     r = _cli(sav_src, sav_src / "train-vos")  # the output inside the release: a clean-up could delete sources
     assert r.returncode == 2 and "overlap" in r.stderr and not (sav_src / "train-vos").exists()
+
+
+def test_a_release_folder_linked_from_elsewhere_or_no_video_exits_2(sav_src: Path, tmp_path: Path) -> None:
+    # sav_001/ on another disk, linked in: os.walk skipped it and the run "succeeded" without its videos
+    src = tmp_path / "src"
+    shutil.copytree(sav_src, src)
+    shutil.move(src / "sav_001", tmp_path / "disk2_sav_001")
+    (src / "sav_001").symlink_to(tmp_path / "disk2_sav_001")
+    r = _cli(src, tmp_path / "out")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "sav_001: a symlink to a folder outside --sav_path" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+    # a --sav_path without any video (a typo, or the tars not extracted yet) printed "sequences: 0" and exit 0
+    (tmp_path / "empty").mkdir()
+    r = _cli(tmp_path / "empty", tmp_path / "out")
+    assert r.returncode == 2 and "no <video>.mp4 found" in r.stderr and "fix: point --sav_path" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_mp4_fails_its_video_naming_the_fix(sav_src: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(sav_src, src)
+    next(src.rglob("sav_001002.mp4")).write_bytes(b"not an mp4")  # an interrupted download
+    r = _cli(src, tmp_path / "out", "--workers", "1")
+    assert r.returncode == 1 and "1 converted" in r.stdout
+    line = next(x for x in r.stdout.splitlines() if x.startswith("FAILED sav_001002"))
+    assert "sav_001/sav_001002.mp4: OpenCV cannot open the video" in line and "fix: re-download" in line
+
+
+_CTRL_C = """
+import os, signal, sys, time
+from pathlib import Path
+import cutie.dataprep.sav as sav
+convert = sav.convert_video
+def ctrl_c_in_second(output, job):  # runs in a worker: the terminal sends Ctrl-C to the whole process group
+    if job.video == "sav_001002":
+        os.killpg(os.getpgid(0), signal.SIGINT)
+        time.sleep(60)  # ended by the pool's terminate
+    return convert(output, job)
+sav.convert_video = ctrl_c_in_second
+sys.exit(sav.run_cli(Path(sys.argv[1]), Path(sys.argv[2]), "manual", 2))
+"""
+
+
+def test_ctrl_c_ends_with_one_line_and_the_rerun_finishes(sav_src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-c", _CTRL_C, str(sav_src), str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, start_new_session=True)
+    # a traceback from the main process and from every worker, exit -2, before
+    assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.rstrip().splitlines()[-1].startswith("interrupted: the videos finished so far are kept; rerun")
+    assert not (out / "_meta" / "sav_001002.json").exists()
+    r = _cli(sav_src, out)
+    assert r.returncode == 0 and (out / "_meta" / "sav_001002.json").is_file()
+
+
+def test_reading_the_jsons_shows_progress(sav_src: Path, tmp_path: Path) -> None:
+    # the release's JSONs take minutes to read and check, on every rerun too: that phase was silent
+    r = _cli(sav_src, tmp_path / "out", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert "SA-V json: 100%" in r.stderr and "2/2" in r.stderr, r.stderr

@@ -175,6 +175,8 @@ def test_an_unfinished_conversion_is_reported_as_incomplete(tmp_path: Path) -> N
     assert line.startswith("2 videos of an unfinished conversion: ")
     assert f"{out}/JPEGImages/video001 (no valid completion record {out}/_meta/video001.json)" in line
     assert "video009.json (completion record of a video with no frames)" in line and "rerun the converter" in line
+    # every converter is named: an SA-V output (convert_sav_to_vos.py) was told to rerun BURST's or OVIS's
+    assert all(f"scripts/convert_{c}.py" in line for c in ("burst_to_vos_train", "ovis_to_vos", "sav_to_vos")), line
     write_marker(out, Job("video001", "f" * 40, {}), {})
     (out / "_meta" / "video009.json").unlink()
     assert validate(cfg, str(tmp_path), seq_length=3, stages=["main_training"])[0].ok

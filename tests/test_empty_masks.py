@@ -69,3 +69,13 @@ def test_cache_root_itself_may_be_a_link(tiny_data: Path, tmp_path: Path) -> Non
     r = _run("--data", "tiny", "--data_root", str(tiny_data), "--cache_root", str(tmp_path / "cache"), "--workers", "1")
     assert r.returncode == 0, r.stdout + r.stderr
     assert (real / "empty_masks" / "DAVIS.txt").is_file() and not (real / "empty_masks").is_symlink()
+
+
+def test_the_scan_shows_progress_per_dataset(tiny_data: Path, tmp_path: Path) -> None:
+    # every mask is decoded (minutes for YouTube-VOS + MOSE + BURST + OVIS): the scan was silent until its summary
+    r = _run("--data", "tiny", "--data_root", str(tiny_data), "--out", str(tmp_path / "lists"), "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    for name in ("DAVIS", "YouTubeVOS", "MOSE"):
+        assert f"{name} masks: 100%" in r.stderr, r.stderr
+    lines = (tmp_path / "lists" / "YouTubeVOS.txt").read_text().splitlines()
+    assert lines[1].startswith("# mask folder: ") and "; 4 videos, 40 masks, " in lines[1]  # the counts still add up

@@ -5,6 +5,7 @@ Per sequence, video name `<dataset>_-_<seq_name>`:
 - Annotations/<video>/<stem>.png: palette PNG, pixel = track id; an annotated frame without tracks -> all zero.
 - with save_all_image: JPEGImages_all_frames/<video>/ holds every frame of all_image_paths as well.
 - _meta/<video>.json: completion marker and `id_map` {BURST track id: pixel value}.
+A sequence without annotated frames is left out (counted in the summary): it holds nothing to train on.
 
 Track ids: ids 1..255 are kept. Ids above 255 (a PNG pixel holds 0..255) are remapped per sequence to the
 smallest ids no other track of that sequence uses, in order of first appearance; the map is in the marker.
@@ -241,4 +242,11 @@ def convert(
     check_folders(frames_path, output_path)
     validate(doc, frames_path, save_all_image)
     jobs = make_jobs(doc, frames_path, save_all_image)
-    return run_jobs(jobs, check_inputs, convert_sequence, output_path, workers, desc="BURST")
+    # a sequence without annotated frames gives training nothing; converted, it left a completion record without
+    # frames, which the data check reports as an unfinished conversion that no rerun could finish
+    empty = [j.video for j in jobs if not j.payload["seq"]["annotated_image_paths"]]
+    jobs = [j for j in jobs if j.payload["seq"]["annotated_image_paths"]]
+    summary = run_jobs(jobs, check_inputs, convert_sequence, output_path, workers, desc="BURST")
+    if empty:
+        summary.notes.append(f"{len(empty)} sequence(s) without annotated frames left out (e.g. {empty[0]})")
+    return summary

@@ -31,6 +31,7 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -53,6 +54,13 @@ FIX_PATHS = (
     "(check --frames_path, or copy the frames into it instead of linking them)"
 )
 FIX_OUTPUT = "fix: remove the symlink(s) from the output folder, or choose another --output_path, and rerun"
+
+
+class ForkSafeBar(tqdm):
+    """A progress bar without tqdm's monitor thread, for work before a process pool forks: a fork must not happen
+    while another thread runs (tqdm's monitor outlives its bars)."""
+
+    monitor_interval = 0
 
 
 class InputError(ValueError):
@@ -197,6 +205,7 @@ class Summary:
     frames: int = 0
     objects: int = 0
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the converter left out, counted
 
     def lines(self) -> list[str]:
         out = [
@@ -204,6 +213,7 @@ class Summary:
             f"{len(self.failed)} failed); frames written: {self.frames}; objects: {self.objects}; "
             f"{self.seconds:.1f}s"
         ]
+        out += [f"note: {n}" for n in self.notes]
         out += [f"FAILED {r.video}: {r.error}" for r in self.failed]
         return out
 
@@ -302,6 +312,18 @@ def _run_one(args: tuple[Check, Worker, Path, Job]) -> JobResult:
         return JobResult(job.video, "failed", error=f"{type(e).__name__}: {e}")
 
 
+def _worker_init() -> None:
+    """Ctrl-C reaches the whole process group: the main process alone handles it (terminating the pool), so the
+    user sees one line instead of a traceback from every worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+INTERRUPTED = (
+    "interrupted: the videos finished so far are kept; rerun the same command to convert the rest (finished "
+    "videos are skipped, unfinished ones redone)"
+)
+
+
 def run_jobs(
     jobs: Sequence[Job],
     check: Check,
@@ -332,7 +354,7 @@ def run_jobs(
     if workers > 1:
         # fork where available: no re-import per worker, and no threads exist yet (tqdm's monitor starts below).
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        pool = mp.get_context(method).Pool(workers)
+        pool = mp.get_context(method).Pool(workers, initializer=_worker_init)
         results = pool.imap_unordered(_run_one, tasks, chunksize=1)
     else:
         results = map(_run_one, tasks)
@@ -365,14 +387,22 @@ def run_cli(json_path: Path, frames_path: Path, convert: Callable[[object], Summ
     disk), 2 for bad input or an unsafe output folder (nothing written)."""
     try:
         doc = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    except KeyboardInterrupt:  # BURST's train.json takes a while to read
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     except (OSError, ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
-        print(f"error: cannot read {json_path}: {e}", file=sys.stderr)
+        # a missing/unreadable file is a wrong --json_path; anything else is a damaged (e.g. truncated) download
+        fix = "fix: check --json_path" if isinstance(e, OSError) else FIX_JSON
+        print(f"error: cannot read {json_path}: {e} ({fix})", file=sys.stderr)
         return 2
     if not Path(frames_path).is_dir():
         print(f"error: --frames_path {frames_path} is not a folder", file=sys.stderr)
         return 2
     try:
         summary = convert(doc)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

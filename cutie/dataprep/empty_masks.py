@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from cutie.dataprep.convert import ForkSafeBar
 from cutie.utils.atomic import atomic_write_bytes
 from cutie.utils.paths import check_no_symlink_inside
 
@@ -80,12 +82,21 @@ def scan(dataset: str, mask_dir: Path, workers: int | None = None) -> EmptyMaskL
     videos = sorted(d.name for d in mask_dir.iterdir() if d.is_dir())
     tasks = [(str(mask_dir), v) for v in videos]
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
-    if workers > 1:
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with mp.get_context(method).Pool(workers) as pool:
-            results = pool.map(_empty_in_video, tasks, chunksize=4)
-    else:
-        results = [_empty_in_video(t) for t in tasks]
+    # every mask is decoded: minutes for a large dataset, so show it (the next dataset's pool forks after the bar)
+    bar = ForkSafeBar(total=len(tasks), desc=f"{dataset} masks", unit="video", file=sys.stderr, dynamic_ncols=True)
+    with bar:
+        if workers > 1:
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            with mp.get_context(method).Pool(workers) as pool:
+                results = []
+                for r in pool.imap(_empty_in_video, tasks, chunksize=4):  # in order, as map
+                    results.append(r)
+                    bar.update(1)
+        else:
+            results = []
+            for t in tasks:
+                results.append(_empty_in_video(t))
+                bar.update(1)
     unreadable = [u for _, _, bad in results for u in bad]
     if unreadable:
         raise MaskReadError(dataset, unreadable)

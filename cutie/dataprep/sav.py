@@ -41,6 +41,8 @@ import cv2
 import numpy as np
 
 from cutie.dataprep.convert import (
+    INTERRUPTED,
+    ForkSafeBar,
     InputError,
     Job,
     Problems,
@@ -56,12 +58,16 @@ from cutie.dataprep.convert import (
 )
 from cutie.dataprep.imageio import encode_jpeg, encode_palette_png
 from cutie.dataprep.rle import check_segmentation, decode
-from cutie.utils.paths import Confiner, PathEscapeError
+from cutie.utils.paths import Confiner, PathEscapeError, is_inside
 
 VERSION = 1
 ANNOTATION_STEP = 4  # SA-V is annotated at 6 fps, the videos are 24 fps
 KINDS = {"manual": ("manual",), "auto": ("auto",), "both": ("manual", "auto")}
 REQUIRED = ("video_height", "video_width", "video_frame_count", "masklet", "masklet_id", "masklet_num")
+# a damaged or partial download is the usual cause; the video's JSON is made for the release's own mp4
+FIX_VIDEO = "fix: re-download or re-extract the mp4 (and its JSONs) from the release, then rerun"
+FIX_EMPTY = "fix: point --sav_path at the unpacked training release (the folder of sav_000/, sav_001/, ...)"
+FIX_LINKS = "fix: copy or mount the linked folders inside --sav_path, or point --sav_path at the folder they hold"
 FIX_FILES = "fix: every <video>.mp4 needs its <video>_manual.json beside it (re-download or re-extract the release)"
 
 
@@ -92,6 +98,11 @@ def discover(sav_path: Path, masklets: str) -> tuple[list[Source], list[str]]:
     files: set[str] = set()
     for here, dirs, names in os.walk(sav_path):  # does not descend into linked folders
         dirs.sort()
+        for d in dirs:  # a linked folder would otherwise be skipped without a word (its videos missing)
+            link = Path(here, d)
+            if link.is_symlink() and not is_inside(sav_path, link):
+                rel = link.relative_to(sav_path).as_posix()
+                problems.path(f"{rel}: a symlink to a folder outside --sav_path ({os.readlink(link)}); not searched")
         for name in sorted(names):
             rel = Path(here, name).relative_to(sav_path).as_posix()
             files.add(rel)
@@ -129,8 +140,11 @@ def discover(sav_path: Path, masklets: str) -> tuple[list[Source], list[str]]:
         for kind in ("manual", "auto"):
             if rel.endswith(f"_{kind}.json") and rel[: -len(f"_{kind}.json")] not in mp4s:
                 problems.append(f"{rel}: no {Path(rel).name[: -len(f'_{kind}.json')]}.mp4 beside it")
+    if not found and not problems:  # a wrong --sav_path (or the tars not yet extracted) must not "succeed"
+        raise InputError(["no <video>.mp4 found in it or its subfolders"], f"--sav_path {sav_path}", (FIX_EMPTY,))
     if problems:
-        raise InputError(list(problems), f"--sav_path {sav_path}", (FIX_FILES,))
+        fixes = ((FIX_LINKS,) if problems.paths else ()) + (FIX_FILES,)
+        raise InputError(list(problems), f"--sav_path {sav_path}", fixes)
     return sources, left_out
 
 
@@ -229,7 +243,8 @@ def validate(sav_path: Path, sources: list[Source], masklets: str) -> list[Job]:
     and paths are kept: the JSONs of the full release do not fit in memory together."""
     problems = Problems()
     jobs = []
-    for src in sources:
+    # reading the release's JSONs takes minutes (and is redone on every rerun): show it, with an ETA
+    for src in ForkSafeBar(sources, desc="SA-V json", unit="video", file=sys.stderr, dynamic_ncols=True):
         info, hashes = {}, {}
         for kind, rel in src.jsons.items():
             try:
@@ -302,7 +317,7 @@ def convert_video(output: Path, job: Job) -> tuple[int, int, dict]:
     mp4 = Confiner(job.payload["sav_path"])(src.mp4, what="video")
     cap = cv2.VideoCapture(str(mp4))
     if not cap.isOpened():
-        raise ValueError(f"{mp4}: OpenCV cannot open the video")
+        raise ValueError(f"{mp4}: OpenCV cannot open the video ({FIX_VIDEO})")
     count = 0
     try:
         while True:
@@ -316,7 +331,9 @@ def convert_video(output: Path, job: Job) -> tuple[int, int, dict]:
             if annotated:
                 assert bgr is not None
                 if bgr.shape[:2] != (h, w):
-                    raise ValueError(f"{mp4}: frames are {bgr.shape[1]}x{bgr.shape[0]}, the JSON says {w}x{h}")
+                    raise ValueError(
+                        f"{mp4}: frames are {bgr.shape[1]}x{bgr.shape[0]}, the JSON says {w}x{h} ({FIX_VIDEO})"
+                    )
                 rles, values = frames[count // ANNOTATION_STEP]
                 masks = [decode(r, h, w) for r in rles]
                 stem = f"{count:05d}"
@@ -328,7 +345,9 @@ def convert_video(output: Path, job: Job) -> tuple[int, int, dict]:
     finally:
         cap.release()
     if count != plan["frame_count"]:
-        raise ValueError(f"{mp4}: the video has {count} frames, the JSON's video_frame_count is {plan['frame_count']}")
+        raise ValueError(
+            f"{mp4}: the video has {count} frames, the JSON's video_frame_count is {plan['frame_count']} ({FIX_VIDEO})"
+        )
     info = {
         "source": {"mp4": src.mp4, "json": src.jsons},
         "id_map": plan["id_map"],
@@ -362,6 +381,9 @@ def run_cli(sav_path: Path, output_path: Path, masklets: str, workers: int | Non
             print(f"note: {len(left_out)} video(s) have no _{masklets}.json and are left out (e.g. {left_out[0]})")
         jobs = validate(sav_path, sources, masklets)
         summary = run_jobs(jobs, check_inputs, convert_video, output_path, workers, desc="SA-V")
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -40,8 +40,10 @@ KINDS: dict[str, tuple[str | None, str]] = {
     "misordered_names": ("videos whose frame numbers are not zero-padded", FIX_NUMBERING),
     "incomplete_conversion": (
         "videos of an unfinished conversion",
-        "rerun the converter (scripts/convert_burst_to_vos_train.py or scripts/convert_ovis_to_vos.py) on the same "
-        "output folder; it redoes only the unfinished videos",
+        # the record of an unfinished video is missing, so which converter wrote the folder is unknown: name all
+        "rerun the converter that wrote this folder (scripts/convert_burst_to_vos_train.py, "
+        "scripts/convert_ovis_to_vos.py or scripts/convert_sav_to_vos.py) with the same arguments; it redoes only "
+        "the unfinished videos",
     ),
     "lonely_image": ("images without a mask of the same name", "add NAME.png beside NAME.jpg or remove the image"),
     # SA-1B folders (cutie/data/index/sa1b.py)
