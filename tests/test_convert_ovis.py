@@ -140,3 +140,17 @@ def test_ctrl_c_is_one_line_and_exit_130(
         pytest.fail("Ctrl-C escaped run_cli: the user sees a traceback")
     assert rc == 130
     assert capsys.readouterr().err.startswith("interrupted: the videos finished so far are kept; rerun")
+
+
+@pytest.mark.parametrize("which", ["ovis", "burst"])
+def test_an_annotation_file_without_videos_is_refused_with_the_fix(tmp_path: Path, which: str) -> None:
+    """A JSON of another split or a stub (no videos / sequences) converted nothing and exited 0, leaving an empty
+    dataset that training then refuses with a less direct message."""
+    from cutie.dataprep import burst, convert, ovis
+
+    doc = {"videos": [], "annotations": []} if which == "ovis" else {"sequences": []}
+    (tmp_path / "frames").mkdir()
+    with pytest.raises(convert.InputError, match="the list is empty, nothing to convert") as err:
+        (ovis if which == "ovis" else burst).convert(doc, tmp_path / "frames", tmp_path / "out", workers=1)
+    assert "fix: point --json_path" in str(err.value)
+    assert not (tmp_path / "out").exists()

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from cutie.dataprep.convert import (
+    FIX_EMPTY,
+    InputError,
     Job,
     Problems,
     Summary,
@@ -143,6 +145,8 @@ def validate(doc: object, frames_path: Path, save_all_image: bool = False) -> No
         problems.append("top level: expected an object with a 'sequences' list")
         problems.raise_if_any("BURST json")
     assert isinstance(doc, dict)  # for the type checker: raise_if_any raised otherwise
+    if not doc["sequences"]:  # converting nothing with exit 0 would leave the user with an empty dataset
+        raise InputError(["sequences: the list is empty, nothing to convert"], "BURST json", (FIX_EMPTY,))
     seen_videos: dict[str, int] = {}
     required = REQUIRED + (("all_image_paths",) if save_all_image else ())
     for i, seq in enumerate(doc["sequences"]):

@@ -49,6 +49,7 @@ OUTPUT_DIRS = ("JPEGImages", "Annotations", "JPEGImages_all_frames")
 
 
 FIX_JSON = "fix: repair or re-download the annotation file"
+FIX_EMPTY = "fix: point --json_path at the annotation file of the split to convert (the README names it)"
 FIX_PATHS = (
     "fix: frame paths must be relative to --frames_path, without '..', and not lead out of it through a symlink "
     "(check --frames_path, or copy the frames into it instead of linking them)"

@@ -17,6 +17,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from cutie.dataprep.convert import (
+    FIX_EMPTY,
+    InputError,
     Job,
     Problems,
     Summary,
@@ -105,6 +107,8 @@ def validate(doc: object, frames_path: Path) -> None:
         problems.append("annotations: missing, or not a list")
     problems.raise_if_any("OVIS json")
     assert isinstance(doc, dict)  # for the type checker: raise_if_any raised otherwise
+    if not doc["videos"]:  # converting nothing with exit 0 would leave the user with an empty dataset
+        raise InputError(["videos: the list is empty, nothing to convert"], "OVIS json", (FIX_EMPTY,))
     frames = Confiner(frames_path)
     videos: dict[object, dict] = {}
     broken: set[object] = set()  # ids of videos already reported: their annotations are not checked against them
