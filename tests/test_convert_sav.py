@@ -261,6 +261,19 @@ def test_a_release_folder_linked_from_elsewhere_or_no_video_exits_2(sav_src: Pat
     assert not (tmp_path / "out").exists()
 
 
+def test_a_dangling_link_in_the_release_is_named_before_anything_is_written(sav_src: Path, tmp_path: Path) -> None:
+    # an mp4 (or JSON) linked to a file that was moved away: a bare "No such file" in the middle of the run before
+    src = tmp_path / "src"
+    shutil.copytree(sav_src, src)
+    mp4 = next(src.rglob("sav_001002.mp4"))
+    mp4.unlink()
+    mp4.symlink_to(src / "moved-away.mp4")
+    r = _cli(src, tmp_path / "out")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "sav_001/sav_001002.mp4: a broken link or not a regular file" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_unreadable_mp4_fails_its_video_naming_the_fix(sav_src: Path, tmp_path: Path) -> None:
     src = tmp_path / "src"
     shutil.copytree(sav_src, src)

@@ -134,6 +134,9 @@ def discover(sav_path: Path, masklets: str) -> tuple[list[Source], list[str]]:
                 root(rel, what="file")
             except PathEscapeError as e:
                 problems.path(str(e))
+                continue
+            if not (sav_path / rel).is_file():  # a dangling link: named now, not as a bare error mid-run
+                problems.append(f"{rel}: a broken link or not a regular file (re-download or re-extract it)")
         sources.append(Source(video, mp4, wanted))
     mp4s = {Path(m).with_suffix("").as_posix() for m in found.values()}
     for rel in sorted(files):
