@@ -2,7 +2,8 @@
 
 - weights: every save_weights_interval, at the end of the stage (`<exp_id>_<stage>_last.pth`) and on a stop request.
 - full checkpoints (cutie/training/checkpoint.py: safe format, sha256 digest): every save_checkpoint_interval, after
-  the last step (before the final validation), at the end of the stage and on a stop request; the newest `keep` are kept.
+  the last step (before the final validation), at the end of the stage and on a stop request; the newest `keep`
+  are kept.
 - before each write the free space is checked (DiskFullError: one line, nothing half-written, older files intact).
 """
 
