@@ -325,3 +325,16 @@ def test_every_yaml_key_is_a_field() -> None:
         f.name for cls in (train.RunConfig, train.RuntimeConfig, train.LoggingConfig) for f in dataclasses.fields(cls)
     }
     assert set(top) - {"defaults", "hydra"} == owned | {"pre_training", "main_training"}
+
+
+def test_a_key_of_another_group_option_names_that_option() -> None:
+    """`data.custom_root=...` without `data=custom` (the README's fine-tune command minus one word) was reported
+    as a typo, with the options of data=base listed and no word of data=custom."""
+    with pytest.raises(ConfigError) as e:
+        compose_config("train_config", ["data.custom_root=/videos", "pre_training.enabled=False"])
+    assert str(e.value) == (
+        "`data.custom_root`: not an option of this data= config; it is one of data=custom "
+        "(add data=custom to the command line)"
+    )
+    with pytest.raises(ConfigError, match=r"^`data.custom_rot`: unknown option \(a typo\?\); options here: "):
+        compose_config("train_config", ["data=custom", "data.custom_rot=/videos"])  # a real typo stays one
