@@ -304,3 +304,25 @@ def test_last_step_is_checkpointed_before_the_final_validation(repo_root, tmp_pa
     assert saved["iteration"] == 6 and saved["stage_complete"] is False  # the relaunch reruns only after_stage
     hooks[1].after_stage(ctx)
     assert ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path, "main_training", 6))["stage_complete"] is True
+
+
+def test_relaunching_a_finished_run_says_nothing_was_trained(repo_root, tmp_path, caplog):
+    """The fine-tune command run again (new videos in the same folder, same exp_id) exited 0 after 'already
+    complete ...: handing its weights on', with no later stage to hand them to and no word of what to do."""
+    import logging
+
+    from cutie.training.run import ResumePlan, _train_stages
+    from cutie.utils.dist import DistState
+
+    cfg = _cfg(repo_root, "model=small", "exp_id=mine", "pre_training.enabled=False")
+    plans = {"main_training": plan_stage(cfg, "main_training", 1, CPU)}
+    total = plans["main_training"].num_iterations
+    ckpt = {"stage": "main_training", "iteration": total, "stage_complete": True, "weights": {}}
+    path = tmp_path / "checkpoints" / "main_training.pth"
+    with caplog.at_level(logging.INFO, logger="test"):
+        _train_stages(cfg, ["main_training"], plans, ResumePlan(path, ckpt), DistState(), CPU, tmp_path,
+                      logging.getLogger("test"), None, None)  # fmt: skip
+    (record,) = caplog.records
+    assert f"already complete ({total}/{total} iterations in {path}): nothing to train" in record.message
+    assert str(tmp_path / "mine_main_training_last.pth") in record.message
+    assert "exp_id=<new id>" in record.message and "main_training.num_iterations" in record.message

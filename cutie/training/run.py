@@ -473,7 +473,15 @@ def _train_stages(cfg, stages, plans, resume_plan: ResumePlan, state, device, ru
             and resume.get("stage_complete")
             and int(resume["iteration"]) >= plan.num_iterations
         ):
-            log.info(f"[{stage}] already complete in {resume['stage']} checkpoint: handing its weights on")
+            if i + 1 < len(stages):
+                log.info(f"[{stage}] already complete in {resume['stage']} checkpoint: handing its weights on")
+            else:  # a relaunch of a finished run trains nothing: say so, and how to train more
+                log.info(
+                    f"[{stage}] already complete ({resume['iteration']}/{plan.num_iterations} iterations in "
+                    f"{resume_plan.path}): nothing to train; its weights are "
+                    f"{run_dir / f'{cfg.run.exp_id}_{stage}_last.pth'}. For a new run (e.g. on changed data) "
+                    f"pass exp_id=<new id>; to train this one further, a larger {stage}.num_iterations"
+                )
             previous, resume = resume["weights"], None
             continue
         later = sum(plans[s].num_iterations for s in stages[i + 1 :])
