@@ -338,3 +338,30 @@ def test_a_key_of_another_group_option_names_that_option() -> None:
     )
     with pytest.raises(ConfigError, match=r"^`data.custom_rot`: unknown option \(a typo\?\); options here: "):
         compose_config("train_config", ["data=custom", "data.custom_rot=/videos"])  # a real typo stays one
+
+
+def test_overrides_that_no_enabled_stage_reads_are_named() -> None:
+    """A catalogue entry of a dataset that no enabled stage trains on (DAVIS under data=custom), or an ImageNet
+    folder next to weights= (which gives every weight), was taken without a word and did nothing."""
+    overrides = [
+        "data=custom",
+        "data.custom_root=/videos",
+        "pre_training.enabled=false",
+        "weights=/w/cutie-small-mega.pth",
+        "model.imagenet_dir=/w/imagenet",
+        "data.vos_datasets.DAVIS.multiplier=5",
+        "data.vos_datasets.CUSTOM.multiplier=2",  # read: CUSTOM is trained on
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        cfg = parse_train_config(compose(config_name="train_config", overrides=overrides), overrides)
+    assert cfg.notes == (
+        "`model.imagenet_dir=/w/imagenet` has no effect: weights=/w/cutie-small-mega.pth gives every weight of "
+        "the network",
+        "`data.vos_datasets.DAVIS.multiplier=5` has no effect: no enabled stage trains on DAVIS (data=custom "
+        "trains on CUSTOM; the stages' lists are data.<stage>.datasets)",
+    )
+    # Without weights= the folder initialises the encoders; with DAVIS in the list its entry is read.
+    used = ["data.main_training.datasets=[CUSTOM,DAVIS]", "model.imagenet_dir=/w/imagenet"]
+    kept = [o for o in overrides if not o.startswith(("weights=", "model.imagenet_dir="))] + used
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        assert parse_train_config(compose(config_name="train_config", overrides=kept), kept).notes == ()

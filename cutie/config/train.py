@@ -336,6 +336,11 @@ class TrainConfig:
     # Command-line overrides that have no effect in this run (a disabled stage's settings), logged at start.
     notes: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
+    def data_stage(self, name: str) -> StageData:
+        """The data group's dataset choice for stage `name`."""
+        self.stage(name)  # names an unknown stage
+        return self.data.pre_training if name == "pre_training" else self.data.main_training
+
     def stage(self, name: str) -> StageConfig:
         if name not in STAGES:
             raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
@@ -384,6 +389,17 @@ def _ineffective(cfg: TrainConfig, overrides: Sequence[str]) -> tuple[str, ...]:
                 continue
             if key.startswith((f"{stage}.", f"data.{stage}.")):
                 notes.append(f"`{line}` has no effect: {stage}.enabled is false (that stage does not run)")
+        parts = key.split(".")
+        # A catalogue entry that no enabled stage trains on (e.g. data.vos_datasets.DAVIS.* with data=custom).
+        if len(parts) >= 3 and parts[0] == "data" and parts[1] in ("image_datasets", "vos_datasets"):
+            used = {n for s in cfg.enabled_stages for n in cfg.data_stage(s).datasets}
+            if parts[2] not in used:
+                notes.append(
+                    f"`{line}` has no effect: no enabled stage trains on {parts[2]} (data={cfg.data.name} trains on "
+                    f"{', '.join(sorted(used)) or 'nothing'}; the stages' lists are data.<stage>.datasets)"
+                )
+        if key == "model.imagenet_dir" and cfg.run.weights and cfg.model.imagenet_dir is not None:
+            notes.append(f"`{line}` has no effect: weights={cfg.run.weights} gives every weight of the network")
     return tuple(notes)
 
 
