@@ -365,3 +365,26 @@ def test_overrides_that_no_enabled_stage_reads_are_named() -> None:
     kept = [o for o in overrides if not o.startswith(("weights=", "model.imagenet_dir="))] + used
     with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
         assert parse_train_config(compose(config_name="train_config", overrides=kept), kept).notes == ()
+
+
+def test_a_data_stage_default_under_the_stages_own_setting_is_named() -> None:
+    """`data.main_training.num_iterations` (the README's custom-data knob) is only the default of
+    `main_training.num_iterations`; with the README's CPU command (which sets the latter) it changed nothing."""
+    overrides = [
+        "data=custom",
+        "data.custom_root=/videos",
+        "main_training.num_iterations=200",
+        "main_training.lr_schedule_steps=[160]",
+        "data.main_training.num_iterations=400",
+        "data.main_training.lr_schedule_steps=[160]",  # the same value: nothing lost
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        cfg = parse_train_config(compose(config_name="train_config", overrides=overrides), overrides)
+    assert cfg.main_training.num_iterations == 200
+    assert cfg.notes == (
+        "`data.main_training.num_iterations=400` has no effect: main_training.num_iterations=200 is set too, and wins",
+    )
+    alone = [o for o in overrides if not o.startswith("main_training.")]
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        cfg = parse_train_config(compose(config_name="train_config", overrides=alone), alone)
+    assert cfg.main_training.num_iterations == 400 and cfg.notes == ()

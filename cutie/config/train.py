@@ -377,6 +377,19 @@ def parse_train_config(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[
     return dataclasses.replace(typed, notes=_ineffective(typed, overrides))
 
 
+# The keys a data group may set for a stage, as defaults that the stage's own key interpolates (StageData).
+_STAGE_DEFAULTS = ("num_iterations", "batch_size", "crop_size", "seq_length", "lr_schedule_steps")
+
+
+def _tuple_or(value: Any) -> Any:
+    """Lists and tuples compare alike (a parsed list is a tuple)."""
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def _yaml(value: Any) -> str:
+    return "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, list | tuple) else str(value)
+
+
 def _ineffective(cfg: TrainConfig, overrides: Sequence[str]) -> tuple[str, ...]:
     """The overrides of a disabled stage's settings (or of its datasets): not an error, since one set of overrides
     often serves a pre-training job and a main-training job (docker/entrypoint.sh pretrain / main-train), but
@@ -390,6 +403,12 @@ def _ineffective(cfg: TrainConfig, overrides: Sequence[str]) -> tuple[str, ...]:
             if key.startswith((f"{stage}.", f"data.{stage}.")):
                 notes.append(f"`{line}` has no effect: {stage}.enabled is false (that stage does not run)")
         parts = key.split(".")
+        # data.<stage>.<k> is only the default of <stage>.<k> (an interpolation): set both and the data one loses.
+        if len(parts) == 3 and parts[0] == "data" and parts[1] in STAGES and parts[2] in _STAGE_DEFAULTS:
+            stage, name = parts[1], parts[2]
+            mine, default = getattr(cfg.stage(stage), name), getattr(cfg.data_stage(stage), name)
+            if cfg.stage(stage).enabled and default is not None and _tuple_or(mine) != _tuple_or(default):
+                notes.append(f"`{line}` has no effect: {stage}.{name}={_yaml(mine)} is set too, and wins")
         # A catalogue entry that no enabled stage trains on (e.g. data.vos_datasets.DAVIS.* with data=custom).
         if len(parts) >= 3 and parts[0] == "data" and parts[1] in ("image_datasets", "vos_datasets"):
             used = {n for s in cfg.enabled_stages for n in cfg.data_stage(s).datasets}
