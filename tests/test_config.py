@@ -388,3 +388,15 @@ def test_a_data_stage_default_under_the_stages_own_setting_is_named() -> None:
     with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
         cfg = parse_train_config(compose(config_name="train_config", overrides=alone), alone)
     assert cfg.main_training.num_iterations == 400 and cfg.notes == ()
+
+
+def test_a_clip_too_short_for_the_memory_frames_names_both_fixes() -> None:
+    """`main_training.seq_length=3` (the README lowers it for sparse folders) was refused as a bad num_ref_frames,
+    an option the user had not touched, without saying what to set."""
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        with pytest.raises(ConfigError) as e:
+            parse_train_config(compose(config_name="train_config", overrides=["main_training.seq_length=3"]))
+    assert str(e.value) == (
+        "`main_training.num_ref_frames`: must be in [1, seq_length=3), got 3 (a clip is the memory frames and at "
+        "least one more): set main_training.seq_length=4 or more, or a lower main_training.num_ref_frames"
+    )

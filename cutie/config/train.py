@@ -166,7 +166,12 @@ class StageConfig:
         if self.oversample_ratio < 1:
             fail("oversample_ratio", f"must be >= 1 (candidate points per trained point), got {self.oversample_ratio}")
         if not 0 < self.num_ref_frames < self.seq_length:
-            fail("num_ref_frames", f"must be in [1, seq_length={self.seq_length}), got {self.num_ref_frames}")
+            fail(
+                "num_ref_frames",
+                f"must be in [1, seq_length={self.seq_length}), got {self.num_ref_frames} (a clip is the memory "
+                f"frames and at least one more): set {self.name}.seq_length={self.num_ref_frames + 1} or more, or "
+                f"a lower {self.name}.num_ref_frames",
+            )
         if any(c <= 0 or c % 16 for c in self.crop_size):
             fail("crop_size", f"must be two positive multiples of 16 (the stride), got {list(self.crop_size)}")
         steps = list(self.lr_schedule_steps)
