@@ -400,3 +400,18 @@ def test_a_clip_too_short_for_the_memory_frames_names_both_fixes() -> None:
         "`main_training.num_ref_frames`: must be in [1, seq_length=3), got 3 (a clip is the memory frames and at "
         "least one more): set main_training.seq_length=4 or more, or a lower main_training.num_ref_frames"
     )
+
+
+def test_custom_root_added_to_another_data_group_is_named() -> None:
+    """`+data.custom_root=...` (the '+' Hydra suggests for a key it does not know) under data=base was accepted
+    and fed nothing: the run trained on DAVIS and YouTube-VOS."""
+    overrides = ["+data.custom_root=/videos", "pre_training.enabled=false"]
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        cfg = parse_train_config(compose(config_name="train_config", overrides=overrides), overrides)
+    assert cfg.notes == (
+        "`+data.custom_root=/videos` has no effect: no enabled stage trains on CUSTOM (data=base trains on "
+        "DAVIS, YouTubeVOS); add data=custom to train on your folder",
+    )
+    mine = ["data=custom", "data.custom_root=/videos", "pre_training.enabled=false"]
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        assert parse_train_config(compose(config_name="train_config", overrides=mine), mine).notes == ()

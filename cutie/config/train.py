@@ -400,6 +400,7 @@ def _ineffective(cfg: TrainConfig, overrides: Sequence[str]) -> tuple[str, ...]:
     often serves a pre-training job and a main-training job (docker/entrypoint.sh pretrain / main-train), but
     said once at start rather than ignored without a word."""
     notes = []
+    used = {n for s in cfg.enabled_stages for n in cfg.data_stage(s).datasets}  # datasets some stage trains on
     for line in overrides:
         key = line.split("=", 1)[0].lstrip("+~")
         for stage in STAGES:
@@ -416,11 +417,17 @@ def _ineffective(cfg: TrainConfig, overrides: Sequence[str]) -> tuple[str, ...]:
                 notes.append(f"`{line}` has no effect: {stage}.{name}={_yaml(mine)} is set too, and wins")
         # A catalogue entry that no enabled stage trains on (e.g. data.vos_datasets.DAVIS.* with data=custom).
         if len(parts) >= 3 and parts[0] == "data" and parts[1] in ("image_datasets", "vos_datasets"):
-            used = {n for s in cfg.enabled_stages for n in cfg.data_stage(s).datasets}
             if parts[2] not in used:
                 notes.append(
                     f"`{line}` has no effect: no enabled stage trains on {parts[2]} (data={cfg.data.name} trains on "
                     f"{', '.join(sorted(used)) or 'nothing'}; the stages' lists are data.<stage>.datasets)"
+                )
+        # data=custom's own keys feed its CUSTOM entry; added with '+' to another data group they feed nothing.
+        if key in ("data.custom_root", "data.custom_frame_interval", "data.custom_multiplier"):
+            if "CUSTOM" not in used:
+                notes.append(
+                    f"`{line}` has no effect: no enabled stage trains on CUSTOM (data={cfg.data.name} trains on "
+                    f"{', '.join(sorted(used)) or 'nothing'}); add data=custom to train on your folder"
                 )
         if key == "model.imagenet_dir" and cfg.run.weights and cfg.model.imagenet_dir is not None:
             notes.append(f"`{line}` has no effect: weights={cfg.run.weights} gives every weight of the network")
