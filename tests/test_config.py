@@ -325,3 +325,93 @@ def test_every_yaml_key_is_a_field() -> None:
         f.name for cls in (train.RunConfig, train.RuntimeConfig, train.LoggingConfig) for f in dataclasses.fields(cls)
     }
     assert set(top) - {"defaults", "hydra"} == owned | {"pre_training", "main_training"}
+
+
+def test_a_key_of_another_group_option_names_that_option() -> None:
+    """`data.custom_root=...` without `data=custom` (the README's fine-tune command minus one word) was reported
+    as a typo, with the options of data=base listed and no word of data=custom."""
+    with pytest.raises(ConfigError) as e:
+        compose_config("train_config", ["data.custom_root=/videos", "pre_training.enabled=False"])
+    assert str(e.value) == (
+        "`data.custom_root`: not an option of this data= config; it is one of data=custom "
+        "(add data=custom to the command line)"
+    )
+    with pytest.raises(ConfigError, match=r"^`data.custom_rot`: unknown option \(a typo\?\); options here: "):
+        compose_config("train_config", ["data=custom", "data.custom_rot=/videos"])  # a real typo stays one
+
+
+def test_overrides_that_no_enabled_stage_reads_are_named() -> None:
+    """A catalogue entry of a dataset that no enabled stage trains on (DAVIS under data=custom), or an ImageNet
+    folder next to weights= (which gives every weight), was taken without a word and did nothing."""
+    overrides = [
+        "data=custom",
+        "data.custom_root=/videos",
+        "pre_training.enabled=false",
+        "weights=/w/cutie-small-mega.pth",
+        "model.imagenet_dir=/w/imagenet",
+        "data.vos_datasets.DAVIS.multiplier=5",
+        "data.vos_datasets.CUSTOM.multiplier=2",  # read: CUSTOM is trained on
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        cfg = parse_train_config(compose(config_name="train_config", overrides=overrides), overrides)
+    assert cfg.notes == (
+        "`model.imagenet_dir=/w/imagenet` has no effect: weights=/w/cutie-small-mega.pth gives every weight of "
+        "the network",
+        "`data.vos_datasets.DAVIS.multiplier=5` has no effect: no enabled stage trains on DAVIS (data=custom "
+        "trains on CUSTOM; the stages' lists are data.<stage>.datasets)",
+    )
+    # Without weights= the folder initialises the encoders; with DAVIS in the list its entry is read.
+    used = ["data.main_training.datasets=[CUSTOM,DAVIS]", "model.imagenet_dir=/w/imagenet"]
+    kept = [o for o in overrides if not o.startswith(("weights=", "model.imagenet_dir="))] + used
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        assert parse_train_config(compose(config_name="train_config", overrides=kept), kept).notes == ()
+
+
+def test_a_data_stage_default_under_the_stages_own_setting_is_named() -> None:
+    """`data.main_training.num_iterations` (the README's custom-data knob) is only the default of
+    `main_training.num_iterations`; with the README's CPU command (which sets the latter) it changed nothing."""
+    overrides = [
+        "data=custom",
+        "data.custom_root=/videos",
+        "main_training.num_iterations=200",
+        "main_training.lr_schedule_steps=[160]",
+        "data.main_training.num_iterations=400",
+        "data.main_training.lr_schedule_steps=[160]",  # the same value: nothing lost
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        cfg = parse_train_config(compose(config_name="train_config", overrides=overrides), overrides)
+    assert cfg.main_training.num_iterations == 200
+    assert cfg.notes == (
+        "`data.main_training.num_iterations=400` has no effect: main_training.num_iterations=200 is set too, and wins",
+    )
+    alone = [o for o in overrides if not o.startswith("main_training.")]
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        cfg = parse_train_config(compose(config_name="train_config", overrides=alone), alone)
+    assert cfg.main_training.num_iterations == 400 and cfg.notes == ()
+
+
+def test_a_clip_too_short_for_the_memory_frames_names_both_fixes() -> None:
+    """`main_training.seq_length=3` (the README lowers it for sparse folders) was refused as a bad num_ref_frames,
+    an option the user had not touched, without saying what to set."""
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        with pytest.raises(ConfigError) as e:
+            parse_train_config(compose(config_name="train_config", overrides=["main_training.seq_length=3"]))
+    assert str(e.value) == (
+        "`main_training.num_ref_frames`: must be in [1, seq_length=3), got 3 (a clip is the memory frames and at "
+        "least one more): set main_training.seq_length=4 or more, or a lower main_training.num_ref_frames"
+    )
+
+
+def test_custom_root_added_to_another_data_group_is_named() -> None:
+    """`+data.custom_root=...` (the '+' Hydra suggests for a key it does not know) under data=base was accepted
+    and fed nothing: the run trained on DAVIS and YouTube-VOS."""
+    overrides = ["+data.custom_root=/videos", "pre_training.enabled=false"]
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        cfg = parse_train_config(compose(config_name="train_config", overrides=overrides), overrides)
+    assert cfg.notes == (
+        "`+data.custom_root=/videos` has no effect: no enabled stage trains on CUSTOM (data=base trains on "
+        "DAVIS, YouTubeVOS); add data=custom to train on your folder",
+    )
+    mine = ["data=custom", "data.custom_root=/videos", "pre_training.enabled=false"]
+    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
+        assert parse_train_config(compose(config_name="train_config", overrides=mine), mine).notes == ()

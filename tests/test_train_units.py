@@ -255,3 +255,74 @@ def test_picture_grids_are_written_atomically_and_never_through_a_symlink(tmp_pa
     with pytest.raises(UnsafePathError, match="symlink"):
         ImageHook(interval=1).after_step(ctx, result)
     assert victim.read_bytes() == b"keep"
+
+
+def test_last_step_is_checkpointed_before_the_final_validation(repo_root, tmp_path):
+    """A final validation that fails or is killed (minutes on a real set) used to lose every step since the last
+    interval checkpoint: the last step's checkpoint was only written after it, by after_stage."""
+    import logging
+
+    from cutie.training.context import StageContext
+    from cutie.training.hooks import CheckpointHook, Hook
+    from cutie.utils.dist import DistState
+
+    cfg = _cfg(repo_root, "model=small", "save_checkpoint_interval=4", "save_weights_interval=100")
+    plan = plan_stage(cfg, "main_training", 1, CPU)
+    plan = type(plan)(**{**plan.__dict__, "num_iterations": 6})
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(net.parameters())
+    ctx = StageContext(
+        cfg=cfg,
+        plan=plan,
+        dist=DistState(),
+        device=CPU,
+        run_dir=tmp_path,
+        net=net,
+        model=net,
+        optimizer=opt,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        loader=None,
+        log=logging.getLogger("test"),
+        writer=None,
+    )
+
+    class CrashingValidation(Hook):  # as ValidationHook, it runs before the checkpoint hook
+        def after_stage(self, ctx: StageContext) -> None:
+            raise RuntimeError("validation killed")
+
+    hooks = [CrashingValidation(), CheckpointHook(lambda: {})]
+    for it in (5, 6):  # 5: neither an interval nor the last step; 6: the last
+        ctx.iteration = it
+        for h in hooks:
+            h.after_step(ctx, None)
+    with pytest.raises(RuntimeError, match="validation killed"):
+        for h in hooks:
+            h.after_stage(ctx)
+    assert [p.name for p in ckpt_io.list_checkpoints(tmp_path)] == ["main_training_0000006.pth"]
+    saved = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path, "main_training", 6))
+    assert saved["iteration"] == 6 and saved["stage_complete"] is False  # the relaunch reruns only after_stage
+    hooks[1].after_stage(ctx)
+    assert ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path, "main_training", 6))["stage_complete"] is True
+
+
+def test_relaunching_a_finished_run_says_nothing_was_trained(repo_root, tmp_path, caplog):
+    """The fine-tune command run again (new videos in the same folder, same exp_id) exited 0 after 'already
+    complete ...: handing its weights on', with no later stage to hand them to and no word of what to do."""
+    import logging
+
+    from cutie.training.run import ResumePlan, _train_stages
+    from cutie.utils.dist import DistState
+
+    cfg = _cfg(repo_root, "model=small", "exp_id=mine", "pre_training.enabled=False")
+    plans = {"main_training": plan_stage(cfg, "main_training", 1, CPU)}
+    total = plans["main_training"].num_iterations
+    ckpt = {"stage": "main_training", "iteration": total, "stage_complete": True, "weights": {}}
+    path = tmp_path / "checkpoints" / "main_training.pth"
+    with caplog.at_level(logging.INFO, logger="test"):
+        _train_stages(cfg, ["main_training"], plans, ResumePlan(path, ckpt), DistState(), CPU, tmp_path,
+                      logging.getLogger("test"), None, None)  # fmt: skip
+    (record,) = caplog.records
+    assert f"already complete ({total}/{total} iterations in {path}): nothing to train" in record.message
+    assert str(tmp_path / "mine_main_training_last.pth") in record.message
+    assert "exp_id=<new id>" in record.message and "main_training.num_iterations" in record.message

@@ -370,3 +370,30 @@ def test_a_weights_file_that_would_run_code_is_refused_naming_the_call(tmp_path:
         read_weights_file(tmp_path / "none.pth")
     with pytest.raises(FileNotFoundError, match="is not a file"):
         read_weights_file(tmp_path)
+
+
+def test_weights_of_the_other_model_size_name_the_model_they_fit(repo_root, tmp_path):
+    """model=small with a base file listed the mismatching keys under a question ('is the model=small|base
+    choice the one they were trained with?') whose answer the trainer can give: the file fits model=base."""
+    from hydra import compose, initialize_config_dir
+
+    from cutie.config.train import parse_train_config
+    from cutie.model import ModelSpec, build_network, load_model_config
+    from cutie.model.weights import WeightsError
+    from cutie.training.run import _read_start_weights
+
+    with torch.device("meta"):
+        base = build_network(ModelSpec.from_config(load_model_config("base")), single_object=False).state_dict()
+    path = tmp_path / "cutie-base-mega.pth"
+    # Shapes are what is checked: one zero per tensor, expanded (a file of a few kB).
+    torch.save({k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in base.items()}, path)
+    overrides = ["model=small", f"weights={path}", "pre_training.enabled=False"]
+    with initialize_config_dir(config_dir=str(repo_root / "cutie" / "config"), version_base="1.3"):
+        cfg = parse_train_config(compose("train_config", overrides=overrides))
+    with pytest.raises(WeightsError) as e:
+        _read_start_weights(cfg, ["main_training"])
+    first = str(e.value).splitlines()[0]
+    assert first == (
+        f"weights={path} do not fit model=small: is the model=small|base choice the one they were trained with? "
+        "They fit model=base: pass model=base."
+    )

@@ -63,6 +63,13 @@ def describe(e: HydraException, config_name: str, overrides: Sequence[str]) -> s
     cause = e.__cause__
     if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause):
         key = str(cause.full_key)
+        elsewhere = _groups_with(config_name, overrides, key)
+        if elsewhere:  # e.g. data.custom_root without data=custom: the key is right, the group option is not
+            group = key.split(".", 1)[0]
+            return (
+                f"`{key}`: not an option of this {group}= config; it is one of {group}={', '.join(elsewhere)} "
+                f"(add {group}={elsewhere[0]} to the command line)"
+            )
         return f"`{key}`: unknown option (a typo?){_siblings(config_name, overrides, key)}"
     if "An item is already at" in first:
         return f"{first} Without the '+', an override changes the value that is there"
@@ -73,6 +80,23 @@ def describe(e: HydraException, config_name: str, overrides: Sequence[str]) -> s
             "brackets, e.g. 'key=[1, 2]')"
         )
     return first
+
+
+def _groups_with(config_name: str, overrides: Sequence[str], key: str) -> list[str]:
+    """The options of the config group that `key` lies in (data=, model=) under which the overrides compose."""
+    group = key.split(".", 1)[0]
+    if "." not in key or not (CONFIG_DIR / group).is_dir():
+        return []
+    options = data_groups() if group == "data" else sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != group]
+    found = []
+    for option in options:
+        try:
+            _compose(config_name, [*others, f"{group}={option}"])
+        except (HydraException, ValueError):
+            continue
+        found.append(option)
+    return found
 
 
 def _siblings(config_name: str, overrides: Sequence[str], key: str) -> str:

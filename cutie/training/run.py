@@ -22,6 +22,8 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
+from cutie.config.model import CONFIG_DIR as MODEL_CONFIG_DIR
+from cutie.config.model import ModelSpec, load_model_config
 from cutie.config.train import STAGES, TrainConfig
 from cutie.data.index.datasets import validate as validate_data
 from cutie.data.loaders.build import build_train_loader, shared_memory_needed
@@ -169,6 +171,24 @@ def _check_resume(cfg: TrainConfig, path: Path, ckpt: dict, plans: dict, log) ->
         )
 
 
+def _models_that_fit(cfg: TrainConfig, weights: dict, single_object: bool) -> list[str]:
+    """The other model= configs whose network these weights fit: a misfit is usually the wrong model= (a base
+    file under model=small), and naming the right one is the fix."""
+    fits = []
+    for name in sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml")):
+        if name == cfg.model.name:
+            continue
+        try:
+            spec = ModelSpec.from_config(load_model_config(name))
+        except ConfigError:
+            continue
+        with torch.device("meta"):
+            target = build_network(spec, single_object=single_object).state_dict()
+        if not weights_misfit(target, widen_single_to_multi(weights, target, init="zeros")):
+            fits.append(name)
+    return fits
+
+
 def _read_start_weights(cfg: TrainConfig, stages: list[str]) -> dict:
     """weights=PATH, read safely and checked against the first stage's network now (not after writing)."""
     weights = strip_wrapper_prefixes(read_weights_file(str(cfg.run.weights)))
@@ -176,9 +196,11 @@ def _read_start_weights(cfg: TrainConfig, stages: list[str]) -> dict:
         target = build_network(cfg.model, single_object=cfg.stage(stages[0]).num_objects == 1).state_dict()
     misfit = weights_misfit(target, widen_single_to_multi(weights, target, init="zeros"))
     if misfit:
+        fits = _models_that_fit(cfg, weights, cfg.stage(stages[0]).num_objects == 1)
+        fix = f" They fit model={fits[0]}: pass model={fits[0]}." if fits else ""
         raise WeightsError(
             f"weights={cfg.run.weights} do not fit model={cfg.model.name}: is the model=small|base choice the one "
-            "they were trained with?\n" + "\n".join(misfit)
+            f"they were trained with?{fix}\n" + "\n".join(misfit)
         )
     return weights
 
@@ -451,7 +473,15 @@ def _train_stages(cfg, stages, plans, resume_plan: ResumePlan, state, device, ru
             and resume.get("stage_complete")
             and int(resume["iteration"]) >= plan.num_iterations
         ):
-            log.info(f"[{stage}] already complete in {resume['stage']} checkpoint: handing its weights on")
+            if i + 1 < len(stages):
+                log.info(f"[{stage}] already complete in {resume['stage']} checkpoint: handing its weights on")
+            else:  # a relaunch of a finished run trains nothing: say so, and how to train more
+                log.info(
+                    f"[{stage}] already complete ({resume['iteration']}/{plan.num_iterations} iterations in "
+                    f"{resume_plan.path}): nothing to train; its weights are "
+                    f"{run_dir / f'{cfg.run.exp_id}_{stage}_last.pth'}. For a new run (e.g. on changed data) "
+                    f"pass exp_id=<new id>; to train this one further, a larger {stage}.num_iterations"
+                )
             previous, resume = resume["weights"], None
             continue
         later = sum(plans[s].num_iterations for s in stages[i + 1 :])

@@ -1,8 +1,9 @@
 """Weights files (plain official-key state dicts) and full checkpoints (exact resume), written atomically.
 
 - weights: every save_weights_interval, at the end of the stage (`<exp_id>_<stage>_last.pth`) and on a stop request.
-- full checkpoints (cutie/training/checkpoint.py: safe format, sha256 digest): every save_checkpoint_interval, at
-  the end of the stage and on a stop request; the newest `keep` are kept.
+- full checkpoints (cutie/training/checkpoint.py: safe format, sha256 digest): every save_checkpoint_interval, after
+  the last step (before the final validation), at the end of the stage and on a stop request; the newest `keep`
+  are kept.
 - before each write the free space is checked (DiskFullError: one line, nothing half-written, older files intact).
 """
 
@@ -38,7 +39,11 @@ class CheckpointHook(Hook):
             return
         if every(ctx.cfg.logging.save_weights_interval, it) and it < ctx.plan.num_iterations:
             self.save_weights(ctx, f"{it:07d}")
-        if every(ctx.cfg.logging.save_checkpoint_interval, it) and it < ctx.plan.num_iterations:
+        last = it >= ctx.plan.num_iterations
+        # The last step's checkpoint is written before after_stage's final validation (minutes on a real set,
+        # and it may fail or be killed): a relaunch then reruns only what follows the steps, not the steps since
+        # the last interval checkpoint. after_stage overwrites it with the complete one.
+        if last or every(ctx.cfg.logging.save_checkpoint_interval, it):
             self.save_checkpoint(ctx, complete=False)
 
     def after_stage(self, ctx: StageContext) -> None:
