@@ -341,11 +341,6 @@ class TrainConfig:
     # Command-line overrides that have no effect in this run (a disabled stage's settings), logged at start.
     notes: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
-    def data_stage(self, name: str) -> StageData:
-        """The data group's dataset choice for stage `name`."""
-        self.stage(name)  # names an unknown stage
-        return self.data.pre_training if name == "pre_training" else self.data.main_training
-
     def stage(self, name: str) -> StageConfig:
         if name not in STAGES:
             raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
@@ -382,8 +377,8 @@ def parse_train_config(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[
     return dataclasses.replace(typed, notes=_ineffective(typed, overrides))
 
 
-# The keys a data group may set for a stage, as defaults that the stage's own key interpolates (StageData).
-_STAGE_DEFAULTS = ("num_iterations", "batch_size", "crop_size", "seq_length", "lr_schedule_steps")
+# The keys a data group may set for a stage, as defaults that the stage's own key interpolates.
+_STAGE_DEFAULTS = tuple(f.name for f in dataclasses.fields(StageData) if f.name != "datasets")
 
 
 def _tuple_or(value: Any) -> Any:
@@ -400,7 +395,8 @@ def _ineffective(cfg: TrainConfig, overrides: Sequence[str]) -> tuple[str, ...]:
     often serves a pre-training job and a main-training job (docker/entrypoint.sh pretrain / main-train), but
     said once at start rather than ignored without a word."""
     notes = []
-    used = {n for s in cfg.enabled_stages for n in cfg.data_stage(s).datasets}  # datasets some stage trains on
+    used = {n for s in cfg.enabled_stages for n in cfg.data.stage(s).datasets}  # datasets some stage trains on
+    trained = f"data={cfg.data.name} trains on {', '.join(sorted(used)) or 'nothing'}"
     for line in overrides:
         key = line.split("=", 1)[0].lstrip("+~")
         for stage in STAGES:
@@ -412,22 +408,22 @@ def _ineffective(cfg: TrainConfig, overrides: Sequence[str]) -> tuple[str, ...]:
         # data.<stage>.<k> is only the default of <stage>.<k> (an interpolation): set both and the data one loses.
         if len(parts) == 3 and parts[0] == "data" and parts[1] in STAGES and parts[2] in _STAGE_DEFAULTS:
             stage, name = parts[1], parts[2]
-            mine, default = getattr(cfg.stage(stage), name), getattr(cfg.data_stage(stage), name)
+            mine, default = getattr(cfg.stage(stage), name), getattr(cfg.data.stage(stage), name)
             if cfg.stage(stage).enabled and default is not None and _tuple_or(mine) != _tuple_or(default):
                 notes.append(f"`{line}` has no effect: {stage}.{name}={_yaml(mine)} is set too, and wins")
         # A catalogue entry that no enabled stage trains on (e.g. data.vos_datasets.DAVIS.* with data=custom).
         if len(parts) >= 3 and parts[0] == "data" and parts[1] in ("image_datasets", "vos_datasets"):
             if parts[2] not in used:
                 notes.append(
-                    f"`{line}` has no effect: no enabled stage trains on {parts[2]} (data={cfg.data.name} trains on "
-                    f"{', '.join(sorted(used)) or 'nothing'}; the stages' lists are data.<stage>.datasets)"
+                    f"`{line}` has no effect: no enabled stage trains on {parts[2]} ({trained}; the stages' lists "
+                    "are data.<stage>.datasets)"
                 )
         # data=custom's own keys feed its CUSTOM entry; added with '+' to another data group they feed nothing.
         if key in ("data.custom_root", "data.custom_frame_interval", "data.custom_multiplier"):
             if "CUSTOM" not in used:
                 notes.append(
-                    f"`{line}` has no effect: no enabled stage trains on CUSTOM (data={cfg.data.name} trains on "
-                    f"{', '.join(sorted(used)) or 'nothing'}); add data=custom to train on your folder"
+                    f"`{line}` has no effect: no enabled stage trains on CUSTOM ({trained}); add data=custom to "
+                    "train on your folder"
                 )
         if key == "model.imagenet_dir" and cfg.run.weights and cfg.model.imagenet_dir is not None:
             notes.append(f"`{line}` has no effect: weights={cfg.run.weights} gives every weight of the network")
