@@ -14,6 +14,7 @@ still be sampled as a later frame of a clip, never as the first (the loader need
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import sys
@@ -84,19 +85,13 @@ def scan(dataset: str, mask_dir: Path, workers: int | None = None) -> EmptyMaskL
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
     # every mask is decoded: minutes for a large dataset, so show it (the next dataset's pool forks after the bar)
     bar = ForkSafeBar(total=len(tasks), desc=f"{dataset} masks", unit="video", file=sys.stderr, dynamic_ncols=True)
-    with bar:
-        if workers > 1:
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            with mp.get_context(method).Pool(workers) as pool:
-                results = []
-                for r in pool.imap(_empty_in_video, tasks, chunksize=4):  # in order, as map
-                    results.append(r)
-                    bar.update(1)
-        else:
-            results = []
-            for t in tasks:
-                results.append(_empty_in_video(t))
-                bar.update(1)
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with bar, mp.get_context(method).Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        mapped = map(_empty_in_video, tasks) if pool is None else pool.imap(_empty_in_video, tasks, chunksize=4)
+        results = []
+        for r in mapped:  # in task order
+            results.append(r)
+            bar.update(1)
     unreadable = [u for _, _, bad in results for u in bad]
     if unreadable:
         raise MaskReadError(dataset, unreadable)
