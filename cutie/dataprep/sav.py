@@ -66,7 +66,7 @@ KINDS = {"manual": ("manual",), "auto": ("auto",), "both": ("manual", "auto")}
 REQUIRED = ("video_height", "video_width", "video_frame_count", "masklet", "masklet_id", "masklet_num")
 # a damaged or partial download is the usual cause; the video's JSON is made for the release's own mp4
 FIX_VIDEO = "fix: re-download or re-extract the mp4 (and its JSONs) from the release, then rerun"
-FIX_EMPTY = "fix: point --sav_path at the unpacked training release (the folder of sav_000/, sav_001/, ...)"
+FIX_NO_VIDEO = "fix: point --sav_path at the unpacked training release (the folder of sav_000/, sav_001/, ...)"
 FIX_LINKS = "fix: copy or mount the linked folders inside --sav_path, or point --sav_path at the folder they hold"
 FIX_FILES = "fix: every <video>.mp4 needs its <video>_manual.json beside it (re-download or re-extract the release)"
 
@@ -144,7 +144,7 @@ def discover(sav_path: Path, masklets: str) -> tuple[list[Source], list[str]]:
             if rel.endswith(f"_{kind}.json") and rel[: -len(f"_{kind}.json")] not in mp4s:
                 problems.append(f"{rel}: no {Path(rel).name[: -len(f'_{kind}.json')]}.mp4 beside it")
     if not found and not problems:  # a wrong --sav_path (or the tars not yet extracted) must not "succeed"
-        raise InputError(["no <video>.mp4 found in it or its subfolders"], f"--sav_path {sav_path}", (FIX_EMPTY,))
+        raise InputError(["no <video>.mp4 found in it or its subfolders"], f"--sav_path {sav_path}", (FIX_NO_VIDEO,))
     if problems:
         fixes = ((FIX_LINKS,) if problems.paths else ()) + (FIX_FILES,)
         raise InputError(list(problems), f"--sav_path {sav_path}", fixes)
