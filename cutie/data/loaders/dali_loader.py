@@ -84,7 +84,7 @@ class DaliSampleSource:
         self.batch_size, self.rank, self.world_size = int(batch_size), int(rank), int(world_size)
         self.start_iteration = int(start_iteration)
         self.blocked = frozenset(blocked)  # files that failed in DALI's decoder earlier in this run
-        self.trainer_pid, self._in_worker = os.getpid(), False
+        self.trainer_pid = os.getpid()
 
     def global_index(self, iteration: int, slot: int) -> int:
         """The global sample index of slot `slot` of this rank's batch at DALI iteration `iteration`."""
@@ -119,9 +119,9 @@ class DaliSampleSource:
         raise RuntimeError(f"sample {index}: {MAX_ATTEMPTS} replacements in a row had corrupt JPEGs: {bad[-3:]}")
 
     def _leave_trainer_group(self) -> None:
-        if not self._in_worker and os.getpid() != self.trainer_pid:
+        # in a worker (not the trainer) that does not lead a process group of its own yet
+        if os.getpid() not in (self.trainer_pid, os.getpgrp()):
             leave_trainer_group(self.trainer_pid)
-            self._in_worker = True
 
     def __setstate__(self, state: dict) -> None:
         # "spawn" workers unpickle the source as they start: they leave the trainer's group before any work
