@@ -41,3 +41,30 @@ def folder_state(root: Path) -> dict[str, object]:
             else:
                 state[rel] = ("file", p.read_bytes())
     return state
+
+
+def cpu_stage_context(cfg, plan, net, optimizer, run_dir: Path, *, loader=None, log_name: str = "test"):
+    """A StageContext of one CPU process around `net` (as model too), with a constant lr and no AMP, for tests of
+    the loop and the hooks."""
+    import logging
+
+    import torch
+
+    from cutie.training.context import StageContext
+    from cutie.utils.dist import DistState
+
+    return StageContext(
+        cfg=cfg,
+        plan=plan,
+        dist=DistState(),
+        device=torch.device("cpu"),
+        run_dir=run_dir,
+        net=net,
+        model=net,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        loader=loader,
+        log=logging.getLogger(log_name),
+        writer=None,
+    )

@@ -9,6 +9,7 @@ import logging
 
 import pytest
 import torch
+from _helpers import cpu_stage_context
 from hydra import compose, initialize_config_dir
 
 from cutie.config.train import parse_train_config
@@ -17,7 +18,6 @@ from cutie.training.hooks import Hook, NonFiniteHook, ProgressHook
 from cutie.training.loop import run_stage
 from cutie.training.plan import StagePlan
 from cutie.training.signals import StopSignals
-from cutie.utils.dist import DistState
 
 ITERATIONS, LOG_INTERVAL, NAN_STEP = 10, 4, 6  # sync steps: 4, 8 and the last, 10
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
@@ -79,21 +79,7 @@ def _ctx(repo_root, tmp_path, model: torch.nn.Module) -> StageContext:
     plan = StagePlan("main_training", ITERATIONS, 4, 4, 4, 1, None, False, 1e-8, False)
     # fused: the implementation a GPU run uses (build_optimizer), which skips a step from a device-side flag
     opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
-    return StageContext(
-        cfg=cfg,
-        plan=plan,
-        dist=DistState(),
-        device=torch.device("cpu"),
-        run_dir=tmp_path,
-        net=model,
-        model=model,
-        optimizer=opt,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0),
-        scaler=torch.amp.GradScaler("cpu", enabled=False),
-        loader=_Loader(),
-        log=logging.getLogger("test_host_sync"),
-        writer=None,
-    )
+    return cpu_stage_context(cfg, plan, model, opt, tmp_path, loader=_Loader(), log_name="test_host_sync")
 
 
 def test_host_reads_only_at_sync_steps(repo_root, tmp_path, monkeypatch, caplog):

@@ -260,32 +260,16 @@ def test_picture_grids_are_written_atomically_and_never_through_a_symlink(tmp_pa
 def test_last_step_is_checkpointed_before_the_final_validation(repo_root, tmp_path):
     """A final validation that fails or is killed (minutes on a real set) used to lose every step since the last
     interval checkpoint: the last step's checkpoint was only written after it, by after_stage."""
-    import logging
+    from _helpers import cpu_stage_context
 
     from cutie.training.context import StageContext
     from cutie.training.hooks import CheckpointHook, Hook
-    from cutie.utils.dist import DistState
 
     cfg = _cfg(repo_root, "model=small", "save_checkpoint_interval=4", "save_weights_interval=100")
     plan = plan_stage(cfg, "main_training", 1, CPU)
     plan = type(plan)(**{**plan.__dict__, "num_iterations": 6})
     net = torch.nn.Linear(2, 2)
-    opt = torch.optim.AdamW(net.parameters())
-    ctx = StageContext(
-        cfg=cfg,
-        plan=plan,
-        dist=DistState(),
-        device=CPU,
-        run_dir=tmp_path,
-        net=net,
-        model=net,
-        optimizer=opt,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
-        scaler=torch.amp.GradScaler("cpu", enabled=False),
-        loader=None,
-        log=logging.getLogger("test"),
-        writer=None,
-    )
+    ctx = cpu_stage_context(cfg, plan, net, torch.optim.AdamW(net.parameters()), tmp_path)
 
     class CrashingValidation(Hook):  # as ValidationHook, it runs before the checkpoint hook
         def after_stage(self, ctx: StageContext) -> None:
