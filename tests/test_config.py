@@ -35,8 +35,9 @@ READ_BY_INTERPOLATION = {
 
 
 def _train(*overrides: str) -> train.TrainConfig:
+    """The parsed config of a command line's overrides (its notes too: the overrides that have no effect)."""
     with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
-        return parse_train_config(compose(config_name="train_config", overrides=list(overrides)))
+        return parse_train_config(compose(config_name="train_config", overrides=list(overrides)), overrides)
 
 
 @pytest.mark.parametrize("data", DATA_GROUPS)
@@ -154,8 +155,7 @@ def test_settings_of_a_disabled_stage_are_named_as_having_no_effect() -> None:
         "main_training.learning_rate=2e-4",
         "seed=3",
     ]
-    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
-        cfg = parse_train_config(compose(config_name="train_config", overrides=overrides), overrides)
+    cfg = _train(*overrides)
     assert cfg.notes == (
         "`pre_training.learning_rate=1e-3` has no effect: pre_training.enabled is false (that stage does not run)",
         "`data.pre_training.datasets=[FSS]` has no effect: pre_training.enabled is false (that stage does not run)",
@@ -352,8 +352,7 @@ def test_overrides_that_no_enabled_stage_reads_are_named() -> None:
         "data.vos_datasets.DAVIS.multiplier=5",
         "data.vos_datasets.CUSTOM.multiplier=2",  # read: CUSTOM is trained on
     ]
-    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
-        cfg = parse_train_config(compose(config_name="train_config", overrides=overrides), overrides)
+    cfg = _train(*overrides)
     assert cfg.notes == (
         "`model.imagenet_dir=/w/imagenet` has no effect: weights=/w/cutie-small-mega.pth gives every weight of "
         "the network",
@@ -363,8 +362,7 @@ def test_overrides_that_no_enabled_stage_reads_are_named() -> None:
     # Without weights= the folder initialises the encoders; with DAVIS in the list its entry is read.
     used = ["data.main_training.datasets=[CUSTOM,DAVIS]", "model.imagenet_dir=/w/imagenet"]
     kept = [o for o in overrides if not o.startswith(("weights=", "model.imagenet_dir="))] + used
-    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
-        assert parse_train_config(compose(config_name="train_config", overrides=kept), kept).notes == ()
+    assert _train(*kept).notes == ()
 
 
 def test_a_data_stage_default_under_the_stages_own_setting_is_named() -> None:
@@ -378,24 +376,21 @@ def test_a_data_stage_default_under_the_stages_own_setting_is_named() -> None:
         "data.main_training.num_iterations=400",
         "data.main_training.lr_schedule_steps=[160]",  # the same value: nothing lost
     ]
-    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
-        cfg = parse_train_config(compose(config_name="train_config", overrides=overrides), overrides)
+    cfg = _train(*overrides)
     assert cfg.main_training.num_iterations == 200
     assert cfg.notes == (
         "`data.main_training.num_iterations=400` has no effect: main_training.num_iterations=200 is set too, and wins",
     )
     alone = [o for o in overrides if not o.startswith("main_training.")]
-    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
-        cfg = parse_train_config(compose(config_name="train_config", overrides=alone), alone)
+    cfg = _train(*alone)
     assert cfg.main_training.num_iterations == 400 and cfg.notes == ()
 
 
 def test_a_clip_too_short_for_the_memory_frames_names_both_fixes() -> None:
     """`main_training.seq_length=3` (the README lowers it for sparse folders) was refused as a bad num_ref_frames,
     an option the user had not touched, without saying what to set."""
-    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
-        with pytest.raises(ConfigError) as e:
-            parse_train_config(compose(config_name="train_config", overrides=["main_training.seq_length=3"]))
+    with pytest.raises(ConfigError) as e:
+        _train("main_training.seq_length=3")
     assert str(e.value) == (
         "`main_training.num_ref_frames`: must be in [1, seq_length=3), got 3 (a clip is the memory frames and at "
         "least one more): set main_training.seq_length=4 or more, or a lower main_training.num_ref_frames"
@@ -406,12 +401,10 @@ def test_custom_root_added_to_another_data_group_is_named() -> None:
     """`+data.custom_root=...` (the '+' Hydra suggests for a key it does not know) under data=base was accepted
     and fed nothing: the run trained on DAVIS and YouTube-VOS."""
     overrides = ["+data.custom_root=/videos", "pre_training.enabled=false"]
-    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
-        cfg = parse_train_config(compose(config_name="train_config", overrides=overrides), overrides)
+    cfg = _train(*overrides)
     assert cfg.notes == (
         "`+data.custom_root=/videos` has no effect: no enabled stage trains on CUSTOM (data=base trains on "
         "DAVIS, YouTubeVOS); add data=custom to train on your folder",
     )
     mine = ["data=custom", "data.custom_root=/videos", "pre_training.enabled=false"]
-    with initialize_config_dir(config_dir=str(CONFIG), version_base="1.3"):
-        assert parse_train_config(compose(config_name="train_config", overrides=mine), mine).notes == ()
+    assert _train(*mine).notes == ()
