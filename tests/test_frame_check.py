@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import zlib
 from pathlib import Path
 
@@ -18,9 +19,11 @@ from PIL import Image
 from cutie.data.index import frame_check
 from cutie.data.index.datasets import build_video_index
 from cutie.data.index.frame_check import cache_file, check_files
+from cutie.data.index.stamped_cache import Keeper
 from cutie.data.sampling.source import RecipeSource
 from cutie.data.sampling.video import VideoClipSampler
 from cutie.testing.synthetic import make_video_dataset
+from cutie.training.signals import StoppedBeforeTraining, StopSignals
 from cutie.utils.image_files import FileError, FileInfo, check_file
 
 
@@ -267,3 +270,41 @@ def test_a_file_swapped_for_a_decompression_bomb_after_the_check_is_a_bad_sample
         with pytest.raises(BadSampleError, match="decompression bomb") as info:
             read(str(bomb))
         assert str(bomb) in str(info.value)
+
+
+def test_a_check_stopped_by_a_signal_keeps_what_it_checked(video: Path, tmp_path: Path, monkeypatch) -> None:
+    """A stop signal during the start-up check (SLURM's time limit, Ctrl-C) ends it at once, and the files checked
+    so far are in the cache: the relaunch reads only the rest."""
+    tasks, real, calls = _tasks(video), frame_check._check_task, []
+
+    def stop_at_the_tenth(task):
+        calls.append(task)
+        if len(calls) == 10:
+            os.kill(os.getpid(), signal.SIGTERM)  # the real signal, to the trainer's real handler
+        return real(task)
+
+    monkeypatch.setattr(frame_check, "_check_task", stop_at_the_tenth)
+    with pytest.raises(StoppedBeforeTraining, match="SIGTERM before the first step"), StopSignals(armed=False):
+        check_files(tasks, tmp_path, "k")
+    assert len(calls) == 10
+    kept = json.loads(cache_file(tmp_path, "k").read_text())["files"]
+    assert sorted(kept) == sorted(p for p, _ in tasks[:9])  # the tenth never finished
+    monkeypatch.setattr(frame_check, "_check_task", real)
+    results, stats = check_files(tasks, tmp_path, "k")
+    assert stats.read == len(tasks) - 9 and all(isinstance(r, FileInfo) for r in results.values())
+
+
+def test_a_long_check_saves_its_cache_as_it_goes(video: Path, tmp_path: Path, monkeypatch) -> None:
+    """A killed check (SIGKILL, a lost node) runs no finally block: what it saved while running is what survives."""
+    monkeypatch.setattr(Keeper, "SAVE_EVERY_S", 0.0)  # due after every file
+    monkeypatch.setattr(Keeper, "MAX_SAVE_SHARE", float("inf"))
+    tasks, real, on_disk = _tasks(video), frame_check._check_task, []
+
+    def look_at_the_cache(task):
+        if task == tasks[12]:
+            on_disk.extend(json.loads(cache_file(tmp_path, "k").read_text())["files"])
+        return real(task)
+
+    monkeypatch.setattr(frame_check, "_check_task", look_at_the_cache)
+    check_files(tasks, tmp_path, "k")
+    assert sorted(on_disk) == sorted(p for p, _ in tasks[:12])

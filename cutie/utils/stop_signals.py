@@ -26,3 +26,16 @@ def leave_trainer_group(trainer_pid: int) -> None:
         pass
     if os.getppid() != trainer_pid:  # the trainer died before the line above took effect
         os._exit(1)
+
+
+def quiet_pool_worker(trainer_pid: int) -> None:
+    """The initializer of a process pool of the trainer's start-up checks (`functools.partial` with the trainer's
+    pid). The worker leaves the trainer's process group as a loader worker does: a worker killed by a group signal
+    while it holds the pool's queue lock would hang the pool's terminate() for ever. The trainer alone handles the
+    stop and terminates the pool, whose SIGTERM then ends the worker quietly: the handlers a forked worker
+    inherited from the trainer (which would raise and print a traceback) go back to the defaults."""
+    leave_trainer_group(trainer_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for s in STOP_SIGNALS:
+        if s != signal.SIGINT:
+            signal.signal(s, signal.SIG_DFL)

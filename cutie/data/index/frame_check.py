@@ -26,10 +26,12 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from cutie.data.index.stamped_cache import Stamp, StampedCache, cache_path, is_count, split
+from cutie.data.index.stamped_cache import Keeper, Stamp, StampedCache, cache_path, is_count, split
 from cutie.utils.image_files import MAX_PIXELS, FileInfo, FileResult, check_file, unreadable
+from cutie.utils.stop_signals import quiet_pool_worker
 
 CACHE_VERSION = 2  # 2: entries carry the object ids of a mask (or null)
 INLINE_BELOW = 256  # fewer files than this are checked in-process (a pool costs more than it saves)
@@ -143,7 +145,7 @@ def _run_checks(tasks: Sequence[tuple[str, str]], desc: str) -> Iterable[tuple[s
         return
     # fork where available: workers start at once and need no re-import (they only read files).
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    with mp.get_context(method).Pool(workers) as pool:
+    with mp.get_context(method).Pool(workers, initializer=partial(quiet_pool_worker, os.getpid())) as pool:
         yield from pool.imap_unordered(_check_task, tasks, chunksize=64)
 
 
@@ -163,20 +165,18 @@ def check_files(
     plan = split(tasks, cached, _answers)
     results: dict[str, FileResult] = {p: unreadable(e) for p, e in plan.unreadable.items()}
     results.update((p, info) for p, (_, info) in plan.hits.items())
-    keep = dict(plan.hits)
     stats.read = len(plan.todo)
     progress = _Progress(len(plan.todo), desc)
-    try:
-        for file_path, result in _run_checks(plan.todo, desc):
-            results[file_path] = result
-            if isinstance(result, FileInfo):
-                keep[file_path] = plan.entry(file_path, result)
-            progress.update()
-    finally:
-        progress.close()
-    if cache is not None and (plan.todo or len(keep) != len(cached)):
-        note = cache.save(keep)
-        if note:
-            stats.notes.append(note)
+    # Entries that left the cache (changed or gone files) make the first save due even if nothing is read.
+    with Keeper(cache, plan.hits, dirty=len(plan.hits) != len(cached)) as keep:
+        try:
+            for file_path, result in _run_checks(plan.todo, desc):
+                results[file_path] = result
+                if isinstance(result, FileInfo):
+                    keep.add(file_path, plan.entry(file_path, result))
+                progress.update()
+        finally:
+            progress.close()
+    stats.notes += keep.notes
     stats.seconds = time.perf_counter() - start
     return results, stats

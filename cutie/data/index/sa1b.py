@@ -26,8 +26,9 @@ import logging
 import math
 import multiprocessing as mp
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -36,10 +37,11 @@ from cutie.config.typed import ConfigError, parse
 from cutie.data.index import frame_check
 from cutie.data.index.problems import DatasetReport, problem
 from cutie.data.index.scan import IMAGE_EXTS, resolve
-from cutie.data.index.stamped_cache import StampedCache, cache_path, split
+from cutie.data.index.stamped_cache import Keeper, StampedCache, cache_path, split
 from cutie.utils.image_files import MAX_PIXELS, FileError, FileInfo, unreadable
 from cutie.utils.paths import Confiner, PathEscapeError
 from cutie.utils.rle import RLEError, compressed_counts
+from cutie.utils.stop_signals import quiet_pool_worker
 
 log = logging.getLogger(__name__)
 
@@ -259,24 +261,24 @@ def parse_files(
     plan = split(((p, masks) for p in paths), cached)
     results: dict[str, Sa1bFile | FileError] = {p: unreadable(e) for p, e in plan.unreadable.items()}
     results.update((p, f) for p, (_, f) in plan.hits.items())
-    keep = dict(plan.hits)
     todo = plan.todo
-    if len(todo) >= INLINE_BELOW:
-        log.info("parsing %d SA-1B annotation files", len(todo))
-        workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, len(todo) // 16)
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with mp.get_context(method).Pool(max(1, workers)) as pool:
-            done = list(pool.imap_unordered(_parse_task, todo, chunksize=16))
-    else:
-        done = [_parse_task(t) for t in todo]
-    for p, result in done:
-        results[p] = result
-        if isinstance(result, Sa1bFile):
-            keep[p] = plan.entry(p, result)
-    if cache is not None and (todo or len(keep) != len(cached)):
-        note = cache.save(keep)
-        notes += [note] if note else []
-    return results, len(todo), notes
+    with Keeper(cache, plan.hits, dirty=len(plan.hits) != len(cached)) as keep:
+        for p, result in _parse_all(todo):
+            results[p] = result
+            if isinstance(result, Sa1bFile):
+                keep.add(p, plan.entry(p, result))
+    return results, len(todo), notes + keep.notes
+
+
+def _parse_all(todo: Sequence[tuple[str, Sa1bMasks]]) -> Iterator[tuple[str, Sa1bFile | FileError]]:
+    if len(todo) < INLINE_BELOW:
+        yield from map(_parse_task, todo)
+        return
+    log.info("parsing %d SA-1B annotation files", len(todo))
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, len(todo) // 16)
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with mp.get_context(method).Pool(max(1, workers), initializer=partial(quiet_pool_worker, os.getpid())) as pool:
+        yield from pool.imap_unordered(_parse_task, todo, chunksize=16)
 
 
 # ----------------------------------------------------------------------------------------------- the folder

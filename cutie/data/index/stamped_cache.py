@@ -9,9 +9,10 @@ a parser and an encoder. One cache is one JSON file under `cache_root/data_check
   the whole cache ignored with a note; a malformed entry is dropped (counted in a note) and its file redone.
 - `split` stats every file once: an unchanged (size, mtime_ns) takes the cached value, anything else is to do.
 - Saves are atomic (cutie/utils/atomic.py) and hold only what the caller keeps (its good results), so a bad file
-  is never cached and is re-read (and re-reported) every time. A save that fails is a note, not an error: a
-  read-only cache folder costs speed, not correctness. A symlink at the cache file or its `data_check/` folder
-  is never written through (also a note); `cache_root` itself may be a link.
+  is never cached and is re-read (and re-reported) every time. `Keeper` saves while a check runs and when it ends
+  early (a stop signal, Ctrl-C), so a stopped or killed check resumes where it was. A save that fails is a note,
+  not an error: a read-only cache folder costs speed, not correctness. A symlink at the cache file or its
+  `data_check/` folder is never written through (also a note); `cache_root` itself may be a link.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hashlib
 import json
 import os
 import stat
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,3 +149,40 @@ def split(
         else:
             out.todo.append(task)
     return out
+
+
+class Keeper(Generic[T]):
+    """The entries a check keeps, saved to its cache as they come: now and then while the check runs (every
+    SAVE_EVERY_S, stretched so that saving takes at most MAX_SAVE_SHARE of the time) and once at the end, also when
+    the check ends early (a stop signal, an error, Ctrl-C). A relaunch after a stop or a kill then redoes only the
+    files not yet saved, instead of the whole check (hours on a large release)."""
+
+    SAVE_EVERY_S = 60.0
+    MAX_SAVE_SHARE = 0.05  # of the check's time spent saving (a save of millions of entries takes seconds)
+
+    def __init__(self, cache: StampedCache[T] | None, entries: Mapping[str, tuple[Stamp, T]], dirty: bool) -> None:
+        self.cache, self.entries, self.dirty = cache, dict(entries), dirty
+        self.notes: list[str] = []
+        self._next_save = time.monotonic() + self.SAVE_EVERY_S
+
+    def add(self, path: str, entry: tuple[Stamp, T]) -> None:
+        self.entries[path] = entry
+        self.dirty = True
+        if self.cache is not None and time.monotonic() >= self._next_save:
+            self._save()
+
+    def _save(self) -> None:
+        t0 = time.monotonic()
+        note = self.cache.save(self.entries) if self.cache is not None else None
+        self.dirty = False
+        if note and note not in self.notes:
+            self.notes.append(note)
+        took = time.monotonic() - t0
+        self._next_save = time.monotonic() + max(self.SAVE_EVERY_S, took / self.MAX_SAVE_SHARE)
+
+    def __enter__(self) -> Keeper[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cache is not None and self.dirty:
+            self._save()
