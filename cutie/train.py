@@ -6,7 +6,8 @@ The configuration is parsed once, here, into the typed TrainConfig; everything b
 Errors reach the user as one line (or a short list) with the fix, and an exit code:
   0 done; 1 unexpected error; 2 a configuration, data, weights, checkpoint or run-folder (a symlink inside)
   problem found before the first step;
-  3 stopped on request (SIGTERM/SIGINT/SIGUSR1, non-finite losses, stop_at_iteration) after saving a checkpoint;
+  3 stopped on request (SIGTERM/SIGINT/SIGUSR1, non-finite losses, stop_at_iteration) after saving a checkpoint,
+    or by a signal during the start-up (nothing to save yet; the data check's progress is cached);
   4 too many unreadable samples (a checkpoint was saved); 5 out of disk space (the previous checkpoint is intact);
   130 interrupted. HYDRA_FULL_ERROR=1 (or CUTIE_DEBUG=1) shows the full traceback instead.
 """

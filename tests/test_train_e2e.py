@@ -125,6 +125,73 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+# The trainer, its start-up check of every file signalled once STOP_AT files were checked (0: never), as SLURM's
+# time limit or a Ctrl-C would. POOL=1: the check runs in a process pool and a worker signals the whole process
+# group, as torchrun does (the workers then die of their default SIGTERM, the trainer handles it). Inline, the
+# trainer itself gets SIGUSR1 and prints how many files the check read.
+_STOPPED_DURING_THE_CHECK = """
+import atexit, os, runpy, signal, sys
+from cutie.data.index import frame_check
+real, read, pool = frame_check._check_task, [0], os.environ["POOL"] == "1"
+def check(task):
+    if read[0] + 1 == int(os.environ["STOP_AT"]):
+        # a pool worker left the trainer's group (quiet_pool_worker): it signals the trainer's group, as torchrun would
+        os.killpg(os.getpgid(os.getppid()), signal.SIGTERM) if pool else os.kill(os.getpid(), signal.SIGUSR1)
+    result = real(task)
+    read[0] += 1
+    return result
+check.__module__, check.__qualname__ = frame_check.__name__, "_check_task"  # pickled by name for the pool
+frame_check._check_task = check
+if pool:
+    frame_check.INLINE_BELOW = 1
+else:
+    atexit.register(lambda: print(f"files read: {read[0]}", file=sys.stderr))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["inline", "pool"])
+def test_a_stop_signal_during_the_data_check_ends_the_run_at_once_and_keeps_the_check(tiny_data, tmp_path, pool):
+    """Before the first step there is nothing to save: the run ends with exit 3 (so train.sbatch requeues it) and
+    one line, and the relaunch checks only the files the stopped check had not reached."""
+    args = _common(tiny_data, tmp_path, "early") + [
+        "pre_training.num_iterations=2",
+        "main_training.num_iterations=2",
+        "main_training.lr_schedule_steps=[1]",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO), POOL=str(int(pool)))
+
+    def launch(stop_at: int) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-c", _STOPPED_DURING_THE_CHECK, TRAIN, *args]
+        # a session of its own: the pool variant signals its whole process group
+        return subprocess.run(
+            cmd,
+            cwd=tmp_path,
+            env=dict(env, STOP_AT=str(stop_at)),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            start_new_session=True,
+        )
+
+    stopped = launch(stop_at=8)
+    out = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 3, out[-4000:]
+    signal_name = "SIGTERM" if pool else "SIGUSR1"
+    assert f"training stopped: received {signal_name} before the first step: nothing to save" in out
+    assert "Traceback" not in out, out[-4000:]  # neither the trainer nor a pool worker
+    run = tmp_path / "output" / "early"
+    assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+    relaunched = launch(stop_at=0)
+    assert relaunched.returncode == 0, (relaunched.stdout + relaunched.stderr)[-4000:]
+    assert (run / "early_main_training_last.pth").is_file()
+    if not pool:
+        assert "files read: 7" in stopped.stderr
+        cached = sum(len(json.loads(p.read_text())["files"]) for p in (tmp_path / "cache").glob("data_check/*.json"))
+        assert f"files read: {cached - 7}" in relaunched.stderr  # the 7 checked before the stop: not read again
+
+
 def test_sparse_custom_folder_trains(tiny_data, tmp_path):
     """data=custom on the tiny sparse folder (masks on some frames, partial labels, a wrong-size mask): the
     annotated frames make the clips, the wrong-size mask is left out, training runs end to end."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,7 @@ from cutie.training.memory_format import contiguous_copy, load_optimizer_state, 
 from cutie.training.optim import build_optimizer, build_scheduler
 from cutie.training.plan import ConfigError, StagePlan, enabled_stages, plan_stage
 from cutie.training.resume import check_same_run
-from cutie.training.signals import StopSignals
+from cutie.training.signals import StoppedBeforeTraining, StopSignals
 from cutie.utils import dist
 from cutie.utils.atomic import atomic_write_text, remove_stale_temps
 from cutie.utils.paths import PathEscapeError, check_output_folder, is_inside
@@ -344,11 +345,25 @@ def build_hooks(cfg: TrainConfig, signals: StopSignals) -> tuple[list[Hook], Che
 
 
 def run_training(cfg: TrainConfig) -> None:
-    state, device = dist.init(cfg.runtime.device)
-    try:
-        _run(cfg, state, device)
-    finally:
-        dist.shutdown()
+    # Stop signals are caught from the start: one during the start-up ends it at once (nothing to save yet).
+    with StopSignals(armed=False) as signals:
+        try:
+            state, device = dist.init(cfg.runtime.device)
+            try:
+                _run(cfg, state, device, signals)
+            finally:
+                dist.shutdown()
+        except (StopTraining, StoppedBeforeTraining) as e:
+            _report_stop(e)
+            raise SystemExit(e.exit_code) from None
+
+
+def _report_stop(e: StopTraining | StoppedBeforeTraining) -> None:
+    log = logging.getLogger("cutie")
+    if log.handlers:  # set up: the console and train.log
+        log.warning(f"training stopped: {e}")
+    else:  # stopped before the run folder's log was opened
+        print(f"training stopped: {e}", file=sys.stderr, flush=True)
 
 
 def _check_inputs(cfg: TrainConfig, stages: list[str], plans: dict, state, device: torch.device) -> None:
@@ -377,12 +392,12 @@ def _check_data(cfg: TrainConfig, stages: list[str], state) -> None:
         return read
 
     first = state.local_rank == 0
-    error: Exception | None = None
+    error: BaseException | None = None
     if first:
         try:
             check()
-        except Exception as e:  # raised after the others have been released, so that none waits for a dead rank
-            error = e
+        except BaseException as e:  # raised after the others were released, so that none waits for a dead rank
+            error = e  # (a stop signal during the check too: StoppedBeforeTraining)
     dist.any_rank([error is not None])  # the other ranks wait here (identity in a single process)
     if error is not None:
         raise error
@@ -432,7 +447,7 @@ def _open_run_dir(cfg: TrainConfig, run_dir: Path, state, device: torch.device, 
     return writer
 
 
-def _run(cfg: TrainConfig, state: dist.DistState, device: torch.device) -> None:
+def _run(cfg: TrainConfig, state: dist.DistState, device: torch.device, signals: StopSignals) -> None:
     run_dir = Path(cfg.run.output_root) / cfg.run.exp_id
     _check_run_dir(run_dir, state)
     log = setup_logging(run_dir, state)
@@ -444,12 +459,9 @@ def _run(cfg: TrainConfig, state: dist.DistState, device: torch.device) -> None:
     _check_inputs(cfg, stages, plans, state, device)
     resume_plan = _plan_resume(cfg, run_dir, stages, plans, state, log)
     writer = _open_run_dir(cfg, run_dir, state, device, log)
+    signals.arm()  # from here a stop is honoured at the next step boundary, after saving
     try:
-        with StopSignals() as signals:
-            _train_stages(cfg, stages, plans, resume_plan, state, device, run_dir, log, writer, signals)
-    except StopTraining as e:
-        log.warning(f"training stopped: {e}")
-        raise SystemExit(e.exit_code) from None
+        _train_stages(cfg, stages, plans, resume_plan, state, device, run_dir, log, writer, signals)
     finally:
         if writer is not None:
             try:
