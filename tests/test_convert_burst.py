@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _helpers import file_tree as _tree
-from _helpers import run_converter
+from _helpers import repeat_key, run_converter
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -185,6 +185,19 @@ def test_cli_malformed_json_exit_code(burst_src: Path, tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     r = _cli(tmp_path / "bad.json", burst_src / "frames/train", tmp_path / "out")
     assert r.returncode == 2 and message in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_track_given_twice_in_one_frame_is_refused(burst_src: Path, tmp_path: Path) -> None:
+    # json.loads kept the second of the two masks of the track without a word: one of them was lost
+    doc = json.loads((burst_src / "train/train.json").read_text())
+    seg = doc["sequences"][1]["segmentations"][2]
+    track = next(iter(seg))
+    (tmp_path / "twice.json").write_text(repeat_key(doc, seg, track, seg[track]))
+    r = _cli(tmp_path / "twice.json", burst_src / "frames/train", tmp_path / "out")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"sequences[1].segmentations[2]: duplicate key '{track}'" in r.stderr
+    assert "nothing was written" in r.stderr and "fix: repair or re-download" in r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_frame_fails_only_its_sequence(burst_src: Path, converted: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pytest
 from _helpers import file_tree as _tree
-from _helpers import run_converter
+from _helpers import repeat_key, run_converter
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -106,6 +106,16 @@ def test_malformed_json_is_rejected_before_writing(tiny_data: Path, tmp_path: Pa
         ovis.convert(doc, tiny_data / "OVIS/train", tmp_path / "out", workers=1)
     assert message in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_repeated_key_is_refused_naming_where(tiny_data: Path, tmp_path: Path) -> None:
+    # a video whose "id" is given twice: json.loads kept the last, and its annotations went to another video
+    doc = json.loads((tiny_data / "OVIS/annotations_train.json").read_text())
+    video = doc["videos"][1]
+    (tmp_path / "twice.json").write_text(repeat_key(doc, video, "id", video["id"] + 1000))
+    r = _cli(tmp_path / "twice.json", tiny_data / "OVIS/train", tmp_path / "out")
+    assert r.returncode == 2 and "videos[1]: duplicate key 'id'" in r.stderr, r.stderr
+    assert "nothing was written" in r.stderr and not (tmp_path / "out").exists()
 
 
 def test_missing_frame_fails_only_its_video(tiny_data: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from _helpers import file_tree as _tree
-from _helpers import folder_state
+from _helpers import folder_state, repeat_key
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -188,6 +188,19 @@ def test_bad_json_values_exit_2_naming_the_field(sav_src: Path, tmp_path: Path, 
     assert r.returncode == 2, r.stdout + r.stderr
     assert "sav_000/sav_000001_manual.json: " + message in r.stderr and "nothing was written" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_repeated_key_in_a_masklet_json_exits_2_naming_where(sav_src: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(sav_src, src)
+    path = next(src.rglob("sav_000001_manual.json"))
+    doc = json.loads(path.read_text())
+    rle = doc["masklet"][1][0]
+    path.write_text(repeat_key(doc, rle, "counts", rle["counts"]))  # json.loads kept the last without a word
+    r = _cli(src, tmp_path / "out")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "sav_000/sav_000001_manual.json: masklet[1][0]: duplicate key 'counts'" in r.stderr
+    assert "nothing was written" in r.stderr and not (tmp_path / "out").exists()
 
 
 def test_missing_annotation_file_exits_2(sav_src: Path, tmp_path: Path) -> None:

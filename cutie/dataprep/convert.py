@@ -41,6 +41,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cutie.data.index.records import META_DIR, marker_path, read_marker
+from cutie.utils import strict_json
 from cutie.utils.atomic import atomic_copy, atomic_write_bytes, atomic_write_json, remove_stale_temps
 from cutie.utils.image_files import FileError, check_frame
 from cutie.utils.paths import Confiner, PathEscapeError, check_no_symlink_inside, is_inside, symlinks_below
@@ -387,10 +388,13 @@ def run_cli(json_path: Path, frames_path: Path, convert: Callable[[object], Summ
     summary. Exit code 0 when every video converted, 1 when some failed (or the run could not go on, e.g. a full
     disk), 2 for bad input or an unsafe output folder (nothing written)."""
     try:
-        doc = json.loads(Path(json_path).read_text(encoding="utf-8"))
+        doc = strict_json.loads(Path(json_path).read_text(encoding="utf-8"))
     except KeyboardInterrupt:  # BURST's train.json takes a while to read
         print(INTERRUPTED, file=sys.stderr)
         return 130
+    except strict_json.DuplicateKeyError as e:  # json.loads would have kept the last value without a word
+        print(f"error: {InputError(e.problems, str(json_path))}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
         # a missing/unreadable file is a wrong --json_path; anything else is a damaged (e.g. truncated) download
         fix = "fix: check --json_path" if isinstance(e, OSError) else FIX_JSON

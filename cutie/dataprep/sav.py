@@ -21,16 +21,16 @@ Overlaps: SA-V masklets overlap (a person and, separately, their hand). Each pix
 covers it (by its area in that frame; equal areas: the earlier masklet), so parts stay visible over wholes.
 
 Checks: every JSON is validated before anything is written (exit 2, each problem named by file and JSON
-location): types, RLE sizes equal to the video size, one RLE per masklet per frame, and no more annotated frames
-than the video has (frame 4k must exist). While decoding, the mp4's frame size and frame count must equal the
-JSON's; a video that does not is reported as failed (no marker) and the others go on. The rest (resumable,
-atomic, confined to --output_path, summary, exit codes) is the shared flow of cutie/dataprep/convert.py.
+location): no key repeated within an object, types, RLE sizes equal to the video size, one RLE per masklet per
+frame, and no more annotated frames than the video has (frame 4k must exist). While decoding, the mp4's frame
+size and frame count must equal the JSON's; a video that does not is reported as failed (no marker) and the
+others go on. The rest (resumable, atomic, confined to --output_path, summary, exit codes) is the shared flow of
+cutie/dataprep/convert.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import sys
@@ -58,6 +58,7 @@ from cutie.dataprep.convert import (
 )
 from cutie.dataprep.imageio import encode_jpeg, encode_palette_png
 from cutie.dataprep.rle import check_segmentation, decode
+from cutie.utils import strict_json
 from cutie.utils.paths import Confiner, PathEscapeError, is_inside
 
 VERSION = 1
@@ -221,7 +222,7 @@ def validate_doc(doc: object, source: str, video: str, problems: Problems) -> di
 
 def _read_json(path: Path) -> tuple[bytes, object]:
     data = path.read_bytes()
-    return data, json.loads(data.decode("utf-8"))
+    return data, strict_json.loads(data.decode("utf-8"))
 
 
 def _plan(info: dict[str, dict]) -> dict:
@@ -252,6 +253,9 @@ def validate(sav_path: Path, sources: list[Source], masklets: str) -> list[Job]:
         for kind, rel in src.jsons.items():
             try:
                 data, doc = _read_json(sav_path / rel)
+            except strict_json.DuplicateKeyError as e:
+                problems += [f"{rel}: {p}" for p in e.problems]
+                continue
             except (OSError, ValueError, RecursionError) as e:
                 problems.append(f"{rel}: cannot read: {e}")
                 continue
