@@ -127,6 +127,21 @@ def test_rerun_is_a_no_op(sav_src: Path, converted: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in converted.rglob("*") if p.is_file()} == before
 
 
+def test_an_mp4_replaced_by_one_of_the_same_size_is_converted_again(sav_src: Path, tmp_path: Path) -> None:
+    # the fingerprint held the mp4's byte size only: a fixed copy of the same size left the old frames in place
+    src, out = tmp_path / "src", tmp_path / "out"
+    shutil.copytree(sav_src, src)
+    assert _cli(src, out).returncode == 0
+    mp4 = next(src.rglob("sav_001002.mp4"))
+    size, mtime = mp4.stat().st_size, mp4.stat().st_mtime_ns
+    os.utime(mp4, ns=(mtime + 10**9, mtime + 10**9))  # as a replacement copied over it leaves it
+    assert mp4.stat().st_size == size
+    r = _cli(src, out)
+    assert r.returncode == 0 and "1 converted, 1 already done" in r.stdout, r.stdout + r.stderr
+    r = _cli(src, out)  # and done once: the next rerun skips it again
+    assert r.returncode == 0 and "0 converted, 2 already done" in r.stdout, r.stdout + r.stderr
+
+
 def test_interrupted_run_then_rerun_gives_identical_bytes(sav_src: Path, converted: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     shutil.copytree(converted, out)

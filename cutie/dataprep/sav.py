@@ -11,7 +11,8 @@ Per video (named by the mp4's stem, e.g. `sav_000001`):
   (seeking in an mp4 is not frame-exact), re-encoded as JPEG; <frame> is the index in the 24 fps video
   (00000, 00004, ...), so the loader's frame_interval is 4.
 - Annotations/<video>/<frame>.png: palette PNG of masklet ids (see below); a frame without masks is all zero.
-- _meta/<video>.json: completion marker and `id_map` {"manual"|"auto": {masklet id: pixel value}}.
+- _meta/<video>.json: completion marker and `id_map` {"manual"|"auto": {masklet id: pixel value}}. A rerun
+  redoes a video whose JSONs changed (by content) or whose mp4 changed (by size or modification time).
 
 Masklets: --masklets manual (default), auto, or both (manual ones first, then auto). The pixel value of a masklet
 is its masklet_id + 1 (SA-V ids start at 0, which is background in a PNG); values above 255, and auto ids that
@@ -274,7 +275,10 @@ def validate(sav_path: Path, sources: list[Source], masklets: str) -> list[Job]:
             problems.append(f"{src.video}: masklet_id: {e}")
             continue
         options = {"masklets": masklets}
-        entry = {"jsons": hashes, "mp4": src.mp4, "mp4_bytes": (sav_path / src.mp4).stat().st_size}
+        # the mp4 by size and mtime_ns, as make judges a file: a re-encoded or re-downloaded copy of the same size
+        # is redone. Hashing it instead would read the whole release (hundreds of GB) on every rerun.
+        st = (sav_path / src.mp4).stat()
+        entry = {"jsons": hashes, "mp4": src.mp4, "mp4_bytes": st.st_size, "mp4_mtime_ns": st.st_mtime_ns}
         payload = {"sav_path": str(sav_path), "source": src, "hashes": hashes, "plan": plan}
         jobs.append(Job(src.video, fingerprint(entry, options, VERSION), payload))
     problems.raise_if_any("SA-V json")
