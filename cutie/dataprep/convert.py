@@ -9,7 +9,9 @@ Output layout (DAVIS / YouTube-VOS style, what the training loader reads):
 Guarantees:
 - The whole annotation file is validated before anything is written (`validate` of each converter): every value
   has the expected type, and every frame path stays inside --frames_path (relative, no `..`, no symlink leading
-  out). A problem is reported with its JSON location (e.g. `videos[3].file_names[2]`) and exit code 2.
+  out). A problem is reported with its JSON location (e.g. `videos[3].file_names[2]`) and exit code 2. A key
+  repeated within one JSON object is such a problem too (`sequences[2].segmentations[5]: duplicate key '3'`,
+  cutie/utils/strict_json.py): a plain JSON reader keeps the last value without a word.
 - Confinement of the output: video names are single path components; before anything is written, the output
   folders a run would write into or delete are checked for symlinks (a planted link is refused, exit code 2), and
   every write and every deletion is checked again when it happens. Nothing outside --output_path is touched, and
