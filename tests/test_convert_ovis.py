@@ -143,7 +143,7 @@ def test_ctrl_c_is_one_line_and_exit_130(
         raise KeyboardInterrupt
 
     if during == "reading the json":
-        monkeypatch.setattr(convert.json, "loads", interrupted)
+        monkeypatch.setattr(convert.strict_json, "loads", interrupted)
     try:
         rc = convert.run_cli(tmp_path / "a.json", tmp_path, interrupted)  # type: ignore[arg-type]
     except KeyboardInterrupt:  # not raised on: it would end the whole pytest session
