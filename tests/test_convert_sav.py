@@ -142,6 +142,41 @@ def test_an_mp4_replaced_by_one_of_the_same_size_is_converted_again(sav_src: Pat
     assert r.returncode == 0 and "0 converted, 2 already done" in r.stdout, r.stdout + r.stderr
 
 
+def _first_frames_only(mp4: Path, n: int) -> None:
+    """Replace `mp4` by a re-encoding of its first `n` frames (a cut video that OpenCV opens and decodes)."""
+    cap = cv2.VideoCapture(str(mp4))
+    frames = [f for ok, f in iter(cap.read, (False, None)) if ok][:n]
+    cap.release()
+    h, w = frames[0].shape[:2]
+    tmp = mp4.with_name("cut.mp4")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), 24, (w, h))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    tmp.replace(mp4)
+
+
+@pytest.mark.parametrize("how", ["truncated", "short"])
+def test_a_damaged_new_mp4_keeps_the_earlier_output(sav_src: Path, converted: Path, tmp_path: Path, how) -> None:
+    # the old output was cleared before the new mp4 was decoded: a damaged replacement left nothing
+    src, out = tmp_path / "src", tmp_path / "out"
+    shutil.copytree(sav_src, src)
+    shutil.copytree(converted, out)
+    before = folder_state(out)
+    mp4 = next(src.rglob("sav_001002.mp4"))
+    if how == "truncated":  # an interrupted re-download: OpenCV cannot open it
+        mp4.write_bytes(mp4.read_bytes()[: mp4.stat().st_size // 2])
+        words = "OpenCV cannot open the video"
+    else:  # decodes, but ends early: frames 0 and 4 were written before the frame count is found wrong
+        _first_frames_only(mp4, 5)
+        words = "the video has 5 frames, the JSON's video_frame_count is 9"
+    r = _cli(src, out, "--masklets", "both", "--workers", "1")
+    assert r.returncode == 1 and "0 converted, 1 already done, 1 failed" in r.stdout, r.stdout + r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("FAILED sav_001002"))
+    assert "sav_001/sav_001002.mp4" in line and words in line and "fix: re-download" in line, line
+    assert folder_state(out) == before  # frames, masks and marker byte for byte, and nothing left beside them
+
+
 def test_interrupted_run_then_rerun_gives_identical_bytes(sav_src: Path, converted: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     shutil.copytree(converted, out)
@@ -151,6 +186,9 @@ def test_interrupted_run_then_rerun_gives_identical_bytes(sav_src: Path, convert
     png = out / "Annotations" / "sav_000001" / "00004.png"
     png.write_bytes(png.read_bytes()[:20])
     (out / "JPEGImages" / "sav_000001" / f".00008.jpg.abc{TEMP_SUFFIX}").write_bytes(b"partial")
+    staged = out / ".staging" / "sav_000001" / "JPEGImages" / "sav_000001"  # a video killed while it was written
+    staged.mkdir(parents=True)
+    (staged / "00000.jpg").write_bytes(b"partial")
     r = _cli(sav_src, out, "--masklets", "both")
     assert r.returncode == 0 and "1 converted, 1 already done" in r.stdout, r.stdout + r.stderr
     assert _tree(out) == reference
