@@ -200,6 +200,28 @@ def test_a_track_given_twice_in_one_frame_is_refused(burst_src: Path, tmp_path: 
     assert not (tmp_path / "out").exists()
 
 
+def test_converted_videos_not_in_the_source_are_kept_and_named_last(
+    burst_src: Path, converted: Path, tmp_path: Path
+) -> None:
+    # sequences removed from the JSON (or another split converted into the same folder) stayed in the output,
+    # and training read them as part of the dataset without a word
+    out = tmp_path / "out"
+    shutil.copytree(converted, out)
+    doc = json.loads((burst_src / "train/train.json").read_text())
+    gone = sorted(burst.video_name(seq) for seq in doc["sequences"][1:])
+    doc["sequences"] = doc["sequences"][:1]
+    (tmp_path / "fewer.json").write_text(json.dumps(doc))
+    before = _tree(out)
+    r = _cli(tmp_path / "fewer.json", burst_src / "frames/train", out, "--save_all_image")
+    assert r.returncode == 0 and "0 converted, 1 already done" in r.stdout, r.stdout + r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"warning: {len(gone)} converted video(s) in {out} are not in this source"), last
+    assert all(v in last for v in gone) and "fix: remove their" in last and "fresh --output_path" in last, last
+    assert _tree(out) == before  # named, not deleted
+    r = _cli(burst_src / "train/train.json", burst_src / "frames/train", out, "--save_all_image")
+    assert r.returncode == 0 and "warning" not in r.stdout, r.stdout  # the whole source again: nothing to say
+
+
 def test_missing_frame_fails_only_its_sequence(burst_src: Path, converted: Path, tmp_path: Path) -> None:
     frames = tmp_path / "frames"
     shutil.copytree(burst_src / "frames/train", frames)

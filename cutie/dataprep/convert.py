@@ -28,6 +28,9 @@ Guarantees:
 - A video that fails (e.g. a missing frame file) is reported with the path and gets no marker of this run (one
   of an earlier conversion stays with its output, and does not match: the next run tries the video again); the
   other videos go on, and the run ends with a non-zero exit code.
+- Videos already in the output (with a marker) that this source does not hold, e.g. removed from the annotation
+  file or converted from another split into the same folder, are left as they are, but the run's summary ends
+  with a warning naming how many and the first few: training would read them as part of the dataset.
 """
 
 from __future__ import annotations
@@ -224,6 +227,7 @@ class Summary:
     objects: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # what the converter left out, counted
+    warnings: list[str] = field(default_factory=list)  # printed last, where they are seen
 
     def lines(self) -> list[str]:
         out = [
@@ -233,6 +237,7 @@ class Summary:
         ]
         out += [f"note: {n}" for n in self.notes]
         out += [f"FAILED {r.video}: {r.error}" for r in self.failed]
+        out += [f"warning: {w}" for w in self.warnings]
         return out
 
 
@@ -282,6 +287,26 @@ def check_output(output: Path, videos: Sequence[str]) -> None:
     if links:
         problems = [f"{p} is a symlink (to {os.readlink(p)}); refusing to write or delete through it" for p in links]
         raise InputError(problems, f"--output_path {output}", (FIX_OUTPUT,))
+
+
+def stale_videos(output: Path, videos: Iterable[str]) -> list[str]:
+    """The converted videos of `output` (those with a marker) that are not among `videos`, sorted."""
+    meta, wanted = output / META_DIR, set(videos)
+    if not meta.is_dir():
+        return []
+    names = (p.name[: -len(".json")] for p in meta.iterdir() if p.name.endswith(".json") and p.is_file())
+    return sorted(v for v in names if not v.startswith(".") and v not in wanted)
+
+
+def stale_warning(output: Path, stale: Sequence[str], shown: int = 3) -> str:
+    """One line for videos left in the output by another source: the loader reads them as part of the dataset.
+    They are named, not deleted: removing a user's earlier output unasked would be the worse surprise."""
+    named = ", ".join(stale[:shown]) + (", ..." if len(stale) > shown else "")
+    return (
+        f"{len(stale)} converted video(s) in {output} are not in this source ({named}) and were left as they were; "
+        "training reads them as part of the dataset (fix: remove their JPEGImages/, Annotations/ and _meta/ "
+        "entries, or convert into a fresh --output_path)"
+    )
 
 
 def clear_video(output: Path, video: str) -> None:
@@ -387,6 +412,8 @@ def run_jobs(
     remove_stale_temps(output / META_DIR)  # markers a kill interrupted
     clear_staging(output)  # videos a kill interrupted while they were written
     summary = Summary(sequences=len(jobs))
+    if stale := stale_videos(output, (job.video for job in jobs)):
+        summary.warnings.append(stale_warning(output, stale))
     todo = []
     for job in jobs:
         if is_done(output, job):
