@@ -376,8 +376,8 @@ def _run_one(args: tuple[Check, Worker, Path, Job]) -> JobResult:
     except Exception as e:  # noqa: BLE001 - one bad video must not stop the others; reported below
         try:
             clear_staging(output, job.video)
-        except OSError:
-            pass  # removed at the next run's start
+        except (OSError, PathEscapeError):  # e.g. a link planted there: removed (or refused) at the next start
+            pass
         return JobResult(job.video, "failed", error=f"{type(e).__name__}: {e}")
 
 
