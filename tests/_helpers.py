@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -68,3 +69,18 @@ def cpu_stage_context(cfg, plan, net, optimizer, run_dir: Path, *, loader=None, 
         log=logging.getLogger(log_name),
         writer=None,
     )
+
+
+_REPEAT = "__repeated_key__"
+
+
+def repeat_key(doc: object, inside: dict, key: str, value: object) -> str:
+    """`doc` as JSON text in which the object `inside` (part of `doc`) holds `key` a second time, last, with
+    `value`: a document json.dumps cannot write, as a hand-edited or badly merged annotation file has it."""
+    inside[_REPEAT] = value
+    try:
+        text = json.dumps(doc)
+    finally:
+        del inside[_REPEAT]
+    assert text.count(json.dumps(_REPEAT)) == 1
+    return text.replace(json.dumps(_REPEAT), json.dumps(key))

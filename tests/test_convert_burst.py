@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _helpers import file_tree as _tree
-from _helpers import run_converter
+from _helpers import repeat_key, run_converter
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -185,6 +185,41 @@ def test_cli_malformed_json_exit_code(burst_src: Path, tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     r = _cli(tmp_path / "bad.json", burst_src / "frames/train", tmp_path / "out")
     assert r.returncode == 2 and message in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_track_given_twice_in_one_frame_is_refused(burst_src: Path, tmp_path: Path) -> None:
+    # json.loads kept the second of the two masks of the track without a word: one of them was lost
+    doc = json.loads((burst_src / "train/train.json").read_text())
+    seg = doc["sequences"][1]["segmentations"][2]
+    track = next(iter(seg))
+    (tmp_path / "twice.json").write_text(repeat_key(doc, seg, track, seg[track]))
+    r = _cli(tmp_path / "twice.json", burst_src / "frames/train", tmp_path / "out")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"sequences[1].segmentations[2]: duplicate key '{track}'" in r.stderr
+    assert "nothing was written" in r.stderr and "fix: repair or re-download" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_converted_videos_not_in_the_source_are_kept_and_named_last(
+    burst_src: Path, converted: Path, tmp_path: Path
+) -> None:
+    # sequences removed from the JSON (or another split converted into the same folder) stayed in the output,
+    # and training read them as part of the dataset without a word
+    out = tmp_path / "out"
+    shutil.copytree(converted, out)
+    doc = json.loads((burst_src / "train/train.json").read_text())
+    gone = sorted(burst.video_name(seq) for seq in doc["sequences"][1:])
+    doc["sequences"] = doc["sequences"][:1]
+    (tmp_path / "fewer.json").write_text(json.dumps(doc))
+    before = _tree(out)
+    r = _cli(tmp_path / "fewer.json", burst_src / "frames/train", out, "--save_all_image")
+    assert r.returncode == 0 and "0 converted, 1 already done" in r.stdout, r.stdout + r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"warning: {len(gone)} converted video(s) in {out} are not in this source"), last
+    assert all(v in last for v in gone) and "fix: remove their" in last and "fresh --output_path" in last, last
+    assert _tree(out) == before  # named, not deleted
+    r = _cli(burst_src / "train/train.json", burst_src / "frames/train", out, "--save_all_image")
+    assert r.returncode == 0 and "warning" not in r.stdout, r.stdout  # the whole source again: nothing to say
 
 
 def test_missing_frame_fails_only_its_sequence(burst_src: Path, converted: Path, tmp_path: Path) -> None:

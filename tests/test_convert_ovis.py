@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pytest
 from _helpers import file_tree as _tree
-from _helpers import run_converter
+from _helpers import repeat_key, run_converter
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -108,6 +108,16 @@ def test_malformed_json_is_rejected_before_writing(tiny_data: Path, tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+def test_a_repeated_key_is_refused_naming_where(tiny_data: Path, tmp_path: Path) -> None:
+    # a video whose "id" is given twice: json.loads kept the last, and its annotations went to another video
+    doc = json.loads((tiny_data / "OVIS/annotations_train.json").read_text())
+    video = doc["videos"][1]
+    (tmp_path / "twice.json").write_text(repeat_key(doc, video, "id", video["id"] + 1000))
+    r = _cli(tmp_path / "twice.json", tiny_data / "OVIS/train", tmp_path / "out")
+    assert r.returncode == 2 and "videos[1]: duplicate key 'id'" in r.stderr, r.stderr
+    assert "nothing was written" in r.stderr and not (tmp_path / "out").exists()
+
+
 def test_missing_frame_fails_only_its_video(tiny_data: Path, tmp_path: Path) -> None:
     frames = tmp_path / "frames"
     shutil.copytree(tiny_data / "OVIS/train", frames)
@@ -133,7 +143,7 @@ def test_ctrl_c_is_one_line_and_exit_130(
         raise KeyboardInterrupt
 
     if during == "reading the json":
-        monkeypatch.setattr(convert.json, "loads", interrupted)
+        monkeypatch.setattr(convert.strict_json, "loads", interrupted)
     try:
         rc = convert.run_cli(tmp_path / "a.json", tmp_path, interrupted)  # type: ignore[arg-type]
     except KeyboardInterrupt:  # not raised on: it would end the whole pytest session

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from _helpers import file_tree as _tree
-from _helpers import folder_state
+from _helpers import folder_state, repeat_key
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -127,6 +127,56 @@ def test_rerun_is_a_no_op(sav_src: Path, converted: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in converted.rglob("*") if p.is_file()} == before
 
 
+def test_an_mp4_replaced_by_one_of_the_same_size_is_converted_again(sav_src: Path, tmp_path: Path) -> None:
+    # the fingerprint held the mp4's byte size only: a fixed copy of the same size left the old frames in place
+    src, out = tmp_path / "src", tmp_path / "out"
+    shutil.copytree(sav_src, src)
+    assert _cli(src, out).returncode == 0
+    mp4 = next(src.rglob("sav_001002.mp4"))
+    size, mtime = mp4.stat().st_size, mp4.stat().st_mtime_ns
+    os.utime(mp4, ns=(mtime + 10**9, mtime + 10**9))  # as a replacement copied over it leaves it
+    assert mp4.stat().st_size == size
+    r = _cli(src, out)
+    assert r.returncode == 0 and "1 converted, 1 already done" in r.stdout, r.stdout + r.stderr
+    r = _cli(src, out)  # and done once: the next rerun skips it again
+    assert r.returncode == 0 and "0 converted, 2 already done" in r.stdout, r.stdout + r.stderr
+
+
+def _first_frames_only(mp4: Path, n: int) -> None:
+    """Replace `mp4` by a re-encoding of its first `n` frames (a cut video that OpenCV opens and decodes)."""
+    cap = cv2.VideoCapture(str(mp4))
+    frames = [f for ok, f in iter(cap.read, (False, None)) if ok][:n]
+    cap.release()
+    h, w = frames[0].shape[:2]
+    tmp = mp4.with_name("cut.mp4")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), 24, (w, h))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    tmp.replace(mp4)
+
+
+@pytest.mark.parametrize("how", ["truncated", "short"])
+def test_a_damaged_new_mp4_keeps_the_earlier_output(sav_src: Path, converted: Path, tmp_path: Path, how) -> None:
+    # the old output was cleared before the new mp4 was decoded: a damaged replacement left nothing
+    src, out = tmp_path / "src", tmp_path / "out"
+    shutil.copytree(sav_src, src)
+    shutil.copytree(converted, out)
+    before = folder_state(out)
+    mp4 = next(src.rglob("sav_001002.mp4"))
+    if how == "truncated":  # an interrupted re-download: OpenCV cannot open it
+        mp4.write_bytes(mp4.read_bytes()[: mp4.stat().st_size // 2])
+        words = "OpenCV cannot open the video"
+    else:  # decodes, but ends early: frames 0 and 4 were written before the frame count is found wrong
+        _first_frames_only(mp4, 5)
+        words = "the video has 5 frames, the JSON's video_frame_count is 9"
+    r = _cli(src, out, "--masklets", "both", "--workers", "1")
+    assert r.returncode == 1 and "0 converted, 1 already done, 1 failed" in r.stdout, r.stdout + r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("FAILED sav_001002"))
+    assert "sav_001/sav_001002.mp4" in line and words in line and "fix: re-download" in line, line
+    assert folder_state(out) == before  # frames, masks and marker byte for byte, and nothing left beside them
+
+
 def test_interrupted_run_then_rerun_gives_identical_bytes(sav_src: Path, converted: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     shutil.copytree(converted, out)
@@ -136,6 +186,9 @@ def test_interrupted_run_then_rerun_gives_identical_bytes(sav_src: Path, convert
     png = out / "Annotations" / "sav_000001" / "00004.png"
     png.write_bytes(png.read_bytes()[:20])
     (out / "JPEGImages" / "sav_000001" / f".00008.jpg.abc{TEMP_SUFFIX}").write_bytes(b"partial")
+    staged = out / ".staging" / "sav_000001" / "JPEGImages" / "sav_000001"  # a video killed while it was written
+    staged.mkdir(parents=True)
+    (staged / "00000.jpg").write_bytes(b"partial")
     r = _cli(sav_src, out, "--masklets", "both")
     assert r.returncode == 0 and "1 converted, 1 already done" in r.stdout, r.stdout + r.stderr
     assert _tree(out) == reference
@@ -188,6 +241,19 @@ def test_bad_json_values_exit_2_naming_the_field(sav_src: Path, tmp_path: Path, 
     assert r.returncode == 2, r.stdout + r.stderr
     assert "sav_000/sav_000001_manual.json: " + message in r.stderr and "nothing was written" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_repeated_key_in_a_masklet_json_exits_2_naming_where(sav_src: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(sav_src, src)
+    path = next(src.rglob("sav_000001_manual.json"))
+    doc = json.loads(path.read_text())
+    rle = doc["masklet"][1][0]
+    path.write_text(repeat_key(doc, rle, "counts", rle["counts"]))  # json.loads kept the last without a word
+    r = _cli(src, tmp_path / "out")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "sav_000/sav_000001_manual.json: masklet[1][0]: duplicate key 'counts'" in r.stderr
+    assert "nothing was written" in r.stderr and not (tmp_path / "out").exists()
 
 
 def test_missing_annotation_file_exits_2(sav_src: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import repeat_key
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -166,6 +167,18 @@ def test_bad_annotation_files_name_the_file_and_the_json_location(copy: Path, tm
     line = next(ln for ln in str(e.value).splitlines() if "[SA1B]" in ln)
     assert str(jp) in line and needle in line and "fix:" in line, line
     assert "no annotation file names" not in str(e.value)  # its JPEG is not reported as well
+
+
+def test_a_repeated_key_names_the_file_and_the_json_location(copy: Path, tmp_path: Path) -> None:
+    # the second "segmentation" (json.loads kept it without a word) could be another mask than the first
+    jp = next((copy / "SA-1B").rglob("sa_1.json"))
+    doc = json.loads(jp.read_text())
+    ann = doc["annotations"][2]
+    jp.write_text(repeat_key(doc, ann, "segmentation", doc["annotations"][0]["segmentation"]))
+    with pytest.raises(DataValidationError) as e:
+        validate(_cfg(), str(copy), stages=["pre_training"], cache_root=str(tmp_path / "cache"))
+    line = next(ln for ln in str(e.value).splitlines() if "[SA1B]" in ln)
+    assert str(jp) in line and "annotations[2]: duplicate key 'segmentation'" in line and "fix:" in line, line
 
 
 def test_file_level_problems(copy: Path, tmp_path: Path) -> None:

@@ -1,26 +1,36 @@
-"""The conversion runner shared by the BURST and OVIS converters: resumable, parallel, per-video failures.
+"""The conversion runner shared by the BURST, OVIS and SA-V converters: resumable, parallel, per-video failures.
 
 Output layout (DAVIS / YouTube-VOS style, what the training loader reads):
 
-    <output>/JPEGImages/<video>/<frame>.jpg      source frames, copied byte for byte
+    <output>/JPEGImages/<video>/<frame>.jpg      source frames, copied byte for byte (SA-V: decoded from the mp4)
     <output>/Annotations/<video>/<frame>.png     palette PNG (DAVIS palette), pixel value = object id, 0 = none
     <output>/_meta/<video>.json                  completion marker + id map (the loader never looks here)
 
 Guarantees:
 - The whole annotation file is validated before anything is written (`validate` of each converter): every value
   has the expected type, and every frame path stays inside --frames_path (relative, no `..`, no symlink leading
-  out). A problem is reported with its JSON location (e.g. `videos[3].file_names[2]`) and exit code 2.
+  out). A problem is reported with its JSON location (e.g. `videos[3].file_names[2]`) and exit code 2. A key
+  repeated within one JSON object is such a problem too (`sequences[2].segmentations[5]: duplicate key '3'`,
+  cutie/utils/strict_json.py): a plain JSON reader keeps the last value without a word.
 - Confinement of the output: video names are single path components; before anything is written, the output
   folders a run would write into or delete are checked for symlinks (a planted link is refused, exit code 2), and
-  every write and every deletion is checked again when it happens. Nothing outside --output_path is touched, and
-  a video's old output is deleted only after its input frames were found.
+  every write and every deletion is checked again when it happens. Nothing outside --output_path is touched.
+- A video's old output is replaced only by a complete new one: its inputs are checked first, then it is written
+  into `<output>/.staging/<video>/`, and only when that succeeded is its old output (marker first) deleted and
+  the new folders moved into place (a rename each). A video that fails, at its input check or half-way (e.g. a
+  damaged mp4), keeps its earlier output and marker byte for byte; its staging folder is removed (a killed
+  run's is removed at the next start).
 - Every file is written atomically (temporary name + os.replace).
 - A video counts as done only when its marker exists, and the marker is written last. The marker stores a
   fingerprint of the video's source annotation and the options; a rerun skips videos whose marker matches and
-  redoes the others from scratch (their output folders are removed first, so nothing stale or half-written
+  redoes the others from scratch (their output is replaced as a whole, so nothing stale or half-written
   survives). A killed run followed by a rerun therefore gives the same bytes as one uninterrupted run.
-- A video that fails (e.g. a missing frame file) is reported with the path and leaves no marker; the other videos
-  go on, and the run ends with a non-zero exit code.
+- A video that fails (e.g. a missing frame file) is reported with the path and gets no marker of this run (one
+  of an earlier conversion stays with its output, and does not match: the next run tries the video again); the
+  other videos go on, and the run ends with a non-zero exit code.
+- Videos already in the output (with a marker) that this source does not hold, e.g. removed from the annotation
+  file or converted from another split into the same folder, are left as they are, but the run's summary ends
+  with a warning naming how many and the first few: training would read them as part of the dataset.
 """
 
 from __future__ import annotations
@@ -41,11 +51,21 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cutie.data.index.records import META_DIR, marker_path, read_marker
-from cutie.utils.atomic import atomic_copy, atomic_write_bytes, atomic_write_json, remove_stale_temps
+from cutie.utils import strict_json
+from cutie.utils.atomic import (
+    atomic_copy,
+    atomic_move_folder,
+    atomic_write_bytes,
+    atomic_write_json,
+    remove_stale_temps,
+)
 from cutie.utils.image_files import FileError, check_frame
 from cutie.utils.paths import Confiner, PathEscapeError, check_no_symlink_inside, is_inside, symlinks_below
 
 OUTPUT_DIRS = ("JPEGImages", "Annotations", "JPEGImages_all_frames")
+# <output>/.staging/<video>/ (laid out as the output) holds a video while it is written; hidden, so no loader or
+# data check reads it, and a video name (never starting with '.') cannot collide with it
+STAGING = ".staging"
 
 
 FIX_JSON = "fix: repair or re-download the annotation file"
@@ -207,6 +227,7 @@ class Summary:
     objects: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # what the converter left out, counted
+    warnings: list[str] = field(default_factory=list)  # printed last, where they are seen
 
     def lines(self) -> list[str]:
         out = [
@@ -216,6 +237,7 @@ class Summary:
         ]
         out += [f"note: {n}" for n in self.notes]
         out += [f"FAILED {r.video}: {r.error}" for r in self.failed]
+        out += [f"warning: {w}" for w in self.warnings]
         return out
 
 
@@ -256,7 +278,8 @@ def check_output(output: Path, videos: Sequence[str]) -> None:
     """Before anything is written: refuse symlinks where this run would write or delete (the output's own folders,
     each video's folders, what they hold, and markers). Raises InputError listing every link found."""
     links = []
-    for p in [output / d for d in (META_DIR, *OUTPUT_DIRS)] + [p for v in videos for p in video_paths(output, v)]:
+    tops = [output / d for d in (META_DIR, STAGING, *OUTPUT_DIRS)]
+    for p in tops + [p for v in videos for p in video_paths(output, v)]:
         if p.is_symlink():
             links.append(p)
         elif p.is_dir() and p.parent != output:
@@ -266,14 +289,52 @@ def check_output(output: Path, videos: Sequence[str]) -> None:
         raise InputError(problems, f"--output_path {output}", (FIX_OUTPUT,))
 
 
+def stale_videos(output: Path, videos: Iterable[str]) -> list[str]:
+    """The converted videos of `output` (those with a marker) that are not among `videos`, sorted."""
+    meta, wanted = output / META_DIR, set(videos)
+    if not meta.is_dir():
+        return []
+    names = (p.name[: -len(".json")] for p in meta.iterdir() if p.name.endswith(".json") and p.is_file())
+    return sorted(v for v in names if not v.startswith(".") and v not in wanted)
+
+
+def stale_warning(output: Path, stale: Sequence[str], shown: int = 3) -> str:
+    """One line for videos left in the output by another source: the loader reads them as part of the dataset.
+    They are named, not deleted: removing a user's earlier output unasked would be the worse surprise."""
+    named = ", ".join(stale[:shown]) + (", ..." if len(stale) > shown else "")
+    return (
+        f"{len(stale)} converted video(s) in {output} are not in this source ({named}) and were left as they were; "
+        "training reads them as part of the dataset (fix: remove their JPEGImages/, Annotations/ and _meta/ "
+        "entries, or convert into a fresh --output_path)"
+    )
+
+
 def clear_video(output: Path, video: str) -> None:
-    """Remove whatever an earlier, unfinished attempt left for this video (never through a symlink)."""
+    """Remove the video's output, marker first (never through a symlink)."""
     for p in video_paths(output, video):
         check_no_symlink_inside(output, p)
         if p.is_dir():
             shutil.rmtree(p)  # rmtree itself never follows links found inside the folder
         else:
             p.unlink(missing_ok=True)
+
+
+def clear_staging(output: Path, video: str | None = None) -> None:
+    """Remove the staging folder of `video` (None: all of them, left by a killed run), never through a symlink."""
+    path = output / STAGING if video is None else output / STAGING / video
+    check_no_symlink_inside(output, path)
+    if path.is_dir():
+        shutil.rmtree(path)
+
+
+def publish(output: Path, video: str) -> None:
+    """Move the video's folders from its finished staging folder into place (its old output was cleared)."""
+    stage = output / STAGING / video
+    for d in OUTPUT_DIRS:
+        if (stage / d / video).is_dir():
+            check_no_symlink_inside(output, output / d / video)
+            atomic_move_folder(stage / d / video, output / d / video)
+    clear_staging(output, video)
 
 
 def write_output(output: Path, path: Path, data: bytes) -> None:
@@ -294,9 +355,9 @@ def write_marker(output: Path, job: Job, info: dict) -> None:
     atomic_write_json(path, {"fingerprint": job.fingerprint, **info}, indent=1)
 
 
-# A check looks at one video's inputs (its frame files) and raises, naming the file, if one is unusable; it runs
-# before the video's old output is cleared. A worker then converts the video and returns (frames written, objects,
-# info for the marker); it raises on failure.
+# A check looks at one video's inputs (its frame files) and raises, naming the file, if one is unusable, before
+# anything is written. A worker then converts the video into the folder it is given (the video's staging folder,
+# laid out as the output) and returns (frames written, objects, info for the marker); it raises on failure.
 Check = Callable[[Job], None]
 Worker = Callable[[Path, Job], tuple[int, int, dict]]
 
@@ -305,11 +366,18 @@ def _run_one(args: tuple[Check, Worker, Path, Job]) -> JobResult:
     check, worker, output, job = args
     try:
         check(job)  # first: a video whose inputs are unusable keeps whatever output it had
-        clear_video(output, job.video)
-        frames, objects, info = worker(output, job)
+        clear_staging(output, job.video)
+        # into the staging folder: a video that fails half-way (e.g. a damaged mp4) keeps its earlier output
+        frames, objects, info = worker(output / STAGING / job.video, job)
+        clear_video(output, job.video)  # the old marker goes first: a kill from here on leaves the video undone
+        publish(output, job.video)
         write_marker(output, job, info)  # last: the video is complete only now
         return JobResult(job.video, "converted", frames, objects)
     except Exception as e:  # noqa: BLE001 - one bad video must not stop the others; reported below
+        try:
+            clear_staging(output, job.video)
+        except (OSError, PathEscapeError):  # e.g. a link planted there: removed (or refused) at the next start
+            pass
         return JobResult(job.video, "failed", error=f"{type(e).__name__}: {e}")
 
 
@@ -342,7 +410,10 @@ def run_jobs(
     output.mkdir(parents=True, exist_ok=True)
     (output / META_DIR).mkdir(exist_ok=True)
     remove_stale_temps(output / META_DIR)  # markers a kill interrupted
+    clear_staging(output)  # videos a kill interrupted while they were written
     summary = Summary(sequences=len(jobs))
+    if stale := stale_videos(output, (job.video for job in jobs)):
+        summary.warnings.append(stale_warning(output, stale))
     todo = []
     for job in jobs:
         if is_done(output, job):
@@ -377,6 +448,8 @@ def run_jobs(
     if pool is not None:
         pool.close()
         pool.join()
+    if (output / STAGING).is_dir():
+        (output / STAGING).rmdir()  # empty: every video moved its folders out or removed them
     summary.failed.sort(key=lambda r: r.video)
     summary.seconds = time.perf_counter() - start
     return summary
@@ -387,10 +460,13 @@ def run_cli(json_path: Path, frames_path: Path, convert: Callable[[object], Summ
     summary. Exit code 0 when every video converted, 1 when some failed (or the run could not go on, e.g. a full
     disk), 2 for bad input or an unsafe output folder (nothing written)."""
     try:
-        doc = json.loads(Path(json_path).read_text(encoding="utf-8"))
+        doc = strict_json.loads(Path(json_path).read_text(encoding="utf-8"))
     except KeyboardInterrupt:  # BURST's train.json takes a while to read
         print(INTERRUPTED, file=sys.stderr)
         return 130
+    except strict_json.DuplicateKeyError as e:  # json.loads would have kept the last value without a word
+        print(f"error: {InputError(e.problems, str(json_path))}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
         # a missing/unreadable file is a wrong --json_path; anything else is a damaged (e.g. truncated) download
         fix = "fix: check --json_path" if isinstance(e, OSError) else FIX_JSON

@@ -11,7 +11,8 @@ Per video (named by the mp4's stem, e.g. `sav_000001`):
   (seeking in an mp4 is not frame-exact), re-encoded as JPEG; <frame> is the index in the 24 fps video
   (00000, 00004, ...), so the loader's frame_interval is 4.
 - Annotations/<video>/<frame>.png: palette PNG of masklet ids (see below); a frame without masks is all zero.
-- _meta/<video>.json: completion marker and `id_map` {"manual"|"auto": {masklet id: pixel value}}.
+- _meta/<video>.json: completion marker and `id_map` {"manual"|"auto": {masklet id: pixel value}}. A rerun
+  redoes a video whose JSONs changed (by content) or whose mp4 changed (by size or modification time).
 
 Masklets: --masklets manual (default), auto, or both (manual ones first, then auto). The pixel value of a masklet
 is its masklet_id + 1 (SA-V ids start at 0, which is background in a PNG); values above 255, and auto ids that
@@ -21,16 +22,16 @@ Overlaps: SA-V masklets overlap (a person and, separately, their hand). Each pix
 covers it (by its area in that frame; equal areas: the earlier masklet), so parts stay visible over wholes.
 
 Checks: every JSON is validated before anything is written (exit 2, each problem named by file and JSON
-location): types, RLE sizes equal to the video size, one RLE per masklet per frame, and no more annotated frames
-than the video has (frame 4k must exist). While decoding, the mp4's frame size and frame count must equal the
-JSON's; a video that does not is reported as failed (no marker) and the others go on. The rest (resumable,
-atomic, confined to --output_path, summary, exit codes) is the shared flow of cutie/dataprep/convert.py.
+location): no key repeated within an object, types, RLE sizes equal to the video size, one RLE per masklet per
+frame, and no more annotated frames than the video has (frame 4k must exist). While decoding, the mp4's frame
+size and frame count must equal the JSON's; a video that does not is reported as failed (no marker) and the
+others go on. The rest (resumable, atomic, confined to --output_path, summary, exit codes) is the shared flow of
+cutie/dataprep/convert.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import sys
@@ -58,6 +59,7 @@ from cutie.dataprep.convert import (
 )
 from cutie.dataprep.imageio import encode_jpeg, encode_palette_png
 from cutie.dataprep.rle import check_segmentation, decode
+from cutie.utils import strict_json
 from cutie.utils.paths import Confiner, PathEscapeError, is_inside
 
 VERSION = 1
@@ -221,7 +223,7 @@ def validate_doc(doc: object, source: str, video: str, problems: Problems) -> di
 
 def _read_json(path: Path) -> tuple[bytes, object]:
     data = path.read_bytes()
-    return data, json.loads(data.decode("utf-8"))
+    return data, strict_json.loads(data.decode("utf-8"))
 
 
 def _plan(info: dict[str, dict]) -> dict:
@@ -252,6 +254,9 @@ def validate(sav_path: Path, sources: list[Source], masklets: str) -> list[Job]:
         for kind, rel in src.jsons.items():
             try:
                 data, doc = _read_json(sav_path / rel)
+            except strict_json.DuplicateKeyError as e:
+                problems += [f"{rel}: {p}" for p in e.problems]
+                continue
             except (OSError, ValueError, RecursionError) as e:
                 problems.append(f"{rel}: cannot read: {e}")
                 continue
@@ -270,7 +275,10 @@ def validate(sav_path: Path, sources: list[Source], masklets: str) -> list[Job]:
             problems.append(f"{src.video}: masklet_id: {e}")
             continue
         options = {"masklets": masklets}
-        entry = {"jsons": hashes, "mp4": src.mp4, "mp4_bytes": (sav_path / src.mp4).stat().st_size}
+        # the mp4 by size and mtime_ns, as make judges a file: a re-encoded or re-downloaded copy of the same size
+        # is redone. Hashing it instead would read the whole release (hundreds of GB) on every rerun.
+        st = (sav_path / src.mp4).stat()
+        entry = {"jsons": hashes, "mp4": src.mp4, "mp4_bytes": st.st_size, "mp4_mtime_ns": st.st_mtime_ns}
         payload = {"sav_path": str(sav_path), "source": src, "hashes": hashes, "plan": plan}
         jobs.append(Job(src.video, fingerprint(entry, options, VERSION), payload))
     problems.raise_if_any("SA-V json")

@@ -11,6 +11,8 @@ survives a power cut. A kill at any moment leaves the previous file or the compl
 - Full disk: ENOSPC / EDQUOT (and EFBIG: a file-size limit such as `ulimit -f`) become `DiskFullError` with one
   line (what, where, how much is free); the temporary file is removed and the previous file stays untouched.
 - Digests: `atomic_torch_save` returns the sha256 of the bytes it wrote (hashed on the way out, no second read).
+- Folders: `atomic_move_folder` puts a folder written elsewhere (e.g. a converter's staging folder) in place in
+  one rename.
 - Stale parts: temporaries left by a SIGKILL are found and removed by `remove_stale_temps(folder)` at the next
   start; only names with this module's suffix are ever touched.
 """
@@ -153,6 +155,18 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
             shutil.copyfileobj(s, f, 1 << 20)
 
     atomic_write(dst, copy)
+
+
+def atomic_move_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Moves the finished folder `src` to the free name `dst` in one rename (both in one file system), so `dst`
+    is either absent or complete; the folder holding `dst` is fsynced so the move survives a power cut. Refuses
+    a symlink at `dst`; an existing non-empty `dst` fails (the rename does not merge)."""
+    dst = Path(dst)
+    if dst.is_symlink():
+        raise UnsafePathError(errno.EPERM, f"refusing to move a folder onto the symlink {dst}; remove it first")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(src, dst)
+    _fsync_dir(dst.parent)
 
 
 class _HashingWriter:

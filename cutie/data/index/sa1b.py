@@ -14,7 +14,8 @@ docs/sa1b.md explains the defaults.
 Every annotation file is untrusted and checked in full at start-up: types of every value used, the RLE size equal to
 the image size, the runs adding up to height x width (pycocotools silently pads or cuts them), and the JPEG's
 own header size equal to the JSON's (through the frame check, cutie/data/index/frame_check.py). A bad file is one
-Problem naming the file and the JSON location (`annotations[3].segmentation.size: ...`). Results of good JSON files
+Problem naming the file and the JSON location (`annotations[3].segmentation.size: ...`; a key repeated within an
+object too: `annotations[3].segmentation: duplicate key 'counts'`). Results of good JSON files
 (their kept annotation indices) are cached beside the frame check's (cutie/data/index/stamped_cache.py), keyed on
 (path, size, mtime_ns) and the filter, so a second scan of an unchanged release parses no JSON.
 """
@@ -38,6 +39,7 @@ from cutie.data.index import frame_check
 from cutie.data.index.problems import DatasetReport, problem
 from cutie.data.index.scan import IMAGE_EXTS, resolve
 from cutie.data.index.stamped_cache import Keeper, StampedCache, cache_path, split
+from cutie.utils import strict_json
 from cutie.utils.image_files import MAX_PIXELS, FileError, FileInfo, unreadable
 from cutie.utils.paths import Confiner, PathEscapeError
 from cutie.utils.rle import RLEError, compressed_counts
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 STRUCTURE = "sa1b"  # the data_structure value of an SA-1B set in datasets.yaml
 JSON_EXT = ".json"
 MAX_JSON_BYTES = 256 << 20  # a bigger annotation file is refused (real ones are a few MB)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: files with a repeated JSON key are refused (one cached as good before is parsed again)
 INLINE_BELOW = 64  # fewer JSON files than this are parsed in-process
 _FIX_JSON = "re-extract the image's tar (the detail names the JSON location), or delete the JSON and its JPEG"
 _FIX_SIZE = "re-extract the image and its JSON from the same SA-1B tar"
@@ -202,7 +204,9 @@ def read_document(path: str) -> object:
     if len(data) > MAX_JSON_BYTES:
         raise Sa1bError(f"top level: the file is larger than {MAX_JSON_BYTES >> 20} MB")
     try:
-        return json.loads(data)
+        return strict_json.loads(data)
+    except strict_json.DuplicateKeyError as e:  # json.loads would keep the last value without a word
+        raise Sa1bError(str(e)) from None
     except (ValueError, RecursionError) as e:
         raise Sa1bError(f"top level: not valid JSON ({str(e)[:80]})") from None
 
