@@ -126,33 +126,36 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
 
 
 # The trainer, its start-up check of every file signalled once STOP_AT files were checked (0: never), as SLURM's
-# time limit or a Ctrl-C would. POOL=1: the check runs in a process pool and a worker signals the whole process
-# group, as torchrun does (the workers then die of their default SIGTERM, the trainer handles it). Inline, the
-# trainer itself gets SIGUSR1 and prints how many files the check read.
+# time limit, torchrun or a Ctrl-C would. MODE=inline: the trainer itself gets SIGUSR1 and prints how many files
+# the check read. MODE=pool: the check runs in a process pool and a worker signals the trainer's process group, as
+# torchrun does (the trainer terminates the pool, whose workers end quietly). MODE=torchrun: rank 0 sends SIGTERM to
+# torchrun, which passes it on to both ranks (rank 1 waits for rank 0's check in a collective meanwhile).
 _STOPPED_DURING_THE_CHECK = """
 import atexit, os, runpy, signal, sys
 from cutie.data.index import frame_check
-real, read, pool = frame_check._check_task, [0], os.environ["POOL"] == "1"
+real, read, mode = frame_check._check_task, [0], os.environ["MODE"]
 def check(task):
-    if read[0] + 1 == int(os.environ["STOP_AT"]):
-        # a pool worker left the trainer's group (quiet_pool_worker): it signals the trainer's group, as torchrun would
-        os.killpg(os.getpgid(os.getppid()), signal.SIGTERM) if pool else os.kill(os.getpid(), signal.SIGUSR1)
+    if read[0] + 1 == int(os.environ["STOP_AT"]) and os.environ.get("RANK", "0") == "0":
+        if mode == "pool":  # a worker left the trainer's group (quiet_pool_worker): it signals the trainer's group
+            os.killpg(os.getpgid(os.getppid()), signal.SIGTERM)
+        else:
+            os.kill(os.getppid(), signal.SIGTERM) if mode == "torchrun" else os.kill(os.getpid(), signal.SIGUSR1)
     result = real(task)
     read[0] += 1
     return result
 check.__module__, check.__qualname__ = frame_check.__name__, "_check_task"  # pickled by name for the pool
 frame_check._check_task = check
-if pool:
+if mode == "pool":
     frame_check.INLINE_BELOW = 1
-else:
+elif mode == "inline":
     atexit.register(lambda: print(f"files read: {read[0]}", file=sys.stderr))
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("pool", [False, True], ids=["inline", "pool"])
-def test_a_stop_signal_during_the_data_check_ends_the_run_at_once_and_keeps_the_check(tiny_data, tmp_path, pool):
+@pytest.mark.parametrize("mode", ["inline", "pool", "torchrun"])
+def test_a_stop_signal_during_the_data_check_ends_the_run_at_once_and_keeps_the_check(tiny_data, tmp_path, mode):
     """Before the first step there is nothing to save: the run ends with exit 3 (so train.sbatch requeues it) and
     one line, and the relaunch checks only the files the stopped check had not reached."""
     args = _common(tiny_data, tmp_path, "early") + [
@@ -160,13 +163,19 @@ def test_a_stop_signal_during_the_data_check_ends_the_run_at_once_and_keeps_the_
         "main_training.num_iterations=2",
         "main_training.lr_schedule_steps=[1]",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO), POOL=str(int(pool)))
+    if mode == "torchrun":
+        args += ["num_workers=0", "~data.val_dataset"]
+    harness = tmp_path / "harness.py"
+    harness.write_text(_STOPPED_DURING_THE_CHECK)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO), MODE=mode)
+    launcher = [sys.executable] + (
+        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] * (mode == "torchrun")
+    )
 
     def launch(stop_at: int) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-c", _STOPPED_DURING_THE_CHECK, TRAIN, *args]
         # a session of its own: the pool variant signals its whole process group
         return subprocess.run(
-            cmd,
+            [*launcher, str(harness), TRAIN, *args],
             cwd=tmp_path,
             env=dict(env, STOP_AT=str(stop_at)),
             capture_output=True,
@@ -177,16 +186,23 @@ def test_a_stop_signal_during_the_data_check_ends_the_run_at_once_and_keeps_the_
 
     stopped = launch(stop_at=8)
     out = stopped.stdout + stopped.stderr
-    assert stopped.returncode == 3, out[-4000:]
-    signal_name = "SIGTERM" if pool else "SIGUSR1"
-    assert f"training stopped: received {signal_name} before the first step: nothing to save" in out
-    assert "Traceback" not in out, out[-4000:]  # neither the trainer nor a pool worker
+    signal_name = "SIGUSR1" if mode == "inline" else "SIGTERM"
+    stop_line = f"training stopped: received {signal_name} before the first step: nothing to save"
+    if mode == "torchrun":
+        # torchrun ends with its own exit code and traceback; each rank ends at once with the line and exit 3
+        # (before torchrun's grace period would SIGKILL it)
+        assert stopped.returncode != 0 and all(f"[rank {r}] {stop_line}" in out for r in (0, 1)), out[-4000:]
+        assert "exitcode: -9" not in out and "SIGKILL" not in out, out[-4000:]
+    else:
+        assert stopped.returncode == 3, out[-4000:]
+        assert stop_line in out, out[-4000:]
+        assert "Traceback" not in out, out[-4000:]  # neither the trainer nor a pool worker
     run = tmp_path / "output" / "early"
     assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
     relaunched = launch(stop_at=0)
     assert relaunched.returncode == 0, (relaunched.stdout + relaunched.stderr)[-4000:]
     assert (run / "early_main_training_last.pth").is_file()
-    if not pool:
+    if mode == "inline":
         assert "files read: 7" in stopped.stderr
         cached = sum(len(json.loads(p.read_text())["files"]) for p in (tmp_path / "cache").glob("data_check/*.json"))
         assert f"files read: {cached - 7}" in relaunched.stderr  # the 7 checked before the stop: not read again
