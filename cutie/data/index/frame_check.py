@@ -24,7 +24,8 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -138,7 +139,7 @@ class _Progress:
             self.bar.close()
 
 
-def _run_checks(tasks: Sequence[tuple[str, str]], desc: str) -> Iterable[tuple[str, FileResult]]:
+def _run_checks(tasks: Sequence[tuple[str, str]], desc: str) -> Iterator[tuple[str, FileResult]]:
     workers = _workers(len(tasks))
     if workers <= 1:
         yield from map(_check_task, tasks)
@@ -168,9 +169,13 @@ def check_files(
     stats.read = len(plan.todo)
     progress = _Progress(len(plan.todo), desc)
     # Entries that left the cache (changed or gone files) make the first save due even if nothing is read.
-    with Keeper(cache, plan.hits, dirty=len(plan.hits) != len(cached)) as keep:
+    # closing(): a stop raised between two results ends the pool now, not when the traceback is let go
+    with (
+        Keeper(cache, plan.hits, dirty=len(plan.hits) != len(cached)) as keep,
+        closing(_run_checks(plan.todo, desc)) as done,
+    ):
         try:
-            for file_path, result in _run_checks(plan.todo, desc):
+            for file_path, result in done:
                 results[file_path] = result
                 if isinstance(result, FileInfo):
                     keep.add(file_path, plan.entry(file_path, result))

@@ -28,6 +28,7 @@ import math
 import multiprocessing as mp
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 
@@ -266,8 +267,8 @@ def parse_files(
     results: dict[str, Sa1bFile | FileError] = {p: unreadable(e) for p, e in plan.unreadable.items()}
     results.update((p, f) for p, (_, f) in plan.hits.items())
     todo = plan.todo
-    with Keeper(cache, plan.hits, dirty=len(plan.hits) != len(cached)) as keep:
-        for p, result in _parse_all(todo):
+    with Keeper(cache, plan.hits, dirty=len(plan.hits) != len(cached)) as keep, closing(_parse_all(todo)) as done:
+        for p, result in done:
             results[p] = result
             if isinstance(result, Sa1bFile):
                 keep.add(p, plan.entry(p, result))
