@@ -107,6 +107,10 @@ def test_subset_and_empty_mask_lists(tmp_path: Path) -> None:
     # The official JSON format is read too.
     (tmp_path / "e.json").write_text('{"v": ["00000", "00003"]}')
     assert load_empty_masks(str(tmp_path / "e.json")) == {"v": {"00000", "00003"}}
+    # A video listed twice is refused (json.loads would keep the second list and lose the first's frames).
+    (tmp_path / "e.json").write_text('{"v": ["00000"], "w": [], "v": ["00003"]}')
+    with pytest.raises(ValueError, match="duplicate key 'v'"):
+        load_empty_masks(str(tmp_path / "e.json"))
 
 
 def test_static_structures_and_summary_table(tmp_path: Path) -> None:

@@ -528,7 +528,8 @@ def test_an_unusable_eval_file_stops_before_any_inference(
 @pytest.mark.parametrize(
     "doc",
     ['[1, 2]', '{"videos": []}', '{"videos": {"v": {"objects": [1]}}}', '{"videos": {"v": {"objects": '
-     '{"1": {"frames": [[0]]}}}}}', '{"videos": {"v": {"objects": {"1": {"frames": [7]}}}}}', "{not json"],
+     '{"1": {"frames": [[0]]}}}}}', '{"videos": {"v": {"objects": {"1": {"frames": [7]}}}}}', "{not json",
+     '{"videos": {"v": {"objects": {"1": {"frames": ["00000"]}}}, "v": {"objects": {}}}}'],  # v twice: one lost
 )  # fmt: skip
 def test_a_malformed_meta_json_is_named(tmp_path: Path, doc: str) -> None:
     """json_directory (YouTube-VOS meta.json) is untrusted: any other shape is a ValueError naming the file (the

@@ -10,7 +10,6 @@ tracked is never fed back (YouTube-VOS's later masks hold only new objects, so n
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from PIL import Image
 
 from cutie.metrics.davis import read_index_mask
 from cutie.metrics.sav import read_binary_mask
+from cutie.utils import strict_json
 from cutie.utils.atomic import atomic_write
 from cutie.utils.frame_names import FIX_NUMBERING, misordered_numbering
 from cutie.utils.image_files import FileError, check_frame
@@ -89,7 +89,7 @@ def required_frames(meta_json: str | os.PathLike | None) -> dict[str, set[str]]:
         return {}
     path = Path(meta_json)
     try:
-        videos = json.loads(path.read_text(encoding="utf-8"))["videos"]
+        videos = strict_json.loads(path.read_text(encoding="utf-8"))["videos"]
         out = {v: {f for obj in info["objects"].values() for f in obj["frames"]} for v, info in videos.items()}
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # untrusted: any shape
         raise ValueError(

@@ -15,7 +15,6 @@ another size than its frame is reported and its frame counts as unannotated, ins
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -28,6 +27,7 @@ from cutie.data.index import frame_check
 from cutie.data.index.annotation import annotation_step, partial_objects, tracked_somewhere
 from cutie.data.index.problems import KINDS, MAX_LISTED, DatasetReport, DataValidationError, Problem, problem
 from cutie.data.index.records import META_DIR, marker_path, read_marker
+from cutie.utils import strict_json
 from cutie.utils.frame_names import misordered_numbering
 from cutie.utils.image_files import ID_MODES, FileError, FileInfo, FileResult
 
@@ -98,7 +98,7 @@ def load_empty_masks(path: str) -> dict[str, set[str]]:
         text = f.read()
     out: dict[str, set[str]] = {}
     if text.lstrip().startswith("{"):
-        doc = json.loads(text)
+        doc = strict_json.loads(text)  # a video listed twice would lose one list without a word
         if not isinstance(doc, dict) or not all(isinstance(v, list) for v in doc.values()):
             raise DataValidationError(f"{path}: expected a JSON object {{video: [frame, ...]}}")
         for video, frames in doc.items():
