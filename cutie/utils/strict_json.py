@@ -3,7 +3,8 @@
 `json.loads` keeps the last of two equal keys without a word, so a BURST frame that names a track twice, or an
 annotation document with a repeated field, silently loses data. The readers of untrusted annotation files (the
 BURST, OVIS and SA-V converters, SA-1B's annotation files, YouTube-VOS's meta.json for eval, the empty-mask
-lists) parse through `loads` here and report each repeat with its JSON location, e.g. `sequences[2].segmentations[5]: duplicate key '3'`.
+lists) parse through `loads` here and report each repeat with its JSON location, e.g.
+`sequences[2].segmentations[5]: duplicate key '3'`.
 
 Speed: the check is an `object_pairs_hook` that only compares the built dict's length with the pair count; the
 location is searched for (one walk over the document) only when a repeat was found.
