@@ -52,6 +52,9 @@ def test_plan_derives_per_rank_batch_and_accumulation(repo_root):
     plan = plan_stage(cfg, "main_training", world_size=2, device=CPU)
     assert (plan.per_rank_batch, plan.micro_batch, plan.accumulation_steps) == (8, 4, 2)
     assert plan.amp_dtype is None and plan.adam_eps == 1e-8  # AMP is off on the CPU
+    assert plan.amp_requested and "main_training.amp=true has no effect on the CPU" in plan.describe()
+    quiet = plan_stage(_cfg(repo_root, "main_training.amp=false"), "main_training", world_size=1, device=CPU)
+    assert "AMP off," in quiet.describe()  # nothing to explain when AMP was not asked for
     assert cfg.main_training.batch_size == 16  # the config itself is never mutated
     assert plan_stage(cfg, "pre_training", world_size=1, device=CPU).single_object
 

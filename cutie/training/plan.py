@@ -24,9 +24,13 @@ class StagePlan:
     use_grad_scaler: bool  # fp16 only
     adam_eps: float
     single_object: bool
+    amp_requested: bool = False  # the stage's `amp` option, which only the CUDA path honours
 
     def describe(self) -> str:
         amp = "off" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", "")
+        if self.amp_requested and self.amp_dtype is None:
+            # Said so that a CPU run's figures are not read as AMP ones (autocast is a CUDA-path setting here).
+            amp += f" ({self.stage}.amp=true has no effect on the CPU: float32)"
         return (
             f"{self.stage}: {self.num_iterations} iterations, global batch {self.global_batch} = "
             f"{self.per_rank_batch}/rank (micro-batch {self.micro_batch} x {self.accumulation_steps}), "
@@ -64,6 +68,7 @@ def plan_stage(cfg: TrainConfig, stage: str, world_size: int, device: torch.devi
         accumulation_steps=accum,
         amp_dtype=amp_dtype,
         use_grad_scaler=amp_dtype == torch.float16,
+        amp_requested=s.amp,
         # A larger eps keeps Adam stable when gradients come out of mixed precision (official setting).
         adam_eps=1e-6 if amp_dtype is not None else 1e-8,
         single_object=s.num_objects == 1,
