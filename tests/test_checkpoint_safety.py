@@ -327,3 +327,40 @@ def test_start_weights_of_the_other_model_are_refused_with_the_misfit(tmp_path):
     assert any(line.endswith("missing keys (in the network, not in the weights):") for line in rest)
     assert any("shape mismatches:" in line for line in rest)
     assert "  pixel_encoder.res2.0.conv1.weight: file (64, 64, 3, 3) vs network (64, 64, 1, 1)" in rest
+
+
+_KILLED_OVERWRITE = """
+import os, sys, torch
+from pathlib import Path
+from cutie.training import checkpoint as ckpt_io
+
+path, when = Path(sys.argv[1]), sys.argv[2]
+state = lambda v: {"format": ckpt_io.FORMAT, "weights": {"w": torch.full((4, 3), v)}, "iteration": 6}
+ckpt_io.save_checkpoint(state(1.0), path)  # the last step's checkpoint
+real_replace = os.replace
+
+def replace(src, dst):
+    if Path(dst) == path and when == "before":
+        os._exit(137)  # killed just before the new checkpoint takes the name
+    real_replace(src, dst)
+    if Path(dst) == path and when == "after":
+        os._exit(137)  # killed just after, before its digest is rewritten
+
+os.replace = replace
+ckpt_io.save_checkpoint(state(2.0), path)  # the stage's complete one, under the same name
+"""
+
+
+@pytest.mark.parametrize(("when", "survivor"), [("before", 1.0), ("after", 2.0)])
+def test_a_kill_while_a_checkpoint_is_overwritten_leaves_one_that_verifies(tmp_path, when, survivor):
+    # The last step's checkpoint is overwritten by the stage's complete one under the same name; a kill between
+    # the digest's rename and the checkpoint's must not leave a checkpoint that reads as damaged (auto-resume
+    # would fall back to an older one and redo every step since).
+    path = ckpt_io.checkpoint_path(tmp_path, "main_training", 6)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_OVERWRITE, str(path), when], check=False)
+    assert proc.returncode == 137
+    ckpt_io.verify_checkpoint(path)
+    assert torch.equal(torch.load(path, weights_only=True)["weights"]["w"], torch.full((4, 3), survivor))
+    # The next save under that name leaves a digest of one line again, as sha256sum writes it.
+    ckpt_io.save_checkpoint({"format": ckpt_io.FORMAT, "weights": {"w": torch.zeros(1)}}, path)
+    assert ckpt_io.digest_path(path).read_text() == f"{file_sha256(path)}  {path.name}\n"

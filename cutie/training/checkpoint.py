@@ -7,8 +7,11 @@ steps), `stage_complete`, `world_size`, `rng` (one plain entry per rank, see `rn
 any other Python object is refused by name and nothing in it runs.
 
 Files are `checkpoints/<stage>_<iteration:07d>.pth`, each with a digest `<name>.pth.sha256` (sha256sum format)
-written atomically after it: a checkpoint without its digest was never finished, one whose bytes no longer match
-was damaged; both are refused (auto-resume then falls back to the previous one). The newest few are kept.
+written atomically just before the checkpoint takes its name: a checkpoint without its digest was never finished,
+one whose bytes no longer match was damaged; both are refused (auto-resume then falls back to the previous one).
+While a checkpoint is overwritten under its own name (the last step's by the stage's complete one) the digest lists
+both files' sha256, so a kill between the two renames never leaves a checkpoint that reads as damaged. The newest
+few are kept.
 """
 
 from __future__ import annotations
@@ -170,9 +173,31 @@ def save_checkpoint(state: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # The new file is written beside the old ones (which stay until pruned): its full size must be free.
     check_free_space(path.parent, tensor_bytes(state) + (1 << 20), f"the checkpoint {path.name}")
-    atomic_torch_save(
-        state, path, on_digest=lambda digest: atomic_write_text(digest_path(path), f"{digest}  {path.name}\n")
-    )
+    sidecar = digest_path(path)
+    # Overwriting a checkpoint (the last step's, by the stage's complete one, under the same name): until the new
+    # file has the name, the digest lists the old file's digest too, so a kill between the two renames still
+    # leaves a checkpoint that verifies (the old one) rather than one that reads as damaged.
+    previous = _listed_digests(sidecar) if path.is_file() else []
+
+    def write_digest(digest: str) -> None:
+        atomic_write_text(sidecar, "".join(f"{d}  {path.name}\n" for d in [digest, *previous]))
+
+    digest = atomic_torch_save(state, path, on_digest=write_digest)
+    if previous:
+        atomic_write_text(sidecar, f"{digest}  {path.name}\n")
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _listed_digests(sidecar: Path) -> list[str]:
+    """The sha256 values a digest file lists (first field of each line); [] if it is missing or unreadable."""
+    try:
+        lines = sidecar.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    fields = [line.split()[0].lower() for line in lines if line.strip()]
+    return [f for f in fields if _HEX64.match(f)]
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -204,12 +229,12 @@ def verify_checkpoint(path: Path) -> None:
             or f"checkpoint {path} is unverified: its digest {sidecar.name} is missing (the write did not finish, "
             "or the file was not written by this trainer)"
         )
-    try:
-        expected = sidecar.read_text(encoding="utf-8").split()[0].lower()
-    except (OSError, UnicodeDecodeError, IndexError):
-        raise CheckpointError(f"checkpoint {path} is unverified: its digest {sidecar.name} is unreadable") from None
+    listed = _listed_digests(sidecar)
+    if not listed:
+        raise CheckpointError(f"checkpoint {path} is unverified: its digest {sidecar.name} is unreadable")
+    expected = listed[0]
     actual = file_sha256(path)
-    if actual != expected:
+    if actual not in listed:  # two lines only while a checkpoint is being overwritten (save_checkpoint)
         raise CheckpointError(
             f"checkpoint {path} is damaged: its sha256 {actual[:12]}... does not match {sidecar.name} "
             f"({expected[:12]}...); the file was truncated or overwritten after it was written"
