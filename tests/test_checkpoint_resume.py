@@ -178,6 +178,8 @@ def test_more_iterations_continue_a_finished_stage(tiny_data, finished):
     iterations = [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert iterations == [1, 2, 3, 4, 5, 6, 7, 8]
     assert "num_iterations: 8" in (run / "config.yaml").read_text()
+    # The first launch's config is kept beside it: the run directory still says what trained steps 1-6.
+    assert "num_iterations: 6" in (run / "config.1.yaml").read_text() and "config.1.yaml" in proc.stdout
     a, b = _weights(tmp / "output" / "straight", "straight"), _weights(run, "extend")
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the two extra steps did train
 

@@ -5,8 +5,8 @@
 2. check the inputs: the weights file, every frame of every stage's data, shared memory for the loaders;
 3. plan the resume: the newest checkpoint that verifies (or `checkpoint=PATH`), which must continue the same run
    (cutie/training/resume.py), and `weights=` read and checked against the network;
-4. open the run directory: only now, after every check passed, `config.yaml` (what actually runs), `env.json`
-   and TensorBoard are written;
+4. open the run directory: only now, after every check passed, `config.yaml` (what actually runs; an earlier
+   launch's different one is kept as `config.<k>.yaml`), `env.json` and TensorBoard are written;
 5. train the stages, each with the hooks of `build_hooks` (saving a checkpoint before any stop).
 """
 
@@ -431,10 +431,30 @@ def _plan_resume(cfg: TrainConfig, run_dir: Path, stages: list[str], plans: dict
     return ResumePlan(path, resume, start)
 
 
+def _keep_earlier_config(run_dir: Path, resolved: str, log) -> None:
+    """A relaunch with other options (more iterations, other intervals) keeps the earlier config.yaml as
+    config.<k>.yaml, so the run directory still says what trained its first steps."""
+    current = run_dir / "config.yaml"
+    if current.is_symlink() or not current.is_file():
+        return  # a link is refused by the writer that follows, with its own message
+    try:
+        earlier = current.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        earlier = None  # unreadable: nothing worth keeping, and it is replaced below
+    if earlier is None or earlier == resolved:
+        return
+    k = 1
+    while (run_dir / f"config.{k}.yaml").exists() or (run_dir / f"config.{k}.yaml").is_symlink():
+        k += 1
+    atomic_write_text(run_dir / f"config.{k}.yaml", earlier)
+    log.info(f"config.yaml differs from the earlier launch's: that one is kept as config.{k}.yaml")
+
+
 def _open_run_dir(cfg: TrainConfig, run_dir: Path, state, device: torch.device, log):
     """Step 4 (main process): config.yaml, env.json and the TensorBoard writer, after every check passed."""
     if not state.is_main:
         return None
+    _keep_earlier_config(run_dir, cfg.resolved_yaml, log)
     atomic_write_text(run_dir / "config.yaml", cfg.resolved_yaml)
     atomic_write_text(run_dir / "env.json", json.dumps(env_info.collect(state.world_size), indent=2))
     from torch.utils.tensorboard import SummaryWriter
