@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -172,7 +173,7 @@ def test_more_iterations_continue_a_finished_stage(tiny_data, finished):
     run = _copy_run(tmp, "straight", "extend")
     proc = _train(_args(tiny_data, tmp, "extend", "main_training.num_iterations=8"), tmp)
     assert "num_iterations 6 -> 8" in proc.stdout and "training continues to 8" in proc.stdout
-    assert "already complete" not in proc.stdout
+    assert "already complete" not in proc.stdout and "the data changed" not in proc.stdout
     ck = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(run, "main_training", 8))
     assert ck["iteration"] == 8 and ck["stage_complete"]
     iterations = [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -182,6 +183,26 @@ def test_more_iterations_continue_a_finished_stage(tiny_data, finished):
     assert "num_iterations: 6" in (run / "config.1.yaml").read_text() and "config.1.yaml" in proc.stdout
     a, b = _weights(tmp / "output" / "straight", "straight"), _weights(run, "extend")
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the two extra steps did train
+
+
+def test_a_resume_on_data_changed_under_the_same_paths_names_it(tiny_data, finished):
+    """The resume check compares settings and paths; data that changed under them (here a YouTube-VOS video more,
+    in a copy of the data under another data_root) is named with the counts before and after, and training goes
+    on."""
+    tmp = finished
+    run = _copy_run(tmp, "straight", "changed")
+    data = tmp / "changed_data"
+    shutil.copytree(tiny_data, data)
+    for sub in ("JPEGImages", "Annotations"):
+        folder = data / "YouTube" / "train" / sub
+        shutil.copytree(sorted(folder.iterdir())[0], folder / "zz_added")
+    proc = _train(_args(tiny_data, tmp, "changed", "main_training.num_iterations=8", f"data_root={data}"), tmp)
+    warning = proc.stdout[proc.stdout.index("the data changed since the checkpoint (iteration 6)") :]
+    lines = warning.splitlines()
+    assert re.fullmatch(r"  YouTubeVOS: 4 videos, (\d+) frames -> 5 videos, (\d+) frames", lines[1]), lines[:3]
+    assert lines[2].startswith("training continues on the data as it is now")  # DAVIS, MOSE: the same data
+    ck = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(run, "main_training", 8))
+    assert [e["name"] for e in ck["data"]] == ["DAVIS", "YouTubeVOS", "MOSE"] and ck["data"][1]["videos"] == 5
 
 
 def test_relaunch_with_checkpoint_from_elsewhere_continues_the_runs_own(tiny_data, finished):

@@ -38,6 +38,8 @@ class StageContext:
     # data_s (host seconds drawing the batch), step_s (cutie.training.timing.Elapsed) of the last iteration
     timings: dict[str, object] = field(default_factory=dict)
     sync_now: bool = True  # hooks may read device values (a host sync) after this step: see loop.is_sync_step
+    # cutie.data.index.fingerprint of the stage's data (main process; None elsewhere): kept in checkpoints
+    data_fingerprint: list[dict] | None = None
 
     @property
     def stage(self) -> str:

@@ -27,6 +27,7 @@ from cutie.config.model import CONFIG_DIR as MODEL_CONFIG_DIR
 from cutie.config.model import ModelSpec, load_model_config
 from cutie.config.train import STAGES, TrainConfig
 from cutie.data.index.datasets import validate as validate_data
+from cutie.data.index.fingerprint import data_changes, index_fingerprint
 from cutie.data.loaders.build import build_train_loader, shared_memory_needed
 from cutie.data.loaders.slots import SharedMemoryTooSmallError, check_shared_memory
 from cutie.data.sampling.source import remove_dead_segments
@@ -320,6 +321,7 @@ def _build_stage(
         log=log,
         writer=writer,
         later_stage_iterations=later_iterations,
+        data_fingerprint=index_fingerprint(loader.source.sampler.index) if state.is_main else None,
     )
 
 
@@ -545,6 +547,22 @@ def _train_stages(cfg, stages, plans, resume_plan: ResumePlan, state, device, ru
         )
 
 
+def _say_data_changes(ctx: StageContext, ckpt: dict) -> None:
+    """The resume check compares settings and paths; this names data that changed under the same paths (a
+    checkpoint from before fingerprints were kept has none: nothing to compare)."""
+    before = ckpt.get("data")
+    if ctx.data_fingerprint is None or not isinstance(before, list):
+        return
+    changed = data_changes(before, ctx.data_fingerprint)
+    if changed:
+        ctx.log.warning(
+            f"[{ctx.stage}] the data changed since the checkpoint (iteration {ctx.iteration}):\n  "
+            + "\n  ".join(changed)
+            + "\ntraining continues on the data as it is now, so it is not bit-for-bit the uninterrupted run; "
+            "for a run of its own on this data: exp_id=<new id> weights=<the checkpoint>"
+        )
+
+
 def _restore(ctx: StageContext, hooks: list[Hook], ckpt: dict, state) -> None:
     load_optimizer_state(ctx.optimizer, ckpt["optimizer"])  # Adam's moments take their parameters' layout
     ctx.scheduler.load_state_dict(ckpt["scheduler"])
@@ -553,6 +571,7 @@ def _restore(ctx: StageContext, hooks: list[Hook], ckpt: dict, state) -> None:
     states = ckpt.get("hooks", {})
     for h in hooks:
         h.load_state_dict(states.get(type(h).__name__, {}))
+    _say_data_changes(ctx, ckpt)
     rng = ckpt["rng"]
     if len(rng) == state.world_size:
         ckpt_io.set_rng_state(rng[state.rank])

@@ -83,6 +83,7 @@ class CheckpointHook(Hook):
             "rng": rng_all,
             # The loader is stateless: samples derive from (seed, global index), so the iteration is its state.
             "loader": {"seed": ctx.cfg.run.seed, "next_iteration": ctx.iteration},
+            "data": ctx.data_fingerprint,  # a resume says whether the data changed under the same paths
             "hooks": self.hook_states(),
             "config": ctx.cfg.resolved_yaml,
         }
