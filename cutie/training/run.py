@@ -442,8 +442,8 @@ def _keep_earlier_config(run_dir: Path, resolved: str, log) -> None:
     try:
         earlier = current.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
-        earlier = None  # unreadable: nothing worth keeping, and it is replaced below
-    if earlier is None or earlier == resolved:
+        return  # unreadable: nothing worth keeping, and it is replaced after this
+    if earlier == resolved:
         return
     k = 1
     while (run_dir / f"config.{k}.yaml").exists() or (run_dir / f"config.{k}.yaml").is_symlink():
