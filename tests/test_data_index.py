@@ -184,6 +184,11 @@ def test_an_unfinished_conversion_is_reported_as_incomplete(tmp_path: Path) -> N
     write_marker(out, Job("video001", "f" * 40, {}), {})
     (out / "_meta" / "video009.json").unlink()
     assert validate(cfg, str(tmp_path), seq_length=3, stages=["main_training"])[0].ok
+    # A record with a repeated key is not one the converter wrote (plain JSON would keep the last value).
+    f, e = "f" * 40, "e" * 40
+    (out / "_meta" / "video002.json").write_text(f'{{"fingerprint": "{f}", "fingerprint": "{e}"}}')
+    (rep,) = summarize(cfg, str(tmp_path), seq_length=3, stages=["main_training"])
+    assert "video002 (no valid completion record" in rep.problems[0]
 
 
 def test_static_sets_check_every_file(tmp_path: Path) -> None:

@@ -66,6 +66,7 @@ def test_no_cache_file_is_an_empty_cache_without_a_note(tmp_path: Path) -> None:
         (b'{"version": 2, "key": "k", "files": {}}', "is of another version or dataset"),
         (b'{"version": 3, "key": "other", "files": {}}', "is of another version or dataset"),
         (b'{"version": 3, "key": "k", "files": []}', "has no file table"),
+        (b'{"version": 3, "key": "k", "files": {"a": 1, "a": 2}}', "is not valid JSON"),  # not a file we wrote
     ],
 )
 def test_a_malformed_cache_is_ignored_with_a_note(tmp_path: Path, content: bytes, why: str) -> None:

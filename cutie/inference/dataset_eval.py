@@ -32,6 +32,7 @@ from cutie.inference.video_io import (
 )
 from cutie.metrics import DavisReport, SavReport, evaluate_folders, evaluate_sav_folders
 from cutie.metrics.davis import VOID_LABEL, read_index_mask
+from cutie.utils import strict_json
 from cutie.utils.atomic import atomic_write, atomic_write_json
 from cutie.utils.paths import check_output_folder
 
@@ -296,7 +297,7 @@ def _claim_output(run_dir: Path, cfg: EvalConfig, spec: DatasetSpec) -> dict[str
     }
     record = run_dir / OWNER_FILE
     try:
-        theirs = json.loads(record.read_text()) if record.is_file() else None
+        theirs = strict_json.loads(record.read_text()) if record.is_file() else None
     except (OSError, ValueError):
         theirs = None  # unreadable: an interrupted write of ours, or not ours; not worth refusing over
     if cfg.weights and isinstance(theirs, dict) and theirs != mine:  # without weights: build_eval_network says so

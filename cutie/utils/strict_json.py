@@ -4,7 +4,8 @@
 annotation document with a repeated field, silently loses data. The readers of untrusted annotation files (the
 BURST, OVIS and SA-V converters, SA-1B's annotation files, YouTube-VOS's meta.json for eval, the empty-mask
 lists) parse through `loads` here and report each repeat with its JSON location, e.g.
-`sequences[2].segmentations[5]: duplicate key '3'`.
+`sequences[2].segmentations[5]: duplicate key '3'`. Our own records read back from disk (conversion markers,
+data-check caches, evaluated.json) parse here too: a repeated key means the file is not one this code wrote.
 
 Speed: the check is an `object_pairs_hook` that only compares the built dict's length with the pair count; the
 location is searched for (one walk over the document) only when a repeat was found.

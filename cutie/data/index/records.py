@@ -4,8 +4,9 @@ without a valid record as an unfinished conversion. The format lives here, below
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from cutie.utils import strict_json
 
 META_DIR = "_meta"
 
@@ -18,7 +19,7 @@ def read_marker(path: Path) -> dict | None:
     """The record as a dict, or None when it is missing, unreadable or not a record (a file from outside is
     untrusted: JSON only, shape checked)."""
     try:
-        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+        meta = strict_json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) and isinstance(meta.get("fingerprint"), str) else None

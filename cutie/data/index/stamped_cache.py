@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import stat
 import time
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from cutie.utils import strict_json
 from cutie.utils.atomic import atomic_write_json
 from cutie.utils.paths import PathEscapeError, check_no_symlink_inside
 
@@ -71,7 +71,7 @@ class StampedCache(Generic[T]):
         except (OSError, UnicodeDecodeError) as e:
             return self._ignored(f"is unreadable ({e})")
         try:
-            doc = json.loads(text)
+            doc = strict_json.loads(text)  # a repeated key: not a file this code wrote
         except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
             return self._ignored(f"is not valid JSON ({e})")
         if not (isinstance(doc, dict) and doc.get("version") == self.version and doc.get("key") == self.key):
