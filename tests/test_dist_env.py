@@ -153,3 +153,24 @@ def test_main_writes_keeps_the_writes_own_error_when_the_verdict_cannot_be_share
         dist.main_writes(True, lambda: 1, "write best.pth")
     monkeypatch.undo()
     assert dist.main_writes(True, lambda: 7, "write best.pth") == 7 and dist.main_writes(False, lambda: 7, "x") is None
+
+
+def test_agree_keeps_a_ranks_own_error_when_a_peer_is_gone(monkeypatch):
+    """The start-up data check's verdict: a stop signal on the checking rank stays StoppedBeforeTraining (exit 3,
+    one line) when the other rank, stopped by the same signal in its own start-up, has already ended and the
+    verdict's all-reduce fails (it was "internal error: ... Connection closed by peer")."""
+    from cutie.training.signals import StoppedBeforeTraining
+
+    def dead_peer(flags):
+        raise RuntimeError("Connection closed by peer")
+
+    monkeypatch.setattr(dist, "any_rank", dead_peer)
+    with pytest.raises(StoppedBeforeTraining, match="received SIGTERM") as info:
+        dist.agree(StoppedBeforeTraining("received SIGTERM before the first step"))
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(RuntimeError, match="Connection closed"):
+        dist.agree(None)
+    monkeypatch.undo()
+    assert dist.agree(None, [True, False]) == [False, True, False]  # one process: the flags as they are
+    with pytest.raises(ValueError, match="bad"):
+        dist.agree(ValueError("bad"))

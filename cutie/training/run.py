@@ -232,8 +232,8 @@ def _check_run_dir(run_dir: Path, state) -> None:
             check_output_folder(run_dir, run_dir)
         except PathEscapeError as e:
             error = e
-    if dist.any_rank([error is not None])[0]:
-        raise error or PathEscapeError(f"the run folder {run_dir} was refused by another process (see its message)")
+    if dist.agree(error)[0]:
+        raise PathEscapeError(f"the run folder {run_dir} was refused by another process (see its message)")
 
 
 def _clean_leftovers(run_dir: Path, state, log) -> None:
@@ -400,9 +400,7 @@ def _check_data(cfg: TrainConfig, stages: list[str], state) -> None:
             check()
         except BaseException as e:  # raised after the others were released, so that none waits for a dead rank
             error = e  # (a stop signal during the check too: StoppedBeforeTraining)
-    dist.any_rank([error is not None])  # the other ranks wait here (identity in a single process)
-    if error is not None:
-        raise error
+    dist.agree(error)  # the other ranks wait here; a rank whose check failed raises its error (identity alone)
     if not first and (read := check()) and cfg.run.cache_root:
         logging.getLogger("cutie").warning(
             f"the data check read {read} files that local rank 0 had not cached in {cfg.run.cache_root}; "

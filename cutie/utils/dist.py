@@ -11,7 +11,7 @@ import errno
 import gc
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -191,6 +191,22 @@ def any_rank(flags: list[bool]) -> list[bool]:
     return [v > 0 for v in t.tolist()]
 
 
+def agree(error: BaseException | None, flags: Sequence[bool] = ()) -> list[bool]:
+    """Every rank calls this after work that may have failed on some of them: one all-reduce of [this rank
+    failed, *flags], each set on any rank. A rank with an error raises it, also when a dead peer breaks the
+    all-reduce (a rank stopped by the same signal, say): its own error, not the lost connection, decides what is
+    said and the exit code (3 for a stop, 5 for a full disk). Returns the reduced flags on the others."""
+    try:
+        reduced = any_rank([error is not None, *flags])
+    except BaseException as lost:
+        if error is None:
+            raise
+        raise error from lost
+    if error is not None:
+        raise error
+    return reduced
+
+
 def main_writes(is_main: bool, write: Callable[[], T], what: str) -> T | None:
     """Every rank calls this: the main process runs `write` (a file the run keeps: a checkpoint, best.pth), and
     every rank gets its verdict in one all-reduce, also after a failed write, so that no rank waits for a dead
@@ -204,14 +220,7 @@ def main_writes(is_main: bool, write: Callable[[], T], what: str) -> T | None:
             result = write()
         except BaseException as e:  # a Ctrl-C mid-write included: the others still get the verdict
             error = e
-    try:
-        failed, disk_full = any_rank([error is not None, isinstance(error, DiskFullError)])
-    except BaseException as lost:  # a dead peer: the write's own error still decides the exit code (5, 130)
-        if error is None:
-            raise
-        raise error from lost
-    if error is not None:
-        raise error
+    failed, disk_full = agree(error, [isinstance(error, DiskFullError)])
     if disk_full:
         raise DiskFullError(errno.ENOSPC, f"the main process could not {what} (out of disk space); this rank stops "
                             "with it")  # fmt: skip
