@@ -9,6 +9,7 @@ relative to each dataset's folder, so the same data under another data_root is t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections.abc import Iterable, Sequence
 
@@ -29,13 +30,8 @@ def _relative(paths: Iterable[str], folder: str) -> Iterable[str]:
 
 
 def _hash_lines(h: hashlib._Hash, lines: Iterable[str]) -> None:
-    batch: list[str] = []
-    for line in lines:
-        batch.append(line)
-        if len(batch) == _CHUNK:
-            h.update(("\n".join(batch) + "\n").encode("utf-8", "surrogateescape"))
-            batch.clear()
-    if batch:
+    it = iter(lines)
+    while batch := list(itertools.islice(it, _CHUNK)):
         h.update(("\n".join(batch) + "\n").encode("utf-8", "surrogateescape"))
 
 
@@ -98,10 +94,10 @@ def data_changes(before: Sequence[dict], now: Sequence[dict]) -> list[str]:
         if o is None:
             lines.append(f"{name}: not in the checkpoint's data (now {_counts(e)})")
         elif o.get("sha256") != e["sha256"]:
-            was = _counts(o)
+            was, now_counts = _counts(o), _counts(e)
             lines.append(
-                f"{name}: {was} -> {_counts(e)}"
-                if was != _counts(e)
+                f"{name}: {was} -> {now_counts}"
+                if was != now_counts
                 else f"{name}: the same {was}, other contents (frame names, empty-mask lists or labels)"
             )
     lines += [f"{name}: no longer in the data (was {_counts(o)})" for name, o in old.items() if name not in new]
