@@ -17,6 +17,7 @@ from cutie.config.overrides import check_overrides
 from cutie.config.typed import ConfigError
 from cutie.inference.dataset_eval import run_evaluation
 from cutie.model.weights import WeightsError
+from cutie.utils.atomic import UnsafePathError
 from cutie.utils.cli import run_reporting_errors
 from cutie.utils.dist import DeviceError
 from cutie.utils.paths import PathEscapeError
@@ -28,6 +29,7 @@ _INPUT_ERRORS = {
     DeviceError: "device error",
     WeightsError: "weights error",
     PathEscapeError: "path error",
+    UnsafePathError: "path error",  # a symlink met where the run writes (planted after the start-up check)
     OSError: "file error",
     ValueError: "data error",
 }

@@ -27,6 +27,7 @@ from cutie.data.index.datasets import DataValidationError
 from cutie.model.weights import WeightsError
 from cutie.training.checkpoint import CheckpointError
 from cutie.training.run import run_training
+from cutie.utils.atomic import UnsafePathError
 from cutie.utils.cli import run_reporting_errors
 from cutie.utils.dist import DeviceError
 from cutie.utils.paths import PathEscapeError
@@ -38,6 +39,7 @@ _INPUT_ERRORS = {
     WeightsError: "weights error",
     DeviceError: "device error",
     PathEscapeError: "path error",
+    UnsafePathError: "path error",  # a symlink met where the run writes (planted after the start-up check)
 }
 
 

@@ -80,6 +80,12 @@ def test_single_process_both_stages(tiny_data, tmp_path, repo_root):
         assert (run / name).is_file(), f"{name} missing; stdout:\n{proc.stdout[-3000:]}"
     assert list((run / "tb").glob("events.out.tfevents.*")), "no TensorBoard events"
     assert list((run / "images").glob("main_training_*.png")), "no picture grids"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0})
+    tb.Reload()
+    assert [e.step for e in tb.Scalars("main_training/train/total_loss")] == [2, 4]  # log_text_interval=2
+    assert [e.step for e in tb.Images("main_training/clip")] == [3, 4]  # log_image_interval=3, and the last
     assert "ETA" in proc.stdout and "it 4/4" in proc.stdout
     losses = _losses(run)
     assert sorted(k[1] for k in losses if k[0] == "main_training") == [1, 2, 3, 4]

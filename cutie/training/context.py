@@ -11,6 +11,7 @@ from torch import nn
 
 from cutie.config.train import StageConfig, TrainConfig
 from cutie.training.plan import StagePlan
+from cutie.training.tb_events import EventWriter
 from cutie.utils.dist import DistState
 
 
@@ -28,7 +29,7 @@ class StageContext:
     scaler: torch.amp.GradScaler
     loader: object  # cutie.data.loaders.build.TrainLoader (or the DALI equivalent)
     log: logging.Logger
-    writer: object | None  # TensorBoard SummaryWriter on the main process, else None
+    writer: EventWriter | None  # TensorBoard events on the main process, else None
     iteration: int = 0  # completed optimiser steps in this stage
     run_start_iteration: int = 0  # where this process started (for it/s and ETA)
     later_stage_iterations: int = 0  # iterations of the stages still to come (run ETA)

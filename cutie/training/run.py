@@ -64,6 +64,7 @@ from cutie.training.optim import build_optimizer, build_scheduler
 from cutie.training.plan import ConfigError, StagePlan, enabled_stages, plan_stage
 from cutie.training.resume import check_same_run
 from cutie.training.signals import StoppedBeforeTraining, StopSignals
+from cutie.training.tb_events import EventWriter
 from cutie.utils import dist
 from cutie.utils.atomic import atomic_write_text, remove_stale_temps
 from cutie.utils.paths import PathEscapeError, check_output_folder, is_inside
@@ -457,9 +458,7 @@ def _open_run_dir(cfg: TrainConfig, run_dir: Path, state, device: torch.device, 
     _keep_earlier_config(run_dir, cfg.resolved_yaml, log)
     atomic_write_text(run_dir / "config.yaml", cfg.resolved_yaml)
     atomic_write_text(run_dir / "env.json", json.dumps(env_info.collect(state.world_size), indent=2))
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+    writer = EventWriter(run_dir, log)
     log.info(f"run directory: {run_dir.resolve()} (config.yaml, env.json, train.log, tb/, images/)")
     log.info(f"device {device}, {state.world_size} process(es), loader {_loader_backend(cfg, device)}")
     for note in cfg.notes:

@@ -37,6 +37,9 @@ _umask_lock = threading.Lock()
 class UnsafePathError(OSError):
     """A write that would go through a symlink or outside the folder it belongs to."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # the sentence alone, without "[Errno 1]"
+
 
 class DiskFullError(OSError):
     """A write that failed for lack of space; the message says where, and how much is free."""

@@ -74,4 +74,7 @@ def _record_in_log_files(text: str) -> None:
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, text, None, None)
     for handler in log.handlers:
         if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+            try:
+                handler.handle(record)
+            except OSError:
+                pass  # the log cannot be reopened (gone, or a link now): the message is on stderr already

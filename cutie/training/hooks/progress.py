@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
@@ -12,6 +13,7 @@ from cutie.training.hooks.base import Hook, every
 from cutie.training.step import StepResult
 from cutie.training.timing import seconds
 from cutie.utils import dist
+from cutie.utils.append_file import open_append_inside
 
 
 def format_duration(seconds: float) -> str:
@@ -40,7 +42,7 @@ class ProgressHook(Hook):
         self.start_time = time.perf_counter()
         self.stage = ctx.stage
         if ctx.dist.is_main:
-            self.metrics_file = open(ctx.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            self.metrics_file = io.TextIOWrapper(open_append_inside(ctx.run_dir, "metrics.jsonl"), encoding="utf-8")
             ctx.log.info(ctx.plan.describe())
 
     def after_step(self, ctx: StageContext, result: StepResult) -> None:
@@ -123,7 +125,6 @@ class ProgressHook(Hook):
                     torch.cuda.max_memory_allocated(ctx.device) / 2**30,
                     ctx.iteration,
                 )
-            w.flush()
 
     def close(self, ctx: StageContext) -> None:
         if self.metrics_file is not None:
