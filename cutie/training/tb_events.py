@@ -12,11 +12,13 @@ worth ending a training for, and the next checkpoint meets the same disk and say
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.summary.writer.record_writer import RecordWriter
@@ -36,7 +38,7 @@ class EventWriter:
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     @staticmethod
-    def _create(run_dir: Path, folder: str):
+    def _create(run_dir: Path, folder: str) -> tuple[Path, BinaryIO]:
         stem = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
         for k in range(1000):  # a relaunch within the same second in the same pid namespace takes the next name
             try:
@@ -54,7 +56,8 @@ class EventWriter:
             self._records.flush()  # whole records only: TensorBoard reads the file while it grows
         except OSError as e:
             self.log.warning(f"TensorBoard events stop here ({self.path}: {e.strerror or e}); training goes on")
-            self._close_quietly()
+            with contextlib.suppress(OSError):  # the buffer's flush meets the same error
+                self.close()
 
     def add_scalar(self, tag: str, value, step: int) -> None:
         self._write(Event(wall_time=time.time(), step=step, summary=scalar(tag, value)))
@@ -67,10 +70,3 @@ class EventWriter:
         if self._records is not None:
             records, self._records = self._records, None
             records.close()
-
-    def _close_quietly(self) -> None:
-        records, self._records = self._records, None
-        try:
-            records.close()
-        except OSError:
-            pass

@@ -48,8 +48,9 @@ def open_append_inside(root: str | os.PathLike, relative: str, *, exclusive: boo
     """Opens `root/relative` for appending (created 0666 & ~umask, missing folders below `root` created), never
     through a symlink below `root`. `exclusive`: the file must not exist yet (FileExistsError otherwise).
     Returns a buffered binary file: flush after each whole line or record, so a reader never sees half of one."""
-    parts = PurePosixPath(relative).parts
-    if not parts or PurePosixPath(relative).is_absolute() or ".." in parts:
+    pure = PurePosixPath(relative)
+    parts = pure.parts
+    if not parts or pure.is_absolute() or ".." in parts:
         raise ValueError(f"{relative!r} must be a relative path below {root} without '..'")
     shown = Path(root)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # root may be a link: followed on purpose
