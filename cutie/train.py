@@ -5,7 +5,8 @@ See README.md for every option.
 The configuration is parsed once, here, into the typed TrainConfig; everything below takes the typed objects.
 Errors reach the user as one line (or a short list) with the fix, and an exit code:
   0 done; 1 unexpected error; 2 a configuration, data, weights, checkpoint or run-folder (a symlink inside)
-  problem found before the first step;
+  problem found before the first step, or a file of the run folder that cannot be written during the run (a
+  checkpoint of the completed steps is saved first: fix it and relaunch to resume);
   3 stopped on request (SIGTERM/SIGINT/SIGUSR1, non-finite losses, stop_at_iteration) after saving a checkpoint,
     or by a signal during the start-up (nothing to save yet; the data check's progress is cached);
   4 too many unreadable samples (a checkpoint was saved); 5 out of disk space (the previous checkpoint is intact);
@@ -40,6 +41,7 @@ _INPUT_ERRORS = {
     DeviceError: "device error",
     PathEscapeError: "path error",
     UnsafePathError: "path error",  # a symlink met where the run writes (planted after the start-up check)
+    OSError: "file error",  # a file the run cannot write (after the checkpoint of the steps done, if any)
 }
 
 

@@ -130,6 +130,27 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     wb = read_weights_file(run_b / "stopped_main_training_last.pth")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
+    # A hook that fails (the picture of iteration 3 cannot be written: `images` is a file) stops the run after
+    # the next step with a checkpoint; once fixed, the relaunch resumes and ends as the uninterrupted run.
+    broken = [a.replace("exp_id=x", "exp_id=broken") for a in base]
+    run_c = tmp_path / "output" / "broken"
+    run_c.mkdir()
+    (run_c / "images").write_text("not a folder")
+    proc = _run(broken, tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "ImageHook failed at iteration 3: FileExistsError" in out
+    assert "training stopped at iteration 4" in out and "relaunch the same command to resume" in out
+    assert proc.stderr.strip().splitlines()[-1].startswith("file error: [Errno 17] File exists") and "images" in out
+    assert "Traceback" not in out
+    assert sorted(p.name for p in (run_c / "checkpoints").glob("*.pth"))[-1] == "main_training_0000004.pth"
+    (run_c / "images").unlink()
+    proc = _run(broken, tmp_path)
+    assert "resuming from" in proc.stdout + proc.stderr and "iteration 4" in proc.stdout + proc.stderr
+    assert _losses(run_c) == a
+    wc = read_weights_file(run_c / "broken_main_training_last.pth")
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+
 
 # The trainer, its start-up check of every file signalled once STOP_AT files were checked (0: never), as SLURM's
 # time limit, torchrun or a Ctrl-C would. MODE=inline: the trainer itself gets SIGUSR1 and prints how many files
@@ -261,6 +282,30 @@ def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
     assert json.loads((run / "env.json").read_text())["world_size"] == 2
     assert "2 process(es)" in proc.stdout
     assert "that local rank 0 had not cached" not in proc.stdout  # rank 1 checked the data against rank 0's cache
+
+
+def test_a_hook_failing_on_one_rank_stops_both_after_the_next_step_with_a_checkpoint(tiny_data, tmp_path):
+    """Pictures are written by rank 0 only: its failure reaches rank 1 with the next step's stop all-reduce, so
+    both save the checkpoint together and end (none waits in a collective for the other)."""
+    args = _common(tiny_data, tmp_path, "ddpfail") + [
+        "pre_training.enabled=False",
+        "main_training.num_iterations=5",
+        "main_training.lr_schedule_steps=[4]",
+        "num_workers=0",
+        "~data.val_dataset",
+    ]
+    run = tmp_path / "output" / "ddpfail"
+    run.mkdir(parents=True)
+    (run / "images").write_text("not a folder")
+    proc = _run(args, tmp_path, torchrun=2, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "ImageHook failed at iteration 3: FileExistsError" in out
+    assert "because a hook failed on another process" in out  # rank 1
+    assert "file error: [Errno 17] File exists" in out  # rank 0's own error
+    assert "internal error" not in out
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.pth")) == ["main_training_0000004.pth"]
+    assert not (run / "ddpfail_main_training_last.pth").exists()
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,15 @@
 
 The loop never waits for the GPU between log intervals: the step returns device tensors, the next batch is
 fetched (and copied to the device, see cutie/data/loaders/build.py) while the GPU still runs the current step, step
-times come from CUDA events, and the ranks agree on host-side stop reasons (a signal, unreadable data) with one
-small all-reduce per step over a CPU (gloo) group. Hooks read device values only when `ctx.sync_now` is set.
+times come from CUDA events, and the ranks agree on host-side stop reasons (a signal, unreadable data, a hook that
+failed) with one small all-reduce per step over a CPU (gloo) group. Hooks read device values only when
+`ctx.sync_now` is set. A hook's error stops every rank after the next step, with its checkpoint (no step lost).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from cutie.data.loaders.base import TooManyBadSamplesError
 from cutie.training.checkpoint import preserved_rng
@@ -18,6 +20,7 @@ from cutie.training.hooks.base import every
 from cutie.training.step import train_step
 from cutie.training.timing import StepTimer
 from cutie.utils import dist
+from cutie.utils.cli import first_line
 
 
 class StopTraining(RuntimeError):
@@ -78,6 +81,7 @@ def _steps(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
     # Ranks agree before the first step; later batches are agreed on with the stop request of the step before.
     if dist.any_rank([bad is not None])[0] if distributed else bad is not None:
         raise BadDataStop(str(bad) if bad is not None else "another process met too many unreadable samples")
+    failure: HookFailure | None = None  # this rank's first after_step error: the stage stops after the next step
     while ctx.iteration < ctx.plan.num_iterations:
         for h in hooks:
             h.before_step(ctx)
@@ -91,18 +95,62 @@ def _steps(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
         bad = None
         if ctx.iteration < ctx.plan.num_iterations:
             batch, bad, data_s = _fetch(batches)
-        # All ranks stop at the same iteration (signals reach them at different moments; unreadable data shows
-        # up on one rank): one host-side all-reduce carries both.
-        requested, bad_any = signals.requested or ctx.stop_requested, bad is not None
+        # All ranks stop at the same iteration (signals reach them at different moments; unreadable data and a
+        # failing hook show up on one rank): one host-side all-reduce carries all three.
+        requested, bad_any, failed_any = signals.requested or ctx.stop_requested, bad is not None, failure is not None
         if distributed:
-            requested, bad_any = dist.any_rank([requested, bad_any])
-        if requested and not ctx.stop_requested:
-            ctx.stop_requested = True
+            requested, bad_any, failed_any = dist.any_rank([requested, bad_any, failed_any])
+        if (requested or failed_any) and not ctx.stop_requested:
+            ctx.stop_requested = True  # the checkpoint hook saves this step
             ctx.stop_reason = ctx.stop_reason or signals.reason
-        ctx.sync_now = is_sync_step(ctx, requested or bad_any)
-        for h in hooks:
-            h.after_step(ctx, result)
+        ctx.sync_now = is_sync_step(ctx, requested or bad_any or failed_any)
+        failure = _after_step(ctx, hooks, result, failure)
+        if failed_any:
+            _raise_failure(ctx, failure)
         if ctx.stop_requested:
             raise StopTraining(ctx.stop_reason or "stop requested")
         if bad_any:
             raise BadDataStop(str(bad) if bad is not None else "another process met too many unreadable samples")
+    # A hook that failed after the stage's last step: that step's checkpoint is written (CheckpointHook), the end of
+    # the stage (final validation, last weights) is left to the relaunch.
+    if dist.any_rank([failure is not None])[0] if distributed else failure is not None:
+        _raise_failure(ctx, failure)
+
+
+@dataclass(frozen=True)
+class HookFailure:
+    hook: str
+    iteration: int
+    error: Exception
+
+
+def _after_step(ctx: StageContext, hooks: list[Hook], result, failure: HookFailure | None) -> HookFailure | None:
+    """Every hook runs (the later ones hold collectives and the checkpoint); returns the first failure so far."""
+    for h in hooks:
+        try:
+            h.after_step(ctx, result)
+        except Exception as e:
+            if not h.deferrable_errors:
+                raise
+            if failure is None:
+                failure = HookFailure(type(h).__name__, ctx.iteration, e)
+                ctx.log.warning(
+                    f"[{ctx.stage}] {failure.hook} failed at iteration {ctx.iteration}: {type(e).__name__}: "
+                    f"{first_line(e)}; training stops after the next step, with a checkpoint"
+                )
+            else:  # the first failure is the one reported; later ones only logged
+                ctx.log.warning(f"[{ctx.stage}] {type(h).__name__} also failed at iteration {ctx.iteration}: {e}")
+    return failure
+
+
+def _raise_failure(ctx: StageContext, failure: HookFailure | None) -> None:
+    """After the checkpoint of this step: says so, then raises the hook's own error (its type decides the exit
+    code and message: a path error, a full disk, ...); a rank whose hooks did not fail stops like on a request."""
+    where = f"{failure.hook} failed at iteration {failure.iteration}" if failure else "a hook failed on another process"
+    ctx.log.warning(
+        f"[{ctx.stage}] training stopped at iteration {ctx.iteration} because {where}; a checkpoint of the "
+        f"{ctx.iteration} completed iterations was saved: fix the cause and relaunch the same command to resume"
+    )
+    if failure is None:
+        raise StopTraining(f"{where}; a checkpoint was saved")
+    raise failure.error

@@ -31,7 +31,7 @@ def debug_requested() -> bool:
     return os.environ.get("CUTIE_DEBUG", "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR", "") == "1"
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     return (str(e).splitlines() or [""])[0]
 
 
@@ -54,7 +54,7 @@ def run_reporting_errors(fn: Callable[[], T], input_errors: Mapping[type[BaseExc
                 _exit(label, str(e), EXIT_INPUT)
         _exit(
             "internal error",
-            f"{type(e).__name__}: {_first_line(e)}\n  this is a bug, not your input: rerun with CUTIE_DEBUG=1 "
+            f"{type(e).__name__}: {first_line(e)}\n  this is a bug, not your input: rerun with CUTIE_DEBUG=1 "
             "(or HYDRA_FULL_ERROR=1) for the traceback and report it",
             EXIT_ERROR,
         )

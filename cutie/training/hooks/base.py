@@ -8,7 +8,14 @@ class Hook:
     """Called around the stage loop. `state_dict` goes into full checkpoints.
 
     `after_stage` runs only when the stage completed (it may save the final checkpoint); `close` always runs,
-    after an exception too (like detectron2's after_train in a `finally`): release files and handles there."""
+    after an exception too (like detectron2's after_train in a `finally`): release files and handles there.
+
+    A hook with `deferrable_errors` does every collective of its `after_step` before anything that may fail on
+    one rank only (or agrees on its errors across ranks): an error of its `after_step` then does not end the run
+    there and then: the loop finishes the step's other hooks, stops every rank after the next step with a
+    checkpoint (so no completed step is lost), then raises it. Other hooks' errors end the stage at once."""
+
+    deferrable_errors = False
 
     def before_stage(self, ctx: StageContext) -> None:
         pass

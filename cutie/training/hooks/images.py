@@ -13,6 +13,8 @@ from cutie.utils.atomic import atomic_write
 
 
 class ImageHook(Hook):
+    deferrable_errors = True  # main process only, no collective
+
     def __init__(self, interval: int) -> None:
         self.interval = interval
 

@@ -27,6 +27,8 @@ class ProgressHook(Hook):
     """Losses stay on the device: summed per interval there, and the per-step records of metrics.jsonl are kept
     as tensors and written (one host read for all of them) at sync steps (`ctx.sync_now`)."""
 
+    deferrable_errors = True  # the averages over ranks (the collective) come before the main process's file writes
+
     def __init__(self, interval: int) -> None:
         self.interval = max(1, interval)
         self.sums: dict[str, torch.Tensor] = {}  # 0-d float64 on the device
@@ -56,10 +58,10 @@ class ProgressHook(Hook):
         lr = max(g["lr"] for g in ctx.optimizer.param_groups)  # the base lr (backbone runs at a ratio); host float
         if ctx.dist.is_main:
             self.pending.append((ctx.iteration, lr, result))
-        if ctx.sync_now:
-            self._write_records()
         if every(self.interval, ctx.iteration) or ctx.iteration == ctx.plan.num_iterations:
             self._report(ctx, lr)
+        if ctx.sync_now:
+            self._write_records()
 
     def _write_records(self) -> None:
         """One host read for every step since the last sync step."""

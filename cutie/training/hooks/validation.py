@@ -18,6 +18,8 @@ from cutie.utils import dist
 
 
 class ValidationHook(Hook):
+    deferrable_errors = True  # validate() and the report raise a rank's error on every rank (merge, main_writes)
+
     def __init__(self, max_videos: int | None = None) -> None:
         self.best: float | None = None
         self.max_videos = max_videos

@@ -1,0 +1,212 @@
+"""A hook that fails after a step (a picture or a log line that cannot be written, a validation that breaks) used
+to end the run there and then, losing every step since the last interval checkpoint. Now the stage stops after
+the next step with a checkpoint, then raises the hook's own error. A real loop (run_stage) on a tiny module with
+the real progress and checkpoint hooks; the torchrun case (one rank fails, both stop) is in test_train_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from _helpers import cpu_stage_context
+from hydra import compose, initialize_config_dir
+
+from cutie.config.train import parse_train_config
+from cutie.training import checkpoint as ckpt_io
+from cutie.training.context import StageContext
+from cutie.training.hooks import CheckpointHook, Hook, ImageHook, NonFiniteHook, ProgressHook, ValidationHook
+from cutie.training.hooks.checkpointing import weights_path
+from cutie.training.loop import StopTraining, run_stage
+from cutie.training.plan import StagePlan
+from cutie.training.signals import StopSignals
+
+ITERATIONS = 8
+LOG = "test_hook_failures"
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 1)
+
+    def forward(self, batch: dict) -> dict:
+        return {"y": self.lin(batch["rgb"])}  # B*1
+
+
+class _Loader:
+    bad_samples = 0
+
+    def iterate(self, start: int):
+        for i in range(start, 10**6):
+            yield {"rgb": torch.randn(4, 3, generator=torch.Generator().manual_seed(i))}
+
+
+def _loss(batch: dict, out: dict) -> dict:
+    mse = (out["y"] ** 2).mean()
+    return {"total_loss": mse, "mse": mse}
+
+
+class _FailsAt(Hook):
+    """Fails in after_step at the given iterations, as a picture write onto a full or broken folder would."""
+
+    def __init__(self, iterations: set[int], *, deferrable: bool = True) -> None:
+        self.iterations = iterations
+        self.deferrable_errors = deferrable
+
+    def after_step(self, ctx: StageContext, result) -> None:
+        if ctx.iteration in self.iterations:
+            raise FileExistsError(17, "File exists", str(ctx.run_dir / "images"))
+
+
+class _Seen(Hook):
+    """After the failing hook: records the iterations it was called at, and whether the stage ended normally."""
+
+    def __init__(self) -> None:
+        self.iterations: list[int] = []
+        self.stage_ended = False
+
+    def after_step(self, ctx: StageContext, result) -> None:
+        self.iterations.append(ctx.iteration)
+
+    def after_stage(self, ctx: StageContext) -> None:
+        self.stage_ended = True
+
+
+def _ctx(repo_root, tmp_path) -> StageContext:
+    with initialize_config_dir(config_dir=str(repo_root / "cutie" / "config"), version_base="1.3"):
+        cfg = parse_train_config(
+            compose(
+                "train_config",
+                overrides=["log_text_interval=2", "save_weights_interval=0", "save_checkpoint_interval=0"],
+            )
+        )
+    plan = StagePlan("main_training", ITERATIONS, 4, 4, 4, 1, None, False, 1e-8, False)
+    torch.manual_seed(0)
+    model = _Linear()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    return cpu_stage_context(cfg, plan, model, opt, tmp_path, loader=_Loader(), log_name=LOG)
+
+
+def _run(ctx: StageContext, failing: Hook) -> tuple[_Seen, pytest.ExceptionInfo]:
+    seen = _Seen()
+    hooks = [failing, seen, ProgressHook(2), CheckpointHook(lambda: {})]
+    with pytest.raises(Exception) as info:  # noqa: PT011 (the type is asserted by each test)
+        run_stage(ctx, hooks, _loss, StopSignals())
+    return seen, info
+
+
+def test_a_failing_hook_stops_after_the_next_step_with_a_checkpoint(repo_root, tmp_path, caplog):
+    ctx = _ctx(repo_root, tmp_path)
+    with caplog.at_level(logging.WARNING, logger=LOG):
+        seen, info = _run(ctx, _FailsAt({3}))
+    assert info.type is FileExistsError  # the hook's own error, so the entry point names it (file error)
+    assert seen.iterations == [1, 2, 3, 4]  # the later hooks ran at the failing step and at the stop
+    assert not seen.stage_ended
+    assert [p.name for p in ckpt_io.list_checkpoints(tmp_path)] == ["main_training_0000004.pth"]
+    saved = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path, "main_training", 4))
+    assert saved["iteration"] == 4 and saved["stage_complete"] is False
+    assert torch.equal(saved["weights"]["lin.weight"], ctx.net.lin.weight)  # the weights after step 4
+    assert weights_path(ctx, "0000004").is_file()  # the weights file of a stop, as for a signal
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4]  # every completed step logged
+    assert "_FailsAt failed at iteration 3: FileExistsError" in caplog.text
+    assert "training stopped at iteration 4 because _FailsAt failed at iteration 3" in caplog.text
+    assert "relaunch the same command to resume" in caplog.text
+
+
+def test_a_hook_failing_at_the_last_step_keeps_that_steps_checkpoint(repo_root, tmp_path, caplog):
+    """No next step: the last step's checkpoint (written before the end of the stage) is the one to resume; the
+    end of the stage (final validation, last weights) is left to the relaunch."""
+    ctx = _ctx(repo_root, tmp_path)
+    with caplog.at_level(logging.WARNING, logger=LOG):
+        seen, info = _run(ctx, _FailsAt({ITERATIONS}))
+    assert info.type is FileExistsError
+    assert seen.iterations == list(range(1, ITERATIONS + 1)) and not seen.stage_ended
+    saved = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path, "main_training", ITERATIONS))
+    assert saved["iteration"] == ITERATIONS and saved["stage_complete"] is False
+    said = f"training stopped at iteration {ITERATIONS} because _FailsAt failed at iteration {ITERATIONS}"
+    assert said in caplog.text
+
+
+def test_only_the_first_failure_is_raised_and_a_stop_request_still_saves(repo_root, tmp_path, caplog):
+    ctx = _ctx(repo_root, tmp_path)
+    with caplog.at_level(logging.WARNING, logger=LOG):
+        _, info = _run(ctx, _FailsAt({2, 3}))
+    assert info.type is FileExistsError
+    assert "_FailsAt failed at iteration 2" in caplog.text and "_FailsAt also failed at iteration 3" in caplog.text
+    assert ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path, "main_training", 3))["iteration"] == 3
+
+
+def test_only_hooks_whose_errors_keep_the_ranks_in_step_are_deferred(repo_root, tmp_path):
+    """A hook that fails on one rank before one of its collectives would leave the ranks out of step if the loop
+    went on (the others wait in it, this one meets the next collective): its errors end the stage at once, as do
+    the checkpoint hook's (a full disk: writing again a step later helps nothing; the previous one is intact)."""
+    assert ImageHook.deferrable_errors and ProgressHook.deferrable_errors and ValidationHook.deferrable_errors
+    assert not (CheckpointHook.deferrable_errors or NonFiniteHook.deferrable_errors or Hook.deferrable_errors)
+    ctx = _ctx(repo_root, tmp_path)
+    seen, info = _run(ctx, _FailsAt({3}, deferrable=False))
+    assert info.type is FileExistsError
+    assert seen.iterations == [1, 2] and ctx.iteration == 3
+    assert ckpt_io.list_checkpoints(tmp_path) == []
+
+
+def test_a_stop_request_without_a_failure_is_unchanged(repo_root, tmp_path):
+    ctx = _ctx(repo_root, tmp_path)
+
+    class _StopAt(Hook):
+        def after_step(self, c: StageContext, result) -> None:
+            if c.iteration == 2:
+                c.stop_requested, c.stop_reason = True, "test stop"
+
+    seen = _Seen()
+    with pytest.raises(StopTraining, match="test stop"):
+        run_stage(ctx, [_StopAt(), seen, CheckpointHook(lambda: {})], _loss, StopSignals())
+    assert seen.iterations == [1, 2]
+    assert [p.name for p in ckpt_io.list_checkpoints(tmp_path)] == ["main_training_0000002.pth"]
+
+
+def test_a_metrics_write_failing_on_the_main_process_still_takes_the_averages_over_ranks(
+    repo_root, tmp_path, monkeypatch, caplog
+):
+    """metrics.jsonl is written by the main process only: its write comes after the step's average over ranks
+    (a collective), so the other ranks are not left waiting in it while this one goes on to the next step."""
+    import errno
+
+    from cutie.utils import dist
+
+    ctx = _ctx(repo_root, tmp_path)
+    progress = ProgressHook(2)
+    averaged: list[int] = []
+    mean = dist.all_reduce_mean
+
+    def counting_mean(t):
+        averaged.append(ctx.iteration)
+        return mean(t)
+
+    monkeypatch.setattr(dist, "all_reduce_mean", counting_mean)
+
+    class _FullFile:
+        def write(self, text: str) -> int:
+            raise OSError(errno.EFBIG, "File too large")
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    class _BreakFileAt4(Hook):
+        def after_step(self, c: StageContext, result) -> None:
+            if c.iteration == 4:
+                progress.metrics_file.close()
+                progress.metrics_file = _FullFile()
+
+    with caplog.at_level(logging.INFO, logger=LOG), pytest.raises(OSError, match="File too large"):
+        run_stage(ctx, [_BreakFileAt4(), progress, CheckpointHook(lambda: {})], _loss, StopSignals())
+    assert 4 in averaged and "it 4/8 | loss" in caplog.text  # the failing step's averages and line came first
+    assert "ProgressHook failed at iteration 4: OSError" in caplog.text
+    assert ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path, "main_training", 5))["iteration"] == 5
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2]  # the records written before the file broke
