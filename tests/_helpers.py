@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,12 +46,21 @@ def folder_state(root: Path) -> dict[str, object]:
     return state
 
 
+class TinyLinear(torch.nn.Module):
+    """One linear layer from a batch's `rgb` (B*3) to `y` (B*1): the network of the stage loop's tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 1)
+
+    def forward(self, batch: dict) -> dict:
+        return {"y": self.lin(batch["rgb"])}  # B*1
+
+
 def cpu_stage_context(cfg, plan, net, optimizer, run_dir: Path, *, loader=None, log_name: str = "test"):
     """A StageContext of one CPU process around `net` (as model too), with a constant lr and no AMP, for tests of
     the loop and the hooks."""
     import logging
-
-    import torch
 
     from cutie.training.context import StageContext
     from cutie.utils.dist import DistState

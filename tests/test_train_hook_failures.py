@@ -10,7 +10,7 @@ import logging
 
 import pytest
 import torch
-from _helpers import cpu_stage_context
+from _helpers import TinyLinear, cpu_stage_context
 from hydra import compose, initialize_config_dir
 
 from cutie.config.train import parse_train_config
@@ -24,15 +24,6 @@ from cutie.training.signals import StopSignals
 
 ITERATIONS = 8
 LOG = "test_hook_failures"
-
-
-class _Linear(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = torch.nn.Linear(3, 1)
-
-    def forward(self, batch: dict) -> dict:
-        return {"y": self.lin(batch["rgb"])}  # B*1
 
 
 class _Loader:
@@ -84,7 +75,7 @@ def _ctx(repo_root, tmp_path) -> StageContext:
         )
     plan = StagePlan("main_training", ITERATIONS, 4, 4, 4, 1, None, False, 1e-8, False)
     torch.manual_seed(0)
-    model = _Linear()
+    model = TinyLinear()
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     return cpu_stage_context(cfg, plan, model, opt, tmp_path, loader=_Loader(), log_name=LOG)
 

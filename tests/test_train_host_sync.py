@@ -9,7 +9,7 @@ import logging
 
 import pytest
 import torch
-from _helpers import cpu_stage_context
+from _helpers import TinyLinear, cpu_stage_context
 from hydra import compose, initialize_config_dir
 
 from cutie.config.train import parse_train_config
@@ -21,15 +21,6 @@ from cutie.training.signals import StopSignals
 
 ITERATIONS, LOG_INTERVAL, NAN_STEP = 10, 4, 6  # sync steps: 4, 8 and the last, 10
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
-
-
-class _Linear(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = torch.nn.Linear(3, 1)
-
-    def forward(self, batch: dict) -> dict:
-        return {"y": self.lin(batch["rgb"])}  # B*1
 
 
 class _Loader:
@@ -84,7 +75,7 @@ def _ctx(repo_root, tmp_path, model: torch.nn.Module) -> StageContext:
 
 def test_host_reads_only_at_sync_steps(repo_root, tmp_path, monkeypatch, caplog):
     torch.manual_seed(0)
-    model = _Linear()
+    model = TinyLinear()
     ctx = _ctx(repo_root, tmp_path, model)
     phase = ["setup"]
     reads: list[tuple[str, int, str]] = []  # (phase, ctx.iteration, what)
@@ -130,7 +121,7 @@ def test_host_reads_only_at_sync_steps(repo_root, tmp_path, monkeypatch, caplog)
 def test_logged_losses_equal_the_step_losses(repo_root, tmp_path):
     """metrics.jsonl, written in bursts from device tensors, holds exactly what each step computed."""
     torch.manual_seed(0)
-    model = _Linear()
+    model = TinyLinear()
     ctx = _ctx(repo_root, tmp_path, model)
     seen: dict[int, float] = {}
 
