@@ -1,7 +1,7 @@
 """Beyond one launcher on one machine: the same tiny 2-process run (both stages, gloo on the CPU) started by
-`srun -n2`, by `sbatch scripts/slurm/train.sbatch`, by an sbatch job that gets its time-limit signal mid-stage and
-requeues itself, and by two torchrun launchers rendezvousing as two nodes, trains to weights bit-identical to
-`torchrun --nproc_per_node=2`.
+`srun -n2`, by `sbatch scripts/slurm/train.sbatch`, by an sbatch job that gets its time-limit signal mid-stage (or
+during its data check) and requeues itself, and by two torchrun launchers rendezvousing as two nodes, trains to
+weights bit-identical to `torchrun --nproc_per_node=2`.
 
 The SLURM tests use a real single-host cluster (scripts/slurm/local_cluster.sh): .ci/run starts it and exports
 CUTIE_SLURM_CONF; without that the tests start it themselves (installing slurm-wlm/munge with apt-get as root)
@@ -131,10 +131,10 @@ def _job(env: dict[str, str], job_id: str) -> dict[str, str]:
     return dict(f.split("=", 1) for f in proc.stdout.split() if "=" in f)
 
 
-def _sbatch(env: dict[str, str], out: Path, args: list[str]) -> str:
+def _sbatch(env: dict[str, str], out: Path, args: list[str], python: str = sys.executable) -> str:
     cmd = ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
            "--time=15", f"--chdir={out}", f"--output={out}/slurm-%j.out", str(SBATCH), *args]  # fmt: skip
-    env = {**env, "CUTIE_REPO": str(REPO), "CUTIE_PYTHON": sys.executable}
+    env = {**env, "CUTIE_REPO": str(REPO), "CUTIE_PYTHON": python}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     _check(proc, "sbatch")
     return proc.stdout.strip().split(";")[0]
@@ -210,6 +210,49 @@ def test_sbatch_time_limit_signal_saves_requeues_and_resumes(slurm, reference, t
     assert saved and int(saved[0]) < 3, saved  # the signal's save, mid-stage; the requeued job finished the stage
     assert "resuming from" in log and "trainer exited 0" in log
     _assert_same_weights(_weights(tmp_path, "requeue"), reference)
+
+
+# The trainer under srun, whose rank 0 asks for the job's time-limit signal (scancel --signal=USR1 --batch, what
+# --signal=B:USR1@120 does) while its data check is half-way, in the job's first run only, and waits for it.
+_SIGNAL_DURING_THE_CHECK = """
+import os, runpy, subprocess, sys, time
+from cutie.data.index import frame_check
+real, read = frame_check._check_task, [0]
+signal_now = os.environ.get("SLURM_RESTART_COUNT", "0") == "0" and os.environ["SLURM_PROCID"] == "0"
+def check(task):
+    if signal_now and read[0] == 3:
+        subprocess.run(["scancel", "--signal=USR1", "--batch", os.environ["SLURM_JOB_ID"]], check=True)
+        time.sleep(120)  # the signal comes back through the batch shell and srun, and ends the check here
+    result = real(task)
+    read[0] += 1
+    return result
+check.__module__, check.__qualname__ = frame_check.__name__, "_check_task"  # pickled by name for a pool
+frame_check._check_task = check
+frame_check.INLINE_BELOW = 10**9  # in this process, where the signal lands
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_sbatch_time_limit_signal_during_the_data_check_requeues_and_trains(slurm, reference, tiny_data, tmp_path):
+    """Before the first step there is nothing to save: every task ends with exit 3 at once (rank 1 waits for rank
+    0's check meanwhile), train.sbatch requeues the job, and the requeued job trains the same weights."""
+    harness = tmp_path / "harness.py"
+    harness.write_text(_SIGNAL_DURING_THE_CHECK)
+    python = tmp_path / "python-with-harness"
+    python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(harness))} "$@"\n')
+    python.chmod(0o755)
+    job_id = _sbatch(slurm, tmp_path, _args(tiny_data, tmp_path, "early"), python=str(python))
+    job = _wait_job(slurm, job_id, tmp_path)
+    log = (tmp_path / f"slurm-{job_id}.out").read_text()  # --open-mode=append: both runs of the job
+    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", log[-5000:]
+    stop_line = "training stopped: received SIGUSR1 before the first step: nothing to save"
+    assert log.count(stop_line) == 2, log[-5000:]  # each task, once
+    assert f"requeueing job {job_id}" in log and "(restart 1)" in log and "trainer exited 0" in log
+    assert "internal error" not in log and "Traceback" not in log, log[-5000:]
+    first_run = log.split("(restart 1)")[0]
+    assert "checkpoint saved" not in first_run and "resuming from" not in log
+    _assert_same_weights(_weights(tmp_path, "early"), reference)
 
 
 def test_torchrun_two_nodes(reference, tiny_data, tmp_path):
