@@ -6,7 +6,8 @@ The configuration is parsed once, here, into the typed TrainConfig; everything b
 Errors reach the user as one line (or a short list) with the fix, and an exit code:
   0 done; 1 unexpected error; 2 a configuration, data, weights, checkpoint or run-folder (a symlink inside)
   problem found before the first step, or a file of the run folder that cannot be written during the run (a
-  checkpoint of the completed steps is saved first: fix it and relaunch to resume);
+  checkpoint of the completed steps is saved first: fix it and relaunch to resume), or a step that does not fit
+  the GPU's memory (the line names max_batch_per_gpu, which keeps the global batch; the relaunch resumes);
   3 stopped on request (SIGTERM/SIGINT/SIGUSR1, non-finite losses, stop_at_iteration) after saving a checkpoint,
     or by a signal during the start-up (nothing to save yet; the data check's progress is cached);
   4 too many unreadable samples (a checkpoint was saved); 5 out of disk space (the previous checkpoint is intact);
@@ -27,6 +28,7 @@ from cutie.config.typed import ConfigError
 from cutie.data.index.datasets import DataValidationError
 from cutie.model.weights import WeightsError
 from cutie.training.checkpoint import CheckpointError
+from cutie.training.loop import OutOfDeviceMemory
 from cutie.training.run import run_training
 from cutie.utils.atomic import UnsafePathError
 from cutie.utils.cli import run_reporting_errors
@@ -41,6 +43,7 @@ _INPUT_ERRORS = {
     DeviceError: "device error",
     PathEscapeError: "path error",
     UnsafePathError: "path error",  # a symlink met where the run writes (planted after the start-up check)
+    OutOfDeviceMemory: "out of memory",  # the step does not fit the GPU: names max_batch_per_gpu
     OSError: "file error",  # a file the run cannot write (after the checkpoint of the steps done, if any)
 }
 

@@ -9,7 +9,7 @@ import torch
 
 from cutie.config.train import STAGES, ConfigError, TrainConfig
 
-__all__ = ["STAGES", "ConfigError", "StagePlan", "enabled_stages", "plan_stage"]
+__all__ = ["STAGES", "ConfigError", "StagePlan", "enabled_stages", "plan_stage", "smaller_micro_batch"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,15 @@ def plan_stage(cfg: TrainConfig, stage: str, world_size: int, device: torch.devi
         adam_eps=1e-6 if amp_dtype is not None else 1e-8,
         single_object=s.num_objects == 1,
     )
+
+
+def smaller_micro_batch(plan: StagePlan) -> int | None:
+    """The largest `max_batch_per_gpu` below the plan's micro-batch that splits the per-rank batch evenly (the
+    global batch, and so the training, stays); None at a micro-batch of 1."""
+    for accum in range(plan.accumulation_steps + 1, plan.per_rank_batch + 1):
+        if plan.per_rank_batch % accum == 0:
+            return plan.per_rank_batch // accum
+    return None
 
 
 def enabled_stages(cfg: TrainConfig) -> list[str]:

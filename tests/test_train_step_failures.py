@@ -1,7 +1,11 @@
-"""A hook that fails after a step (a picture or a log line that cannot be written, a validation that breaks) used
-to end the run there and then, losing every step since the last interval checkpoint. Now the stage stops after
-the next step with a checkpoint, then raises the hook's own error. A real loop (run_stage) on a tiny module with
-the real progress and checkpoint hooks; the torchrun case (one rank fails, both stop) is in test_train_e2e.py."""
+"""What a failing hook or step does to a run, on a real loop (run_stage) over a tiny module with the real progress
+and checkpoint hooks.
+
+A hook that fails after a step (a picture or a log line that cannot be written, a validation that breaks) used to
+end the run there and then, losing every step since the last interval checkpoint: now the stage stops after the
+next step with a checkpoint, then raises the hook's own error (the torchrun case, one rank fails and both stop, is
+in test_train_e2e.py). A step that does not fit the GPU's memory ends with one line naming the setting that makes
+it fit without changing the run."""
 
 from __future__ import annotations
 
@@ -18,12 +22,12 @@ from cutie.training import checkpoint as ckpt_io
 from cutie.training.context import StageContext
 from cutie.training.hooks import CheckpointHook, Hook, ImageHook, NonFiniteHook, ProgressHook, ValidationHook
 from cutie.training.hooks.checkpointing import weights_path
-from cutie.training.loop import StopTraining, run_stage
-from cutie.training.plan import StagePlan
+from cutie.training.loop import OutOfDeviceMemory, StopTraining, run_stage
+from cutie.training.plan import StagePlan, smaller_micro_batch
 from cutie.training.signals import StopSignals
 
 ITERATIONS = 8
-LOG = "test_hook_failures"
+LOG = "test_step_failures"
 
 
 class _Loader:
@@ -201,3 +205,85 @@ def test_a_metrics_write_failing_on_the_main_process_still_takes_the_averages_ov
     assert ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path, "main_training", 5))["iteration"] == 5
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2]  # the records written before the file broke
+
+
+@pytest.mark.parametrize(
+    ("per_rank", "accumulation", "expected"),
+    [(4, 1, 2), (6, 1, 3), (6, 2, 2), (5, 1, 1), (8, 4, 1), (1, 1, None), (3, 3, None)],
+)
+def test_the_smaller_micro_batch_splits_the_per_rank_batch(per_rank, accumulation, expected):
+    plan = StagePlan("main_training", 10, per_rank, per_rank, per_rank // accumulation, accumulation, None, False,
+                     1e-8, False)  # fmt: skip
+    assert smaller_micro_batch(plan) == expected
+
+
+def test_the_suggested_max_batch_per_gpu_is_accepted_and_keeps_the_global_batch(repo_root):
+    """Whatever the batch and world size, the suggestion is a valid setting, gives a smaller micro-batch and the
+    same global batch (so a relaunch with it resumes, cutie/training/resume.py allows the key)."""
+    from cutie.training.plan import plan_stage
+    from cutie.training.resume import ALLOWED
+
+    assert "max_batch_per_gpu" in ALLOWED
+    cpu = torch.device("cpu")
+    with initialize_config_dir(config_dir=str(repo_root / "cutie" / "config"), version_base="1.3"):
+        for batch, world, limit in [(16, 1, None), (16, 2, 4), (12, 1, 6), (12, 4, None), (10, 1, 5), (7, 1, None)]:
+            overrides = [f"main_training.batch_size={batch}", f"max_batch_per_gpu={limit or 'null'}"]
+            plan = plan_stage(parse_train_config(compose("train_config", overrides=overrides)), "main_training",
+                              world, cpu)  # fmt: skip
+            while (k := smaller_micro_batch(plan)) is not None:
+                overrides[1] = f"max_batch_per_gpu={k}"
+                smaller = plan_stage(parse_train_config(compose("train_config", overrides=overrides)),
+                                     "main_training", world, cpu)  # fmt: skip
+                assert smaller.micro_batch == k < plan.micro_batch and smaller.global_batch == batch
+                plan = smaller
+            assert plan.micro_batch == 1
+
+
+class _OutOfMemoryAt(torch.nn.Module):
+    """TinyLinear whose forward fails as a CUDA allocation does, at the given forward call."""
+
+    def __init__(self, net: torch.nn.Module, at: int) -> None:
+        super().__init__()
+        self.net, self.at, self.calls = net, at, 0
+
+    def forward(self, batch: dict) -> dict:
+        self.calls += 1
+        if self.calls == self.at:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.net(batch)
+
+
+def test_a_step_out_of_memory_names_the_setting_that_makes_it_fit(repo_root, tmp_path):
+    ctx = _ctx(repo_root, tmp_path)
+    ctx.model = _OutOfMemoryAt(ctx.net, at=3)
+    seen = _Seen()
+    with pytest.raises(OutOfDeviceMemory) as info:
+        run_stage(ctx, [seen, CheckpointHook(lambda: {})], _loss, StopSignals())
+    message = str(info.value)
+    assert message.startswith("[main_training] iteration 3: the step needs more memory than cpu has")
+    assert "micro-batch 4 clip(s) of " in message and "model=" in message
+    assert "fix: max_batch_per_gpu=2 (gradient accumulation keeps the global batch of 4" in message
+    assert "\n" not in message and isinstance(info.value.__cause__, torch.OutOfMemoryError)
+    assert seen.iterations == [1, 2] and ctx.iteration == 2  # no hook saw the step that did not happen
+    assert ckpt_io.list_checkpoints(tmp_path) == []  # nothing half-done saved; the last checkpoint stays the one
+
+
+def test_out_of_memory_at_a_micro_batch_of_one_names_the_other_fixes(repo_root, tmp_path):
+    ctx = _ctx(repo_root, tmp_path)
+    ctx.plan = StagePlan("main_training", ITERATIONS, 1, 1, 1, 1, None, False, 1e-8, False)
+    ctx.model = _OutOfMemoryAt(ctx.net, at=1)
+    with pytest.raises(OutOfDeviceMemory, match=r"fix: a GPU with more memory, or for a run of its own"):
+        run_stage(ctx, [], _loss, StopSignals())
+
+
+def test_the_trainer_reports_out_of_memory_as_one_line_exit_2(capsys):
+    from cutie.train import _INPUT_ERRORS
+    from cutie.utils.cli import EXIT_INPUT, run_reporting_errors
+
+    def fail():
+        raise OutOfDeviceMemory("[main_training] iteration 3: ...; fix: max_batch_per_gpu=2")
+
+    with pytest.raises(SystemExit) as e:
+        run_reporting_errors(fail, _INPUT_ERRORS)
+    assert e.value.code == EXIT_INPUT
+    assert capsys.readouterr().err == "out of memory: [main_training] iteration 3: ...; fix: max_batch_per_gpu=2\n"
