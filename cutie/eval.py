@@ -16,6 +16,7 @@ from cutie.config.evaluation import parse_eval_config
 from cutie.config.overrides import check_overrides
 from cutie.config.typed import ConfigError
 from cutie.inference.dataset_eval import run_evaluation
+from cutie.inference.runner import InferenceOutOfMemory
 from cutie.model.weights import WeightsError
 from cutie.utils.atomic import UnsafePathError
 from cutie.utils.cli import run_reporting_errors
@@ -30,6 +31,7 @@ _INPUT_ERRORS = {
     WeightsError: "weights error",
     PathEscapeError: "path error",
     UnsafePathError: "path error",  # a symlink met where the run writes (planted after the start-up check)
+    InferenceOutOfMemory: "out of memory",  # a frame that does not fit the GPU: names the options that help
     OSError: "file error",
     ValueError: "data error",
 }

@@ -859,3 +859,37 @@ def test_an_evaluation_folder_of_other_weights_is_not_overwritten(small_net: tor
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "Annotations/vid").iterdir()} == written
     _run(args, small_net, tmp_path)  # the same weights: a rerun rewrites its own folder
     assert json.loads((run_dir / OWNER_FILE).read_text())["weights"] == str(tmp_path / "small.pth")
+
+
+def test_a_frame_out_of_memory_names_the_video_and_the_options_that_help(
+    small_net: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CUDA out-of-memory in the network (a long 4K video with many objects) used to be 'internal error ... a
+    bug'; now one line, exit 2, with the video, the frame, its size and objects, and the options that lower the
+    memory (those that keep the masks first)."""
+    from cutie.eval import _INPUT_ERRORS
+    from cutie.inference.processor import VideoProcessor
+    from cutie.inference.runner import InferenceOutOfMemory
+    from cutie.utils.cli import EXIT_INPUT, run_reporting_errors
+
+    _write_sparse_custom(tmp_path / "data")  # object 1 from frame 0, object 2 from frame 6
+    folders = [f"image_directory={tmp_path / 'data/JPEGImages'}", f"mask_directory={tmp_path / 'data/Annotations'}"]
+    step = VideoProcessor._step
+
+    def out_of_memory_at_frame_8(self, image, mask, objects, *, end):
+        if self.frame_index == 7:  # the 9th call: frame 00008, both objects known
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return step(self, image, mask, objects, end=end)
+
+    monkeypatch.setattr(VideoProcessor, "_step", out_of_memory_at_frame_8)
+    with pytest.raises(InferenceOutOfMemory) as info:
+        _run(["dataset=custom", *folders], small_net, tmp_path)
+    message = str(info.value)
+    assert message.startswith("video vid, frame 00008 (") and "2 object(s)): the network needs more memory" in message
+    assert "fix: chunk_size=1 (objects in groups: the same masks up to rounding), or max_internal_size=480" in message
+    assert "max_mem_frames=3" in message and "amp=true" not in message  # autocast is a CUDA setting
+    assert isinstance(info.value.__cause__.__cause__, torch.OutOfMemoryError)
+    with pytest.raises(SystemExit) as stop:
+        run_reporting_errors(lambda: (_ for _ in ()).throw(info.value), _INPUT_ERRORS)
+    assert stop.value.code == EXIT_INPUT
+    assert capsys.readouterr().err.splitlines()[-1] == f"out of memory: {message}"

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from cutie.config.evaluation import EvalConfig
 from cutie.config.typed import ConfigError
 from cutie.inference.long_term import LongTermSettings
-from cutie.inference.runner import Timer, peak_memory_mb, run_video
+from cutie.inference.runner import InferenceOutOfMemory, Timer, peak_memory_mb, run_video
 from cutie.inference.sav_io import SavVideoReader, save_object_pngs
 from cutie.inference.settings import InferenceSettings
 from cutie.inference.video_io import (
@@ -281,6 +281,21 @@ def _refuse_given_void(readers: list[FrameSource]) -> None:
                 )
 
 
+def memory_fixes(settings: InferenceSettings, objects: int, device: torch.device) -> str:
+    """The eval options that lower the memory of a frame, those that keep the results first."""
+    fixes = []
+    chunk = objects if settings.chunk_size < 1 else settings.chunk_size
+    if chunk > 1 and objects > 1:
+        fixes.append(f"chunk_size={max(1, chunk // 2)} (objects in groups: the same masks up to rounding)")
+    if not settings.amp and device.type == "cuda":
+        fixes.append("amp=true")
+    if settings.max_internal_size < 1 or settings.max_internal_size > 480:
+        fixes.append("max_internal_size=480 (the network's shorter side, as the official high-resolution setting)")
+    if settings.max_mem_frames > 2:
+        fixes.append(f"max_mem_frames={max(2, settings.max_mem_frames - 2)} (fewer memory frames)")
+    return ", or ".join(fixes) if fixes else "a device with more memory"
+
+
 OWNER_FILE = "evaluated.json"  # in the evaluation folder: the weights, model and data its results are of
 
 
@@ -349,14 +364,18 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, float]:
     bar = tqdm(total=sum(len(r) for r in readers), unit="frame")  # the ETA of the whole run; its final count stays
     for i, (name, reader) in enumerate(zip(videos, readers, strict=True)):
         bar.set_description(f"[{i + 1}/{len(videos)}] {name}")
-        for frame, ids in run_video(net, reader, settings, device, timer):
-            if isinstance(reader, SavVideoReader):
-                if frame.save:  # save_all or an annotated frame
-                    save_object_pngs(out_root / name, frame.name, ids, reader.object_names)
-            elif spec.save_all or frame.save:
-                written.append(out_root / name / f"{frame.name}.png")
-                save_index_png(written[-1], ids, reader.palette)
-            bar.update(1)
+        try:
+            for frame, ids in run_video(net, reader, settings, device, timer):
+                if isinstance(reader, SavVideoReader):
+                    if frame.save:  # save_all or an annotated frame
+                        save_object_pngs(out_root / name, frame.name, ids, reader.object_names)
+                elif spec.save_all or frame.save:
+                    written.append(out_root / name / f"{frame.name}.png")
+                    save_index_png(written[-1], ids, reader.palette)
+                bar.update(1)
+        except InferenceOutOfMemory as e:
+            bar.close()
+            raise InferenceOutOfMemory(f"{e}; fix: {memory_fixes(settings, e.objects, device)}", e.objects) from e
     bar.close()
 
     result = {"frames": float(timer.frames), "fps": timer.fps, "peak_memory_mb": peak_memory_mb(device)}

@@ -29,6 +29,15 @@ class Timer:
         return self.frames / self.seconds if self.seconds > 0 else float("nan")
 
 
+class InferenceOutOfMemory(RuntimeError):
+    """A frame the network cannot process in the device's memory; names the video, the frame, its size and the
+    objects tracked (`objects`), so that the caller can add the setting to change."""
+
+    def __init__(self, message: str, objects: int) -> None:
+        super().__init__(message)
+        self.objects = objects
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -54,7 +63,17 @@ def run_video(
         _sync(device)
         tic = time.perf_counter()
         mask = None if frame.mask is None else frame.mask.to(device)
-        prob = processor.step(frame.image.to(device), mask, end=t == last)  # (O+1)*h*w
+        try:
+            prob = processor.step(frame.image.to(device), mask, end=t == last)  # (O+1)*h*w
+        except torch.OutOfMemoryError as e:
+            given = set() if mask is None else {int(v) for v in torch.unique(mask) if v != 0}
+            objects = len(set(processor.object_ids) | given)
+            h, w = frame.image.shape[-2:]
+            raise InferenceOutOfMemory(
+                f"video {reader.name}, frame {frame.name} ({h}x{w}, {objects} object(s)): the network needs more "
+                f"memory than {device} has",
+                objects,
+            ) from e
         if tuple(prob.shape[-2:]) != frame.size:  # the reader downsized this video: back to the original size
             prob = F.interpolate(prob[None].float(), size=frame.size, mode="bilinear", align_corners=False)[0]
         ids = processor.index_mask(prob)
