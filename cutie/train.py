@@ -28,7 +28,7 @@ from cutie.config.typed import ConfigError
 from cutie.data.index.datasets import DataValidationError
 from cutie.model.weights import WeightsError
 from cutie.training.checkpoint import CheckpointError
-from cutie.training.loop import OutOfDeviceMemory
+from cutie.training.out_of_memory import OutOfDeviceMemory
 from cutie.training.run import run_training
 from cutie.utils.atomic import UnsafePathError
 from cutie.utils.cli import run_reporting_errors

@@ -22,7 +22,8 @@ from cutie.training import checkpoint as ckpt_io
 from cutie.training.context import StageContext
 from cutie.training.hooks import CheckpointHook, Hook, ImageHook, NonFiniteHook, ProgressHook, ValidationHook
 from cutie.training.hooks.checkpointing import weights_path
-from cutie.training.loop import OutOfDeviceMemory, StopTraining, run_stage
+from cutie.training.loop import StopTraining, run_stage
+from cutie.training.out_of_memory import OutOfDeviceMemory
 from cutie.training.plan import StagePlan, smaller_micro_batch
 from cutie.training.signals import StopSignals
 

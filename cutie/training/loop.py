@@ -19,7 +19,7 @@ from cutie.training.checkpoint import preserved_rng
 from cutie.training.context import StageContext
 from cutie.training.hooks import Hook
 from cutie.training.hooks.base import every
-from cutie.training.plan import smaller_micro_batch
+from cutie.training.out_of_memory import OutOfDeviceMemory, out_of_memory_message
 from cutie.training.step import train_step
 from cutie.training.timing import StepTimer
 from cutie.utils import dist
@@ -37,11 +37,6 @@ class BadDataStop(StopTraining):
     checkpoint of the steps completed so far)."""
 
     exit_code = 4
-
-
-class OutOfDeviceMemory(RuntimeError):
-    """A training step that does not fit the GPU's memory: one line with the setting to change (no checkpoint of
-    this step: its forward or backward was cut short; the last checkpoint is intact)."""
 
 
 def run_stage(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
@@ -165,30 +160,3 @@ def _raise_failure(ctx: StageContext, failure: HookFailure | None) -> None:
     if failure is None:
         raise StopTraining(f"{where}; a checkpoint was saved")
     raise failure.error
-
-
-def out_of_memory_message(ctx: StageContext) -> str:
-    """What did not fit (the step, its sizes, the device's peak) and the change that makes it fit: a smaller
-    micro-batch first (the global batch, and so the run, is the same: a relaunch with it resumes), then AMP."""
-    plan, stage = ctx.plan, ctx.stage
-    amp = "off" if plan.amp_dtype is None else str(plan.amp_dtype).replace("torch.", "")
-    what = (
-        f"[{stage}] iteration {ctx.iteration + 1}: the step needs more memory than {ctx.device} has (micro-batch "
-        f"{plan.micro_batch} clip(s) of {ctx.stage_cfg.seq_length} frames, model={ctx.cfg.model.name}, AMP {amp}"
-    )
-    if ctx.device.type == "cuda":
-        total = torch.cuda.get_device_properties(ctx.device).total_memory
-        what += f", peak {torch.cuda.max_memory_allocated(ctx.device) / 2**30:.1f} of {total / 2**30:.1f} GiB"
-    smaller = smaller_micro_batch(plan)
-    if smaller is not None:
-        fix = (
-            f"max_batch_per_gpu={smaller} (gradient accumulation keeps the global batch of {plan.global_batch}; "
-            "the same command with it resumes from the last checkpoint)"
-        )
-    elif plan.amp_dtype is None and ctx.device.type == "cuda":
-        fix = f"{stage}.amp=true (a run of its own: exp_id=<new id>), or a GPU with more memory"
-    else:
-        fix = f"a GPU with more memory, or for a run of its own (exp_id=<new id>) a shorter {stage}.seq_length" + (
-            " or model=small" if ctx.cfg.model.name != "small" else ""
-        )
-    return f"{what}); fix: {fix}"
