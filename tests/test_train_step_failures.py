@@ -5,7 +5,7 @@ A hook that fails after a step (a picture or a log line that cannot be written, 
 end the run there and then, losing every step since the last interval checkpoint: now the stage stops after the
 next step with a checkpoint, then raises the hook's own error (the torchrun case, one rank fails and both stop, is
 in test_train_e2e.py). A step that does not fit the GPU's memory ends with one line naming the setting that makes
-it fit without changing the run."""
+it fit without changing the run, after saving the completed iterations exactly as a stop request would."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from cutie.training.loop import StopTraining, run_stage
 from cutie.training.out_of_memory import OutOfDeviceMemory
 from cutie.training.plan import StagePlan, smaller_micro_batch
 from cutie.training.signals import StopSignals
+from cutie.utils.dist import DistState
 
 ITERATIONS = 8
 LOG = "test_step_failures"
@@ -241,32 +242,107 @@ def test_the_suggested_max_batch_per_gpu_is_accepted_and_keeps_the_global_batch(
 
 
 class _OutOfMemoryAt(torch.nn.Module):
-    """TinyLinear whose forward fails as a CUDA allocation does, at the given forward call."""
+    """TinyLinear whose forward first draws from torch's global RNG (as the clip forward picks its reference
+    frames) and then, at the given forward call, fails as a CUDA allocation does."""
 
-    def __init__(self, net: torch.nn.Module, at: int) -> None:
+    def __init__(self, net: torch.nn.Module, at: int | None) -> None:
         super().__init__()
         self.net, self.at, self.calls = net, at, 0
 
     def forward(self, batch: dict) -> dict:
         self.calls += 1
+        noise = torch.randperm(5)[0].float()
         if self.calls == self.at:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return self.net(batch)
+        out = self.net(batch)
+        return {"y": out["y"] + 0.01 * noise}
 
 
-def test_a_step_out_of_memory_names_the_setting_that_makes_it_fit(repo_root, tmp_path):
-    ctx = _ctx(repo_root, tmp_path)
+class _RequestStopAt(Hook):
+    def __init__(self, iteration: int, signals: StopSignals) -> None:
+        self.iteration, self.signals = iteration, signals
+
+    def before_step(self, ctx: StageContext) -> None:
+        if ctx.iteration + 1 == self.iteration:
+            self.signals.request("test stop")
+
+
+def _assert_same(a, b, where: str = "") -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def test_a_step_out_of_memory_saves_the_completed_iterations_and_names_the_fix(repo_root, tmp_path):
+    """The state of the completed iterations, random streams rewound to the failed step's start, is exactly
+    what a stop requested at that iteration saves (whose resume equals an uninterrupted run: test_train_e2e)."""
+    ctx = _ctx(repo_root, tmp_path / "oom")
     ctx.model = _OutOfMemoryAt(ctx.net, at=3)
     seen = _Seen()
     with pytest.raises(OutOfDeviceMemory) as info:
         run_stage(ctx, [seen, CheckpointHook(lambda: {})], _loss, StopSignals())
     message = str(info.value)
+    path = ckpt_io.checkpoint_path(tmp_path / "oom", "main_training", 2)
     assert message.startswith("[main_training] iteration 3: the step needs more memory than cpu has")
     assert "micro-batch 4 clip(s) of " in message and "model=" in message
-    assert "fix: max_batch_per_gpu=2 (gradient accumulation keeps the global batch of 4" in message
-    assert "\n" not in message and isinstance(info.value.__cause__, torch.OutOfMemoryError)
+    assert f"; a checkpoint of the 2 completed iterations was saved ({path}); " in message
+    assert "fix: max_batch_per_gpu=2 (gradient accumulation keeps the global batch of 4; the same command " in message
+    assert message.endswith("with it resumes from it)") and "\n" not in message
     assert seen.iterations == [1, 2] and ctx.iteration == 2  # no hook saw the step that did not happen
-    assert ckpt_io.list_checkpoints(tmp_path) == []  # nothing half-done saved; the last checkpoint stays the one
+    assert ckpt_io.list_checkpoints(tmp_path / "oom") == [path]
+
+    ref = _ctx(repo_root, tmp_path / "stop")
+    ref.model = _OutOfMemoryAt(ref.net, at=None)
+    signals = StopSignals()
+    with pytest.raises(StopTraining):
+        run_stage(ref, [_RequestStopAt(2, signals), CheckpointHook(lambda: {})], _loss, signals)
+    expected = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path / "stop", "main_training", 2))
+    saved = ckpt_io.load_checkpoint(path)
+    for key in ("weights", "optimizer", "scheduler", "scaler", "iteration", "rng", "loader", "stage_complete"):
+        _assert_same(saved[key], expected[key], key)
+
+
+class _AdamWOutOfMemoryAt(torch.optim.AdamW):
+    """AdamW whose update fails as allocating its moments on a full GPU would, at the given step."""
+
+    def __init__(self, params, at: int, **kw) -> None:
+        super().__init__(params, **kw)
+        self.at, self.calls = at, 0
+
+    def step(self, closure=None):
+        self.calls += 1
+        if self.calls == self.at:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return super().step(closure)
+
+
+def test_out_of_memory_in_the_update_or_under_ddp_saves_nothing(repo_root, tmp_path):
+    """A cut-short update may leave some weights updated, and under DDP the other ranks wait inside the step's
+    gradient all-reduce: the last checkpoint stays the one to resume from."""
+    ctx = _ctx(repo_root, tmp_path / "update")
+    ctx.optimizer = _AdamWOutOfMemoryAt(ctx.net.parameters(), at=3, lr=0.1)
+    ctx.scheduler = torch.optim.lr_scheduler.LambdaLR(ctx.optimizer, lambda _: 1.0)
+    with pytest.raises(OutOfDeviceMemory) as info:
+        run_stage(ctx, [CheckpointHook(lambda: {})], _loss, StopSignals())
+    assert "; no checkpoint of this state was saved (the optimiser's update was cut short); " in str(info.value)
+    assert "resumes from the last checkpoint, if any)" in str(info.value)
+    assert ckpt_io.list_checkpoints(tmp_path / "update") == []
+
+    ctx = _ctx(repo_root, tmp_path / "ddp")
+    ctx.dist = DistState(world_size=2, local_world_size=2, launcher="torchrun")  # no process group: any_rank is local
+    ctx.model = _OutOfMemoryAt(ctx.net, at=3)
+    with pytest.raises(OutOfDeviceMemory, match=r"no checkpoint of this state was saved \(the other processes wait"):
+        run_stage(ctx, [CheckpointHook(lambda: {})], _loss, StopSignals())
+    assert ckpt_io.list_checkpoints(tmp_path / "ddp") == []
 
 
 def test_out_of_memory_at_a_micro_batch_of_one_names_the_other_fixes(repo_root, tmp_path):

@@ -42,7 +42,8 @@ class CheckpointError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------- RNG states
-def _native_rng_state() -> dict:
+def capture_rng() -> dict:
+    """This process's random states as the libraries return them (cheap: taken every step)."""
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),  # noqa: NPY002 (the global state is what we checkpoint)
@@ -53,7 +54,8 @@ def _native_rng_state() -> dict:
     return state
 
 
-def _set_native_rng_state(state: dict) -> None:
+def restore_rng(state: dict) -> None:
+    """Restores a state from `capture_rng`."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])  # noqa: NPY002
     torch.set_rng_state(state["torch"])
@@ -64,7 +66,7 @@ def _set_native_rng_state(state: dict) -> None:
 def rng_state() -> dict:
     """This process's random states as plain values (safe to load): python's as version + list of ints + gauss,
     numpy's legacy MT19937 state as a dict, torch's (and CUDA's) as byte tensors."""
-    native = _native_rng_state()
+    native = capture_rng()
     version, internal, gauss = native["python"]
     name, keys, pos, has_gauss, cached = native["numpy"]
     state = {
@@ -99,7 +101,7 @@ def set_rng_state(state: dict) -> None:
     }
     if "cuda" in state:
         native["cuda"] = state["cuda"]
-    _set_native_rng_state(native)
+    restore_rng(native)
 
 
 @contextlib.contextmanager
@@ -107,11 +109,11 @@ def preserved_rng() -> Iterator[None]:
     """Runs a block without moving the global random streams (e.g. a DataLoader drawing its base seed when it
     starts), so the training stream depends only on the steps taken: a resumed run then matches an uninterrupted
     one."""
-    state = _native_rng_state()  # native: this runs every step, no conversion needed
+    state = capture_rng()  # native: this runs every step, no conversion needed
     try:
         yield
     finally:
-        _set_native_rng_state(state)
+        restore_rng(state)
 
 
 def seed_everything(seed: int) -> None:

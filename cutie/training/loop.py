@@ -4,7 +4,9 @@ The loop never waits for the GPU between log intervals: the step returns device 
 fetched (and copied to the device, see cutie/data/loaders/build.py) while the GPU still runs the current step, step
 times come from CUDA events, and the ranks agree on host-side stop reasons (a signal, unreadable data, a hook that
 failed) with one small all-reduce per step over a CPU (gloo) group. Hooks read device values only when
-`ctx.sync_now` is set. A hook's error stops every rank after the next step, with its checkpoint (no step lost).
+`ctx.sync_now` is set. A hook's error stops every rank after the next step, with its checkpoint (no step lost);
+unreadable data, and in one process a step that runs out of device memory, stop between two steps with a
+checkpoint of the completed ones.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from dataclasses import dataclass
 import torch
 
 from cutie.data.loaders.base import TooManyBadSamplesError
-from cutie.training.checkpoint import preserved_rng
+from cutie.training.checkpoint import capture_rng, preserved_rng, restore_rng
 from cutie.training.context import StageContext
-from cutie.training.hooks import Hook
+from cutie.training.hooks import CheckpointHook, Hook
 from cutie.training.hooks.base import every
 from cutie.training.out_of_memory import OutOfDeviceMemory, out_of_memory_message
-from cutie.training.step import train_step
+from cutie.training.step import UpdateOutOfMemory, train_step
 from cutie.training.timing import StepTimer
 from cutie.utils import dist
 from cutie.utils.cli import first_line
@@ -45,7 +47,12 @@ def run_stage(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
     try:
         for h in hooks:
             h.before_stage(ctx)
-        _steps(ctx, hooks, loss_fn, signals)
+        try:
+            _steps(ctx, hooks, loss_fn, signals)
+        except BadDataStop as e:
+            # Every rank got here at the same iteration: save what the completed steps achieved.
+            saved = _save_completed(ctx, hooks) or "no checkpoint was saved"
+            raise BadDataStop(f"{e} | {saved}; fix the data and relaunch the same command to resume") from None
         for h in hooks:
             h.after_stage(ctx)
     finally:
@@ -88,11 +95,17 @@ def _steps(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
     while ctx.iteration < ctx.plan.num_iterations:
         for h in hooks:
             h.before_step(ctx)
+        rng = None if distributed else capture_rng()  # rewinds a step that runs out of memory (see _out_of_memory)
         start = timer.mark()
+        cut_short: str | None = None
         try:
             result = train_step(ctx.model, batch, loss_fn, ctx.optimizer, ctx.scaler, ctx.plan, clip)
-        except torch.OutOfMemoryError as e:
-            raise OutOfDeviceMemory(out_of_memory_message(ctx)) from e
+        except torch.OutOfMemoryError:
+            cut_short = "gradients"  # forward, backward or clipping: weights, optimiser and schedule untouched
+        except UpdateOutOfMemory:
+            cut_short = "update"
+        if cut_short is not None:  # out of the handler: its traceback held the step's activations
+            raise _out_of_memory(ctx, hooks, rng, cut_short)
         ctx.scheduler.step()
         ctx.timings = {"data_s": data_s, "step_s": timer.since(start)}
         ctx.batch = batch
@@ -121,6 +134,40 @@ def _steps(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
     # the stage (final validation, last weights) is left to the relaunch.
     if dist.any_rank([failure is not None])[0] if distributed else failure is not None:
         _raise_failure(ctx, failure)
+
+
+def _save_completed(ctx: StageContext, hooks: list[Hook]) -> str | None:
+    """Between two steps (every rank calls it): the checkpoint of the completed iterations, as the stop's message
+    says it; None for a stage without a CheckpointHook."""
+    saver = next((h for h in hooks if isinstance(h, CheckpointHook)), None)
+    if saver is None:
+        return None
+    path = saver.save_checkpoint(ctx, complete=False)
+    where = f" ({path})" if path is not None else ""
+    return f"a checkpoint of the {ctx.iteration} completed iterations was saved{where}"
+
+
+def _out_of_memory(ctx: StageContext, hooks: list[Hook], rng: dict | None, cut_short: str) -> OutOfDeviceMemory:
+    """The step ran out of device memory. In one process, when only gradients were lost, the state is that of the
+    completed iterations once the random streams are rewound to the step's start: saved, a relaunch equals an
+    uninterrupted run. Under DDP the other ranks wait inside the step's gradient all-reduce (no collective of ours
+    can reach them; torchrun ends them when this rank exits), and a cut-short update leaves mixed weights: the
+    last checkpoint stays the one to resume from."""
+    if cut_short == "update":
+        checkpoint = "no checkpoint of this state was saved (the optimiser's update was cut short)"
+    elif rng is None:
+        checkpoint = "no checkpoint of this state was saved (the other processes wait inside the step)"
+    else:
+        restore_rng(rng)
+        try:
+            saved = _save_completed(ctx, hooks)
+        except Exception as e:  # noqa: BLE001 (the out-of-memory line must still come out, with this reason)
+            checkpoint = f"saving the checkpoint of the {ctx.iteration} completed iterations failed: {first_line(e)}"
+        else:
+            if saved is not None:
+                return OutOfDeviceMemory(out_of_memory_message(ctx, saved, saved=True))
+            checkpoint = "no checkpoint was saved"
+    return OutOfDeviceMemory(out_of_memory_message(ctx, checkpoint, saved=False))
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ from cutie.training.hooks import (
     ValidationHook,
 )
 from cutie.training.logs import setup_logging
-from cutie.training.loop import BadDataStop, StopTraining, run_stage
+from cutie.training.loop import StopTraining, run_stage
 from cutie.training.memory_format import contiguous_copy, load_optimizer_state, to_memory_format
 from cutie.training.optim import build_optimizer, build_scheduler
 from cutie.training.plan import ConfigError, StagePlan, enabled_stages, plan_stage
@@ -326,7 +326,7 @@ def _build_stage(
     )
 
 
-def build_hooks(cfg: TrainConfig, signals: StopSignals) -> tuple[list[Hook], CheckpointHook]:
+def build_hooks(cfg: TrainConfig, signals: StopSignals) -> list[Hook]:
     """The hooks of a stage, in the order they run (the order matters):
     - `_StopAt` first: a simulated preemption is requested before the step, exactly like a signal;
     - `CurriculumHook` moves max_skip before the step draws its batch;
@@ -334,7 +334,8 @@ def build_hooks(cfg: TrainConfig, signals: StopSignals) -> tuple[list[Hook], Che
     - `ProgressHook`, `ImageHook`, `ValidationHook` report;
     - `CheckpointHook` last: it saves the state of every hook above after they have all seen the step, so a
       resume restores them exactly.
-    Returns the hooks and the checkpoint hook (the stage saves through it on a bad-data stop)."""
+    The stage also saves through the checkpoint hook on a stop between two steps (unreadable data, out of
+    memory)."""
     hooks: list[Hook] = [
         _StopAt(cfg.run.stop_at_iteration, signals),
         CurriculumHook(),
@@ -344,7 +345,7 @@ def build_hooks(cfg: TrainConfig, signals: StopSignals) -> tuple[list[Hook], Che
         ValidationHook(),
     ]
     saver = CheckpointHook(lambda hs=tuple(hooks): {type(h).__name__: h.state_dict() for h in hs})
-    return [*hooks, saver], saver
+    return [*hooks, saver]
 
 
 def run_training(cfg: TrainConfig) -> None:
@@ -518,7 +519,7 @@ def _train_stages(cfg, stages, plans, resume_plan: ResumePlan, state, device, ru
         later = sum(plans[s].num_iterations for s in stages[i + 1 :])
         same_stage = resume if resume is not None and resume["stage"] == stage else None
         ctx = _build_stage(cfg, plan, state, device, run_dir, log, writer, (same_stage, previous, start), later)
-        hooks, saver = build_hooks(cfg, signals)
+        hooks = build_hooks(cfg, signals)
         if same_stage is not None:
             _restore(ctx, hooks, same_stage, state)
             resume = None
@@ -527,14 +528,6 @@ def _train_stages(cfg, stages, plans, resume_plan: ResumePlan, state, device, ru
         t0 = time.perf_counter()
         try:
             run_stage(ctx, hooks, loss.compute, signals)
-        except BadDataStop as e:
-            # Every rank got here at the same iteration: save what the completed steps achieved.
-            saved = saver.save_checkpoint(ctx, complete=False)
-            where = f" ({saved})" if saved is not None else ""
-            raise BadDataStop(
-                f"{e} | a checkpoint of the {ctx.iteration} completed iterations was saved{where}; fix the "
-                "data and relaunch the same command to resume"
-            ) from None
         finally:
             ctx.loader.close()
         previous = contiguous_copy(ctx.net.state_dict())

@@ -15,6 +15,12 @@ from torch import nn
 from cutie.training.plan import StagePlan
 
 
+class UpdateOutOfMemory(RuntimeError):
+    """The optimiser's update ran out of device memory (e.g. allocating AdamW's moments at the first step): the
+    parameters and the optimiser state may be partly updated. Out of memory earlier in the step (forward, backward,
+    gradient clipping) is torch.OutOfMemoryError and leaves both untouched."""
+
+
 @dataclass
 class StepResult:
     losses: dict[str, torch.Tensor]  # every loss term (0-d, detached), averaged over micro-batches
@@ -107,5 +113,8 @@ def train_step(
     # With a GradScaler (fp16), a gradient overflow is routine (the scaler skips and lowers the scale): only a
     # non-finite loss counts as a problem. Without one, a non-finite gradient is one too.
     finite = loss_finite if plan.use_grad_scaler else loss_finite & grad_finite
-    _optimizer_step(optimizer, scaler, ~grad_finite)
+    try:
+        _optimizer_step(optimizer, scaler, ~grad_finite)
+    except torch.OutOfMemoryError as e:
+        raise UpdateOutOfMemory(str(e)) from e
     return StepResult(sums, grad_norm.detach(), finite, output)
