@@ -313,3 +313,42 @@ def test_relaunching_a_finished_run_says_nothing_was_trained(repo_root, tmp_path
     assert f"already complete ({total}/{total} iterations in {path}): nothing to train" in record.message
     assert str(tmp_path / "mine_main_training_last.pth") in record.message
     assert "exp_id=<new id>" in record.message and "main_training.num_iterations" in record.message
+
+
+def test_a_validation_out_of_memory_is_skipped_and_training_goes_on(
+    repo_root, tiny_data, tmp_path, monkeypatch, caplog
+):
+    """Validation beside the training state (optimiser moments, cached blocks) on a full GPU used to end the run as
+    'internal error ... this is a bug'. Training itself fits, so that validation is skipped with a warning naming
+    the frame and what to do; the next one that fits scores and keeps best.pth as usual."""
+    import logging
+
+    from _helpers import cpu_stage_context
+
+    from cutie.inference.processor import VideoProcessor
+    from cutie.model.network import build_network
+    from cutie.training.hooks import ValidationHook
+
+    cfg = _cfg(repo_root, "data=tiny", f"data_root={tiny_data}", "model=small", "eval_interval=1")
+    plan = plan_stage(cfg, "main_training", 1, CPU)
+    net = build_network(cfg.model)
+    ctx = cpu_stage_context(cfg, plan, net, torch.optim.AdamW(net.parameters()), tmp_path, log_name="test_val_oom")
+    step = VideoProcessor._step
+
+    def out_of_memory_at_the_third_frame(self, image, mask, objects, *, end):
+        if self.frame_index == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+        return step(self, image, mask, objects, end=end)
+
+    hook = ValidationHook(max_videos=1)
+    ctx.iteration = 1
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING, logger="test_val_oom"):
+        patch.setattr(VideoProcessor, "_step", out_of_memory_at_the_third_frame)
+        hook.after_step(ctx, None)
+    (record,) = caplog.records
+    assert record.message.startswith("[main_training] validation at iteration 1 skipped, training goes on: video ")
+    assert "the network needs more memory than cpu has; validate the saved weights afterwards" in record.message
+    assert hook.best is None and not (tmp_path / "best.pth").exists() and net.training
+    ctx.iteration = 2
+    hook.after_step(ctx, None)
+    assert hook.best is not None and (tmp_path / "best.pth").is_file()

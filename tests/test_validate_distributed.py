@@ -19,6 +19,7 @@ from _damage import wrong_size_mask
 from _helpers import file_tree
 from test_train_e2e import _common, _run
 
+from cutie.inference.runner import InferenceOutOfMemory
 from cutie.inference.shards import DistributedValidationError, RankShare, VideoScores, balanced_shards, merge
 from cutie.metrics.davis import GLOBAL_COLUMNS, DavisReport, ObjectResult, Unscored
 from cutie.utils.atomic import DiskFullError
@@ -86,6 +87,14 @@ def test_merge_raises_one_error_for_every_rank() -> None:
         merge([ok, RankShare(1, names, [])])
     with pytest.raises(DistributedValidationError, match="scored twice"):
         merge([ok, RankShare(1, names, [VideoScores(0, [], []), VideoScores(1, [], [])])])
+    # out of device memory on every failed rank: that error, so that training skips this validation on every rank
+    oom = RankShare(1, names, error="b: InferenceOutOfMemory: video b, frame 00003", out_of_memory=2)
+    said = r"^validation failed on rank 1 \(and on rank\(s\) 2\): b: InferenceOutOfMemory"
+    with pytest.raises(InferenceOutOfMemory, match=said) as info:
+        merge([ok, oom, RankShare(2, names, error="a: InferenceOutOfMemory: video a", out_of_memory=3)])
+    assert info.value.objects == 3
+    with pytest.raises(DistributedValidationError, match=r"on rank 1 \(and on rank\(s\) 2\)"):  # not only memory
+        merge([ok, oom, RankShare(2, names, error="a: ValueError: x")])
 
 
 def test_a_rank_that_cannot_list_the_videos_still_meets_the_others(tmp_path: Path, monkeypatch) -> None:
@@ -129,6 +138,33 @@ def test_a_video_that_cannot_be_counted_is_named_in_the_error(tmp_path: Path, mo
         validate_module.validate(torch.nn.Linear(1, 1), image_dir=str(tmp_path / "img"),
                                  mask_dir=str(tmp_path / "mask"), subset=None, device="cpu",
                                  dist_state=DistState(rank=0, world_size=2))  # fmt: skip
+
+
+def test_a_rank_out_of_memory_sends_it_as_such(tmp_path: Path, monkeypatch) -> None:
+    """The failing rank marks its share, so that every rank raises InferenceOutOfMemory (not a generic
+    DistributedValidationError) with the objects of the frame that did not fit."""
+    validate_module = importlib.import_module("cutie.inference.validate")
+    for video in ("a", "b"):
+        (tmp_path / "img" / video).mkdir(parents=True)
+        (tmp_path / "mask" / video).mkdir(parents=True)
+
+    def segment(network, name, **kw) -> None:
+        raise InferenceOutOfMemory(f"video {name}, frame 00002 (480x854, 2 object(s)): the network needs more", 2)
+
+    sent: list[RankShare] = []
+
+    def gather(share: RankShare, *, host: bool = False) -> list[RankShare]:
+        sent.append(share)
+        return [share, RankShare(1, share.videos)]
+
+    monkeypatch.setattr(validate_module, "count_frames", lambda image_dir, name: 1)
+    monkeypatch.setattr(validate_module, "segment_and_score", segment)
+    monkeypatch.setattr(validate_module.dist, "all_gather_object", gather)
+    with pytest.raises(InferenceOutOfMemory, match=r"on rank 0: a: InferenceOutOfMemory: video a, frame 00002") as e:
+        validate_module.validate(torch.nn.Linear(1, 1), image_dir=str(tmp_path / "img"),
+                                 mask_dir=str(tmp_path / "mask"), subset=None, device="cpu",
+                                 dist_state=DistState(rank=0, world_size=2))  # fmt: skip
+    assert e.value.objects == 2 and sent[0].out_of_memory == 2
 
 
 def _launch(data: Path, out: Path, jobs: list[str], processes: int) -> subprocess.CompletedProcess:

@@ -11,6 +11,7 @@ import errno
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cutie.inference.runner import InferenceOutOfMemory
 from cutie.metrics.davis import DavisReport, ObjectResult, Unscored
 from cutie.utils.atomic import DiskFullError
 
@@ -37,6 +38,7 @@ class RankShare:
     seconds: float = 0.0
     error: str | None = None  # "<video>: <type>: <message>" of the failure that ended this rank's share
     disk_full: bool = False
+    out_of_memory: int | None = None  # the failure was InferenceOutOfMemory: the objects it tracked
 
 
 def balanced_shards(frame_counts: Sequence[int], world_size: int) -> list[list[int]]:
@@ -58,14 +60,17 @@ def balanced_shards(frame_counts: Sequence[int], world_size: int) -> list[list[i
 def merge(shares: Sequence[RankShare]) -> tuple[DavisReport, int, float]:
     """(the report over all videos in video order, frames segmented, the slowest rank's network seconds).
     Every rank holds the same shares, so every rank returns the same or raises the same error: a rank failed
-    (DiskFullError when it ran out of space, else DistributedValidationError naming rank, video and error), or
-    the ranks read different lists or splits of the videos."""
+    (DiskFullError when it ran out of space, InferenceOutOfMemory when every failed rank ran out of device
+    memory, else DistributedValidationError naming rank, video and error), or the ranks read different lists or
+    splits of the videos."""
     failed = [s for s in shares if s.error is not None]
     if failed:
         more = f" (and on rank(s) {', '.join(str(s.rank) for s in failed[1:])})" if len(failed) > 1 else ""
         message = f"validation failed on rank {failed[0].rank}{more}: {failed[0].error}"
         if any(s.disk_full for s in failed):
             raise DiskFullError(errno.ENOSPC, message)
+        if all(s.out_of_memory is not None for s in failed):  # the caller may go on (training) or name the fix
+            raise InferenceOutOfMemory(message, max(s.out_of_memory for s in failed))
         raise DistributedValidationError(message)
     videos = shares[0].videos
     differ = [s.rank for s in shares if s.videos != videos]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cutie.inference.runner import Timer, run_video
+from cutie.inference.runner import InferenceOutOfMemory, Timer, run_video
 from cutie.inference.settings import InferenceSettings
 from cutie.inference.shards import RankShare, VideoScores, balanced_shards, merge
 from cutie.inference.video_io import VideoReader, count_frames, list_videos, save_index_png
@@ -96,6 +96,7 @@ def _sharded(
     if cause is not None:
         share.error = f"{name}: {type(cause).__name__}: {cause}"
         share.disk_full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        share.out_of_memory = cause.objects if isinstance(cause, InferenceOutOfMemory) else None
     share.frames, share.seconds = timer.frames, timer.seconds
     shares = dist.all_gather_object(share, host=True)
     if len(shares) != state.world_size:
@@ -132,7 +133,8 @@ def validate(
     `dist_state` of several processes: every rank must call this; each segments its share of the videos on
     its `device` (and writes their PNGs), and every rank returns the same table, bit-identical to one
     process's; `fps` is then all frames over the slowest rank's network seconds (the group's throughput).
-    Only rank 0 logs."""
+    Only rank 0 logs. A frame that does not fit the device's memory raises InferenceOutOfMemory (on every
+    rank)."""
     from cutie.model.weights import unwrap
 
     device = torch.device(device)

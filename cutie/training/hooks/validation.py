@@ -2,13 +2,17 @@
 (DAVIS 2017 val when present; the tiny dataset's val split for data=tiny*), over every rank (each segments its
 share of the videos). Keeps `best.pth` beside the latest.
 The set's files are checked with the training data when training starts (cutie/data/index/scan.py,
-`scan_val_dataset`), so that a bad file cannot stop the run at its first validation."""
+`scan_val_dataset`), so that a bad file cannot stop the run at its first validation. A validation that does not
+fit the GPU's memory beside the training state is skipped with a warning (every rank alike): the run trains on."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
+import torch
+
 from cutie.data.index.scan import val_paths
+from cutie.inference.runner import InferenceOutOfMemory
 from cutie.model.weights import save_weights
 from cutie.training.compiling import eager_only
 from cutie.training.context import StageContext
@@ -59,11 +63,24 @@ class ValidationHook(Hook):
         dirs = self._dirs(ctx)
         if dirs is None:
             return
+        try:
+            metrics = self._validate(ctx, *dirs)
+        except InferenceOutOfMemory as e:  # the same error on every rank (cutie/inference/shards.py: merge)
+            self._skipped(ctx, e)
+            return
+        score = float(metrics["J&F-Mean"])
+        improved = self.best is None or score > self.best
+        if improved:
+            self.best = score  # on every rank alike: the scores are the same everywhere
+        # Logged and best.pth written by the main process; every rank gets its verdict (none trains on alone).
+        what = "log the validation or write best.pth"
+        dist.main_writes(ctx.dist.is_main, lambda: self._report(ctx, metrics, score, improved), what)
+
+    def _validate(self, ctx: StageContext, image_dir: str, mask_dir: str, subset: str | None) -> dict[str, float]:
         from cutie.inference import validate  # imported here: inference is only needed when validating
 
-        image_dir, mask_dir, subset = dirs
         with eager_only():  # `compile: true` compiles for training clips, not for inference's frames
-            metrics = validate(
+            return validate(
                 ctx.net,
                 image_dir=image_dir,
                 mask_dir=mask_dir,
@@ -74,13 +91,17 @@ class ValidationHook(Hook):
                 use_all_masks=ctx.cfg.data.val_dataset.use_all_masks,
                 dist_state=ctx.dist,
             )
-        score = float(metrics["J&F-Mean"])
-        improved = self.best is None or score > self.best
-        if improved:
-            self.best = score  # on every rank alike: the scores are the same everywhere
-        # Logged and best.pth written by the main process; every rank gets its verdict (none trains on alone).
-        what = "log the validation or write best.pth"
-        dist.main_writes(ctx.dist.is_main, lambda: self._report(ctx, metrics, score, improved), what)
+
+    def _skipped(self, ctx: StageContext, e: InferenceOutOfMemory) -> None:
+        """Training itself fits (it ran up to here), so the run goes on without this validation's scores; the
+        weights can be validated later in a process of their own, where nothing else holds the GPU."""
+        if ctx.dist.is_main:
+            ctx.log.warning(
+                f"[{ctx.stage}] validation at iteration {ctx.iteration} skipped, training goes on: {e}; validate "
+                "the saved weights afterwards with cutie/eval.py (chunk_size and max_internal_size lower its memory)"
+            )
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()  # the validation's cached blocks back to the device before the next step
 
     def _report(self, ctx: StageContext, metrics: dict[str, float], score: float, improved: bool) -> None:
         text = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
