@@ -20,6 +20,7 @@ from cutie.training.tb_events import EventWriter
 from cutie.utils.append_file import open_append_inside
 from cutie.utils.atomic import UnsafePathError, current_umask
 from cutie.utils.dist import DistState
+from cutie.utils.paths import PathEscapeError
 
 MAIN = DistState()
 
@@ -42,8 +43,9 @@ def test_appends_create_folders_and_keep_earlier_lines(tmp_path):
 
 @pytest.mark.parametrize("bad", ["", "/etc/passwd", "../x", "a/../../x"])
 def test_a_path_leaving_the_root_is_refused(tmp_path, bad):
-    with pytest.raises(ValueError, match="relative path"):
+    with pytest.raises(PathEscapeError, match=r"^run file .* (is not a non-empty string|is absolute|contains '\.\.')"):
         open_append_inside(tmp_path / "run", bad)
+    assert not (tmp_path / "run").exists() or list((tmp_path / "run").iterdir()) == []
 
 
 def test_a_link_at_the_file_or_on_the_way_is_refused_and_its_target_untouched(tmp_path):

@@ -14,10 +14,11 @@ import errno
 import fcntl
 import os
 import stat
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 
 from cutie.utils.atomic import UnsafePathError
+from cutie.utils.paths import relative_parts
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO for writing must fail at once (ENXIO without a reader), not wait for one.
@@ -48,10 +49,7 @@ def open_append_inside(root: str | os.PathLike, relative: str, *, exclusive: boo
     """Opens `root/relative` for appending (created 0666 & ~umask, missing folders below `root` created), never
     through a symlink below `root`. `exclusive`: the file must not exist yet (FileExistsError otherwise).
     Returns a buffered binary file: flush after each whole line or record, so a reader never sees half of one."""
-    pure = PurePosixPath(relative)
-    parts = pure.parts
-    if not parts or pure.is_absolute() or ".." in parts:
-        raise ValueError(f"{relative!r} must be a relative path below {root} without '..'")
+    parts = relative_parts(root, relative, "run file")  # PathEscapeError: absolute, '..', empty
     shown = Path(root)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # root may be a link: followed on purpose
     try:

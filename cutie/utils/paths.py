@@ -14,7 +14,7 @@ class PathEscapeError(ValueError):
     """A relative path that would leave its folder; the message names the path and the folder."""
 
 
-def _relative_parts(root: str | os.PathLike, relative: str, what: str) -> tuple[str, ...]:
+def relative_parts(root: str | os.PathLike, relative: str, what: str) -> tuple[str, ...]:
     """The components of `relative`, refused (PathEscapeError) if it is empty, absolute or uses `..`."""
     if not isinstance(relative, str) or not relative:
         raise PathEscapeError(f"{what} {relative!r} is not a non-empty string")
@@ -34,7 +34,7 @@ def confined(root: str | os.PathLike, relative: str, *, what: str = "path") -> P
     The returned path is the unresolved join (so messages show what the user wrote) and is safe to open.
     """
     base = Path(root)
-    joined = base.joinpath(*_relative_parts(root, relative, what))
+    joined = base.joinpath(*relative_parts(root, relative, what))
     if not is_inside(base, joined):
         raise PathEscapeError(f"{what} {relative!r} leads outside {root} through a symlink")
     return joined
@@ -50,7 +50,7 @@ class Confiner:
         self.real_root = os.path.realpath(root)  # plain strings below: this runs once per frame of a data set
 
     def __call__(self, relative: str, *, what: str = "path") -> Path:
-        parts = _relative_parts(self.root, relative, what)
+        parts = relative_parts(self.root, relative, what)
         here = self.real_root
         for part in parts:
             here = os.path.join(here, part)
