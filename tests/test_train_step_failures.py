@@ -241,19 +241,20 @@ def test_the_suggested_max_batch_per_gpu_is_accepted_and_keeps_the_global_batch(
             assert plan.micro_batch == 1
 
 
-class _OutOfMemoryAt(torch.nn.Module):
+class _ForwardFailsAt(torch.nn.Module):
     """TinyLinear whose forward first draws from torch's global RNG (as the clip forward picks its reference
-    frames) and then, at the given forward call, fails as a CUDA allocation does."""
+    frames) and then, at the given forward call, raises `error` (by default as a CUDA allocation fails)."""
 
-    def __init__(self, net: torch.nn.Module, at: int | None) -> None:
+    def __init__(self, net: torch.nn.Module, at: int | None, error: Exception | None = None) -> None:
         super().__init__()
         self.net, self.at, self.calls = net, at, 0
+        self.error = error or torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     def forward(self, batch: dict) -> dict:
         self.calls += 1
         noise = torch.randperm(5)[0].float()
         if self.calls == self.at:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise self.error
         out = self.net(batch)
         return {"y": out["y"] + 0.01 * noise}
 
@@ -286,7 +287,7 @@ def test_a_step_out_of_memory_saves_the_completed_iterations_and_names_the_fix(r
     """The state of the completed iterations, random streams rewound to the failed step's start, is exactly
     what a stop requested at that iteration saves (whose resume equals an uninterrupted run: test_train_e2e)."""
     ctx = _ctx(repo_root, tmp_path / "oom")
-    ctx.model = _OutOfMemoryAt(ctx.net, at=3)
+    ctx.model = _ForwardFailsAt(ctx.net, at=3)
     seen = _Seen()
     with pytest.raises(OutOfDeviceMemory) as info:
         run_stage(ctx, [seen, CheckpointHook(lambda: {})], _loss, StopSignals())
@@ -299,16 +300,38 @@ def test_a_step_out_of_memory_saves_the_completed_iterations_and_names_the_fix(r
     assert message.endswith("with it resumes from it)") and "\n" not in message
     assert seen.iterations == [1, 2] and ctx.iteration == 2  # no hook saw the step that did not happen
     assert ckpt_io.list_checkpoints(tmp_path / "oom") == [path]
+    _assert_as_a_stop_at(repo_root, tmp_path / "stop", path)
 
-    ref = _ctx(repo_root, tmp_path / "stop")
-    ref.model = _OutOfMemoryAt(ref.net, at=None)
+
+def _assert_as_a_stop_at(repo_root, run_dir, path) -> None:
+    """The checkpoint at `path` holds what a stop requested at its iteration saves (weights, optimiser, schedule,
+    scaler, random states, loader position)."""
+    saved = ckpt_io.load_checkpoint(path)
+    ref = _ctx(repo_root, run_dir)
+    ref.model = _ForwardFailsAt(ref.net, at=None)
     signals = StopSignals()
     with pytest.raises(StopTraining):
-        run_stage(ref, [_RequestStopAt(2, signals), CheckpointHook(lambda: {})], _loss, signals)
-    expected = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path / "stop", "main_training", 2))
-    saved = ckpt_io.load_checkpoint(path)
+        run_stage(ref, [_RequestStopAt(saved["iteration"], signals), CheckpointHook(lambda: {})], _loss, signals)
+    expected = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(run_dir, "main_training", saved["iteration"]))
     for key in ("weights", "optimizer", "scheduler", "scaler", "iteration", "rng", "loader", "stage_complete"):
         _assert_same(saved[key], expected[key], key)
+
+
+def test_an_error_in_the_forward_keeps_the_completed_iterations_then_comes_out_as_it_was(repo_root, tmp_path, caplog):
+    """A sample that breaks the network, or a bug, used to lose every step since the last interval checkpoint;
+    now those are saved first (the same state as a stop there), and the error itself ends the run unchanged."""
+    error = ValueError("a sample that breaks the network")
+    (tmp_path / "run").mkdir()
+    ctx = _ctx(repo_root, tmp_path / "run")
+    ctx.model = _ForwardFailsAt(ctx.net, at=4, error=error)
+    with caplog.at_level(logging.WARNING, logger=LOG), pytest.raises(ValueError) as info:
+        run_stage(ctx, [ProgressHook(2), CheckpointHook(lambda: {})], _loss, StopSignals())
+    assert info.value is error
+    path = ckpt_io.checkpoint_path(tmp_path / "run", "main_training", 3)
+    said = f"[main_training] iteration 4 failed; a checkpoint of the 3 completed iterations was saved ({path})"
+    assert said in caplog.text
+    assert ckpt_io.list_checkpoints(tmp_path / "run") == [path]
+    _assert_as_a_stop_at(repo_root, tmp_path / "stop", path)
 
 
 class _AdamWOutOfMemoryAt(torch.optim.AdamW):
@@ -339,7 +362,7 @@ def test_out_of_memory_in_the_update_or_under_ddp_saves_nothing(repo_root, tmp_p
 
     ctx = _ctx(repo_root, tmp_path / "ddp")
     ctx.dist = DistState(world_size=2, local_world_size=2, launcher="torchrun")  # no process group: any_rank is local
-    ctx.model = _OutOfMemoryAt(ctx.net, at=3)
+    ctx.model = _ForwardFailsAt(ctx.net, at=3)
     with pytest.raises(OutOfDeviceMemory, match=r"no checkpoint of this state was saved \(the other processes wait"):
         run_stage(ctx, [CheckpointHook(lambda: {})], _loss, StopSignals())
     assert ckpt_io.list_checkpoints(tmp_path / "ddp") == []
@@ -348,7 +371,7 @@ def test_out_of_memory_in_the_update_or_under_ddp_saves_nothing(repo_root, tmp_p
 def test_out_of_memory_at_a_micro_batch_of_one_names_the_other_fixes(repo_root, tmp_path):
     ctx = _ctx(repo_root, tmp_path)
     ctx.plan = StagePlan("main_training", ITERATIONS, 1, 1, 1, 1, None, False, 1e-8, False)
-    ctx.model = _OutOfMemoryAt(ctx.net, at=1)
+    ctx.model = _ForwardFailsAt(ctx.net, at=1)
     with pytest.raises(OutOfDeviceMemory, match=r"fix: a GPU with more memory, or for a run of its own"):
         run_stage(ctx, [], _loss, StopSignals())
 

@@ -5,8 +5,8 @@ fetched (and copied to the device, see cutie/data/loaders/build.py) while the GP
 times come from CUDA events, and the ranks agree on host-side stop reasons (a signal, unreadable data, a hook that
 failed) with one small all-reduce per step over a CPU (gloo) group. Hooks read device values only when
 `ctx.sync_now` is set. A hook's error stops every rank after the next step, with its checkpoint (no step lost);
-unreadable data, and in one process a step that runs out of device memory, stop between two steps with a
-checkpoint of the completed ones.
+unreadable data, and in one process a step that fails while computing its gradients (out of device memory, an
+error), stop between two steps with a checkpoint of the completed ones.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from cutie.training.context import StageContext
 from cutie.training.hooks import CheckpointHook, Hook
 from cutie.training.hooks.base import every
 from cutie.training.out_of_memory import OutOfDeviceMemory, out_of_memory_message
-from cutie.training.step import UpdateOutOfMemory, train_step
+from cutie.training.step import StepResult, apply_update, compute_gradients
 from cutie.training.timing import StepTimer
 from cutie.utils import dist
 from cutie.utils.cli import first_line
@@ -83,7 +83,6 @@ def _steps(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
     distributed = ctx.dist.distributed
     with preserved_rng():  # starting the loader (worker seeds) must not move the training stream either
         batches = ctx.loader.iterate(ctx.iteration)
-    clip = ctx.stage_cfg.clip_grad_norm
     timer = StepTimer(ctx.device)
     if ctx.iteration >= ctx.plan.num_iterations:
         return
@@ -95,17 +94,9 @@ def _steps(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
     while ctx.iteration < ctx.plan.num_iterations:
         for h in hooks:
             h.before_step(ctx)
-        rng = None if distributed else capture_rng()  # rewinds a step that runs out of memory (see _out_of_memory)
+        rng = None if distributed else capture_rng()  # to rewind a step that fails (see _save_before_failing)
         start = timer.mark()
-        cut_short: str | None = None
-        try:
-            result = train_step(ctx.model, batch, loss_fn, ctx.optimizer, ctx.scaler, ctx.plan, clip)
-        except torch.OutOfMemoryError:
-            cut_short = "gradients"  # forward, backward or clipping: weights, optimiser and schedule untouched
-        except UpdateOutOfMemory:
-            cut_short = "update"
-        if cut_short is not None:  # out of the handler: its traceback held the step's activations
-            raise _out_of_memory(ctx, hooks, rng, cut_short)
+        result = _step(ctx, hooks, batch, loss_fn, rng)
         ctx.scheduler.step()
         ctx.timings = {"data_s": data_s, "step_s": timer.since(start)}
         ctx.batch = batch
@@ -147,27 +138,43 @@ def _save_completed(ctx: StageContext, hooks: list[Hook]) -> str | None:
     return f"a checkpoint of the {ctx.iteration} completed iterations was saved{where}"
 
 
-def _out_of_memory(ctx: StageContext, hooks: list[Hook], rng: dict | None, cut_short: str) -> OutOfDeviceMemory:
-    """The step ran out of device memory. In one process, when only gradients were lost, the state is that of the
-    completed iterations once the random streams are rewound to the step's start: saved, a relaunch equals an
-    uninterrupted run. Under DDP the other ranks wait inside the step's gradient all-reduce (no collective of ours
-    can reach them; torchrun ends them when this rank exits), and a cut-short update leaves mixed weights: the
-    last checkpoint stays the one to resume from."""
-    if cut_short == "update":
+def _step(ctx: StageContext, hooks: list[Hook], batch: dict, loss_fn, rng: dict | None) -> StepResult:
+    """The pure step (cutie/training/step.py), and what a failure inside it leaves: a failure while computing
+    the gradients leaves the state of the completed iterations, saved before the error goes on (one process);
+    one in the update may leave the weights partly updated: nothing is saved."""
+    out_of_memory = False
+    try:
+        grads = compute_gradients(ctx.model, batch, loss_fn, ctx.optimizer, ctx.scaler, ctx.plan)
+    except torch.OutOfMemoryError:
+        out_of_memory = True
+    except Exception:  # a sample that breaks the network, a bug: keep the iterations done, then the error
+        checkpoint, _ = _save_before_failing(ctx, hooks, rng)
+        ctx.log.warning(f"[{ctx.stage}] iteration {ctx.iteration + 1} failed; {checkpoint}")
+        raise
+    if out_of_memory:  # out of the handler: its traceback held the step's activations
+        checkpoint, saved = _save_before_failing(ctx, hooks, rng)
+        raise OutOfDeviceMemory(out_of_memory_message(ctx, checkpoint, saved))
+    try:
+        return apply_update(ctx.optimizer, ctx.scaler, ctx.plan, ctx.stage_cfg.clip_grad_norm, grads)
+    except torch.OutOfMemoryError as e:
         checkpoint = "no checkpoint of this state was saved (the optimiser's update was cut short)"
-    elif rng is None:
-        checkpoint = "no checkpoint of this state was saved (the other processes wait inside the step)"
-    else:
-        restore_rng(rng)
-        try:
-            saved = _save_completed(ctx, hooks)
-        except Exception as e:  # noqa: BLE001 (the out-of-memory line must still come out, with this reason)
-            checkpoint = f"saving the checkpoint of the {ctx.iteration} completed iterations failed: {first_line(e)}"
-        else:
-            if saved is not None:
-                return OutOfDeviceMemory(out_of_memory_message(ctx, saved, saved=True))
-            checkpoint = "no checkpoint was saved"
-    return OutOfDeviceMemory(out_of_memory_message(ctx, checkpoint, saved=False))
+        raise OutOfDeviceMemory(out_of_memory_message(ctx, checkpoint, False)) from e
+
+
+def _save_before_failing(ctx: StageContext, hooks: list[Hook], rng: dict | None) -> tuple[str, bool]:
+    """After a failure in the gradients of iteration N+1, the state is that of the N completed iterations once
+    the random streams are rewound to the step's start (`rng`): saved, a resume equals an uninterrupted run.
+    Under DDP (`rng` None) the other ranks wait inside the step's gradient all-reduce, where no collective of
+    ours can reach them (torchrun ends them when this rank exits): the last checkpoint stays the one to resume
+    from. Returns what the failure's message says about it, and whether a checkpoint was saved."""
+    if rng is None:
+        return "no checkpoint of this state was saved (the other processes wait inside the step)", False
+    restore_rng(rng)
+    try:
+        saved = _save_completed(ctx, hooks)
+    except Exception as e:  # noqa: BLE001 (the step's own error must still come out, with this reason)
+        return f"saving the checkpoint of the {ctx.iteration} completed iterations failed: {first_line(e)}", False
+    return (saved, True) if saved is not None else ("no checkpoint was saved", False)
 
 
 @dataclass(frozen=True)

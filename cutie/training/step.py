@@ -15,18 +15,21 @@ from torch import nn
 from cutie.training.plan import StagePlan
 
 
-class UpdateOutOfMemory(RuntimeError):
-    """The optimiser's update ran out of device memory (e.g. allocating AdamW's moments at the first step): the
-    parameters and the optimiser state may be partly updated. Out of memory earlier in the step (forward, backward,
-    gradient clipping) is torch.OutOfMemoryError and leaves both untouched."""
-
-
 @dataclass
 class StepResult:
     losses: dict[str, torch.Tensor]  # every loss term (0-d, detached), averaged over micro-batches
     grad_norm: torch.Tensor  # 0-d
     finite: torch.Tensor  # 0-d bool; False: the step was skipped (non-finite loss or gradients)
     output: dict  # the last micro-batch's network output (for pictures)
+
+
+@dataclass
+class Gradients:
+    """What the forward and backward passes leave for the update (the gradients themselves are on the parameters)."""
+
+    losses: dict[str, torch.Tensor]  # every loss term (0-d, detached), averaged over micro-batches
+    loss_finite: torch.Tensor  # 0-d bool: every micro-batch's total loss was finite
+    output: dict  # the last micro-batch's network output
 
 
 def split_batch(batch: dict, n: int) -> list[dict]:
@@ -75,7 +78,23 @@ def train_step(
     plan: StagePlan,
     clip_grad_norm: float,
 ) -> StepResult:
-    """One optimiser step over the per-rank batch, with gradient accumulation over micro-batches.
+    """One optimiser step over the per-rank batch, with gradient accumulation over micro-batches: the gradients
+    (`compute_gradients`), then the update (`apply_update`)."""
+    grads = compute_gradients(model, batch, loss_fn, optimizer, scaler, plan)
+    return apply_update(optimizer, scaler, plan, clip_grad_norm, grads)
+
+
+def compute_gradients(
+    model: nn.Module,
+    batch: dict,
+    loss_fn,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    plan: StagePlan,
+) -> Gradients:
+    """Forward and backward over the micro-batches. Only the parameters' `.grad` change (weights, optimiser and
+    scaler state do not), so a failure here (out of memory, a sample that breaks the network) loses nothing but
+    this step's gradients.
 
     `model(batch)` runs the training-mode clip forward (possibly DDP-wrapped); `loss_fn(batch, output)` returns a
     dict with 'total_loss'. A non-finite loss on any rank skips the step on every rank, leaving weights and
@@ -105,16 +124,25 @@ def train_step(
         for k, v in losses.items():
             v = v.detach() if torch.is_tensor(v) else torch.tensor(float(v), device=total.device)
             sums[k] = sums[k] + v / len(micro) if k in sums else v / len(micro)
+    assert loss_finite is not None  # split_batch gives at least one micro-batch
+    return Gradients(sums, loss_finite, output)
 
+
+def apply_update(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    plan: StagePlan,
+    clip_grad_norm: float,
+    grads: Gradients,
+) -> StepResult:
+    """Unscales and clips the gradients, then steps the optimiser (or skips a non-finite step) and the scaler.
+    A failure in here may leave the parameters partly updated."""
     scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)  # 0-d, no host read
     grad_finite = torch.isfinite(grad_norm)
     # With a GradScaler (fp16), a gradient overflow is routine (the scaler skips and lowers the scale): only a
     # non-finite loss counts as a problem. Without one, a non-finite gradient is one too.
-    finite = loss_finite if plan.use_grad_scaler else loss_finite & grad_finite
-    try:
-        _optimizer_step(optimizer, scaler, ~grad_finite)
-    except torch.OutOfMemoryError as e:
-        raise UpdateOutOfMemory(str(e)) from e
-    return StepResult(sums, grad_norm.detach(), finite, output)
+    finite = grads.loss_finite if plan.use_grad_scaler else grads.loss_finite & grad_finite
+    _optimizer_step(optimizer, scaler, ~grad_finite)
+    return StepResult(grads.losses, grad_norm.detach(), finite, grads.output)
