@@ -26,6 +26,7 @@ from cutie.config.overrides import check_overrides
 from cutie.config.train import parse_train_config
 from cutie.config.typed import ConfigError
 from cutie.data.index.datasets import DataValidationError
+from cutie.data.loaders.base import LoaderFailure
 from cutie.model.weights import WeightsError
 from cutie.training.checkpoint import CheckpointError
 from cutie.training.out_of_memory import OutOfDeviceMemory
@@ -44,6 +45,7 @@ _INPUT_ERRORS = {
     PathEscapeError: "path error",
     UnsafePathError: "path error",  # a symlink met where the run writes (planted after the start-up check)
     OutOfDeviceMemory: "out of memory",  # the step does not fit the GPU: names max_batch_per_gpu
+    LoaderFailure: "loader error",  # a loader worker died (host memory, usually): after a checkpoint
     OSError: "file error",  # a file the run cannot write (after the checkpoint of the steps done, if any)
 }
 

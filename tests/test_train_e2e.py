@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,6 +152,60 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     assert _losses(run_c) == a
     wc = read_weights_file(run_c / "broken_main_training_last.pth")
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
+
+    # The loader's worker killed mid-run with SIGKILL, as the kernel's out-of-memory killer does: the death comes
+    # out between two steps (not inside one), the completed iterations are saved, the run ends with one line
+    # (exit 2) naming the worker and the fix, and the relaunch ends as the uninterrupted run.
+    killed = [a.replace("exp_id=x", "exp_id=killed") for a in base]
+    run_d = tmp_path / "output" / "killed"
+    proc = _kill_the_loader_worker_once_training(killed, tmp_path, run_d)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("loader error: data loader worker(s) ended during training: pid "), last
+    assert "killed by SIGKILL (usually the kernel's out-of-memory killer" in last and "num_workers (now 1)" in last
+    saved = sorted(p.name for p in (run_d / "checkpoints").glob("*.pth"))[-1]
+    k = int(saved.removesuffix(".pth").rsplit("_", 1)[1])
+    assert f"the data loader failed after iteration {k} (LoaderFailure: " in out and "Traceback" not in out
+    assert f"a checkpoint of the {k} completed iterations was saved" in out and 1 <= k < 6
+    proc = _run(killed, tmp_path)
+    assert f"iteration {k}" in proc.stdout + proc.stderr
+    assert _losses(run_d) == a
+    wd = read_weights_file(run_d / "killed_main_training_last.pth")
+    assert all(torch.equal(wa[k], wd[k]) for k in wa)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _kill_the_loader_worker_once_training(args: list[str], tmp: Path, run_dir: Path) -> subprocess.CompletedProcess:
+    """Trains with `args`; once the first step is logged, SIGKILLs the trainer's child processes (its one loader
+    worker: the data check's pool has ended by then)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.Popen([sys.executable, TRAIN, *args], cwd=tmp, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not ((run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first step"
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert len(workers) == 1, workers  # num_workers=1
+        os.kill(workers[0], signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 # The trainer, its start-up check of every file signalled once STOP_AT files were checked (0: never), as SLURM's

@@ -18,6 +18,7 @@ from _helpers import TinyLinear, cpu_stage_context
 from hydra import compose, initialize_config_dir
 
 from cutie.config.train import parse_train_config
+from cutie.data.loaders.base import LoaderFailure
 from cutie.training import checkpoint as ckpt_io
 from cutie.training.context import StageContext
 from cutie.training.hooks import CheckpointHook, Hook, ImageHook, NonFiniteHook, ProgressHook, ValidationHook
@@ -387,3 +388,47 @@ def test_the_trainer_reports_out_of_memory_as_one_line_exit_2(capsys):
         run_reporting_errors(fail, _INPUT_ERRORS)
     assert e.value.code == EXIT_INPUT
     assert capsys.readouterr().err == "out of memory: [main_training] iteration 3: ...; fix: max_batch_per_gpu=2\n"
+
+
+class _BreakingLoader(_Loader):
+    """Raises `error` instead of the batch of the given iteration, as a DataLoader whose worker died does."""
+
+    def __init__(self, at: int, error: Exception) -> None:
+        self.at, self.error = at, error
+
+    def iterate(self, start: int):
+        for i, batch in enumerate(super().iterate(start), start):
+            if i == self.at:
+                raise self.error
+            yield batch
+
+
+@pytest.mark.parametrize("error", [LoaderFailure("data loader worker(s) ended: pid 7 killed by SIGKILL"), KeyError(3)])
+def test_a_broken_loader_stops_after_the_steps_hooks_with_a_checkpoint(repo_root, tmp_path, caplog, error):
+    """A loader worker killed (by the out-of-memory killer, say) or a bug in the loader used to end the run at once,
+    losing every step since the last interval checkpoint; now the last step's hooks run, its checkpoint is saved
+    (the same state as a stop there), then the loader's error ends the run."""
+    (tmp_path / "run").mkdir()
+    ctx = _ctx(repo_root, tmp_path / "run")
+    ctx.model = _ForwardFailsAt(ctx.net, at=None)
+    ctx.loader = _BreakingLoader(3, error)  # the batch of the 4th step
+    seen = _Seen()
+    with caplog.at_level(logging.WARNING, logger=LOG), pytest.raises(type(error)) as info:
+        run_stage(ctx, [seen, ProgressHook(2), CheckpointHook(lambda: {})], _loss, StopSignals())
+    assert info.value is error
+    assert seen.iterations == [1, 2, 3] and not seen.stage_ended
+    path = ckpt_io.checkpoint_path(tmp_path / "run", "main_training", 3)
+    said = f"the data loader failed after iteration 3 ({type(error).__name__}: "
+    assert said in caplog.text and f"a checkpoint of the 3 completed iterations was saved ({path})" in caplog.text
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2, 3]
+    _assert_as_a_stop_at(repo_root, tmp_path / "stop", path)
+
+
+def test_a_broken_loader_before_the_first_step_is_not_a_bad_data_stop(repo_root, tmp_path):
+    ctx = _ctx(repo_root, tmp_path)
+    error = LoaderFailure("data loader worker(s) ended")
+    ctx.loader = _BreakingLoader(0, error)
+    with pytest.raises(LoaderFailure) as info:
+        run_stage(ctx, [CheckpointHook(lambda: {})], _loss, StopSignals())
+    assert info.value is error  # not BadDataStop's 'too many unreadable samples' (exit 4)

@@ -53,6 +53,15 @@ def run_stage(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
             # Every rank got here at the same iteration: save what the completed steps achieved.
             saved = _save_completed(ctx, hooks) or "no checkpoint was saved"
             raise BadDataStop(f"{e} | {saved}; fix the data and relaunch the same command to resume") from None
+        except _LoaderBroke as e:
+            saved = _save_completed(ctx, hooks) or "no checkpoint was saved"
+            if e.error is None:
+                raise StopTraining(f"the data loader failed on another process; {saved}") from None
+            ctx.log.warning(
+                f"[{ctx.stage}] the data loader failed after iteration {ctx.iteration} "
+                f"({type(e.error).__name__}: {first_line(e.error)}); {saved}"
+            )
+            raise e.error from None
         for h in hooks:
             h.after_stage(ctx)
     finally:
@@ -63,13 +72,30 @@ def run_stage(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
                 ctx.log.warning(f"{type(h).__name__}.close failed: {e}")
 
 
-def _fetch(batches) -> tuple[dict | None, TooManyBadSamplesError | None, float]:
+def _fetch(batches) -> tuple[dict | None, Exception | None, float]:
+    """(the next batch, or None and why not: too many unreadable samples, or the loader broke, seconds)."""
     t0 = time.perf_counter()
     try:
         with preserved_rng():  # drawing samples must not move the training stream
             return next(batches), None, time.perf_counter() - t0
-    except TooManyBadSamplesError as e:
+    except Exception as e:  # noqa: BLE001 (any of them stops the stage between two steps, with a checkpoint)
         return None, e, time.perf_counter() - t0
+
+
+class _LoaderBroke(Exception):
+    """The loader raised something else than TooManyBadSamplesError on some rank (a worker that died, a bug):
+    every rank stops at the same iteration; `error` is this rank's (None: it broke on another rank)."""
+
+    def __init__(self, error: Exception | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _stop_for_data(problem: Exception | None, broke_any: bool) -> None:
+    """Every rank calls this at the same iteration once some rank's loader had a problem."""
+    if broke_any:
+        raise _LoaderBroke(None if isinstance(problem, TooManyBadSamplesError) else problem)
+    raise BadDataStop(str(problem) if problem is not None else "another process met too many unreadable samples")
 
 
 def is_sync_step(ctx: StageContext, stopping: bool) -> bool:
@@ -88,8 +114,11 @@ def _steps(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
         return
     batch, bad, data_s = _fetch(batches)
     # Ranks agree before the first step; later batches are agreed on with the stop request of the step before.
-    if dist.any_rank([bad is not None])[0] if distributed else bad is not None:
-        raise BadDataStop(str(bad) if bad is not None else "another process met too many unreadable samples")
+    bad_any, broke_any = bad is not None, _broke(bad)
+    if distributed:
+        bad_any, broke_any = dist.any_rank([bad_any, broke_any])
+    if bad_any:
+        _stop_for_data(bad, broke_any)
     failure: HookFailure | None = None  # this rank's first after_step error: the stage stops after the next step
     while ctx.iteration < ctx.plan.num_iterations:
         for h in hooks:
@@ -105,11 +134,12 @@ def _steps(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
         bad = None
         if ctx.iteration < ctx.plan.num_iterations:
             batch, bad, data_s = _fetch(batches)
-        # All ranks stop at the same iteration (signals reach them at different moments; unreadable data and a
-        # failing hook show up on one rank): one host-side all-reduce carries all three.
-        requested, bad_any, failed_any = signals.requested or ctx.stop_requested, bad is not None, failure is not None
+        # All ranks stop at the same iteration (signals reach them at different moments; unreadable data, a broken
+        # loader and a failing hook show up on one rank): one host-side all-reduce carries them all.
+        requested, failed_any = signals.requested or ctx.stop_requested, failure is not None
+        bad_any, broke_any = bad is not None, _broke(bad)
         if distributed:
-            requested, bad_any, failed_any = dist.any_rank([requested, bad_any, failed_any])
+            requested, bad_any, broke_any, failed_any = dist.any_rank([requested, bad_any, broke_any, failed_any])
         if (requested or failed_any) and not ctx.stop_requested:
             ctx.stop_requested = True  # the checkpoint hook saves this step
             ctx.stop_reason = ctx.stop_reason or signals.reason
@@ -120,11 +150,15 @@ def _steps(ctx: StageContext, hooks: list[Hook], loss_fn, signals) -> None:
         if ctx.stop_requested:
             raise StopTraining(ctx.stop_reason or "stop requested")
         if bad_any:
-            raise BadDataStop(str(bad) if bad is not None else "another process met too many unreadable samples")
+            _stop_for_data(bad, broke_any)
     # A hook that failed after the stage's last step: that step's checkpoint is written (CheckpointHook), the end of
     # the stage (final validation, last weights) is left to the relaunch.
     if dist.any_rank([failure is not None])[0] if distributed else failure is not None:
         _raise_failure(ctx, failure)
+
+
+def _broke(problem: Exception | None) -> bool:
+    return problem is not None and not isinstance(problem, TooManyBadSamplesError)
 
 
 def _save_completed(ctx: StageContext, hooks: list[Hook]) -> str | None:

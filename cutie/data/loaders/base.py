@@ -25,6 +25,11 @@ class TooManyBadSamplesError(RuntimeError):
     """More than max_bad_sample_fraction of the drawn samples had unreadable files."""
 
 
+class LoaderFailure(RuntimeError):
+    """The loader itself broke, not a sample: a worker process ended (the kernel's out-of-memory killer, a crash).
+    The message names the workers, how they ended and the fix."""
+
+
 # --------------------------------------------------------------------------------------------- common loader API
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -13,7 +15,7 @@ import cv2
 import torch
 
 from cutie.data.loaders import pinned
-from cutie.data.loaders.base import TrainLoader
+from cutie.data.loaders.base import LoaderFailure, TrainLoader
 from cutie.data.loaders.slots import BatchSlots, slots_needed
 from cutie.data.render.cpu import render_recipe_uint8
 from cutie.data.sampling.masks import BadSampleError
@@ -147,17 +149,41 @@ class TorchTrainLoader(TrainLoader):
         # would hang in its first parallel call (e.g. after a test rendered a recipe in this process).
         threads = cv2.getNumThreads()
         cv2.setNumThreads(1)
+        main_thread = threading.current_thread() is threading.main_thread()
+        sigchld = signal.getsignal(signal.SIGCHLD) if main_thread else None
         try:
             self._iter = iter(dl)
         finally:
             cv2.setNumThreads(threads)
+            # torch's SIGCHLD handler (installed by the first iterator) raises a worker's death in the main thread
+            # wherever it is: inside a step's update or a checkpoint write. Without it the death comes out of
+            # next() (torch checks its workers while it waits on them): between two steps, where the stage stops
+            # with a checkpoint of the completed ones (cutie/training/loop.py).
+            if main_thread and sigchld is not None:
+                signal.signal(signal.SIGCHLD, sigchld)
         if self._copy_stream is not None:
             self._pinned = pinned.register([self.slots.rgb, self.slots.cls])  # after the workers have forked
         return self._batches(self._iter)
 
+    def _next(self, it: Iterator[dict]) -> dict | None:
+        """The next raw batch (None at the end); a worker that died is a LoaderFailure naming it and the fix."""
+        try:
+            return next(it)
+        except StopIteration:
+            return None
+        except RuntimeError as e:
+            ended = [w for w in getattr(self._iter, "_workers", ()) if w.exitcode is not None]
+            if not ended:
+                raise
+            raise LoaderFailure(
+                f"data loader worker(s) ended during training: {', '.join(_how_it_ended(w) for w in ended)}; fix: "
+                f"lower num_workers (now {self.num_workers}) or max_batch_per_gpu, or give the job more host memory, "
+                "then relaunch the same command (it resumes)"
+            ) from e
+
     def _batches(self, it: Iterator[dict]) -> Iterator[dict]:
         copied: tuple[int, torch.cuda.Event] | None = None  # a page-locked slot whose copy may still be running
-        for raw in it:
+        while (raw := self._next(it)) is not None:
             self._account(len(raw["indices"]), raw["bad_paths"])
             s = self.slots.slot(raw["iteration"])
             if self._copy_stream is None:
@@ -189,3 +215,13 @@ class TorchTrainLoader(TrainLoader):
     def close(self) -> None:
         self._shutdown()
         super().close()
+
+
+def _how_it_ended(worker) -> str:
+    code = worker.exitcode
+    if code == -signal.SIGKILL:
+        return f"pid {worker.pid} killed by SIGKILL (usually the kernel's out-of-memory killer: see dmesg)"
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        return f"pid {worker.pid} killed by {name}"
+    return f"pid {worker.pid} exited with code {code}"
