@@ -467,3 +467,17 @@ def test_a_signal_to_the_trainers_process_group_leaves_the_loader_workers_runnin
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("requested 1")
+
+
+def test_how_a_dead_worker_ended_is_named_with_its_usual_cause():
+    from types import SimpleNamespace
+
+    from cutie.data.loaders.torch_loader import _how_it_ended
+
+    def ended(code: int) -> str:
+        return _how_it_ended(SimpleNamespace(pid=41, exitcode=code))
+
+    assert ended(-9) == "pid 41 killed by SIGKILL (usually the kernel's out-of-memory killer: see dmesg)"
+    assert ended(-7).startswith("pid 41 killed by SIGBUS (usually /dev/shm full")
+    assert ended(-11) == "pid 41 killed by SIGSEGV" and ended(-40) == "pid 41 killed by signal 40"
+    assert ended(1) == "pid 41 exited with code 1"

@@ -221,7 +221,12 @@ def _how_it_ended(worker) -> str:
     code = worker.exitcode
     if code == -signal.SIGKILL:
         return f"pid {worker.pid} killed by SIGKILL (usually the kernel's out-of-memory killer: see dmesg)"
+    if code == -signal.SIGBUS:
+        return f"pid {worker.pid} killed by SIGBUS (usually /dev/shm full: docker --shm-size=16g or ipc: host)"
     if code < 0:
-        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:  # a real-time signal: no name
+            name = f"signal {-code}"
         return f"pid {worker.pid} killed by {name}"
     return f"pid {worker.pid} exited with code {code}"
