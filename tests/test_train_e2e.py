@@ -169,7 +169,7 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     assert f"the data loader failed after iteration {k} (LoaderFailure: " in out and "Traceback" not in out
     assert f"a checkpoint of the {k} completed iterations was saved" in out and 1 <= k < 6
     proc = _run(killed, tmp_path)
-    assert f"iteration {k}" in proc.stdout + proc.stderr
+    assert f"(sha256 verified): main_training iteration {k}\n" in proc.stdout + proc.stderr
     assert _losses(run_d) == a
     wd = read_weights_file(run_d / "killed_main_training_last.pth")
     assert all(torch.equal(wa[k], wd[k]) for k in wa)
@@ -187,18 +187,30 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _kill_the_loader_worker_once_training(args: list[str], tmp: Path, run_dir: Path) -> subprocess.CompletedProcess:
+def _rank_of(pid: int) -> int:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return int(next(v for v in environ if v.startswith(b"RANK="))[5:])
+
+
+def _kill_the_loader_worker_once_training(
+    args: list[str], tmp: Path, run_dir: Path, *, torchrun: int = 0
+) -> subprocess.CompletedProcess:
     """Trains with `args`; once the first step is logged, SIGKILLs the trainer's child processes (its one loader
-    worker: the data check's pool has ended by then)."""
+    worker: the data check's pool has ended by then); under torchrun, those of rank 1 (a rank that does not write
+    the checkpoint)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.Popen([sys.executable, TRAIN, *args], cwd=tmp, env=env, stdout=subprocess.PIPE,
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else []
+    proc = subprocess.Popen([sys.executable, *launcher, TRAIN, *args], cwd=tmp, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 600
         while not ((run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").read_text()):
             assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first step"
             time.sleep(0.05)
-        workers = _children(proc.pid)
+        trainer = proc.pid
+        if torchrun:
+            (trainer,) = [pid for pid in _children(proc.pid) if _rank_of(pid) == 1]
+        workers = _children(trainer)
         assert len(workers) == 1, workers  # num_workers=1
         os.kill(workers[0], signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=600)
@@ -362,6 +374,31 @@ def test_a_hook_failing_on_one_rank_stops_both_after_the_next_step_with_a_checkp
     assert "internal error" not in out
     assert sorted(p.name for p in (run / "checkpoints").glob("*.pth")) == ["main_training_0000004.pth"]
     assert not (run / "ddpfail_main_training_last.pth").exists()
+
+
+def test_a_loader_worker_killed_on_one_rank_stops_both_with_a_checkpoint(tiny_data, tmp_path):
+    """Rank 1's worker dies: its death reaches rank 0 with the stop all-reduce, rank 0 writes the checkpoint of the
+    completed steps, both end (none waits for the other), and the relaunch resumes there and finishes."""
+    args = _common(tiny_data, tmp_path, "ddpkill") + [
+        "pre_training.enabled=False",
+        "main_training.num_iterations=6",
+        "main_training.lr_schedule_steps=[4]",
+        "~data.val_dataset",
+    ]
+    run = tmp_path / "output" / "ddpkill"
+    proc = _kill_the_loader_worker_once_training(args, tmp_path, run, torchrun=2)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    saved = sorted(p.name for p in (run / "checkpoints").glob("*.pth"))[-1]
+    k = int(saved.removesuffix(".pth").rsplit("_", 1)[1])
+    assert 1 <= k < 6, out[-3000:]
+    assert f"the data loader failed after iteration {k} (LoaderFailure: " in out  # rank 1
+    assert "loader error: data loader worker(s) ended during training: pid " in out  # rank 1's last line
+    assert f"the data loader failed on another process; a checkpoint of the {k} completed iterations" in out  # 0
+    assert "internal error" not in out
+    relaunched = _run(args, tmp_path, torchrun=2)
+    assert f"(sha256 verified): main_training iteration {k}\n" in relaunched.stdout + relaunched.stderr
+    assert (run / "ddpkill_main_training_last.pth").is_file()
 
 
 @pytest.mark.parametrize(
