@@ -2,11 +2,11 @@
 
 The loop never waits for the GPU between log intervals: the step returns device tensors, the next batch is
 fetched (and copied to the device, see cutie/data/loaders/build.py) while the GPU still runs the current step, step
-times come from CUDA events, and the ranks agree on host-side stop reasons (a signal, unreadable data, a hook that
-failed) with one small all-reduce per step over a CPU (gloo) group. Hooks read device values only when
-`ctx.sync_now` is set. A hook's error stops every rank after the next step, with its checkpoint (no step lost);
-unreadable data, and in one process a step that fails while computing its gradients (out of device memory, an
-error), stop between two steps with a checkpoint of the completed ones.
+times come from CUDA events, and the ranks agree on host-side stop reasons (a signal, unreadable data, a broken
+loader, a hook that failed) with one small all-reduce per step over a CPU (gloo) group. Hooks read device values
+only when `ctx.sync_now` is set. A hook's error stops every rank after the next step, with its checkpoint (no step
+lost); unreadable data or a broken loader (a dead worker), and in one process a step that fails while computing
+its gradients (out of device memory, an error), stop between two steps with a checkpoint of the completed ones.
 """
 
 from __future__ import annotations
