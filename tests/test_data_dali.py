@@ -446,3 +446,54 @@ def test_a_signal_to_the_trainers_process_group_leaves_the_source_workers_runnin
         while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
             time.sleep(0.2)
         assert not any(Path(f"/proc/{p}").exists() for p in workers), f"workers {workers} outlived the trainer"
+
+
+_WORKER_KILLED = """
+import multiprocessing, os, signal, sys, time
+sys.path.insert(0, sys.argv[2])
+from test_data_dali import FakeRecipeSource, _loader
+from cutie.data.loaders.base import LoaderFailure
+
+loader = _loader(FakeRecipeSource(), start_method=sys.argv[1])
+batches = loader.iterate(0)
+next(batches)
+next(batches)
+(worker,) = multiprocessing.active_children()  # num_workers=1
+os.kill(worker.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer does
+t0 = time.monotonic()
+try:
+    for _ in range(50):
+        next(batches)
+    print("no failure")
+except LoaderFailure as e:
+    print(f"failure after {time.monotonic() - t0:.1f}s: {e}", flush=True)
+loader.close()
+print("closed", flush=True)
+"""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_source_worker_killed_is_a_loader_failure_not_a_hang(start_method: str) -> None:
+    """A DALI Python worker SIGKILLed left the trainer blocked for ever inside DALI (its task queue's
+    multiprocessing Condition waits for the dead sleeper): the job hung until its time limit. Now the next batch
+    raises LoaderFailure naming the worker, and the loader still closes (the stage then saves its checkpoint:
+    tests/test_train_step_failures.py)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), tests])}
+    proc = subprocess.run(
+        [sys.executable, "-c", _WORKER_KILLED, start_method, tests],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )  # fmt: skip  (the timeout is the hang check)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    first, second = proc.stdout.splitlines()[-2:]
+    assert first.startswith("failure after ") and second == "closed", proc.stdout
+    assert ": data loader worker(s) ended during training: pid " in first
+    assert "killed by SIGKILL (usually the kernel's out-of-memory killer" in first and "num_workers (now 1)" in first

@@ -470,14 +470,9 @@ def test_a_signal_to_the_trainers_process_group_leaves_the_loader_workers_runnin
 
 
 def test_how_a_dead_worker_ended_is_named_with_its_usual_cause():
-    from types import SimpleNamespace
+    from cutie.data.loaders.worker_watch import how_it_ended
 
-    from cutie.data.loaders.torch_loader import _how_it_ended
-
-    def ended(code: int) -> str:
-        return _how_it_ended(SimpleNamespace(pid=41, exitcode=code))
-
-    assert ended(-9) == "pid 41 killed by SIGKILL (usually the kernel's out-of-memory killer: see dmesg)"
-    assert ended(-7).startswith("pid 41 killed by SIGBUS (usually /dev/shm full")
-    assert ended(-11) == "pid 41 killed by SIGSEGV" and ended(-40) == "pid 41 killed by signal 40"
-    assert ended(1) == "pid 41 exited with code 1"
+    assert how_it_ended(41, -9) == "pid 41 killed by SIGKILL (usually the kernel's out-of-memory killer: see dmesg)"
+    assert how_it_ended(41, -7).startswith("pid 41 killed by SIGBUS (usually /dev/shm full")
+    assert how_it_ended(41, -11) == "pid 41 killed by SIGSEGV" and how_it_ended(41, -40) == "pid 41 killed by signal 40"
+    assert how_it_ended(41, 1) == "pid 41 exited with code 1" and how_it_ended(41, None) == "pid 41 ended"

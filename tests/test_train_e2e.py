@@ -376,6 +376,31 @@ def test_a_hook_failing_on_one_rank_stops_both_after_the_next_step_with_a_checkp
     assert not (run / "ddpfail_main_training_last.pth").exists()
 
 
+def test_a_dali_source_worker_killed_mid_run_saves_the_completed_steps(tiny_data, tmp_path):
+    """The DALI backend (the default on a GPU; its CPU mode here): a Python source worker SIGKILLed used to leave
+    the trainer blocked inside DALI for ever; now the run saves the completed steps, ends with the loader error
+    line (exit 2), and the relaunch resumes there and finishes."""
+    args = _common(tiny_data, tmp_path, "dalikill") + [
+        "loader=dali",
+        "pre_training.enabled=False",
+        "main_training.num_iterations=6",
+        "main_training.lr_schedule_steps=[4]",
+        "~data.val_dataset",
+    ]
+    run = tmp_path / "output" / "dalikill"
+    proc = _kill_the_loader_worker_once_training(args, tmp_path, run)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("loader error: data loader worker(s) ended during training: pid "), last
+    saved = sorted(p.name for p in (run / "checkpoints").glob("*.pth"))[-1]
+    k = int(saved.removesuffix(".pth").rsplit("_", 1)[1])
+    assert f"a checkpoint of the {k} completed iterations was saved" in out and 1 <= k < 6, out[-3000:]
+    relaunched = _run(args, tmp_path)
+    assert f"(sha256 verified): main_training iteration {k}\n" in relaunched.stdout + relaunched.stderr
+    assert (run / "dalikill_main_training_last.pth").is_file()
+
+
 def test_a_loader_worker_killed_on_one_rank_stops_both_with_a_checkpoint(tiny_data, tmp_path):
     """Rank 1's worker dies: its death reaches rank 0 with the stop all-reduce, rank 0 writes the checkpoint of the
     completed steps, both end (none waits for the other), and the relaunch resumes there and finishes."""

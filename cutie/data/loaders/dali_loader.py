@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,7 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cutie.data.loaders.base import TrainLoader
+from cutie.data.loaders.base import LoaderFailure, TrainLoader
+from cutie.data.loaders.worker_watch import WorkerWatch
 from cutie.data.render.dali_graph import (
     OUTPUT_NAMES,
     SourceLayout,
@@ -211,6 +213,7 @@ class DaliClipLoader(TrainLoader):
         self.seed = int(seed)
         self.blocked: set[str] = set()
         self._pipe = None
+        self._watch: WorkerWatch | None = None
 
     @staticmethod
     def _default_start_method() -> str:
@@ -230,6 +233,7 @@ class DaliClipLoader(TrainLoader):
             iteration,
             frozenset(self.blocked),
         )
+        before = {p.pid for p in multiprocessing.active_children()}
         self._pipe = build_pipeline(
             source,
             self.layout,
@@ -241,6 +245,9 @@ class DaliClipLoader(TrainLoader):
             prefetch_queue_depth=self.prefetch_queue_depth,
             py_start_method=self.start_method or self._default_start_method(),
         )
+        # DALI's Python workers: one that dies could leave the main thread blocked in DALI for ever.
+        self._watch = WorkerWatch([p.pid for p in multiprocessing.active_children() if p.pid not in before],
+                                  self.num_workers)  # fmt: skip
 
     def iterate(self, start_iteration: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of iterations start_iteration, start_iteration + 1, ... (a new pipeline per call)."""
@@ -251,8 +258,12 @@ class DaliClipLoader(TrainLoader):
         recoveries = 0
         while True:
             try:
-                out = dict(zip(OUTPUT_NAMES, self._pipe.run(), strict=True))
+                with self._watch.inside():
+                    out = dict(zip(OUTPUT_NAMES, self._pipe.run(), strict=True))
+            except LoaderFailure:
+                raise
             except RuntimeError:  # DALI reports operator failures as RuntimeError
+                self._watch.check()  # a worker that died: DALI's own error says only "interrupted"
                 if recoveries >= MAX_RECOVERIES or not self._recover(iteration):
                     raise
                 recoveries += 1
@@ -300,6 +311,9 @@ class DaliClipLoader(TrainLoader):
         return True
 
     def _shutdown(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         # Dropping the last references shuts the pipeline and its Python workers down (DALI's finalizers).
         self._pipe = None
         gc.collect()

@@ -17,6 +17,7 @@ import torch
 from cutie.data.loaders import pinned
 from cutie.data.loaders.base import LoaderFailure, TrainLoader
 from cutie.data.loaders.slots import BatchSlots, slots_needed
+from cutie.data.loaders.worker_watch import failure_message
 from cutie.data.render.cpu import render_recipe_uint8
 from cutie.data.sampling.masks import BadSampleError
 from cutie.data.sampling.source import MAX_ATTEMPTS, RecipeSource
@@ -175,11 +176,7 @@ class TorchTrainLoader(TrainLoader):
             ended = [w for w in getattr(self._iter, "_workers", ()) if w.exitcode is not None]
             if not ended:
                 raise
-            raise LoaderFailure(
-                f"data loader worker(s) ended during training: {', '.join(_how_it_ended(w) for w in ended)}; fix: "
-                f"lower num_workers (now {self.num_workers}) or max_batch_per_gpu, or give the job more host memory, "
-                "then relaunch the same command (it resumes)"
-            ) from e
+            raise LoaderFailure(failure_message([(w.pid, w.exitcode) for w in ended], self.num_workers)) from e
 
     def _batches(self, it: Iterator[dict]) -> Iterator[dict]:
         copied: tuple[int, torch.cuda.Event] | None = None  # a page-locked slot whose copy may still be running
@@ -215,18 +212,3 @@ class TorchTrainLoader(TrainLoader):
     def close(self) -> None:
         self._shutdown()
         super().close()
-
-
-def _how_it_ended(worker) -> str:
-    code = worker.exitcode
-    if code == -signal.SIGKILL:
-        return f"pid {worker.pid} killed by SIGKILL (usually the kernel's out-of-memory killer: see dmesg)"
-    if code == -signal.SIGBUS:
-        return f"pid {worker.pid} killed by SIGBUS (usually /dev/shm full: docker --shm-size=16g or ipc: host)"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:  # a real-time signal: no name
-            name = f"signal {-code}"
-        return f"pid {worker.pid} killed by {name}"
-    return f"pid {worker.pid} exited with code {code}"
