@@ -18,6 +18,7 @@ from _damage import wrong_size_mask
 
 from cutie.model import build_network
 from cutie.model.weights import read_weights_file
+from cutie.training import checkpoint as ckpt_io
 
 pytestmark = pytest.mark.slow
 
@@ -164,8 +165,7 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("loader error: data loader worker(s) ended during training: pid "), last
     assert "killed by SIGKILL (usually the kernel's out-of-memory killer" in last and "num_workers (now 1)" in last
-    saved = sorted(p.name for p in (run_d / "checkpoints").glob("*.pth"))[-1]
-    k = int(saved.removesuffix(".pth").rsplit("_", 1)[1])
+    k = _last_checkpoint_iteration(run_d)
     assert f"the data loader failed after iteration {k} (LoaderFailure: " in out and "Traceback" not in out
     assert f"a checkpoint of the {k} completed iterations was saved" in out and 1 <= k < 6
     proc = _run(killed, tmp_path)
@@ -173,6 +173,10 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     assert _losses(run_d) == a
     wd = read_weights_file(run_d / "killed_main_training_last.pth")
     assert all(torch.equal(wa[k], wd[k]) for k in wa)
+
+
+def _last_checkpoint_iteration(run_dir: Path) -> int:
+    return int(ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(run_dir))["iteration"])
 
 
 def _children(pid: int) -> list[int]:
@@ -393,8 +397,7 @@ def test_a_dali_source_worker_killed_mid_run_saves_the_completed_steps(tiny_data
     assert proc.returncode == 2, out[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("loader error: data loader worker(s) ended during training: pid "), last
-    saved = sorted(p.name for p in (run / "checkpoints").glob("*.pth"))[-1]
-    k = int(saved.removesuffix(".pth").rsplit("_", 1)[1])
+    k = _last_checkpoint_iteration(run)
     assert f"a checkpoint of the {k} completed iterations was saved" in out and 1 <= k < 6, out[-3000:]
     relaunched = _run(args, tmp_path)
     assert f"(sha256 verified): main_training iteration {k}\n" in relaunched.stdout + relaunched.stderr
@@ -414,8 +417,7 @@ def test_a_loader_worker_killed_on_one_rank_stops_both_with_a_checkpoint(tiny_da
     proc = _kill_the_loader_worker_once_training(args, tmp_path, run, torchrun=2)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
-    saved = sorted(p.name for p in (run / "checkpoints").glob("*.pth"))[-1]
-    k = int(saved.removesuffix(".pth").rsplit("_", 1)[1])
+    k = _last_checkpoint_iteration(run)
     assert 1 <= k < 6, out[-3000:]
     assert f"the data loader failed after iteration {k} (LoaderFailure: " in out  # rank 1
     assert "loader error: data loader worker(s) ended during training: pid " in out  # rank 1's last line

@@ -12,7 +12,6 @@ from dataclasses import asdict
 import torch
 
 from cutie.data.index.scan import val_paths
-from cutie.inference.runner import InferenceOutOfMemory
 from cutie.model.weights import save_weights
 from cutie.training.compiling import eager_only
 from cutie.training.context import StageContext
@@ -63,8 +62,23 @@ class ValidationHook(Hook):
         dirs = self._dirs(ctx)
         if dirs is None:
             return
+        from cutie.inference import validate  # imported here: inference is only needed when validating
+        from cutie.inference.runner import InferenceOutOfMemory
+
+        image_dir, mask_dir, subset = dirs
         try:
-            metrics = self._validate(ctx, *dirs)
+            with eager_only():  # `compile: true` compiles for training clips, not for inference's frames
+                metrics = validate(
+                    ctx.net,
+                    image_dir=image_dir,
+                    mask_dir=mask_dir,
+                    subset=subset,
+                    device=ctx.device,
+                    out_dir=str(ctx.run_dir / "val" / f"{ctx.stage}_{ctx.iteration:07d}"),
+                    max_videos=self.max_videos,
+                    use_all_masks=ctx.cfg.data.val_dataset.use_all_masks,
+                    dist_state=ctx.dist,
+                )
         except InferenceOutOfMemory as e:  # the same error on every rank (cutie/inference/shards.py: merge)
             self._skipped(ctx, e)
             return
@@ -76,23 +90,7 @@ class ValidationHook(Hook):
         what = "log the validation or write best.pth"
         dist.main_writes(ctx.dist.is_main, lambda: self._report(ctx, metrics, score, improved), what)
 
-    def _validate(self, ctx: StageContext, image_dir: str, mask_dir: str, subset: str | None) -> dict[str, float]:
-        from cutie.inference import validate  # imported here: inference is only needed when validating
-
-        with eager_only():  # `compile: true` compiles for training clips, not for inference's frames
-            return validate(
-                ctx.net,
-                image_dir=image_dir,
-                mask_dir=mask_dir,
-                subset=subset,
-                device=ctx.device,
-                out_dir=str(ctx.run_dir / "val" / f"{ctx.stage}_{ctx.iteration:07d}"),
-                max_videos=self.max_videos,
-                use_all_masks=ctx.cfg.data.val_dataset.use_all_masks,
-                dist_state=ctx.dist,
-            )
-
-    def _skipped(self, ctx: StageContext, e: InferenceOutOfMemory) -> None:
+    def _skipped(self, ctx: StageContext, e: Exception) -> None:
         """Training itself fits (it ran up to here), so the run goes on without this validation's scores; the
         weights can be validated later in a process of their own, where nothing else holds the GPU."""
         if ctx.dist.is_main:
