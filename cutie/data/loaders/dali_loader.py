@@ -233,7 +233,7 @@ class DaliClipLoader(TrainLoader):
             iteration,
             frozenset(self.blocked),
         )
-        before = {p.pid for p in multiprocessing.active_children()}
+        before = set(multiprocessing.active_children())
         self._pipe = build_pipeline(
             source,
             self.layout,
@@ -246,8 +246,7 @@ class DaliClipLoader(TrainLoader):
             py_start_method=self.start_method or self._default_start_method(),
         )
         # DALI's Python workers: one that dies could leave the main thread blocked in DALI for ever.
-        self._watch = WorkerWatch([p.pid for p in multiprocessing.active_children() if p.pid not in before],
-                                  self.num_workers)  # fmt: skip
+        self._watch = WorkerWatch([p for p in multiprocessing.active_children() if p not in before], self.num_workers)
 
     def iterate(self, start_iteration: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of iterations start_iteration, start_iteration + 1, ... (a new pipeline per call)."""
@@ -263,7 +262,7 @@ class DaliClipLoader(TrainLoader):
             except LoaderFailure:
                 raise
             except RuntimeError:  # DALI reports operator failures as RuntimeError
-                self._watch.check()  # a worker that died: DALI's own error says only "interrupted"
+                self._watch.check(settle=5)  # a worker that died: DALI's own error says only "interrupted"
                 if recoveries >= MAX_RECOVERIES or not self._recover(iteration):
                     raise
                 recoveries += 1

@@ -47,19 +47,19 @@ def failure_message(ended: list[tuple[int, int | None]], num_workers: int) -> st
 
 
 class WorkerWatch:
-    """Watches `pids` (children of this process, started by multiprocessing) until `stop`."""
+    """Watches `procs` (this process's multiprocessing children) until `stop`. Interrupts only when started on
+    the main thread (where a signal handler can be installed); otherwise a death is raised by `check`."""
 
-    def __init__(self, pids: list[int], num_workers: int) -> None:
-        wanted = set(pids)
-        self._procs = [p for p in multiprocessing.active_children() if p.pid in wanted]
+    def __init__(self, procs: list[multiprocessing.process.BaseProcess], num_workers: int) -> None:
+        self._procs = procs
         self._num_workers = num_workers
         self._inside = False
         self.failure: str | None = None
+        self._named = threading.Event()  # set once `failure` names the dead workers
         self._stop_r, self._stop_w = multiprocessing.Pipe(duplex=False)
         self._main = threading.main_thread().ident
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(INTERRUPT, self._interrupt)
+        self._interrupts = threading.current_thread() is threading.main_thread()
+        self._previous = signal.signal(INTERRUPT, self._interrupt) if self._interrupts else None
         self._thread = threading.Thread(target=self._watch, name="loader-worker-watch", daemon=True)
         self._thread.start()
 
@@ -77,15 +77,19 @@ class WorkerWatch:
             while p.exitcode is None and time.monotonic() < deadline:
                 time.sleep(0.01)
         self.failure = failure_message([(p.pid, p.exitcode) for p in dead], self._num_workers)
-        if self._inside and self._previous is not None:
+        self._named.set()
+        if self._inside and self._interrupts:
             signal.pthread_kill(self._main, INTERRUPT)
 
     def _interrupt(self, signum, frame) -> None:
         if self._inside and self.failure is not None:
             raise LoaderFailure(self.failure)
 
-    def check(self) -> None:
-        """Raises the failure of a worker that died since the watch began."""
+    def check(self, *, settle: float = 0.0) -> None:
+        """Raises the failure of a worker that died since the watch began. `settle`: seconds to wait for the watch
+        to name a worker that has already ended (the library's own error about it may come first)."""
+        if self.failure is None and settle > 0 and any(not p.is_alive() for p in self._procs):
+            self._named.wait(settle)
         if self.failure is not None:
             raise LoaderFailure(self.failure)
 
@@ -104,6 +108,6 @@ class WorkerWatch:
         self._thread.join()
         for end in (self._stop_r, self._stop_w):
             end.close()
-        if self._previous is not None and threading.current_thread() is threading.main_thread():
+        if self._interrupts and threading.current_thread() is threading.main_thread():
             signal.signal(INTERRUPT, self._previous)
-            self._previous = None
+            self._interrupts = False
